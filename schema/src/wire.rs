@@ -1,0 +1,1 @@
+//! The automerge-repo network protocol, version 1 (being written).

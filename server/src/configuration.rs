@@ -1,0 +1,568 @@
+//! Settings: built-in defaults, then an optional TOML file, then environment
+//! variables and command-line flags (which clap merges, flags winning).
+//!
+//! Every setting has one name used in three places: `--otp-ttl-secs` on the
+//! command line, `CODEEDEX_OTP_TTL_SECS` in the environment and `otp_ttl_secs`
+//! in the file. Secrets are held in [`SecretString`], which never prints.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+use clap::{Parser, ValueEnum};
+use codeedex_schema::contact::Contact;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Development prints codes to the log; production refuses anything unsafe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Local use: the log sender and test codes are allowed.
+    Development,
+    /// Refuses to start with the log sender or fixed test codes.
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where codes for email addresses go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailSenderKind {
+    /// Print the address and the code to the log (development only).
+    Log,
+    /// Send mail over SMTP.
+    Smtp,
+}
+
+/// Where codes for phone numbers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneSenderKind {
+    /// Print the number and the code to the log (development only).
+    Log,
+    /// Send SMS through a Twilio-style HTTPS API.
+    Sms,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text. Only for a relay on the same host or in tests.
+    None,
+    /// Upgrade with STARTTLS, and refuse to send if the server does not offer it.
+    Starttls,
+    /// TLS from the first byte (usually port 465).
+    Tls,
+}
+
+/// The command line. Every field is optional here so that a value given
+/// nowhere falls through to the file and then to the default.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "codeedex-server", version, about = "CodeeDex Task Sync server", long_about = None)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// A TOML file with settings (same names as the flags, with underscores).
+    #[arg(long, env = "CODEEDEX_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CODEEDEX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the store and the generated keys [default: ./data].
+    #[arg(long, env = "CODEEDEX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// development or production [default: development].
+    #[arg(long, env = "CODEEDEX_PROFILE")]
+    pub profile: Option<Profile>,
+    /// text or json [default: text].
+    #[arg(long, env = "CODEEDEX_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// A tracing filter, such as "info" or "codeedex_server=debug" [default: info].
+    #[arg(long, env = "CODEEDEX_LOG")]
+    pub log: Option<String>,
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "CODEEDEX_WORKERS")]
+    pub workers: Option<usize>,
+    /// Where email codes go: log or smtp [default: log].
+    #[arg(long, env = "CODEEDEX_EMAIL_SENDER")]
+    pub email_sender: Option<EmailSenderKind>,
+    /// Where phone codes go: log or sms [default: log].
+    #[arg(long, env = "CODEEDEX_PHONE_SENDER")]
+    pub phone_sender: Option<PhoneSenderKind>,
+    /// SMTP server host name.
+    #[arg(long, env = "CODEEDEX_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP server port [default: 587].
+    #[arg(long, env = "CODEEDEX_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP security: none, starttls or tls [default: starttls].
+    #[arg(long, env = "CODEEDEX_SMTP_TLS")]
+    pub smtp_tls: Option<SmtpTls>,
+    /// SMTP user name (omit for no authentication).
+    #[arg(long, env = "CODEEDEX_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    #[arg(long, env = "CODEEDEX_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<SecretString>,
+    /// The From header of code mails [default: CodeeDex <no-reply@codeedex.invalid>].
+    #[arg(long, env = "CODEEDEX_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// Base URL of the Twilio-style SMS API [default: https://api.twilio.com].
+    #[arg(long, env = "CODEEDEX_SMS_API_BASE")]
+    pub sms_api_base: Option<String>,
+    /// SMS account id (user name for the API).
+    #[arg(long, env = "CODEEDEX_SMS_ACCOUNT_SID")]
+    pub sms_account_sid: Option<String>,
+    /// SMS API token.
+    #[arg(long, env = "CODEEDEX_SMS_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_auth_token: Option<SecretString>,
+    /// The sender number or id of code messages.
+    #[arg(long, env = "CODEEDEX_SMS_FROM")]
+    pub sms_from: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed, comma-separated IPs [default: none].
+    #[arg(long, env = "CODEEDEX_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Digits in a code, 6 to 10 [default: 6].
+    #[arg(long, env = "CODEEDEX_OTP_DIGITS")]
+    pub otp_digits: Option<u32>,
+    /// How long a code is valid, at most 600 [default: 600].
+    #[arg(long, env = "CODEEDEX_OTP_TTL_SECS")]
+    pub otp_ttl_secs: Option<u64>,
+    /// Wrong attempts that kill a code [default: 5].
+    #[arg(long, env = "CODEEDEX_OTP_MAX_ATTEMPTS")]
+    pub otp_max_attempts: Option<u32>,
+    /// Seconds before another code may be sent to the same identifier [default: 60].
+    #[arg(long, env = "CODEEDEX_OTP_RESEND_COOLDOWN_SECS")]
+    pub otp_resend_cooldown_secs: Option<u64>,
+    /// Codes per identifier per hour [default: 5].
+    #[arg(long, env = "CODEEDEX_OTP_HOURLY_CAP")]
+    pub otp_hourly_cap: Option<u32>,
+    /// Codes per identifier per day [default: 10].
+    #[arg(long, env = "CODEEDEX_OTP_DAILY_CAP")]
+    pub otp_daily_cap: Option<u32>,
+    /// Wrong codes per identifier per 24 hours before it is locked, across resends [default: 20].
+    #[arg(long, env = "CODEEDEX_OTP_FAILURE_CAP")]
+    pub otp_failure_cap: Option<u32>,
+    /// Code requests per client IP per window [default: 30].
+    #[arg(long, env = "CODEEDEX_IP_SEND_LIMIT")]
+    pub ip_send_limit: Option<u32>,
+    /// Code verifications per client IP per window [default: 30].
+    #[arg(long, env = "CODEEDEX_IP_VERIFY_LIMIT")]
+    pub ip_verify_limit: Option<u32>,
+    /// Token refreshes per client IP per window [default: 150].
+    #[arg(long, env = "CODEEDEX_IP_REFRESH_LIMIT")]
+    pub ip_refresh_limit: Option<u32>,
+    /// The per-IP window in seconds [default: 300].
+    #[arg(long, env = "CODEEDEX_IP_LIMIT_WINDOW_SECS")]
+    pub ip_limit_window_secs: Option<u64>,
+    /// Access token lifetime in seconds [default: 900].
+    #[arg(long, env = "CODEEDEX_ACCESS_TOKEN_TTL_SECS")]
+    pub access_token_ttl_secs: Option<u64>,
+    /// The `iss` of access tokens [default: codeedex].
+    #[arg(long, env = "CODEEDEX_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` of access tokens [default: codeedex-api].
+    #[arg(long, env = "CODEEDEX_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Seconds in which the previous refresh token returns the current pair [default: 10].
+    #[arg(long, env = "CODEEDEX_REFRESH_GRACE_SECS")]
+    pub refresh_grace_secs: Option<u64>,
+    /// A session unused this long ends [default: 2592000, 30 days].
+    #[arg(long, env = "CODEEDEX_SESSION_IDLE_SECS")]
+    pub session_idle_secs: Option<u64>,
+    /// A session ends this long after sign-in, however used [default: 7776000, 90 days].
+    #[arg(long, env = "CODEEDEX_SESSION_MAX_SECS")]
+    pub session_max_secs: Option<u64>,
+    /// Fixed codes for test accounts, "identifier=code" comma-separated. Needs --test-codes-expire.
+    #[arg(long, env = "CODEEDEX_TEST_CODES", hide_env_values = true)]
+    pub test_codes: Option<String>,
+    /// The last day (UTC, YYYY-MM-DD) on which the fixed test codes work.
+    #[arg(long, env = "CODEEDEX_TEST_CODES_EXPIRE")]
+    pub test_codes_expire: Option<NaiveDate>,
+}
+
+/// The settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where the store and keys live.
+    pub data_dir: PathBuf,
+    /// Development or production.
+    pub profile: Profile,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+    /// HTTP worker threads; `None` for one per core.
+    pub workers: Option<usize>,
+    /// Code delivery.
+    pub delivery: DeliverySettings,
+    /// Which peers may set X-Forwarded-For.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// One-time code rules.
+    pub otp: OtpPolicy,
+    /// Per-IP limits.
+    pub ip_limits: IpLimits,
+    /// Token and session rules.
+    pub tokens: TokenPolicy,
+    /// Fixed codes for named identifiers, if configured and not expired.
+    pub test_codes: Vec<(Contact, SecretString)>,
+}
+
+/// Delivery settings for both kinds of identifier.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Email codes go here.
+    pub email: EmailSenderKind,
+    /// Phone codes go here.
+    pub phone: PhoneSenderKind,
+    /// SMTP settings, used when `email` is smtp.
+    pub smtp: SmtpSettings,
+    /// SMS settings, used when `phone` is sms.
+    pub sms: SmsSettings,
+}
+
+/// How to reach the SMTP server.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// Credentials, if the server wants them.
+    pub credentials: Option<(String, SecretString)>,
+    /// The From header.
+    pub from: String,
+}
+
+/// How to reach the SMS provider.
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    /// The API's base URL.
+    pub api_base: String,
+    /// Account id.
+    pub account_sid: String,
+    /// API token.
+    pub auth_token: SecretString,
+    /// Sender number.
+    pub from: String,
+}
+
+/// The rules for one-time codes.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpPolicy {
+    /// Digits per code.
+    pub digits: u32,
+    /// Lifetime.
+    pub ttl: Duration,
+    /// Wrong attempts that kill one code.
+    pub max_attempts: u32,
+    /// Minimum time between two sends to one identifier.
+    pub resend_cooldown: Duration,
+    /// Sends per identifier per hour.
+    pub hourly_cap: u32,
+    /// Sends per identifier per day.
+    pub daily_cap: u32,
+    /// Wrong codes per identifier per 24 hours.
+    pub failure_cap: u32,
+}
+
+/// Per-client-IP token buckets.
+#[derive(Debug, Clone, Copy)]
+pub struct IpLimits {
+    /// Code requests per window.
+    pub send: u32,
+    /// Verifications per window.
+    pub verify: u32,
+    /// Refreshes per window.
+    pub refresh: u32,
+    /// The window over which a bucket refills completely.
+    pub window: Duration,
+}
+
+/// Access-token and session rules.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Access token lifetime.
+    pub access_ttl: Duration,
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim.
+    pub audience: String,
+    /// How long the previous refresh token still returns the current pair.
+    pub refresh_grace: Duration,
+    /// Inactivity limit of a session.
+    pub session_idle: Duration,
+    /// Absolute limit of a session.
+    pub session_max: Duration,
+}
+
+impl Settings {
+    /// Reads flags and environment, then the file they name, and validates
+    /// the result. `today` decides whether fixed test codes have expired.
+    pub fn load(args: impl IntoIterator<Item = String>, today: NaiveDate) -> anyhow::Result<Self> {
+        let cli = Overrides::try_parse_from(args)?;
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Overrides::default(),
+        };
+        Self::from_layers(cli, file, today)
+    }
+
+    /// Merges command-line (winning) and file layers over the defaults.
+    pub fn from_layers(cli: Overrides, file: Overrides, today: NaiveDate) -> anyhow::Result<Self> {
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                cli.$field.clone().or(file.$field.clone()).unwrap_or_else(|| $default)
+            };
+        }
+        let profile = pick!(profile, Profile::Development);
+        let email = pick!(email_sender, EmailSenderKind::Log);
+        let phone = pick!(phone_sender, PhoneSenderKind::Log);
+        let smtp_username: Option<String> = cli.smtp_username.clone().or(file.smtp_username.clone());
+        let smtp_password: Option<SecretString> = cli.smtp_password.clone().or(file.smtp_password.clone());
+        let credentials = match (smtp_username, smtp_password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => bail!("smtp_username and smtp_password must be given together"),
+        };
+        let smtp = SmtpSettings {
+            host: pick!(smtp_host, String::new()),
+            port: pick!(smtp_port, 587),
+            tls: pick!(smtp_tls, SmtpTls::Starttls),
+            credentials,
+            from: pick!(smtp_from, "CodeeDex <no-reply@codeedex.invalid>".to_owned()),
+        };
+        if email == EmailSenderKind::Smtp && smtp.host.is_empty() {
+            bail!("email_sender is smtp but smtp_host is not set");
+        }
+        if email == EmailSenderKind::Smtp {
+            smtp.from
+                .parse::<lettre::message::Mailbox>()
+                .with_context(|| format!("smtp_from {:?} is not a mailbox", smtp.from))?;
+        }
+        let sms = SmsSettings {
+            api_base: pick!(sms_api_base, "https://api.twilio.com".to_owned()),
+            account_sid: pick!(sms_account_sid, String::new()),
+            auth_token: pick!(sms_auth_token, SecretString::from(String::new())),
+            from: pick!(sms_from, String::new()),
+        };
+        if phone == PhoneSenderKind::Sms && (sms.account_sid.is_empty() || sms.from.is_empty()) {
+            bail!("phone_sender is sms but sms_account_sid or sms_from is not set");
+        }
+        let otp = OtpPolicy {
+            digits: pick!(otp_digits, 6),
+            ttl: Duration::from_secs(pick!(otp_ttl_secs, 600)),
+            max_attempts: pick!(otp_max_attempts, 5),
+            resend_cooldown: Duration::from_secs(pick!(otp_resend_cooldown_secs, 60)),
+            hourly_cap: pick!(otp_hourly_cap, 5),
+            daily_cap: pick!(otp_daily_cap, 10),
+            failure_cap: pick!(otp_failure_cap, 20),
+        };
+        if !(6..=10).contains(&otp.digits) {
+            bail!("otp_digits must be between 6 and 10");
+        }
+        if otp.ttl.is_zero() || otp.ttl > Duration::from_secs(600) {
+            bail!("otp_ttl_secs must be between 1 and 600 (NIST SP 800-63B allows at most 10 minutes)");
+        }
+        if otp.max_attempts == 0 || otp.max_attempts > 10 {
+            bail!("otp_max_attempts must be between 1 and 10");
+        }
+        if otp.hourly_cap == 0 || otp.daily_cap < otp.hourly_cap || otp.failure_cap == 0 {
+            bail!("otp caps must be positive and the daily cap at least the hourly cap");
+        }
+        if otp.failure_cap > 100 {
+            bail!("otp_failure_cap must be at most 100 (NIST SP 800-63B §5.2.2)");
+        }
+        let ip_limits = IpLimits {
+            send: pick!(ip_send_limit, 30),
+            verify: pick!(ip_verify_limit, 30),
+            refresh: pick!(ip_refresh_limit, 150),
+            window: Duration::from_secs(pick!(ip_limit_window_secs, 300)),
+        };
+        if ip_limits.send == 0 || ip_limits.verify == 0 || ip_limits.refresh == 0 || ip_limits.window.is_zero() {
+            bail!("per-IP limits and their window must be positive");
+        }
+        let tokens = TokenPolicy {
+            access_ttl: Duration::from_secs(pick!(access_token_ttl_secs, 900)),
+            issuer: pick!(jwt_issuer, "codeedex".to_owned()),
+            audience: pick!(jwt_audience, "codeedex-api".to_owned()),
+            refresh_grace: Duration::from_secs(pick!(refresh_grace_secs, 10)),
+            session_idle: Duration::from_secs(pick!(session_idle_secs, 30 * 24 * 3600)),
+            session_max: Duration::from_secs(pick!(session_max_secs, 90 * 24 * 3600)),
+        };
+        if tokens.access_ttl.is_zero() || tokens.access_ttl > Duration::from_secs(24 * 3600) {
+            bail!("access_token_ttl_secs must be between 1 and 86400");
+        }
+        if tokens.session_idle.is_zero() || tokens.session_max < tokens.session_idle {
+            bail!("session_idle_secs must be positive and at most session_max_secs");
+        }
+        let test_codes = parse_test_codes(
+            cli.test_codes.as_deref().or(file.test_codes.as_deref()),
+            cli.test_codes_expire.or(file.test_codes_expire),
+            today,
+            otp.digits,
+        )?;
+        if profile == Profile::Production {
+            if email == EmailSenderKind::Log || phone == PhoneSenderKind::Log {
+                bail!("the production profile refuses the log sender: set email_sender=smtp and phone_sender=sms");
+            }
+            if !test_codes.is_empty() {
+                bail!("the production profile refuses fixed test codes");
+            }
+            if email == EmailSenderKind::Smtp && smtp.tls == SmtpTls::None {
+                bail!("the production profile refuses SMTP without TLS");
+            }
+        }
+        Ok(Settings {
+            listen: pick!(listen, "127.0.0.1:8080".parse().expect("a valid literal address")),
+            data_dir: pick!(data_dir, PathBuf::from("./data")),
+            profile,
+            log_format: pick!(log_format, LogFormat::Text),
+            log: pick!(log, "info".to_owned()),
+            workers: cli.workers.or(file.workers),
+            delivery: DeliverySettings { email, phone, smtp, sms },
+            trusted_proxies: pick!(trusted_proxies, Vec::new()),
+            otp,
+            ip_limits,
+            tokens,
+            test_codes,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Overrides> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+fn parse_test_codes(
+    spec: Option<&str>,
+    expire: Option<NaiveDate>,
+    today: NaiveDate,
+    digits: u32,
+) -> anyhow::Result<Vec<(Contact, SecretString)>> {
+    let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let Some(expire) = expire else {
+        bail!("test_codes needs test_codes_expire (YYYY-MM-DD), so that fixed codes cannot outlive their purpose");
+    };
+    if expire < today {
+        // Expired test codes are dropped rather than refused, so an old
+        // staging config does not stop the server; they simply stop working.
+        tracing::warn!(%expire, "fixed test codes have expired and are ignored");
+        return Ok(Vec::new());
+    }
+    let mut codes = Vec::new();
+    for entry in spec.split(',') {
+        let (identifier, code) = entry
+            .split_once('=')
+            .with_context(|| "each test code must look like identifier=code".to_owned())?;
+        let identifier = identifier.trim();
+        let contact = if identifier.starts_with('+') {
+            codeedex_schema::contact::PhoneNumber::parse(identifier).map(Contact::Phone)
+        } else {
+            codeedex_schema::contact::EmailAddress::parse(identifier).map(Contact::Email)
+        }
+        .with_context(|| "a test code names an invalid identifier".to_owned())?;
+        let code = code.trim();
+        if code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("each test code must be exactly {digits} digits");
+        }
+        codes.push((contact, SecretString::from(code.to_owned())));
+    }
+    Ok(codes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()
+    }
+
+    fn load(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut all = vec!["codeedex-server".to_owned()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Settings::from_layers(Overrides::try_parse_from(all)?, Overrides::default(), today())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::from_layers(Overrides::default(), Overrides::default(), today()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.otp.ttl, Duration::from_secs(600));
+        assert_eq!(s.tokens.access_ttl, Duration::from_secs(900));
+        assert_eq!(s.delivery.email, EmailSenderKind::Log);
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file() {
+        let file: Overrides = toml::from_str("otp_ttl_secs = 300\nlisten = \"0.0.0.0:9000\"").unwrap();
+        let cli = Overrides::try_parse_from(["x", "--otp-ttl-secs", "120"]).unwrap();
+        let s = Settings::from_layers(cli, file, today()).unwrap();
+        assert_eq!(s.otp.ttl, Duration::from_secs(120));
+        assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<Overrides>("otp_tll_secs = 300").is_err());
+    }
+
+    #[test]
+    fn production_refuses_the_log_sender_and_test_codes() {
+        let err = load(&["--profile", "production"]).unwrap_err().to_string();
+        assert!(err.contains("log sender"), "{err}");
+        let err = load(&[
+            "--profile", "production", "--email-sender", "smtp", "--smtp-host", "mail.example.com",
+            "--phone-sender", "sms", "--sms-account-sid", "AC1", "--sms-from", "+15005550006",
+            "--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-12-01",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test codes"), "{err}");
+    }
+
+    #[test]
+    fn test_codes_need_an_expiry_and_expire() {
+        assert!(load(&["--test-codes", "a@example.com=123456"]).is_err());
+        let live = load(&["--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-11-24"]).unwrap();
+        assert_eq!(live.test_codes.len(), 1);
+        let dead = load(&["--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-11-23"]).unwrap();
+        assert!(dead.test_codes.is_empty());
+        assert!(load(&["--test-codes", "a@example.com=12345", "--test-codes-expire", "2026-12-01"]).is_err());
+    }
+
+    #[test]
+    fn otp_lifetime_is_capped_at_ten_minutes() {
+        assert!(load(&["--otp-ttl-secs", "601"]).is_err());
+        assert!(load(&["--otp-digits", "5"]).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = load(&["--sms-auth-token", "hunter2-secret"]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+    }
+}

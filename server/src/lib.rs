@@ -1,0 +1,17 @@
+//! The CodeeDex Task Sync server.
+//!
+//! `main` calls [`startup::main_with_args`]; tests build an
+//! [`startup::Application`] on port 0 with a temporary data directory, or run
+//! the binary. The layers, outside in: [`api`] (HTTP, the only module that
+//! knows actix-web) → [`auth`] (the rules) → [`store`] (the only module that
+//! knows sled). [`delivery`] sends codes; [`configuration`] and
+//! [`telemetry`] set the server up.
+
+pub mod api;
+pub mod auth;
+pub mod configuration;
+pub mod delivery;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

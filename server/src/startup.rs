@@ -1,0 +1,142 @@
+//! Building and running the application.
+//!
+//! [`Application::build`] opens the store, loads the keys, binds the listener
+//! (port 0 picks a free port, for tests) and assembles the HTTP server.
+//! [`Application::run_until_stopped`] serves until SIGTERM or ctrl-c, lets
+//! in-flight requests finish, and flushes the store.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::api::{self, AppState};
+use crate::auth::Auth;
+use crate::auth::keys::ServerKeys;
+use crate::configuration::Settings;
+use crate::delivery::CodeDelivery;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::telemetry;
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    store: Store,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Opens the store, loads keys and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        let store = Store::open(&settings.data_dir)
+            .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+        let keys = ServerKeys::load_or_create(&settings.data_dir)?;
+        let metrics = Arc::new(Metrics::default());
+        let delivery = CodeDelivery::from_settings(&settings.delivery, settings.otp.ttl.as_secs().div_ceil(60))?;
+        let auth = Auth::new(&settings, store.clone(), keys, delivery, Arc::clone(&metrics));
+        let state = web::Data::new(AppState {
+            auth,
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+            trusted_proxies: settings.trusted_proxies.clone(),
+        });
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let address = listener.local_addr()?;
+        let mut server = HttpServer::new(move || {
+            let metrics = Arc::clone(&metrics);
+            App::new()
+                .configure(api::configure(state.clone()))
+                .default_service(web::to(api::problem::not_found))
+                .wrap_fn(move |req, srv| {
+                    // Only the path is logged: query strings can carry tokens.
+                    let method = req.method().clone();
+                    let path = req.path().to_owned();
+                    let started = Instant::now();
+                    let metrics = Arc::clone(&metrics);
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await?;
+                        let status = response.status();
+                        Metrics::bump(&metrics.http_requests);
+                        if status.is_server_error() {
+                            Metrics::bump(&metrics.http_server_errors);
+                        }
+                        tracing::info!(
+                            target: "codeedex_server::http",
+                            %method, %path, status = status.as_u16(),
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "request"
+                        );
+                        Ok(response)
+                    }
+                })
+        })
+        .client_request_timeout(Duration::from_secs(10))
+        .client_disconnect_timeout(Duration::from_secs(5))
+        .shutdown_timeout(10)
+        .listen(listener)?;
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers);
+        }
+        tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
+        Ok(Self { port: address.port(), server: server.run(), store })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until a shutdown signal, then flushes the store.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("the HTTP server failed")?;
+        self.store.persist().await.context("cannot flush the store at shutdown")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The whole program: settings from the command line and environment,
+/// logging, then the server until it is told to stop.
+pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let today = chrono::Utc::now().date_naive();
+    let settings = match Settings::load(args, today) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // clap's own errors (and --help, --version) print themselves.
+            if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+                let _ = clap_error.print();
+                return if clap_error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+            eprintln!("codeedex-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log, settings.log_format);
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "server failed");
+            eprintln!("codeedex-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

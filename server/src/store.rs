@@ -1,0 +1,426 @@
+//! The store: the only module that knows sled.
+//!
+//! Everything the server keeps lives in one sled database under the data
+//! directory, in named trees. Records are JSON so that a person can inspect a
+//! store with a sled shell; keys are fixed-width bytes so that prefix scans
+//! never match a longer neighbouring key.
+//!
+//! sled writes to disk in the background; [`Store::persist`] waits until
+//! every write made so far is on disk. Callers await it before answering a
+//! request whose effect must survive a crash.
+
+mod records;
+
+use std::path::Path;
+
+use codeedex_schema::id::{SessionId, UserId};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
+
+/// The on-disk format this build reads and writes. Bump it with a migration.
+pub const FORMAT_VERSION: u32 = 1;
+
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory holds a store written by an incompatible version.
+    #[error("the store in {path} has format version {found}; this server reads version {expected}")]
+    IncompatibleFormat {
+        /// Where the store is.
+        path: String,
+        /// The version found on disk.
+        found: String,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// The database itself failed (IO error, corruption, lock held by another process).
+    #[error("storage engine error")]
+    Engine(#[source] sled::Error),
+    /// A record could not be decoded.
+    #[error("corrupt record in {tree}")]
+    Corrupt {
+        /// The tree holding it.
+        tree: &'static str,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Engine(e)
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The server's persistent state.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// user id → [`UserRecord`].
+    users: Tree,
+    /// contact key (`email:…` / `phone:…`) → user id.
+    identities: Tree,
+    /// contact key → [`OtpRecord`]: the pending code and the send and failure history.
+    otp: Tree,
+    /// session id → [`SessionRecord`].
+    sessions: Tree,
+    /// user id ‖ session id → nothing: the sessions of a user.
+    user_sessions: Tree,
+    /// keyed hash of a refresh token → [`RefreshEntry`].
+    refresh_tokens: Tree,
+    /// session id ‖ generation → keyed hash: the whole chain, to delete it with the session.
+    session_tokens: Tree,
+    /// user id ‖ sequence → [`AuditRecord`].
+    audit: Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail: they have string
+    // keys and no custom serialisers that error.
+    serde_json::to_vec(value).expect("records always serialise")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + b.len());
+    key.extend_from_slice(a);
+    key.extend_from_slice(b);
+    key
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checking its format version.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir.join("store")).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(FORMAT_KEY)? {
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+            Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(found) => {
+                return Err(StoreError::IncompatibleFormat {
+                    path: dir.display().to_string(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                    expected: FORMAT_VERSION,
+                });
+            }
+        }
+        Ok(Self {
+            users: db.open_tree("users")?,
+            identities: db.open_tree("identities")?,
+            otp: db.open_tree("otp")?,
+            sessions: db.open_tree("sessions")?,
+            user_sessions: db.open_tree("user_sessions")?,
+            refresh_tokens: db.open_tree("refresh_tokens")?,
+            session_tokens: db.open_tree("session_tokens")?,
+            audit: db.open_tree("audit")?,
+            db,
+        })
+    }
+
+    /// Waits until every write made so far is on disk.
+    pub async fn persist(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Writes a value to the store's metadata, for the format version test.
+    #[doc(hidden)]
+    pub fn overwrite_format_version_for_tests(dir: &Path, version: &str) -> Result<(), StoreError> {
+        let db = sled::Config::new().path(dir.join("store")).open()?;
+        db.open_tree("meta")?.insert(FORMAT_KEY, version.as_bytes())?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// True when the database answers; for the readiness probe.
+    pub fn is_healthy(&self) -> bool {
+        self.db.open_tree("meta").and_then(|t| t.get(FORMAT_KEY)).is_ok()
+    }
+
+    // Users and identities.
+
+    /// The user with this id.
+    pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.users.get(id.as_bytes())?.map(|v| decode("users", &v)).transpose()
+    }
+
+    /// The user who signs in with this contact key, if any.
+    pub fn user_by_contact(&self, contact_key: &str) -> Result<Option<UserRecord>, StoreError> {
+        match self.identities.get(contact_key.as_bytes())? {
+            None => Ok(None),
+            Some(id) => {
+                let id: [u8; 16] = id.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "identities",
+                    source: serde::de::Error::custom("user id is not 16 bytes"),
+                })?;
+                self.user(UserId::from_bytes(id))
+            }
+        }
+    }
+
+    /// The user for this contact key, creating `candidate` atomically if there
+    /// is none. Returns the user and whether it was created.
+    pub fn find_or_create_user(&self, candidate: &UserRecord) -> Result<(UserRecord, bool), StoreError> {
+        let key = candidate.contact_key.as_bytes();
+        let created = (&self.identities, &self.users).transaction(|(identities, users)| -> TxResult<_> {
+            if let Some(existing) = identities.get(key)? {
+                return Ok(Some(existing));
+            }
+            identities.insert(key, candidate.id.as_bytes())?;
+            users.insert(candidate.id.as_bytes(), encode(candidate))?;
+            Ok(None)
+        })?;
+        match created {
+            None => Ok((candidate.clone(), true)),
+            Some(_) => {
+                let user = self.user_by_contact(&candidate.contact_key)?;
+                Ok((user.expect("an identity always points at a user written in the same transaction"), false))
+            }
+        }
+    }
+
+    /// Replaces a user record (for example to record its root document).
+    pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.users.insert(user.id.as_bytes(), encode(user))?;
+        Ok(())
+    }
+
+    // One-time codes.
+
+    /// Atomically reads and replaces the code state of one identifier.
+    ///
+    /// `change` may run more than once when another request changes the same
+    /// record at the same time; only its last run takes effect, so it must be
+    /// a pure function of its input.
+    pub fn update_otp<T>(
+        &self,
+        contact_key: &str,
+        mut change: impl FnMut(Option<OtpRecord>) -> (Option<OtpRecord>, T),
+    ) -> Result<T, StoreError> {
+        let key = contact_key.as_bytes();
+        loop {
+            let current = self.otp.get(key)?;
+            let decoded = current.as_deref().map(|v| decode("otp", v)).transpose()?;
+            let (next, outcome) = change(decoded);
+            let next_bytes = next.as_ref().map(encode);
+            match self.otp.compare_and_swap(key, current, next_bytes)? {
+                Ok(()) => return Ok(outcome),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    // Sessions and refresh tokens.
+
+    /// Stores a new session with its first refresh token.
+    pub fn insert_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.write_session(session, refresh_hash, true)
+    }
+
+    /// Stores a rotated session and its new refresh token, in one transaction.
+    /// Fails with `Ok(false)` if the session is gone or was rotated meanwhile.
+    pub fn rotate_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let expected_generation = session.generation - 1;
+        let sessions = &self.sessions;
+        let ok = (sessions, &self.refresh_tokens, &self.session_tokens).transaction(
+            |(sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
+                let Some(current) = sessions.get(session.id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let current: SessionRecord =
+                    decode("sessions", &current).map_err(ConflictableTransactionError::Abort)?;
+                if current.generation != expected_generation {
+                    return Ok(false);
+                }
+                sessions.insert(session.id.as_bytes(), encode(session))?;
+                let entry = RefreshEntry { session_id: session.id, generation: session.generation };
+                refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
+                session_tokens.insert(
+                    pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
+                    &refresh_hash[..],
+                )?;
+                Ok(true)
+            },
+        )?;
+        Ok(ok)
+    }
+
+    fn write_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32], new: bool) -> Result<(), StoreError> {
+        (&self.sessions, &self.user_sessions, &self.refresh_tokens, &self.session_tokens).transaction(
+            |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
+                sessions.insert(session.id.as_bytes(), encode(session))?;
+                if new {
+                    user_sessions.insert(pair_key(session.user_id.as_bytes(), session.id.as_bytes()), &[])?;
+                }
+                let entry = RefreshEntry { session_id: session.id, generation: session.generation };
+                refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
+                session_tokens.insert(
+                    pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
+                    &refresh_hash[..],
+                )?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Records that a session was used, without touching its tokens.
+    pub fn touch_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.insert(session.id.as_bytes(), encode(session))?;
+        Ok(())
+    }
+
+    /// The session with this id.
+    pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions.get(id.as_bytes())?.map(|v| decode("sessions", &v)).transpose()
+    }
+
+    /// What a refresh-token hash belongs to.
+    pub fn refresh_entry(&self, hash: &[u8; 32]) -> Result<Option<RefreshEntry>, StoreError> {
+        self.refresh_tokens.get(&hash[..])?.map(|v| decode("refresh_tokens", &v)).transpose()
+    }
+
+    /// The live and expired-but-not-yet-removed sessions of a user.
+    pub fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.user_sessions.scan_prefix(user.as_bytes()) {
+            let (key, _) = item?;
+            let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
+                tree: "user_sessions",
+                source: serde::de::Error::custom("key is not two ids"),
+            })?;
+            if let Some(session) = self.session(SessionId::from_bytes(id))? {
+                out.push(session);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a session and its whole refresh-token chain. Returns whether it existed.
+    pub fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let chain: Vec<(sled::IVec, sled::IVec)> =
+            self.session_tokens.scan_prefix(id.as_bytes()).collect::<Result<_, _>>()?;
+        let existed = (&self.sessions, &self.user_sessions, &self.refresh_tokens, &self.session_tokens)
+            .transaction(|(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
+                let Some(old) = sessions.remove(id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let old: SessionRecord = decode("sessions", &old).map_err(ConflictableTransactionError::Abort)?;
+                user_sessions.remove(pair_key(old.user_id.as_bytes(), id.as_bytes()))?;
+                for (chain_key, hash) in &chain {
+                    refresh_tokens.remove(hash)?;
+                    session_tokens.remove(chain_key)?;
+                }
+                Ok(true)
+            })?;
+        Ok(existed)
+    }
+
+    // Audit events.
+
+    /// Appends an event to a user's audit trail.
+    pub fn append_audit(&self, user: UserId, event: &AuditRecord) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        self.audit.insert(pair_key(user.as_bytes(), &seq.to_be_bytes()), encode(event))?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of a user, newest first.
+    pub fn audit_of(&self, user: UserId, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .scan_prefix(user.as_bytes())
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item?;
+                decode("audit", &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn user(contact: &str, byte: u8) -> UserRecord {
+        UserRecord {
+            id: UserId::from_random_bytes([byte; 16]),
+            contact_key: contact.to_owned(),
+            created_at: Utc::now(),
+            root_document_id: None,
+        }
+    }
+
+    #[test]
+    fn a_store_of_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        Store::overwrite_format_version_for_tests(dir.path(), "999").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("format version 999"), "{err}");
+    }
+
+    #[test]
+    fn find_or_create_user_creates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (first, created) = store.find_or_create_user(&user("email:a@b.co", 1)).unwrap();
+        assert!(created);
+        let (second, created) = store.find_or_create_user(&user("email:a@b.co", 2)).unwrap();
+        assert!(!created);
+        assert_eq!(first.id, second.id);
+    }
+
+    #[test]
+    fn otp_updates_are_atomic_under_contention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        store
+                            .update_otp("email:a@b.co", |r| {
+                                let mut r = r.unwrap_or_default();
+                                r.failures.push(Utc::now());
+                                (Some(r), ())
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let count = store.update_otp("email:a@b.co", |r| (r.clone(), r.unwrap().failures.len())).unwrap();
+        assert_eq!(count, 400);
+    }
+}
