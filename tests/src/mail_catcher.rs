@@ -1,0 +1,1003 @@
+//! A real SMTP server (a subset of RFC 5321) on `127.0.0.1`, for end-to-end tests that
+//! need to read the one-time codes the server under test sends by email.
+//!
+//! The catcher runs on its own thread with its own single-threaded tokio runtime, so it
+//! keeps answering even while the test's runtime is busy or blocked, and it works from any
+//! kind of test (`#[tokio::test]`, multi-threaded or not). It stops when dropped.
+//!
+//! ```ignore
+//! let catcher = MailCatcher::start().await;
+//! // configure the server under test with SMTP host 127.0.0.1, port catcher.port(), no TLS
+//! let mail = catcher.wait_for_mail_to("alice@example.com", Duration::from_secs(10)).await?;
+//! let code = mail.code(6).expect("no 6-digit code in the mail");
+//! ```
+//!
+//! Supported: greeting 220, `EHLO` (advertising `8BITMIME`, `SMTPUTF8`, `SIZE`,
+//! `ENHANCEDSTATUSCODES`), `HELO`, `MAIL FROM` (parameters `SIZE`, `BODY`, `SMTPUTF8`),
+//! `RCPT TO` (up to [`MAX_RECIPIENTS`]), `DATA` (dot-stuffing undone), `RSET`, `NOOP`,
+//! `VRFY` (252), `HELP`, `QUIT`. Unknown commands get 502, commands out of sequence 503,
+//! command lines longer than [`MAX_COMMAND_LINE`] 500, messages with a text line longer
+//! than [`MAX_TEXT_LINE`] 554 and messages larger than [`MAX_MESSAGE_SIZE`] 552. No TLS,
+//! no AUTH, no PIPELINING advertised (pipelined commands are still answered in order).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+
+/// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Longest line of message text accepted, CRLF included (RFC 5321 §4.5.3.1.6).
+pub const MAX_TEXT_LINE: usize = 1000;
+/// Largest message accepted (after dot-unstuffing), advertised with `SIZE`.
+pub const MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+/// Most recipients accepted in one transaction (RFC 5321 §4.5.3.1.8).
+pub const MAX_RECIPIENTS: usize = 100;
+/// A connection that sends nothing for this long is closed with 421.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const SERVER_NAME: &str = "mail-catcher.codeedex.test";
+
+/// One message accepted by the catcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMail {
+    /// Envelope sender (`MAIL FROM`), without angle brackets; empty for the null path `<>`.
+    pub from: String,
+    /// Envelope recipients (`RCPT TO`), without angle brackets, in the order given.
+    pub to: Vec<String>,
+    /// The whole message as sent after `DATA` (headers and body), dot-stuffing undone,
+    /// lines ending in CRLF, without the final `.` line.
+    pub data: String,
+}
+
+impl ReceivedMail {
+    /// The message's header fields in order, unfolded, with RFC 2047 encoded words
+    /// (`=?utf-8?b?...?=`) decoded.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let (head, _) = split_head_body(&self.data);
+        parse_headers(head)
+            .into_iter()
+            .map(|(name, value)| (name, decode_encoded_words(&value)))
+            .collect()
+    }
+
+    /// The first header field named `name` (case-insensitive), decoded as in [`Self::headers`].
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers()
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The decoded `Subject` header.
+    pub fn subject(&self) -> Option<String> {
+        self.header("Subject")
+    }
+
+    /// The readable text of the message: `Content-Transfer-Encoding` (base64 or
+    /// quoted-printable) undone and multipart messages walked. The `text/plain` parts are
+    /// returned if there are any, otherwise all `text/*` parts (e.g. HTML only), joined by
+    /// a newline. Text is taken as UTF-8 (invalid bytes replaced).
+    pub fn body_text(&self) -> String {
+        let (head, body) = split_head_body(&self.data);
+        let mut parts = Vec::new();
+        collect_text_parts(head, body, 0, &mut parts);
+        let plain: Vec<&str> = parts
+            .iter()
+            .filter(|(mime, _)| mime == "text/plain")
+            .map(|(_, text)| text.as_str())
+            .collect();
+        if plain.is_empty() {
+            parts
+                .iter()
+                .map(|(_, text)| text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            plain.join("\n")
+        }
+    }
+
+    /// The first standalone code of exactly `digits` digits in [`Self::body_text`].
+    pub fn code(&self, digits: usize) -> Option<String> {
+        extract_code(&self.body_text(), digits)
+    }
+}
+
+/// Finds the first standalone run of exactly `digits` ASCII digits in `text`.
+///
+/// "Standalone" means the run is neither preceded nor followed by a letter or digit of any
+/// script, so `"Your code: 123456."` yields `123456`, while the digits inside `"1234567"`,
+/// `"ab123456"` or `"123456x"` are skipped. Pass decoded text (e.g.
+/// [`ReceivedMail::body_text`]), not the raw message, whose headers and encoded bodies
+/// may hold other digit runs. Returns `None` for `digits == 0`.
+pub fn extract_code(text: &str, digits: usize) -> Option<String> {
+    if digits == 0 {
+        return None;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        let before_ok = start == 0 || !chars[start - 1].is_alphanumeric();
+        let after_ok = i == chars.len() || !chars[i].is_alphanumeric();
+        if i - start == digits && before_ok && after_ok {
+            return Some(chars[start..i].iter().collect());
+        }
+    }
+    None
+}
+
+/// A running SMTP server that records every message it accepts. Stops when dropped.
+#[derive(Debug)]
+pub struct MailCatcher {
+    addr: SocketAddr,
+    inbox: Arc<Inbox>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl MailCatcher {
+    /// Binds `127.0.0.1:0` and starts serving on a dedicated thread.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound or the thread cannot be started.
+    pub async fn start() -> MailCatcher {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .expect("mail catcher: cannot bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("mail catcher: cannot make the listener non-blocking");
+        let addr = listener
+            .local_addr()
+            .expect("mail catcher: no local address");
+        let inbox = Arc::new(Inbox::default());
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let thread_inbox = Arc::clone(&inbox);
+        std::thread::Builder::new()
+            .name(format!("mail-catcher-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("mail catcher: cannot build a tokio runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)
+                        .expect("mail catcher: cannot register the listener");
+                    let _ = ready_tx.send(());
+                    tokio::select! {
+                        _ = shutdown_rx => {}
+                        _ = accept_loop(listener, thread_inbox) => {}
+                    }
+                });
+                // Dropping the runtime here cancels every open connection's task.
+            })
+            .expect("mail catcher: cannot spawn its thread");
+        ready_rx
+            .await
+            .expect("mail catcher: its thread died while starting");
+        MailCatcher {
+            addr,
+            inbox,
+            shutdown: Some(shutdown_tx),
+        }
+    }
+
+    /// The TCP port the catcher listens on (host `127.0.0.1`).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The full socket address the catcher listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every message accepted so far, oldest first (including those already returned by
+    /// [`Self::wait_for_mail_to`]).
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        self.inbox.all()
+    }
+
+    /// Waits for the oldest message to `recipient` that no earlier call has returned, and
+    /// marks it as taken: two successive calls for the same address return that address's
+    /// messages in the order they arrived. Recipients are compared case-insensitively and
+    /// without angle brackets, against the envelope (`RCPT TO`) addresses.
+    ///
+    /// Must be called from within a tokio runtime with the time driver enabled.
+    pub async fn wait_for_mail_to(
+        &self,
+        recipient: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<ReceivedMail> {
+        let wanted = normalize_address(recipient);
+        let matches =
+            |mail: &ReceivedMail| mail.to.iter().any(|to| normalize_address(to) == wanted);
+        if let Some(mail) = self.inbox.wait_take(matches, timeout).await {
+            return Ok(mail);
+        }
+        let seen: Vec<String> = self
+            .inbox
+            .all()
+            .iter()
+            .map(|m| format!("{:?} -> {:?}", m.from, m.to))
+            .collect();
+        anyhow::bail!(
+            "no new mail to {recipient:?} within {timeout:?} (messages received so far, \
+             including already taken ones: {seen:?})"
+        )
+    }
+}
+
+impl Drop for MailCatcher {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+fn normalize_address(address: &str) -> String {
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_ascii_lowercase()
+}
+
+/// Received messages with a "taken" mark, and a wake-up for waiters.
+#[derive(Debug, Default)]
+struct Inbox {
+    entries: Mutex<Vec<(ReceivedMail, bool)>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn push(&self, mail: ReceivedMail) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((mail, false));
+        self.notify.notify_waiters();
+    }
+
+    fn all(&self) -> Vec<ReceivedMail> {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(mail, _)| mail.clone())
+            .collect()
+    }
+
+    fn take_first(&self, matches: &impl Fn(&ReceivedMail) -> bool) -> Option<ReceivedMail> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mail, taken) = entries
+            .iter_mut()
+            .find(|(mail, taken)| !*taken && matches(mail))?;
+        *taken = true;
+        Some(mail.clone())
+    }
+
+    async fn wait_take(
+        &self,
+        matches: impl Fn(&ReceivedMail) -> bool,
+        timeout: Duration,
+    ) -> Option<ReceivedMail> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before looking, so a message pushed in between wakes us.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(mail) = self.take_first(&matches) {
+                return Some(mail);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.take_first(&matches);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inbox: Arc<Inbox>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let inbox = Arc::clone(&inbox);
+                tokio::spawn(async move {
+                    // A connection error only ends that conversation.
+                    let _ = serve_connection(stream, inbox).await;
+                });
+            }
+            // E.g. too many open files: back off briefly instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+enum Line {
+    /// A complete line; the buffer holds it without its line ending.
+    Complete,
+    /// The line was longer than allowed; it has been read and discarded.
+    TooLong,
+    /// The peer closed the connection (a partial last line is dropped).
+    Eof,
+}
+
+/// Reads one line ending in LF (CR before it removed) into `buf`, never holding more than
+/// `max` bytes (line ending included) in memory.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let used = chunk.len();
+        if !too_long {
+            if buf.len() + used > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(used);
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Line::TooLong);
+    }
+    buf.pop(); // the LF
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Line::Complete)
+}
+
+async fn reply<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> std::io::Result<()> {
+    writer.write_all(text.as_bytes()).await?;
+    writer.write_all(b"\r\n").await?;
+    writer.flush().await
+}
+
+#[derive(Default)]
+struct Session {
+    greeted: bool,
+    from: Option<String>,
+    to: Vec<String>,
+}
+
+impl Session {
+    fn reset_transaction(&mut self) {
+        self.from = None;
+        self.to.clear();
+    }
+}
+
+async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Result<()> {
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
+    let mut session = Session::default();
+
+    reply(
+        &mut writer,
+        &format!("220 {SERVER_NAME} ESMTP CodeeDex mail catcher ready"),
+    )
+    .await?;
+    loop {
+        let read = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            read_line(&mut reader, &mut line, MAX_COMMAND_LINE),
+        )
+        .await;
+        let Ok(read) = read else {
+            reply(
+                &mut writer,
+                "421 4.4.2 Idle for too long, closing connection",
+            )
+            .await?;
+            return Ok(());
+        };
+        match read? {
+            Line::Eof => return Ok(()),
+            Line::TooLong => {
+                reply(&mut writer, "500 5.5.2 Line too long").await?;
+                continue;
+            }
+            Line::Complete => {}
+        }
+        let Ok(command) = std::str::from_utf8(&line) else {
+            reply(
+                &mut writer,
+                "500 5.5.2 Syntax error, command line is not UTF-8",
+            )
+            .await?;
+            continue;
+        };
+        let command = command.trim_end();
+        let (verb, args) = match command.split_once(' ') {
+            Some((verb, args)) => (verb, args.trim()),
+            None => (command, ""),
+        };
+        let verb = verb.to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => {
+                if args.is_empty() {
+                    reply(&mut writer, &format!("501 5.5.4 Syntax: {verb} hostname")).await?;
+                    continue;
+                }
+                session.reset_transaction();
+                session.greeted = true;
+                if verb == "EHLO" {
+                    let text = format!(
+                        "250-{SERVER_NAME} greets {args}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+                         250-SIZE {MAX_MESSAGE_SIZE}\r\n250 ENHANCEDSTATUSCODES"
+                    );
+                    reply(&mut writer, &text).await?;
+                } else {
+                    reply(&mut writer, &format!("250 {SERVER_NAME} greets {args}")).await?;
+                }
+            }
+            "MAIL" => {
+                let text = handle_mail(&mut session, args);
+                reply(&mut writer, &text).await?;
+            }
+            "RCPT" => {
+                let text = handle_rcpt(&mut session, args);
+                reply(&mut writer, &text).await?;
+            }
+            "DATA" => {
+                if !args.is_empty() {
+                    reply(&mut writer, "501 5.5.4 Syntax: DATA (no arguments)").await?;
+                    continue;
+                }
+                if session.from.is_none() {
+                    reply(
+                        &mut writer,
+                        "503 5.5.1 Bad sequence of commands: need MAIL and RCPT before DATA",
+                    )
+                    .await?;
+                    continue;
+                }
+                if session.to.is_empty() {
+                    reply(
+                        &mut writer,
+                        "503 5.5.1 Bad sequence of commands: need RCPT before DATA",
+                    )
+                    .await?;
+                    continue;
+                }
+                reply(&mut writer, "354 Start mail input; end with <CRLF>.<CRLF>").await?;
+                let Some(outcome) = read_data(&mut reader, &mut line).await? else {
+                    return Ok(());
+                };
+                let from = session.from.take().unwrap_or_default();
+                let to = std::mem::take(&mut session.to);
+                match outcome {
+                    DataOutcome::Message(data) => {
+                        inbox.push(ReceivedMail { from, to, data });
+                        reply(&mut writer, "250 2.0.0 OK: message accepted").await?;
+                    }
+                    DataOutcome::TooBig => {
+                        reply(
+                            &mut writer,
+                            "552 5.3.4 Message size exceeds fixed maximum message size",
+                        )
+                        .await?;
+                    }
+                    DataOutcome::LineTooLong => {
+                        reply(
+                            &mut writer,
+                            "554 5.6.0 Message rejected: a text line exceeds 1000 octets",
+                        )
+                        .await?;
+                    }
+                }
+            }
+            "RSET" => {
+                if !args.is_empty() {
+                    reply(&mut writer, "501 5.5.4 Syntax: RSET (no arguments)").await?;
+                    continue;
+                }
+                session.reset_transaction();
+                reply(&mut writer, "250 2.0.0 OK").await?;
+            }
+            "NOOP" => reply(&mut writer, "250 2.0.0 OK").await?,
+            "VRFY" => {
+                if args.is_empty() {
+                    reply(&mut writer, "501 5.5.4 Syntax: VRFY address").await?;
+                } else {
+                    reply(
+                        &mut writer,
+                        "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                    )
+                    .await?;
+                }
+            }
+            "HELP" => {
+                reply(
+                    &mut writer,
+                    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                )
+                .await?;
+            }
+            "QUIT" => {
+                reply(&mut writer, "221 2.0.0 Bye").await?;
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            "" => reply(&mut writer, "500 5.5.2 Syntax error, command unrecognized").await?,
+            _ => reply(&mut writer, "502 5.5.1 Command not implemented").await?,
+        }
+    }
+}
+
+/// Parses `<address>` at the start of `text` (after `FROM:` / `TO:`), returning the
+/// address (source route dropped) and the rest of the line (parameters).
+fn parse_path(text: &str) -> Option<(String, &str)> {
+    let text = text.trim_start();
+    let inner_and_rest = text.strip_prefix('<')?;
+    let end = inner_and_rest.find('>')?;
+    let inner = &inner_and_rest[..end];
+    let rest = &inner_and_rest[end + 1..];
+    if !(rest.is_empty() || rest.starts_with(' ')) {
+        return None;
+    }
+    // Drop an obsolete source route: <@a,@b:user@domain>.
+    let address = match inner.strip_prefix('@') {
+        Some(route) => route.split_once(':')?.1,
+        None => inner,
+    };
+    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    Some((address.to_string(), rest.trim()))
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+fn handle_mail(session: &mut Session, args: &str) -> String {
+    if !session.greeted {
+        return "503 5.5.1 Bad sequence of commands: send EHLO or HELO first".into();
+    }
+    if session.from.is_some() {
+        return "503 5.5.1 Bad sequence of commands: nested MAIL command".into();
+    }
+    let Some((address, params)) = strip_prefix_ignore_case(args, "FROM:").and_then(parse_path)
+    else {
+        return "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]".into();
+    };
+    for param in params.split_whitespace() {
+        let (key, value) = match param.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (param, None),
+        };
+        match (key.to_ascii_uppercase().as_str(), value) {
+            ("SIZE", Some(value)) => match value.parse::<u64>() {
+                Ok(size) if size > MAX_MESSAGE_SIZE as u64 => {
+                    return "552 5.3.4 Message size exceeds fixed maximum message size".into();
+                }
+                Ok(_) => {}
+                Err(_) => return "501 5.5.4 Invalid SIZE parameter".into(),
+            },
+            ("BODY", Some(value))
+                if value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME") => {
+            }
+            ("BODY", _) => return "501 5.5.4 Invalid BODY parameter".into(),
+            ("SMTPUTF8", None) => {}
+            _ => return format!("555 5.5.4 MAIL FROM parameter {key} not recognized"),
+        }
+    }
+    if !address.is_empty() && !address.contains('@') {
+        return "553 5.1.7 Bad sender address syntax".into();
+    }
+    session.from = Some(address);
+    "250 2.1.0 OK".into()
+}
+
+fn handle_rcpt(session: &mut Session, args: &str) -> String {
+    if !session.greeted || session.from.is_none() {
+        return "503 5.5.1 Bad sequence of commands: need MAIL before RCPT".into();
+    }
+    let Some((address, params)) = strip_prefix_ignore_case(args, "TO:").and_then(parse_path) else {
+        return "501 5.5.4 Syntax: RCPT TO:<address>".into();
+    };
+    if !params.is_empty() {
+        return "555 5.5.4 RCPT TO parameters not recognized".into();
+    }
+    if !address.contains('@') && !address.eq_ignore_ascii_case("postmaster") {
+        return "553 5.1.3 Bad recipient address syntax".into();
+    }
+    if session.to.len() >= MAX_RECIPIENTS {
+        return "452 4.5.3 Too many recipients".into();
+    }
+    session.to.push(address);
+    "250 2.1.5 OK".into()
+}
+
+enum DataOutcome {
+    Message(String),
+    TooBig,
+    LineTooLong,
+}
+
+/// Reads message text up to the lone `.` line, undoing dot-stuffing. `None` if the peer
+/// went away (or idled out) first.
+async fn read_data<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<DataOutcome>> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut too_big = false;
+    let mut line_too_long = false;
+    loop {
+        let read = tokio::time::timeout(IDLE_TIMEOUT, read_line(reader, line, MAX_TEXT_LINE)).await;
+        let Ok(read) = read else {
+            return Ok(None);
+        };
+        match read? {
+            Line::Eof => return Ok(None),
+            Line::TooLong => line_too_long = true,
+            Line::Complete => {
+                if line.as_slice() == b"." {
+                    break;
+                }
+                let text = line.strip_prefix(b".").unwrap_or(line);
+                if !too_big {
+                    if data.len() + text.len() + 2 > MAX_MESSAGE_SIZE {
+                        too_big = true;
+                        data = Vec::new();
+                    } else {
+                        data.extend_from_slice(text);
+                        data.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(if too_big {
+        DataOutcome::TooBig
+    } else if line_too_long {
+        DataOutcome::LineTooLong
+    } else {
+        DataOutcome::Message(String::from_utf8_lossy(&data).into_owned())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Minimal MIME reading: enough to get at the text of the messages lettre builds.
+
+/// Splits a message (or MIME part) at the first empty line.
+fn split_head_body(text: &str) -> (&str, &str) {
+    if let Some(rest) = text.strip_prefix("\r\n") {
+        return ("", rest);
+    }
+    if let Some(rest) = text.strip_prefix('\n') {
+        return ("", rest);
+    }
+    let crlf = text.find("\r\n\r\n").map(|i| (i, 4));
+    let lf = text.find("\n\n").map(|i| (i, 2));
+    let split = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    match split {
+        Some((i, len)) => (&text[..i], &text[i + len..]),
+        None => (text, ""),
+    }
+}
+
+/// Header fields, unfolded, values trimmed (not decoded).
+fn parse_headers(head: &str) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = headers.last_mut() {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    headers
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// `type/subtype` lowercased, and the parameters (names lowercased, values unquoted).
+fn parse_content_type(value: &str) -> (String, Vec<(String, String)>) {
+    let mut pieces = value.split(';');
+    let mime = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+    let params = pieces
+        .filter_map(|piece| {
+            let (name, value) = piece.split_once('=')?;
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim().to_ascii_lowercase(), value.to_string()))
+        })
+        .collect();
+    (mime, params)
+}
+
+/// Pushes `(mime type, decoded text)` for every `text/*` leaf of the MIME tree.
+fn collect_text_parts(head: &str, body: &str, depth: usize, out: &mut Vec<(String, String)>) {
+    let headers = parse_headers(head);
+    let (mime, params) = find_header(&headers, "Content-Type")
+        .map(parse_content_type)
+        .unwrap_or_else(|| ("text/plain".to_string(), Vec::new()));
+    if mime.starts_with("multipart/") {
+        let boundary = params.iter().find(|(name, _)| name == "boundary");
+        if let (Some((_, boundary)), true) = (boundary, depth < 16) {
+            for part in split_multipart(body, boundary) {
+                let (part_head, part_body) = split_head_body(part);
+                collect_text_parts(part_head, part_body, depth + 1, out);
+            }
+        }
+        return;
+    }
+    if !(mime.starts_with("text/") || mime.is_empty()) {
+        return;
+    }
+    let encoding = find_header(&headers, "Content-Transfer-Encoding")
+        .unwrap_or("7bit")
+        .trim()
+        .to_ascii_lowercase();
+    let text = match encoding.as_str() {
+        "base64" => decode_base64_body(body)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_else(|| body.to_string()),
+        "quoted-printable" => String::from_utf8_lossy(&decode_quoted_printable(body)).into_owned(),
+        _ => body.to_string(),
+    };
+    let mime = if mime.is_empty() {
+        "text/plain".to_string()
+    } else {
+        mime
+    };
+    out.push((mime, text));
+}
+
+/// The bodies of the parts of a multipart body (preamble and epilogue dropped).
+fn split_multipart<'a>(body: &'a str, boundary: &str) -> Vec<&'a str> {
+    let delimiter = format!("--{boundary}");
+    let close = format!("--{boundary}--");
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    for line in body.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare == delimiter || bare == close {
+            if let Some(s) = start {
+                // The line break before a delimiter belongs to the delimiter.
+                let part = &body[s..pos];
+                let part = part
+                    .strip_suffix("\r\n")
+                    .or_else(|| part.strip_suffix('\n'))
+                    .unwrap_or(part);
+                parts.push(part);
+            }
+            if bare == close {
+                return parts;
+            }
+            start = Some(pos + line.len());
+        }
+        pos += line.len();
+    }
+    // No closing delimiter: take what follows the last delimiter.
+    if let Some(s) = start {
+        parts.push(&body[s..]);
+    }
+    parts
+}
+
+fn decode_base64_body(body: &str) -> Option<Vec<u8>> {
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    engine.decode(compact).ok()
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Decodes `=XX` escapes in `bytes`; with `underscore_is_space`, as in RFC 2047's "Q".
+fn decode_qp_escapes(bytes: &[u8], underscore_is_space: bool, out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'='
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
+        }
+        out.push(if underscore_is_space && b == b'_' {
+            b' '
+        } else {
+            b
+        });
+        i += 1;
+    }
+}
+
+/// RFC 2045 quoted-printable: `=XX` escapes, `=` at line end as a soft line break,
+/// trailing whitespace on lines dropped; hard line breaks come out as CRLF.
+fn decode_quoted_printable(body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let lines: Vec<&str> = body.split('\n').collect();
+    for (index, line) in lines.iter().enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.trim_end_matches([' ', '\t']);
+        match line.strip_suffix('=') {
+            Some(soft) => decode_qp_escapes(soft.as_bytes(), false, &mut out),
+            None => {
+                decode_qp_escapes(line.as_bytes(), false, &mut out);
+                if index + 1 < lines.len() {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes RFC 2047 encoded words (`=?charset?B?...?=`, `=?charset?Q?...?=`) in a header
+/// value, dropping the whitespace between adjacent encoded words. Text is taken as UTF-8.
+fn decode_encoded_words(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    let mut after_encoded_word = false;
+    while let Some(start) = rest.find("=?") {
+        let before = &rest[..start];
+        let candidate = &rest[start + 2..];
+        match decode_one_encoded_word(candidate) {
+            Some((decoded, used)) => {
+                if !(after_encoded_word && before.chars().all(char::is_whitespace)) {
+                    out.push_str(before);
+                }
+                out.push_str(&decoded);
+                rest = &candidate[used..];
+                after_encoded_word = true;
+            }
+            None => {
+                out.push_str(before);
+                out.push_str("=?");
+                rest = candidate;
+                after_encoded_word = false;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` follows a `=?`; returns the decoded word and how many bytes of `text` it used.
+fn decode_one_encoded_word(text: &str) -> Option<(String, usize)> {
+    let (_charset, rest) = text.split_once('?')?;
+    let (encoding, rest) = rest.split_once('?')?;
+    let end = rest.find("?=")?;
+    let encoded = &rest[..end];
+    if encoded.contains(char::is_whitespace) {
+        return None;
+    }
+    let bytes = match encoding {
+        "B" | "b" => decode_base64_body(encoded)?,
+        "Q" | "q" => {
+            let mut out = Vec::new();
+            decode_qp_escapes(encoded.as_bytes(), true, &mut out);
+            out
+        }
+        _ => return None,
+    };
+    let used = text.len() - rest.len() + end + 2;
+    Some((String::from_utf8_lossy(&bytes).into_owned(), used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extract_code_finds_standalone_runs_only() {
+        assert_eq!(
+            extract_code("Your code: 123456.", 6).as_deref(),
+            Some("123456")
+        );
+        assert_eq!(
+            extract_code("1234567 then 654321", 6).as_deref(),
+            Some("654321")
+        );
+        assert_eq!(
+            extract_code("ab123456 x123456y 222222", 6).as_deref(),
+            Some("222222")
+        );
+        assert_eq!(
+            extract_code("code=135790\r\n", 6).as_deref(),
+            Some("135790")
+        );
+        assert_eq!(extract_code("12345", 6), None);
+        assert_eq!(extract_code("123456", 0), None);
+        assert_eq!(extract_code("é123456", 6), None);
+    }
+
+    #[test]
+    fn quoted_printable_is_decoded() {
+        let decoded = decode_quoted_printable("Code =C3=A9: 12=\r\n3456 \r\nend");
+        assert_eq!(String::from_utf8(decoded).unwrap(), "Code é: 123456\r\nend");
+        let mut out = Vec::new();
+        decode_qp_escapes(b"a=3", false, &mut out);
+        assert_eq!(out, b"a=3");
+    }
+
+    #[test]
+    fn encoded_words_are_decoded() {
+        assert_eq!(
+            decode_encoded_words("=?utf-8?b?Q29kZQ==?= =?utf-8?q?_=C3=A9t=C3=A9?= ok"),
+            "Code été ok"
+        );
+        assert_eq!(decode_encoded_words("plain =? text"), "plain =? text");
+    }
+
+    #[test]
+    fn multipart_prefers_text_plain() {
+        let mail = ReceivedMail {
+            from: String::new(),
+            to: vec![],
+            data: "Content-Type: multipart/alternative;\r\n boundary=\"XyZ\"\r\n\r\n\
+                   preamble\r\n--XyZ\r\nContent-Type: text/plain\r\n\
+                   Content-Transfer-Encoding: base64\r\n\r\nWW91ciBjb2RlOiA0MjQyNDI=\r\n\
+                   --XyZ\r\nContent-Type: text/html\r\n\r\n<p style=\"color:#111111\">424242</p>\r\n\
+                   --XyZ--\r\n"
+                .into(),
+        };
+        assert_eq!(mail.body_text(), "Your code: 424242");
+        assert_eq!(mail.code(6).as_deref(), Some("424242"));
+    }
+}
