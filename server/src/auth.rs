@@ -577,7 +577,7 @@ impl Auth {
                 current: s.id == who.session_id,
             })
             .collect();
-        sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(sessions)
     }
 

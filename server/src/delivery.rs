@@ -30,7 +30,7 @@ pub enum DeliveryError {
 
 enum EmailChannel {
     Log(LogSender),
-    Smtp(SmtpSender),
+    Smtp(Box<SmtpSender>),
 }
 
 enum PhoneChannel {
@@ -55,7 +55,7 @@ impl CodeDelivery {
     pub fn from_settings(settings: &DeliverySettings, code_ttl_minutes: u64) -> anyhow::Result<Self> {
         let email = match settings.email {
             EmailSenderKind::Log => EmailChannel::Log(LogSender),
-            EmailSenderKind::Smtp => EmailChannel::Smtp(SmtpSender::new(&settings.smtp, code_ttl_minutes)?),
+            EmailSenderKind::Smtp => EmailChannel::Smtp(Box::new(SmtpSender::new(&settings.smtp, code_ttl_minutes)?)),
         };
         let phone = match settings.phone {
             PhoneSenderKind::Log => PhoneChannel::Log(LogSender),

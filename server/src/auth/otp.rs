@@ -114,7 +114,7 @@ pub fn record_send(
 
 /// Checks a presented code (given as its keyed hash) and records the outcome:
 /// a right code is consumed; a wrong one counts against the code and against
-/// the identifier. `matches` compares in constant time.
+/// the identifier. The hashes are compared in constant time.
 pub fn record_attempt(
     record: Option<OtpRecord>,
     presented_hash: &[u8; 32],
