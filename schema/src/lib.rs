@@ -13,4 +13,5 @@ pub mod contact;
 pub mod id;
 pub mod problem;
 pub mod task;
+pub mod task_document;
 pub mod wire;
