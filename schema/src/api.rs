@@ -4,3 +4,4 @@
 //! rather than a silently ignored setting.
 
 pub mod auth;
+pub mod tasks;

@@ -11,13 +11,17 @@ mod client;
 mod health;
 mod openapi;
 pub mod problem;
+mod sync_socket;
+mod tasks;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use actix_web::web;
 
 use crate::auth::Auth;
+use crate::sync::peer::PeerContext;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -28,7 +32,13 @@ pub const MAX_JSON_BODY: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct AppState {
     /// Sign-in and sessions.
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
+    /// Documents, peer bindings and sync limits.
+    pub sync: PeerContext,
+    /// Numbers sync connections.
+    pub next_connection: AtomicU64,
+    /// Origins allowed to open sync sockets; empty allows any.
+    pub allowed_origins: Vec<String>,
     /// The store, for readiness checks.
     pub store: Store,
     /// Counters for `/metrics`.
@@ -46,6 +56,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(health::configure)
             .configure(auth_routes::configure)
             .configure(account::configure)
+            .configure(tasks::configure)
+            .configure(sync_socket::configure)
             .configure(openapi::configure);
     }
 }

@@ -14,6 +14,8 @@ use chrono::NaiveDate;
 use clap::{Parser, ValueEnum};
 use codeedex_schema::contact::Contact;
 use secrecy::SecretString;
+
+use crate::sync::peer::SyncLimits;
 use serde::{Deserialize, Serialize};
 
 /// Development prints codes to the log; production refuses anything unsafe.
@@ -186,6 +188,30 @@ pub struct Overrides {
     /// A session ends this long after sign-in, however used [default: 7776000, 90 days].
     #[arg(long, env = "CODEEDEX_SESSION_MAX_SECS")]
     pub session_max_secs: Option<u64>,
+    /// Origins allowed to open sync WebSockets, comma-separated [default: any].
+    #[arg(long, env = "CODEEDEX_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest sync frame in bytes [default: 16777216].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_FRAME_BYTES")]
+    pub sync_max_frame_bytes: Option<usize>,
+    /// Sustained sync messages per second per connection [default: 500].
+    #[arg(long, env = "CODEEDEX_SYNC_MESSAGES_PER_SECOND")]
+    pub sync_messages_per_second: Option<u32>,
+    /// Sync messages accepted in a burst per connection [default: 5000].
+    #[arg(long, env = "CODEEDEX_SYNC_MESSAGE_BURST")]
+    pub sync_message_burst: Option<u32>,
+    /// Documents one sync connection may sync [default: 20000].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_DOCUMENTS")]
+    pub sync_max_documents: Option<usize>,
+    /// Sync connections per user [default: 32].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_CONNECTIONS_PER_USER")]
+    pub sync_max_connections_per_user: Option<usize>,
+    /// Seconds a client has to send its join after connecting [default: 10].
+    #[arg(long, env = "CODEEDEX_SYNC_HANDSHAKE_TIMEOUT_SECS")]
+    pub sync_handshake_timeout_secs: Option<u64>,
+    /// Seconds an unused document stays in memory [default: 60].
+    #[arg(long, env = "CODEEDEX_DOCUMENT_IDLE_SECS")]
+    pub document_idle_secs: Option<u64>,
     /// Fixed codes for test accounts, "identifier=code" comma-separated. Needs --test-codes-expire.
     #[arg(long, env = "CODEEDEX_TEST_CODES", hide_env_values = true)]
     pub test_codes: Option<String>,
@@ -221,6 +247,12 @@ pub struct Settings {
     pub tokens: TokenPolicy,
     /// Fixed codes for named identifiers, if configured and not expired.
     pub test_codes: Vec<(Contact, SecretString)>,
+    /// Origins allowed to open sync sockets; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Per-connection sync limits.
+    pub sync_limits: SyncLimits,
+    /// How long an unused document stays in memory.
+    pub document_idle: Duration,
 }
 
 /// Delivery settings for both kinds of identifier.
@@ -430,7 +462,28 @@ impl Settings {
                 bail!("the production profile refuses SMTP without TLS");
             }
         }
+        let defaults = SyncLimits::default();
+        let sync_limits = SyncLimits {
+            max_frame_bytes: pick!(sync_max_frame_bytes, defaults.max_frame_bytes),
+            messages_per_second: pick!(sync_messages_per_second, defaults.messages_per_second),
+            message_burst: pick!(sync_message_burst, defaults.message_burst),
+            max_documents: pick!(sync_max_documents, defaults.max_documents),
+            max_connections_per_user: pick!(sync_max_connections_per_user, defaults.max_connections_per_user),
+            handshake_timeout: Duration::from_secs(pick!(sync_handshake_timeout_secs, defaults.handshake_timeout.as_secs())),
+        };
+        if sync_limits.max_frame_bytes < 1024
+            || sync_limits.messages_per_second == 0
+            || sync_limits.message_burst == 0
+            || sync_limits.max_documents == 0
+            || sync_limits.max_connections_per_user == 0
+            || sync_limits.handshake_timeout.is_zero()
+        {
+            bail!("sync limits must be positive (and frames at least 1024 bytes)");
+        }
         Ok(Settings {
+            allowed_origins: pick!(allowed_origins, Vec::new()),
+            sync_limits,
+            document_idle: Duration::from_secs(pick!(document_idle_secs, 60)),
             listen: pick!(listen, "127.0.0.1:8080".parse().expect("a valid literal address")),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             profile,

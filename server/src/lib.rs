@@ -14,4 +14,5 @@ pub mod delivery;
 pub mod metrics;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

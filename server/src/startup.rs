@@ -21,6 +21,9 @@ use crate::configuration::Settings;
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::sync::hub::DocumentHub;
+use crate::sync::peer::PeerContext;
+use crate::sync::registry::PeerRegistry;
 use crate::telemetry;
 
 /// A built server, bound and ready to run.
@@ -28,6 +31,8 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     store: Store,
+    hub: Arc<DocumentHub>,
+    document_idle: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -46,9 +51,23 @@ impl Application {
         let keys = ServerKeys::load_or_create(&settings.data_dir)?;
         let metrics = Arc::new(Metrics::default());
         let delivery = CodeDelivery::from_settings(&settings.delivery, settings.otp.ttl.as_secs().div_ceil(60))?;
-        let auth = Auth::new(&settings, store.clone(), keys, delivery, Arc::clone(&metrics));
+        let auth = Arc::new(Auth::new(&settings, store.clone(), keys, delivery, Arc::clone(&metrics)));
+        let storage_id = store.server_storage_id(|| uuid::Uuid::new_v4().to_string())?;
+        let actor = automerge::ActorId::from(uuid::Uuid::parse_str(&storage_id).map(|u| u.as_bytes().to_vec()).unwrap_or_else(|_| storage_id.as_bytes().to_vec()));
+        let hub = Arc::new(DocumentHub::new(store.clone(), actor));
+        let sync = PeerContext {
+            hub: Arc::clone(&hub),
+            registry: Arc::new(PeerRegistry::default()),
+            auth: Arc::clone(&auth),
+            server_peer_id: format!("codeedex-server-{}", uuid::Uuid::new_v4()),
+            server_storage_id: storage_id,
+            limits: settings.sync_limits,
+        };
         let state = web::Data::new(AppState {
             auth,
+            sync,
+            next_connection: Default::default(),
+            allowed_origins: settings.allowed_origins.clone(),
             store: store.clone(),
             metrics: Arc::clone(&metrics),
             trusted_proxies: settings.trusted_proxies.clone(),
@@ -93,7 +112,7 @@ impl Application {
             server = server.workers(workers);
         }
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
-        Ok(Self { port: address.port(), server: server.run(), store })
+        Ok(Self { port: address.port(), server: server.run(), store, hub, document_idle: settings.document_idle })
     }
 
     /// The port the server listens on.
@@ -103,7 +122,21 @@ impl Application {
 
     /// Serves until a shutdown signal, then flushes the store.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await.context("the HTTP server failed")?;
+        let hub = Arc::clone(&self.hub);
+        let idle = self.document_idle;
+        let evictor = tokio::spawn(async move {
+            let mut every = tokio::time::interval(idle.max(Duration::from_secs(1)) / 2);
+            loop {
+                every.tick().await;
+                let evicted = hub.evict_idle(idle);
+                if evicted > 0 {
+                    tracing::debug!(evicted, live = hub.live_count(), "evicted idle documents");
+                }
+            }
+        });
+        let served = self.server.await.context("the HTTP server failed");
+        evictor.abort();
+        served?;
         self.store.persist().await.context("cannot flush the store at shutdown")?;
         tracing::info!("stopped");
         Ok(())

@@ -9,6 +9,7 @@
 //! every write made so far is on disk. Callers await it before answering a
 //! request whose effect must survive a crash.
 
+mod documents;
 mod records;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
 pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
@@ -66,7 +68,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// The server's persistent state.
 #[derive(Clone)]
@@ -88,6 +90,35 @@ pub struct Store {
     session_tokens: Tree,
     /// user id ‖ sequence → [`AuditRecord`].
     audit: Tree,
+    /// document id → [`DocumentMeta`]: owner, tombstone, log position.
+    documents: Tree,
+    /// document id ‖ sequence → [`EventRecord`]: the append-only change log.
+    events: Tree,
+    /// document id → snapshot (`u64` sequence the snapshot covers, then Automerge bytes).
+    snapshots: Tree,
+    /// user id ‖ feed sequence → document id: the user's documents in order of last change.
+    user_feed: Tree,
+    /// user id ‖ document id → feed sequence: where a document sits in the feed.
+    user_feed_position: Tree,
+    /// document id ‖ storage id → encoded Automerge sync state.
+    sync_states: Tree,
+    /// user id ‖ document id → task summary (JSON), for listing without loading documents.
+    task_index: Tree,
+    /// Server-wide values: the server's storage id.
+    meta: Tree,
+    /// Coalesces concurrent [`Store::persist`] calls into shared flushes.
+    group_commit: std::sync::Arc<GroupCommit>,
+}
+
+/// Group commit: every caller of [`Store::persist`] takes a ticket after its
+/// writes; one flush makes every ticket taken before it started durable, so
+/// a hundred concurrent writers share one fsync instead of queueing for a
+/// hundred.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    tickets: std::sync::atomic::AtomicU64,
+    durable: std::sync::atomic::AtomicU64,
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -96,17 +127,17 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs to JSON cannot fail: they have string
     // keys and no custom serialisers that error.
     serde_json::to_vec(value).expect("records always serialise")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
 }
 
-fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
+pub(crate) fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(16 + b.len());
     key.extend_from_slice(a);
     key.extend_from_slice(b);
@@ -141,13 +172,36 @@ impl Store {
             refresh_tokens: db.open_tree("refresh_tokens")?,
             session_tokens: db.open_tree("session_tokens")?,
             audit: db.open_tree("audit")?,
+            documents: db.open_tree("documents")?,
+            events: db.open_tree("events")?,
+            snapshots: db.open_tree("snapshots")?,
+            user_feed: db.open_tree("user_feed")?,
+            user_feed_position: db.open_tree("user_feed_position")?,
+            sync_states: db.open_tree("sync_states")?,
+            task_index: db.open_tree("task_index")?,
+            meta,
+            group_commit: Default::default(),
             db,
         })
     }
 
     /// Waits until every write made so far is on disk.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let gc = &self.group_commit;
+        let ticket = gc.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        if gc.durable.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let _flushing = gc.flushing.lock().await;
+        if gc.durable.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its writes finished, so
+        // this flush covers all of them.
+        let covered = gc.tickets.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        gc.durable.fetch_max(covered, Ordering::SeqCst);
         Ok(())
     }
 

@@ -4,13 +4,14 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use codeedex_schema::api::auth::{AuditEventList, SessionList, UserView};
-use codeedex_schema::id::SessionId;
+use codeedex_schema::id::{DocumentId, SessionId};
 use codeedex_schema::problem::{ErrorCode, Problem};
 
 use super::AppState;
 use super::caller::Caller;
 use super::client::Client;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
+use crate::auth::keys::random_bytes;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v1/me").route(web::get().to(me)).default_service(web::to(method_not_allowed)))
@@ -51,11 +52,19 @@ fn unexpected(e: impl Into<anyhow::Error>) -> AccountError {
     AccountError::Unexpected(e.into())
 }
 
-/// The signed-in user.
+/// The signed-in user, with the root document that lists their tasks
+/// (created on first use).
 #[utoipa::path(get, path = "/v1/me", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 401, body = Problem)))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
-    let user = state.auth.me(&caller.0).map_err(unexpected)?.ok_or(AccountError::NotFound)?;
+    let root = state
+        .sync
+        .hub
+        .ensure_root(caller.0.user_id, DocumentId::from_random_bytes(random_bytes()), Utc::now())
+        .await
+        .map_err(unexpected)?;
+    let mut user = state.auth.me(&caller.0).map_err(unexpected)?.ok_or(AccountError::NotFound)?;
+    user.root_document_id = Some(root);
     Ok(HttpResponse::Ok().json(user))
 }
 

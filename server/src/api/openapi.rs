@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, auth_routes};
+use super::{account, auth_routes, tasks};
 
 struct BearerAuth;
 
@@ -31,6 +31,12 @@ impl Modify for BearerAuth {
         account::sessions,
         account::revoke_session,
         account::audit_events,
+        tasks::list,
+        tasks::create,
+        tasks::get,
+        tasks::update,
+        tasks::delete,
+        tasks::history,
     ),
     modifiers(&BearerAuth)
 )]

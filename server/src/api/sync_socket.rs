@@ -1,0 +1,254 @@
+//! `GET /v1/sync`: the WebSocket transport of the sync protocol.
+//!
+//! Authentication happens before the upgrade: an access token from the
+//! `Authorization: Bearer` header, from a `Sec-WebSocket-Protocol` entry
+//! `codeedex.bearer.<token>` (offer `codeedex.v1` too; that is the one the
+//! server selects, so the token is never echoed), or from an `access_token`
+//! query parameter, for clients such as the stock automerge-repo adapter that
+//! can only set a URL. Request logs never include the query string.
+//!
+//! This module only moves frames between actix-ws and
+//! [`PeerConnection`](crate::sync::peer::PeerConnection), and runs the
+//! timers: handshake timeout, token expiry, keep-alive pings.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use chrono::Utc;
+use codeedex_schema::problem::ErrorCode;
+use tokio::sync::{broadcast, mpsc};
+
+use super::AppState;
+use super::caller::bearer_token;
+use super::problem::{ProblemParts, endpoint_error};
+use crate::auth::AuthenticateError;
+use crate::sync::peer::{Output, PeerConnection, close};
+
+/// The subprotocol the server selects.
+pub const SUBPROTOCOL: &str = "codeedex.v1";
+const BEARER_PROTOCOL_PREFIX: &str = "codeedex.bearer.";
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/sync", web::get().to(sync_socket));
+}
+
+/// Why an upgrade was refused.
+#[derive(thiserror::Error)]
+pub enum SyncSocketError {
+    /// No valid token.
+    #[error("not authenticated")]
+    Unauthorized,
+    /// The token expired.
+    #[error("access token expired")]
+    Expired,
+    /// The Origin is not on the allow-list.
+    #[error("origin not allowed")]
+    Origin,
+    /// The user has too many connections.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// Not a WebSocket handshake.
+    #[error("bad handshake")]
+    Handshake(String),
+    /// Anything on our side.
+    #[error("cannot open the sync connection")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl SyncSocketError {
+    fn parts(&self) -> ProblemParts {
+        match self {
+            Self::Unauthorized => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "Not authenticated"),
+            Self::Expired => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired, "Access token expired"),
+            Self::Origin => ProblemParts::new(StatusCode::FORBIDDEN, ErrorCode::Unauthorized, "Origin not allowed"),
+            Self::TooManyConnections => ProblemParts::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "Too many connections")
+                .detail("close another sync connection of this account first")
+                .retry_after(5),
+            Self::Handshake(detail) => {
+                ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Not a WebSocket handshake").detail(detail.clone())
+            }
+            Self::Unexpected(_) => ProblemParts::internal(),
+        }
+    }
+}
+
+endpoint_error!(SyncSocketError);
+
+fn token_from(req: &HttpRequest) -> Option<String> {
+    if let Some(token) = bearer_token(req) {
+        return Some(token.to_owned());
+    }
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for protocol in value.split(',') {
+            if let Some(token) = protocol.trim().strip_prefix(BEARER_PROTOCOL_PREFIX) {
+                return Some(token.to_owned());
+            }
+        }
+    }
+    let query = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok()?;
+    query.get("access_token").cloned()
+}
+
+async fn sync_socket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, SyncSocketError> {
+    if !state.allowed_origins.is_empty() {
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| state.allowed_origins.iter().any(|allowed| allowed == o)) {
+            return Err(SyncSocketError::Origin);
+        }
+    }
+    let token = token_from(&req).ok_or(SyncSocketError::Unauthorized)?;
+    let who = state.auth.authenticate(&token, Utc::now()).map_err(|e| match e {
+        AuthenticateError::Expired => SyncSocketError::Expired,
+        AuthenticateError::Invalid => SyncSocketError::Unauthorized,
+        AuthenticateError::Store(e) => SyncSocketError::Unexpected(e.into()),
+    })?;
+    let limits = state.sync.limits;
+    if !state.sync.registry.admit(who.user_id, limits.max_connections_per_user) {
+        return Err(SyncSocketError::TooManyConnections);
+    }
+    let (response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL]) {
+        Ok(parts) => parts,
+        Err(e) => {
+            state.sync.registry.release(who.user_id);
+            return Err(SyncSocketError::Handshake(e.to_string()));
+        }
+    };
+    let stream = stream
+        .max_frame_size(limits.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_frame_bytes);
+    let conn = state.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+    let peer = PeerConnection::new(
+        state.sync.clone(),
+        conn,
+        who.user_id,
+        who.session_id,
+        who.expires_at,
+        notices_tx,
+        Instant::now(),
+    );
+    let ends = state.auth.session_ends();
+    let state = state.into_inner();
+    // actix-ws streams are not Send: the connection runs on this worker.
+    actix_web::rt::spawn(async move {
+        let user = who.user_id;
+        drive(peer, session, stream, notices_rx, ends, &state).await;
+        state.sync.registry.release(user);
+    });
+    Ok(response)
+}
+
+fn until_epoch(seconds: i64) -> Duration {
+    let now = Utc::now().timestamp();
+    Duration::from_secs(u64::try_from(seconds - now).unwrap_or(0))
+}
+
+async fn drive(
+    mut peer: PeerConnection,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut notices: mpsc::UnboundedReceiver<crate::sync::hub::Notice>,
+    mut ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
+    state: &AppState,
+) {
+    let handshake_deadline = tokio::time::Instant::now() + state.sync.limits.handshake_timeout;
+    let mut replaced = None;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        if replaced.is_none() {
+            replaced = peer.replaced_signal();
+        }
+        let token_deadline = until_epoch(peer.token_expires_at());
+        let outputs = tokio::select! {
+            incoming = stream.recv() => match incoming {
+                None | Some(Ok(AggregatedMessage::Close(_))) => break,
+                Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                    last_heard = Instant::now();
+                    peer.handle_frame(&bytes, Instant::now(), Utc::now()).await
+                }
+                Some(Ok(AggregatedMessage::Text(_))) => failure(close::UNSUPPORTED_DATA, "text frames are not part of the protocol"),
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    last_heard = Instant::now();
+                    if session.pong(&bytes).await.is_err() { break }
+                    continue;
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => {
+                    last_heard = Instant::now();
+                    continue;
+                }
+                Some(Err(ProtocolError::Overflow)) => failure(close::TOO_BIG, "frame larger than the limit"),
+                Some(Err(e)) => failure(close::PROTOCOL_ERROR, &format!("websocket protocol error: {e}")),
+            },
+            Some(notice) = notices.recv() => peer.handle_notice(notice, Utc::now()).await,
+            ended = ends.recv() => match ended {
+                Ok(id) if id == peer.session() => failure(close::SESSION_ENDED, "session ended"),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Some notices were lost; ask the store whether ours ended.
+                    match state.store.session(peer.session()) {
+                        Ok(Some(_)) => continue,
+                        _ => failure(close::SESSION_ENDED, "session ended"),
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            () = tokio::time::sleep_until(handshake_deadline), if !peer.has_joined() => {
+                failure(close::POLICY, "no join message within the handshake timeout")
+            }
+            () = tokio::time::sleep(token_deadline) => peer.token_expired(),
+            _ = async { replaced.as_mut().expect("guarded").await }, if replaced.is_some() => {
+                failure(close::REPLACED, "replaced by a newer connection with the same peer id")
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT { break }
+                if session.ping(b"").await.is_err() { break }
+                continue;
+            }
+        };
+        let mut closing = None;
+        for output in outputs {
+            match output {
+                Output::Frame(bytes) => {
+                    if session.binary(bytes).await.is_err() {
+                        closing = Some(None);
+                        break;
+                    }
+                }
+                Output::Close { code, reason } => {
+                    closing = Some(Some(CloseReason { code: CloseCode::from(code), description: Some(reason) }));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = closing {
+            if let Some(reason) = reason {
+                let _ = session.close(Some(reason)).await;
+            }
+            peer.finish();
+            return;
+        }
+    }
+    let _ = session.close(None).await;
+    peer.finish();
+}
+
+fn failure(code: u16, message: &str) -> Vec<Output> {
+    vec![
+        Output::Frame(codeedex_schema::wire::encode(&codeedex_schema::wire::Message::Error { message: message.to_owned() })),
+        Output::Close { code, reason: message.to_owned() },
+    ]
+}

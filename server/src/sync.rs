@@ -1,0 +1,12 @@
+//! Live sync of task documents over the automerge-repo protocol.
+//!
+//! [`hub::DocumentHub`] owns the documents in memory: it loads them lazily
+//! from the event log, applies changes durably, and fans changes out to the
+//! connections that sync them. [`peer::PeerConnection`] is one connection's
+//! protocol logic: handshake, authorisation of every message, sync states and
+//! limits. It consumes frames and produces frames; the transport (in `api`)
+//! only moves bytes.
+
+pub mod hub;
+pub mod peer;
+pub mod registry;

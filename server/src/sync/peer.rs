@@ -1,0 +1,518 @@
+//! One connection's protocol logic, independent of the transport.
+//!
+//! A [`PeerConnection`] takes frames and hub notices in and returns frames
+//! (and a close) to send. It enforces, in order: the handshake, the peer-id
+//! binding, the message rate, the sender id, and for every message that
+//! names a document, that the authenticated user owns it. A document the
+//! user may not see is answered `doc-unavailable`, exactly like one that does
+//! not exist.
+//!
+//! Close codes (sent with an `error` message first, so a client can tell):
+//! 1000 normal, 1002 protocol error, 1003 text frame, 1008 handshake timeout,
+//! 1009 frame too large, 4001 access token expired, 4003 session ended,
+//! 4008 a limit was exceeded, 4009 peer id in use by another account,
+//! 4010 replaced by a newer connection with the same peer id.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::sync;
+use chrono::{DateTime, Utc};
+use codeedex_schema::id::{DocumentId, PeerId, SessionId, UserId};
+use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata};
+use tokio::sync::oneshot;
+
+use super::hub::{Author, ConnectionId, DocumentHub, LiveDocument, Notice, NoticeSender};
+use super::registry::{Bind, PeerRegistry};
+use crate::auth::{Auth, AuthenticateError};
+use crate::store::StoreError;
+
+/// The extension message types this server understands.
+pub const EXTENSIONS: [&str; 2] = ["codeedex/auth-refresh", "codeedex/catch-up-request"];
+
+/// Close codes. See the module documentation.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame: the protocol is binary only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// No join within the handshake timeout.
+    pub const POLICY: u16 = 1008;
+    /// A frame above the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The access token expired and was not refreshed in place.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The session was logged out or revoked.
+    pub const SESSION_ENDED: u16 = 4003;
+    /// A rate, document or connection limit was exceeded.
+    pub const LIMIT: u16 = 4008;
+    /// The peer id is bound to another account.
+    pub const PEER_ID_TAKEN: u16 = 4009;
+    /// A newer connection of the same user joined with the same peer id.
+    pub const REPLACED: u16 = 4010;
+}
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLimits {
+    /// Largest frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Sustained messages per second.
+    pub messages_per_second: u32,
+    /// Messages accepted in a burst above the sustained rate.
+    pub message_burst: u32,
+    /// Documents one connection may sync.
+    pub max_documents: usize,
+    /// Connections one user may hold.
+    pub max_connections_per_user: usize,
+    /// Time allowed between upgrade and join.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024 * 1024,
+            messages_per_second: 500,
+            message_burst: 5_000,
+            max_documents: 20_000,
+            max_connections_per_user: 32,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the transport should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this binary frame.
+    Frame(Vec<u8>),
+    /// Close the socket with this code and reason (after the frames before it).
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Joined {
+    peer_id: String,
+    storage_id: Option<String>,
+    ephemeral: bool,
+    extensions: Vec<String>,
+}
+
+struct PeerDoc {
+    live: Arc<LiveDocument>,
+    state: sync::State,
+}
+
+/// Everything a connection needs from the rest of the server.
+#[derive(Clone)]
+pub struct PeerContext {
+    /// The documents.
+    pub hub: Arc<DocumentHub>,
+    /// Peer-id bindings.
+    pub registry: Arc<PeerRegistry>,
+    /// Token checks for in-place refresh.
+    pub auth: Arc<Auth>,
+    /// The server's peer id.
+    pub server_peer_id: String,
+    /// The server's storage id.
+    pub server_storage_id: String,
+    /// Limits.
+    pub limits: SyncLimits,
+}
+
+impl std::fmt::Debug for PeerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerContext").field("server_peer_id", &self.server_peer_id).finish_non_exhaustive()
+    }
+}
+
+/// One connection's state.
+pub struct PeerConnection {
+    ctx: PeerContext,
+    conn: ConnectionId,
+    user: UserId,
+    session: SessionId,
+    notices: NoticeSender,
+    joined: Option<Joined>,
+    replaced: Option<oneshot::Receiver<()>>,
+    docs: HashMap<DocumentId, PeerDoc>,
+    tokens: f64,
+    tokens_at: Instant,
+    seen_ephemeral: HashSet<(String, String, u64)>,
+    seen_order: VecDeque<(String, String, u64)>,
+    token_expires_at: i64,
+}
+
+impl std::fmt::Debug for PeerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConnection").field("conn", &self.conn).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+fn frame(message: &Message) -> Output {
+    Output::Frame(wire::encode(message))
+}
+
+fn fail(code: u16, message: &str) -> Vec<Output> {
+    vec![frame(&Message::Error { message: message.to_owned() }), Output::Close { code, reason: message.to_owned() }]
+}
+
+impl PeerConnection {
+    /// A connection of an authenticated session, before its join.
+    pub fn new(
+        ctx: PeerContext,
+        conn: ConnectionId,
+        user: UserId,
+        session: SessionId,
+        token_expires_at: i64,
+        notices: NoticeSender,
+        now: Instant,
+    ) -> Self {
+        let burst = f64::from(ctx.limits.message_burst);
+        Self {
+            ctx,
+            conn,
+            user,
+            session,
+            notices,
+            joined: None,
+            replaced: None,
+            docs: HashMap::new(),
+            tokens: burst,
+            tokens_at: now,
+            seen_ephemeral: HashSet::new(),
+            seen_order: VecDeque::new(),
+            token_expires_at,
+        }
+    }
+
+    /// The session this connection belongs to.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// When the access token behind this connection expires (seconds since the epoch).
+    pub fn token_expires_at(&self) -> i64 {
+        self.token_expires_at
+    }
+
+    /// Whether the join has happened.
+    pub fn has_joined(&self) -> bool {
+        self.joined.is_some()
+    }
+
+    /// Resolves when a newer connection takes this one's peer id over.
+    pub fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.replaced.take()
+    }
+
+    fn supports(&self, extension: &str) -> bool {
+        self.joined.as_ref().is_some_and(|j| j.extensions.iter().any(|e| e == extension))
+    }
+
+    fn take_token(&mut self, now: Instant) -> bool {
+        let rate = f64::from(self.ctx.limits.messages_per_second);
+        let burst = f64::from(self.ctx.limits.message_burst);
+        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.tokens_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The outputs for an access token that expired on the open socket.
+    pub fn token_expired(&self) -> Vec<Output> {
+        fail(close::TOKEN_EXPIRED, "access token expired")
+    }
+
+    /// Handles one binary frame.
+    pub async fn handle_frame(&mut self, bytes: &[u8], now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
+        if !self.take_token(now) {
+            return fail(close::LIMIT, "message rate limit exceeded");
+        }
+        let message = match wire::decode(bytes) {
+            Ok(message) => message,
+            // Unknown message types are skipped, so that newer clients can
+            // add messages without breaking older servers.
+            Err(DecodeError::UnknownType(_)) => return Vec::new(),
+            Err(e) => return fail(close::PROTOCOL_ERROR, &format!("malformed message: {e}")),
+        };
+        let Some(joined) = &self.joined else {
+            return self.handle_join(message);
+        };
+        let peer_id = joined.peer_id.clone();
+        // Messages claiming to come from another peer are dropped, as the
+        // reference server does: they cannot be from this socket's peer.
+        match message.sender_id() {
+            Some(sender) if sender == peer_id => {}
+            _ => return Vec::new(),
+        }
+        match message {
+            Message::Request { document_id, data, .. } => self.handle_sync(&document_id, &data, false, wall).await,
+            Message::Sync { document_id, data, .. } => self.handle_sync(&document_id, &data, true, wall).await,
+            Message::Ephemeral { ref document_id, ref session_id, count, .. } => {
+                let key = (peer_id.clone(), session_id.clone(), count);
+                let Ok(doc) = document_id.parse::<DocumentId>() else { return Vec::new() };
+                if self.seen_ephemeral.contains(&key) {
+                    return Vec::new();
+                }
+                self.remember_ephemeral(key);
+                if let Some(peer_doc) = self.docs.get(&doc) {
+                    self.ctx.hub.forward_ephemeral(&peer_doc.live, self.conn, Arc::new(message));
+                }
+                Vec::new()
+            }
+            Message::AuthRefresh { access_token, .. } if self.supports("codeedex/auth-refresh") => {
+                match self.ctx.auth.authenticate(&access_token, wall) {
+                    Ok(who) if who.user_id == self.user => {
+                        self.token_expires_at = who.expires_at;
+                        self.session = who.session_id;
+                        vec![frame(&Message::AuthAccepted {
+                            sender_id: self.ctx.server_peer_id.clone(),
+                            target_id: peer_id,
+                            expires_at: who.expires_at,
+                        })]
+                    }
+                    Ok(_) | Err(AuthenticateError::Invalid) | Err(AuthenticateError::Expired) => {
+                        fail(close::TOKEN_EXPIRED, "the refreshed access token is not valid for this connection")
+                    }
+                    Err(AuthenticateError::Store(e)) => self.internal(e),
+                }
+            }
+            Message::CatchUpRequest { cursor, .. } if self.supports("codeedex/catch-up-request") => {
+                match self.ctx.hub.store().changed_since(self.user, cursor, 100_000) {
+                    Ok((docs, cursor)) => vec![frame(&Message::CatchUpResponse {
+                        sender_id: self.ctx.server_peer_id.clone(),
+                        target_id: peer_id,
+                        document_ids: docs.iter().map(ToString::to_string).collect(),
+                        cursor,
+                    })],
+                    Err(e) => self.internal(e),
+                }
+            }
+            Message::Leave { .. } | Message::Error { .. } => {
+                vec![Output::Close { code: close::NORMAL, reason: "peer left".to_owned() }]
+            }
+            Message::Join { .. } | Message::Peer { .. } => fail(close::PROTOCOL_ERROR, "unexpected handshake message"),
+            // Remote-heads gossip is not offered; doc-unavailable from a
+            // peer needs no answer; extensions the peer did not announce are
+            // ignored like unknown types.
+            _ => Vec::new(),
+        }
+    }
+
+    fn internal(&self, e: StoreError) -> Vec<Output> {
+        tracing::error!(error = ?e, "sync connection failed");
+        fail(close::PROTOCOL_ERROR, "internal server error")
+    }
+
+    fn remember_ephemeral(&mut self, key: (String, String, u64)) {
+        if self.seen_order.len() >= 1024
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen_ephemeral.remove(&old);
+        }
+        self.seen_ephemeral.insert(key.clone());
+        self.seen_order.push_back(key);
+    }
+
+    fn handle_join(&mut self, message: Message) -> Vec<Output> {
+        let Message::Join { sender_id, supported_protocol_versions, peer_metadata } = message else {
+            return fail(close::PROTOCOL_ERROR, "the first message must be join");
+        };
+        if !supported_protocol_versions.iter().any(|v| v == wire::PROTOCOL_VERSION) {
+            return fail(close::PROTOCOL_ERROR, "unsupported protocol version: this server speaks version 1");
+        }
+        if sender_id.parse::<PeerId>().is_err() {
+            return fail(close::PROTOCOL_ERROR, "invalid peer id");
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Bind::TakenByAnotherUser = self.ctx.registry.bind(&sender_id, self.user, self.conn, tx) {
+            return fail(close::PEER_ID_TAKEN, "peer id in use by another account");
+        }
+        self.replaced = Some(rx);
+        let metadata = peer_metadata.unwrap_or_default();
+        self.joined = Some(Joined {
+            peer_id: sender_id.clone(),
+            storage_id: metadata.storage_id.filter(|s| !s.is_empty() && s.len() <= 128),
+            ephemeral: metadata.is_ephemeral,
+            extensions: metadata.extensions.into_iter().filter(|e| EXTENSIONS.contains(&e.as_str())).collect(),
+        });
+        vec![frame(&Message::Peer {
+            sender_id: self.ctx.server_peer_id.clone(),
+            target_id: sender_id,
+            selected_protocol_version: wire::PROTOCOL_VERSION.to_owned(),
+            peer_metadata: Some(PeerMetadata {
+                storage_id: Some(self.ctx.server_storage_id.clone()),
+                is_ephemeral: false,
+                extensions: EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+            }),
+        })]
+    }
+
+    fn unavailable(&self, document_id: &str) -> Output {
+        let joined = self.joined.as_ref().expect("only called after the join");
+        frame(&Message::DocUnavailable {
+            sender_id: self.ctx.server_peer_id.clone(),
+            target_id: joined.peer_id.clone(),
+            document_id: document_id.to_owned(),
+        })
+    }
+
+    fn sync_frame(&self, doc: DocumentId, message: sync::Message) -> Output {
+        let joined = self.joined.as_ref().expect("only called after the join");
+        frame(&Message::Sync {
+            sender_id: self.ctx.server_peer_id.clone(),
+            target_id: joined.peer_id.clone(),
+            document_id: doc.to_string(),
+            data: message.encode(),
+        })
+    }
+
+    fn initial_state(&self, doc: DocumentId) -> sync::State {
+        let joined = self.joined.as_ref().expect("only called after the join");
+        if let (Some(storage), false) = (&joined.storage_id, joined.ephemeral)
+            && let Ok(Some(bytes)) = self.ctx.hub.store().sync_state(doc, storage)
+            && let Ok(state) = sync::State::decode(&bytes)
+        {
+            return state;
+        }
+        sync::State::new()
+    }
+
+    /// Opens a document for this connection, checking ownership.
+    fn attach(&mut self, doc: DocumentId, create: bool, wall: DateTime<Utc>) -> Result<Option<()>, Vec<Output>> {
+        if self.docs.contains_key(&doc) {
+            return Ok(Some(()));
+        }
+        if self.docs.len() >= self.ctx.limits.max_documents {
+            return Err(fail(close::LIMIT, "too many documents on one connection"));
+        }
+        match self.ctx.hub.open(doc, self.user, create, wall) {
+            Ok(Some(live)) => {
+                self.ctx.hub.subscribe(&live, self.conn, self.notices.clone());
+                let state = self.initial_state(doc);
+                self.docs.insert(doc, PeerDoc { live, state });
+                Ok(Some(()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::error!(error = ?e, %doc, "cannot open document");
+                Err(fail(close::PROTOCOL_ERROR, "internal server error"))
+            }
+        }
+    }
+
+    async fn handle_sync(&mut self, document_id: &str, data: &[u8], is_sync: bool, wall: DateTime<Utc>) -> Vec<Output> {
+        let Ok(doc) = document_id.parse::<DocumentId>() else {
+            return vec![self.unavailable(document_id)];
+        };
+        let message = match sync::Message::decode(data) {
+            Ok(m) => m,
+            Err(_) => return fail(close::PROTOCOL_ERROR, "malformed automerge sync message"),
+        };
+        match self.attach(doc, is_sync, wall) {
+            Err(outputs) => return outputs,
+            Ok(None) => {
+                if !is_sync {
+                    self.ctx.hub.wait_for(doc, self.user, self.conn, self.notices.clone());
+                }
+                return vec![self.unavailable(document_id)];
+            }
+            Ok(Some(())) => {}
+        }
+        let author = Author { user: self.user, session: Some(self.session) };
+        let peer_doc = self.docs.get_mut(&doc).expect("attached above");
+        let live = Arc::clone(&peer_doc.live);
+        match self.ctx.hub.receive(&live, &mut peer_doc.state, message, author, self.conn, wall).await {
+            Ok(received) => received.replies.into_iter().map(|m| self.sync_frame(doc, m)).collect(),
+            Err(super::hub::HubError::Automerge(e)) => {
+                fail(close::PROTOCOL_ERROR, &format!("the sync message could not be applied: {e}"))
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, %doc, "cannot apply a sync message");
+                fail(close::PROTOCOL_ERROR, "internal server error")
+            }
+        }
+    }
+
+    /// Handles a notice from the hub.
+    pub async fn handle_notice(&mut self, notice: Notice, wall: DateTime<Utc>) -> Vec<Output> {
+        let Some(joined) = &self.joined else { return Vec::new() };
+        match notice {
+            Notice::Ephemeral(message) => {
+                let Message::Ephemeral { sender_id, document_id, count, session_id, data, .. } = message.as_ref() else {
+                    return Vec::new();
+                };
+                vec![frame(&Message::Ephemeral {
+                    sender_id: sender_id.clone(),
+                    target_id: joined.peer_id.clone(),
+                    document_id: document_id.clone(),
+                    count: *count,
+                    session_id: session_id.clone(),
+                    data: data.clone(),
+                })]
+            }
+            Notice::Changed(doc) => {
+                // The document may have been deleted, or may be one this
+                // peer asked for before anyone had it.
+                match self.ctx.hub.open(doc, self.user, false, wall) {
+                    Ok(Some(live)) if self.docs.get(&doc).is_some_and(|d| Arc::ptr_eq(&d.live, &live)) => {}
+                    Ok(Some(_)) if !self.docs.contains_key(&doc) => match self.attach(doc, false, wall) {
+                        Ok(Some(())) => {}
+                        Ok(None) => return Vec::new(),
+                        Err(outputs) => return outputs,
+                    },
+                    Ok(_) => {
+                        if let Some(old) = self.docs.remove(&doc) {
+                            self.ctx.hub.unsubscribe(&old.live, self.conn);
+                            return vec![self.unavailable(&doc.to_string())];
+                        }
+                        return Vec::new();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = ?e, %doc, "cannot reopen document");
+                        return Vec::new();
+                    }
+                }
+                let peer_doc = self.docs.get_mut(&doc).expect("attached above");
+                let live = Arc::clone(&peer_doc.live);
+                match self.ctx.hub.generate(&live, &mut peer_doc.state).await {
+                    Some(message) => vec![self.sync_frame(doc, message)],
+                    None => Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Ends the connection: saves sync states, drops subscriptions and the
+    /// peer-id binding.
+    pub fn finish(&mut self) {
+        let storage = self.joined.as_ref().and_then(|j| (!j.ephemeral).then(|| j.storage_id.clone()).flatten());
+        for (doc, peer_doc) in self.docs.drain() {
+            self.ctx.hub.unsubscribe(&peer_doc.live, self.conn);
+            if let Some(storage) = &storage
+                && let Err(e) = self.ctx.hub.store().put_sync_state(doc, storage, &peer_doc.state.encode())
+            {
+                tracing::warn!(error = ?e, %doc, "cannot save a sync state");
+            }
+        }
+        self.ctx.hub.stop_waiting(self.conn);
+        if let Some(joined) = &self.joined {
+            self.ctx.registry.unbind(&joined.peer_id, self.conn);
+        }
+    }
+}

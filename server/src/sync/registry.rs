@@ -1,0 +1,127 @@
+//! Which peer ids and how many connections each user has.
+//!
+//! automerge-repo peer ids are chosen by peers, so a bare protocol lets one
+//! client disconnect another by joining with its id. Here a peer id is bound
+//! to the user whose connection holds it: another user's join with that id is
+//! refused, and the same user's new join replaces the old connection (as the
+//! reference server does after a reconnect).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use codeedex_schema::id::UserId;
+use tokio::sync::oneshot;
+
+use super::hub::ConnectionId;
+
+/// The answer to a join.
+#[derive(Debug)]
+pub enum Bind {
+    /// The peer id is now this connection's.
+    Bound,
+    /// Another user's live connection holds the id.
+    TakenByAnotherUser,
+}
+
+#[derive(Debug)]
+struct Holder {
+    user: UserId,
+    conn: ConnectionId,
+    replaced: Option<oneshot::Sender<()>>,
+}
+
+/// Live bindings and per-user connection counts.
+#[derive(Debug, Default)]
+pub struct PeerRegistry {
+    peers: Mutex<HashMap<String, Holder>>,
+    connections: Mutex<HashMap<UserId, usize>>,
+}
+
+impl PeerRegistry {
+    /// Counts a new connection for `user`, unless the user already has `max`.
+    pub fn admit(&self, user: UserId, max: usize) -> bool {
+        let mut counts = self.connections.lock().expect("never poisoned");
+        let count = counts.entry(user).or_default();
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Forgets a connection counted by [`Self::admit`].
+    pub fn release(&self, user: UserId) {
+        let mut counts = self.connections.lock().expect("never poisoned");
+        if let Some(count) = counts.get_mut(&user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&user);
+            }
+        }
+    }
+
+    /// Binds `peer_id` to a connection. `replaced` fires if a later join of
+    /// the same user takes the id over.
+    pub fn bind(&self, peer_id: &str, user: UserId, conn: ConnectionId, replaced: oneshot::Sender<()>) -> Bind {
+        let mut peers = self.peers.lock().expect("never poisoned");
+        if let Some(holder) = peers.get_mut(peer_id) {
+            if holder.user != user {
+                return Bind::TakenByAnotherUser;
+            }
+            if let Some(tx) = holder.replaced.take() {
+                let _ = tx.send(());
+            }
+        }
+        peers.insert(peer_id.to_owned(), Holder { user, conn, replaced: Some(replaced) });
+        Bind::Bound
+    }
+
+    /// Releases a binding if this connection still holds it.
+    pub fn unbind(&self, peer_id: &str, conn: ConnectionId) {
+        let mut peers = self.peers.lock().expect("never poisoned");
+        if peers.get(peer_id).is_some_and(|h| h.conn == conn) {
+            peers.remove(peer_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_user_cannot_take_a_bound_peer_id() {
+        let r = PeerRegistry::default();
+        let (ann, bob) = (UserId::from_random_bytes([1; 16]), UserId::from_random_bytes([2; 16]));
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(r.bind("p", ann, 1, tx), Bind::Bound));
+        let (tx, _rx2) = oneshot::channel();
+        assert!(matches!(r.bind("p", bob, 2, tx), Bind::TakenByAnotherUser));
+    }
+
+    #[test]
+    fn the_same_user_rejoining_replaces_the_old_connection() {
+        let r = PeerRegistry::default();
+        let ann = UserId::from_random_bytes([1; 16]);
+        let (tx, mut old) = oneshot::channel();
+        r.bind("p", ann, 1, tx);
+        let (tx, _new) = oneshot::channel();
+        assert!(matches!(r.bind("p", ann, 2, tx), Bind::Bound));
+        assert!(old.try_recv().is_ok(), "the old connection is told to close");
+        r.unbind("p", 1);
+        let bob = UserId::from_random_bytes([2; 16]);
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(r.bind("p", bob, 3, tx), Bind::TakenByAnotherUser), "the stale unbind did not free it");
+    }
+
+    #[test]
+    fn connections_per_user_are_capped() {
+        let r = PeerRegistry::default();
+        let ann = UserId::from_random_bytes([1; 16]);
+        assert!(r.admit(ann, 2));
+        assert!(r.admit(ann, 2));
+        assert!(!r.admit(ann, 2));
+        r.release(ann);
+        assert!(r.admit(ann, 2));
+    }
+}
