@@ -73,7 +73,7 @@ pub enum SmtpTls {
 /// The command line. Every field is optional here so that a value given
 /// nowhere falls through to the file and then to the default.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "codeedex-server", version, about = "CodeeDex Task Sync server", long_about = None)]
+#[command(name = "codeedex-server", version, about = "CodeeDex Task Sync server", long_about = None, args_override_self = true)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// A TOML file with settings (same names as the flags, with underscores).

@@ -8,3 +8,4 @@
 pub mod app;
 pub mod mail_catcher;
 pub mod sms_provider;
+pub mod sync_peer;

@@ -242,8 +242,10 @@ impl DocumentHub {
         let changes: Vec<Vec<u8>> =
             guard.doc.get_changes(&before).iter().map(|c| c.raw_bytes().to_vec()).collect();
         let changed = !changes.is_empty();
+        tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
         if changed {
             self.record(live, &mut guard, &changes, author, now).await?;
+            tracing::debug!(doc = %live.id, "changes durable");
         }
         let mut replies = Vec::new();
         if let Some(reply) = guard.doc.generate_sync_message(state) {

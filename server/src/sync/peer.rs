@@ -250,6 +250,7 @@ impl PeerConnection {
             Err(DecodeError::UnknownType(_)) => return Vec::new(),
             Err(e) => return fail(close::PROTOCOL_ERROR, &format!("malformed message: {e}")),
         };
+        tracing::debug!(conn = self.conn, kind = message.message_type(), doc = message.document_id(), "received");
         let Some(joined) = &self.joined else {
             return self.handle_join(message);
         };
