@@ -277,12 +277,12 @@ impl Auth {
                 return Err(RequestCodeError::Locked { retry_after });
             }
         }
-        self.store.persist().await?;
-        Metrics::bump(&self.metrics.otp_requested);
         let user = self.store.user_by_contact(&contact.key())?;
         if let Some(user) = &user {
             self.audit(user.id, AuditKind::CodeRequested, None, ctx, now);
         }
+        self.store.persist().await?;
+        Metrics::bump(&self.metrics.otp_requested);
         let delivery = Arc::clone(&self.delivery);
         let metrics = Arc::clone(&self.metrics);
         let store = self.store.clone();
@@ -302,6 +302,8 @@ impl Auth {
                         };
                         if let Err(e) = store.append_audit(user.id, &record) {
                             tracing::error!(error = ?e, "cannot append audit event");
+                        } else if let Err(e) = store.persist().await {
+                            tracing::error!(error = ?e, "cannot flush audit event");
                         }
                     }
                 }
@@ -343,7 +345,6 @@ impl Auth {
                 return Err(VerifyError::Locked { retry_after });
             }
             VerifyOutcome::Rejected { now_locked } => {
-                self.store.persist().await?;
                 Metrics::bump(&self.metrics.otp_rejected);
                 if let Some(user) = existing {
                     self.audit(user.id, AuditKind::CodeFailed, None, ctx, now);
@@ -351,6 +352,7 @@ impl Auth {
                         self.audit(user.id, AuditKind::Locked, None, ctx, now);
                     }
                 }
+                self.store.persist().await?;
                 return Err(VerifyError::InvalidCode);
             }
             VerifyOutcome::Accepted => return Err(VerifyError::InvalidCode),
@@ -374,9 +376,9 @@ impl Auth {
         };
         let refresh = new_refresh_token();
         self.store.insert_session(&session, &self.refresh_hash(refresh.expose_secret()))?;
+        self.audit(user.id, AuditKind::Login, Some(session.id), ctx, now);
         self.store.persist().await?;
         Metrics::bump(&self.metrics.sessions_created);
-        self.audit(user.id, AuditKind::Login, Some(session.id), ctx, now);
         let tokens = self.pair(&session, refresh, now);
         Ok(SignIn { tokens, user: user_view(&user), new_user })
     }
@@ -455,8 +457,8 @@ impl Auth {
             Metrics::bump(&self.metrics.refresh_reuse_detected);
             tracing::warn!(session = %session.id, "refresh token reuse detected; session revoked");
             self.end_session(session.id)?;
-            self.store.persist().await?;
             self.audit(session.user_id, AuditKind::ReuseDetected, Some(session.id), ctx, now);
+            self.store.persist().await?;
             return Err(RefreshError::Invalid);
         }
         self.rotate(session, ctx, now).await
@@ -470,6 +472,7 @@ impl Auth {
         if !self.store.rotate_session(&session, &self.refresh_hash(refresh.expose_secret()))? {
             return Err(RefreshError::Invalid);
         }
+        self.audit(session.user_id, AuditKind::Refresh, Some(session.id), ctx, now);
         self.store.persist().await?;
         Metrics::bump(&self.metrics.refreshes);
         {
@@ -478,7 +481,6 @@ impl Auth {
             recent.retain(|_, r| now - r.at <= grace);
             recent.insert(session.id, RecentRotation { generation: session.generation, token: refresh.clone(), at: now });
         }
-        self.audit(session.user_id, AuditKind::Refresh, Some(session.id), ctx, now);
         Ok(self.pair(&session, refresh, now))
     }
 
@@ -546,8 +548,8 @@ impl Auth {
         match self.store.session(id)? {
             Some(s) if s.user_id == who.user_id => {
                 self.end_session(id)?;
-                self.store.persist().await?;
                 self.audit(who.user_id, AuditKind::SessionRevoked, Some(id), ctx, now);
+                self.store.persist().await?;
                 Ok(true)
             }
             _ => Ok(false),

@@ -167,6 +167,8 @@ impl TestApp {
         };
         self.port = port;
         self.address = format!("http://127.0.0.1:{port}");
+        // Pooled connections to a killed process are dead: start afresh.
+        self.client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
         self.process = Some(child);
     }
 
