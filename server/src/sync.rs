@@ -10,3 +10,6 @@
 pub mod hub;
 pub mod peer;
 pub mod registry;
+
+#[cfg(test)]
+mod simulation;
