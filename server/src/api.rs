@@ -9,6 +9,7 @@ mod auth_routes;
 mod caller;
 mod client;
 mod health;
+mod json_body;
 mod openapi;
 pub mod problem;
 mod sync_socket;

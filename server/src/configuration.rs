@@ -253,6 +253,9 @@ pub struct Settings {
     pub sync_limits: SyncLimits,
     /// How long an unused document stays in memory.
     pub document_idle: Duration,
+    /// Things worth a warning that do not stop the server, logged once
+    /// logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// Delivery settings for both kinds of identifier.
@@ -445,11 +448,13 @@ impl Settings {
         if tokens.session_idle.is_zero() || tokens.session_max < tokens.session_idle {
             bail!("session_idle_secs must be positive and at most session_max_secs");
         }
+        let mut warnings = Vec::new();
         let test_codes = parse_test_codes(
             cli.test_codes.as_deref().or(file.test_codes.as_deref()),
             cli.test_codes_expire.or(file.test_codes_expire),
             today,
             otp.digits,
+            &mut warnings,
         )?;
         if profile == Profile::Production {
             if email == EmailSenderKind::Log || phone == PhoneSenderKind::Log {
@@ -484,6 +489,7 @@ impl Settings {
             allowed_origins: pick!(allowed_origins, Vec::new()),
             sync_limits,
             document_idle: Duration::from_secs(pick!(document_idle_secs, 60)),
+            warnings,
             listen: pick!(listen, "127.0.0.1:8080".parse().expect("a valid literal address")),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             profile,
@@ -511,6 +517,7 @@ fn parse_test_codes(
     expire: Option<NaiveDate>,
     today: NaiveDate,
     digits: u32,
+    warnings: &mut Vec<String>,
 ) -> anyhow::Result<Vec<(Contact, SecretString)>> {
     let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
         return Ok(Vec::new());
@@ -521,7 +528,7 @@ fn parse_test_codes(
     if expire < today {
         // Expired test codes are dropped rather than refused, so an old
         // staging config does not stop the server; they simply stop working.
-        tracing::warn!(%expire, "fixed test codes have expired and are ignored");
+        warnings.push(format!("fixed test codes expired on {expire} and are ignored"));
         return Ok(Vec::new());
     }
     let mut codes = Vec::new();

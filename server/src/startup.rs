@@ -97,7 +97,7 @@ impl Application {
                         tracing::info!(
                             target: "codeedex_server::http",
                             %method, %path, status = status.as_u16(),
-                            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            elapsed_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
                             "request"
                         );
                         Ok(response)
@@ -160,6 +160,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
         }
     };
     telemetry::init(&settings.log, settings.log_format);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await

@@ -14,15 +14,15 @@ use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use crate::auth::keys::random_bytes;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/me").route(web::get().to(me)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/v1/sessions").route(web::get().to(sessions)).default_service(web::to(method_not_allowed)))
+    cfg.service(web::resource("/v1/me").route(web::get().to(me)).default_service(method_not_allowed("GET")))
+        .service(web::resource("/v1/sessions").route(web::get().to(sessions)).default_service(method_not_allowed("GET")))
         .service(
             web::resource("/v1/sessions/{id}")
                 .route(web::delete().to(revoke_session))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(method_not_allowed("DELETE")),
         )
         .service(
-            web::resource("/v1/audit-events").route(web::get().to(audit_events)).default_service(web::to(method_not_allowed)),
+            web::resource("/v1/audit-events").route(web::get().to(audit_events)).default_service(method_not_allowed("GET")),
         );
 }
 

@@ -13,6 +13,7 @@ use super::caller::Caller;
 use super::client::Client;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use super::AppState;
+use super::json_body::JsonBody;
 use crate::auth::{RefreshError, RequestCodeError, VerifyError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -22,7 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ("/v1/auth/refresh", web::post().to(refresh)),
         ("/v1/auth/logout", web::post().to(logout)),
     ] {
-        cfg.service(web::resource(path).route(route).default_service(web::to(method_not_allowed)));
+        cfg.service(web::resource(path).route(route).default_service(method_not_allowed("POST")));
     }
 }
 
@@ -84,7 +85,7 @@ fn too_many_attempts(retry_after: u64) -> ProblemParts {
 pub async fn request_code(
     state: web::Data<AppState>,
     client: Client,
-    body: web::Json<OtpRequest>,
+    body: JsonBody<OtpRequest>,
 ) -> Result<HttpResponse, OtpEndpointError> {
     let contact = body.contact().map_err(OtpEndpointError::InvalidIdentifier)?;
     let sent = state.auth.request_code(&contact, &client.0, Utc::now()).await.map_err(|e| match e {
@@ -153,7 +154,7 @@ endpoint_error!(VerifyEndpointError);
 pub async fn verify(
     state: web::Data<AppState>,
     client: Client,
-    body: web::Json<VerifyRequest>,
+    body: JsonBody<VerifyRequest>,
 ) -> Result<HttpResponse, VerifyEndpointError> {
     let body = body.into_inner();
     let contact = body.contact().map_err(VerifyEndpointError::InvalidIdentifier)?;
@@ -222,7 +223,7 @@ endpoint_error!(RefreshEndpointError);
 pub async fn refresh(
     state: web::Data<AppState>,
     client: Client,
-    body: web::Json<RefreshRequest>,
+    body: JsonBody<RefreshRequest>,
 ) -> Result<HttpResponse, RefreshEndpointError> {
     let pair = state.auth.refresh(&body.refresh_token, &client.0, Utc::now()).await.map_err(|e| match e {
         RefreshError::Invalid => RefreshEndpointError::Invalid,
@@ -261,7 +262,7 @@ pub async fn logout(
     state: web::Data<AppState>,
     caller: Caller,
     client: Client,
-    body: web::Json<LogoutRequest>,
+    body: JsonBody<LogoutRequest>,
 ) -> Result<HttpResponse, LogoutEndpointError> {
     let ended = state
         .auth

@@ -172,7 +172,18 @@ pub async fn not_found() -> HttpResponse {
     respond(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found", None, None)
 }
 
-/// The answer for a known path with a method it does not support.
-pub async fn method_not_allowed() -> HttpResponse {
-    respond(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "Method not allowed", None, None)
+/// The default service of a resource: 405 with the `Allow` header naming
+/// the methods it does support (RFC 9110 §15.5.6).
+pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        let mut response = respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "Method not allowed",
+            Some(format!("this resource supports {allow}")),
+            None,
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        response
+    })
 }

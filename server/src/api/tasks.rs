@@ -19,6 +19,7 @@ use codeedex_schema::task_document;
 use serde::Deserialize;
 
 use super::AppState;
+use super::json_body::JsonBody;
 use super::caller::Caller;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use crate::auth::Authenticated;
@@ -30,16 +31,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/tasks")
             .route(web::get().to(list))
             .route(web::post().to(create))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("GET, POST")),
     )
     .service(
         web::resource("/v1/tasks/{id}")
             .route(web::get().to(get))
             .route(web::patch().to(update))
             .route(web::delete().to(delete))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("GET, PATCH, DELETE")),
     )
-    .service(web::resource("/v1/tasks/{id}/history").route(web::get().to(history)).default_service(web::to(method_not_allowed)));
+    .service(web::resource("/v1/tasks/{id}/history").route(web::get().to(history)).default_service(method_not_allowed("GET")));
 }
 
 /// Errors of the task endpoints.
@@ -164,7 +165,7 @@ fn new_task(body: &CreateTask) -> Result<Task, TaskError> {
 /// Creates a task document and lists it in the user's root document.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTask,
     responses((status = 201, body = TaskView), (status = 400, body = Problem), (status = 401, body = Problem)))]
-pub async fn create(state: web::Data<AppState>, caller: Caller, body: web::Json<CreateTask>) -> Result<HttpResponse, TaskApiError> {
+pub async fn create(state: web::Data<AppState>, caller: Caller, body: JsonBody<CreateTask>) -> Result<HttpResponse, TaskApiError> {
     let task = new_task(&body).map_err(TaskApiError::Invalid)?;
     let hub = &state.sync.hub;
     let now = Utc::now();
@@ -195,7 +196,7 @@ pub async fn update(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<DocumentId>,
-    body: web::Json<UpdateTask>,
+    body: JsonBody<UpdateTask>,
 ) -> Result<HttpResponse, TaskApiError> {
     let patch = body.to_patch().map_err(TaskApiError::Invalid)?;
     let live = open(&state, &caller.0, *id)?;

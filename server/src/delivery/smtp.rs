@@ -52,6 +52,7 @@ impl SmtpSender {
             ttl = self.ttl_minutes,
         );
         let message = Message::builder()
+            .message_id(None)
             .from(self.from.clone())
             .to(to)
             .subject("Your CodeeDex sign-in code")
