@@ -1,11 +1,16 @@
-//! `codeedex-loadgen`: drives a CodeeDex server on this machine and reports
-//! throughput and latency. Every scenario is bounded in requests and time and
-//! refuses any target that is not a loopback address.
+//! `codeedex-loadgen`: drives a sync server on this machine and reports
+//! throughput, latency and memory. It speaks the automerge-repo protocol
+//! itself, in Rust, so that the generator is not the bottleneck, and works
+//! against any protocol-v1 server, with or without auth. Every scenario is
+//! bounded in count and time and refuses targets that are not loopback.
+
+mod account;
+mod peer;
+mod scenario;
+mod stats;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -16,6 +21,18 @@ struct Cli {
     /// The server's base URL; must be a loopback address.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// The sync WebSocket path.
+    #[arg(long, default_value = "/v1/sync")]
+    ws_path: String,
+    /// Target a server without auth (the reference server): no sign-in, no tokens.
+    #[arg(long)]
+    no_auth: bool,
+    /// The fixed code configured for the bench identities `bench-<i>@example.com`.
+    #[arg(long, default_value = "123456")]
+    code: String,
+    /// The server's process id, to read its memory and CPU time.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -29,15 +46,54 @@ enum Scenario {
         /// How many distinct identifiers to cycle through (one in flight each).
         #[arg(long, default_value_t = 64)]
         identities: usize,
-        /// The fixed code configured for every bench identity.
-        #[arg(long, default_value = "123456")]
-        code: String,
         /// Stop after this many sign-ins.
         #[arg(long, default_value_t = 5000)]
         sign_ins: u64,
         /// Stop after this many seconds.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// Users × devices editing shared documents; edit-to-device latency.
+    Fanout {
+        /// Users.
+        #[arg(long, default_value_t = 4)]
+        users: usize,
+        /// Devices per user.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Edits per second per device.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Seconds of editing (at most 120).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Idle authenticated sockets: server memory per socket, handshakes per second.
+    Idle {
+        /// Sockets to open (at most 50,000).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Users to spread them over.
+        #[arg(long, default_value_t = 10)]
+        users: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to hold them open before measuring.
+        #[arg(long, default_value_t = 2)]
+        hold: u64,
+    },
+    /// A device returns after T tasks got E edits each elsewhere.
+    Catchup {
+        /// Tasks changed while away.
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        /// Edits per task.
+        #[arg(long, default_value_t = 10)]
+        edits: usize,
+        /// Request every document instead of asking the server what changed.
+        #[arg(long)]
+        without_extension: bool,
     },
 }
 
@@ -52,86 +108,90 @@ fn ensure_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+async fn tokens(cli: &Cli, users: usize) -> anyhow::Result<Vec<Option<String>>> {
+    if cli.no_auth {
+        return Ok(vec![None; users]);
     }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank]
-}
-
-async fn auth(server: &str, identities: usize, code: &str, sign_ins: u64, seconds: u64) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(identities).build()?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let issued = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..identities {
-        let client = client.clone();
-        let server = server.to_owned();
-        let code = code.to_owned();
-        let issued = Arc::clone(&issued);
-        let failures = Arc::clone(&failures);
-        tasks.push(tokio::spawn(async move {
-            let email = format!("bench-{i}@example.com");
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline && issued.load(Ordering::Relaxed) < sign_ins {
-                let sent = client
-                    .post(format!("{server}/v1/auth/otp"))
-                    .json(&serde_json::json!({ "email": email }))
-                    .send()
-                    .await;
-                if !matches!(&sent, Ok(r) if r.status() == 202) {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let t = Instant::now();
-                let verified = client
-                    .post(format!("{server}/v1/auth/verify"))
-                    .json(&serde_json::json!({ "email": email, "code": code }))
-                    .send()
-                    .await;
-                match verified {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        latencies.push(t.elapsed());
-                        issued.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            latencies
-        }));
+    let client = reqwest::Client::new();
+    let mut out = Vec::with_capacity(users);
+    for i in 0..users {
+        let signed = account::sign_in(&client, &cli.server, &format!("bench-{i}@example.com"), &cli.code).await?;
+        out.push(Some(signed.access_token));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await?);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let n = issued.load(Ordering::Relaxed);
-    println!("scenario: auth (code request + verification + token issue, {identities} concurrent identities)");
-    println!("sign-ins: {n} in {:.2} s, failures: {}", elapsed.as_secs_f64(), failures.load(Ordering::Relaxed));
-    println!("sign-ins per second (each also requests a code): {:.0}", n as f64 / elapsed.as_secs_f64());
-    println!(
-        "verify latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 1.0).as_secs_f64() * 1e3,
-    );
-    Ok(())
+    Ok(out)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_loopback(&cli.server)?;
-    match cli.scenario {
-        Scenario::Auth { identities, code, sign_ins, seconds } => {
-            auth(&cli.server, identities, &code, sign_ins, seconds).await
+    let ws_url = format!("{}{}", cli.server.replacen("http", "ws", 1), cli.ws_path);
+    match &cli.scenario {
+        Scenario::Auth { identities, sign_ins, seconds } => {
+            scenario::auth::run(&cli.server, *identities, &cli.code, *sign_ins, (*seconds).min(300)).await
+        }
+        Scenario::Fanout { users, devices, rate, seconds } => {
+            if *devices < 2 {
+                bail!("fan-out needs at least two devices per user");
+            }
+            let tokens = tokens(&cli, *users).await?;
+            let cpu_before = cli.server_pid.and_then(stats::cpu_time);
+            let params = scenario::fanout::FanOut {
+                users: *users,
+                devices: *devices,
+                rate: *rate,
+                duration: Duration::from_secs((*seconds).min(120)),
+            };
+            let result = scenario::fanout::run(&ws_url, &tokens, &params).await?;
+            println!("scenario: fan-out, {users} users x {devices} devices, {rate} edits/s per device, {seconds} s");
+            println!("edit-to-device latency: {}", result.latency);
+            println!("edits: {}, deliveries/s: {:.0}, missing deliveries: {}", result.edits, result.delivered_per_second, result.missing);
+            if let (Some(pid), Some(before)) = (cli.server_pid, cpu_before) {
+                let used = stats::cpu_time(pid).map(|after| after.saturating_sub(before));
+                println!(
+                    "server CPU: {:.2} s, server RSS: {} KiB",
+                    used.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+                    stats::rss_kib(pid).unwrap_or(0)
+                );
+            }
+            Ok(())
+        }
+        Scenario::Idle { connections, users, concurrency, hold } => {
+            let tokens = tokens(&cli, (*users).max(1)).await?;
+            let result = scenario::idle::run(
+                &ws_url,
+                &tokens,
+                (*connections).min(50_000),
+                (*concurrency).max(1),
+                Duration::from_secs(*hold),
+                cli.server_pid,
+            )
+            .await?;
+            println!("scenario: idle, {} sockets over {users} users", result.open);
+            println!("handshakes/s: {:.0}", result.handshakes_per_second);
+            match result.kib_per_connection() {
+                Some(kib) => println!(
+                    "server RSS: {} KiB -> {} KiB, {kib:.1} KiB per connection",
+                    result.rss_before_kib.unwrap_or(0),
+                    result.rss_after_kib.unwrap_or(0)
+                ),
+                None => println!("server RSS: unknown (pass --server-pid)"),
+            }
+            Ok(())
+        }
+        Scenario::Catchup { tasks, edits, without_extension } => {
+            let tokens = tokens(&cli, 1).await?;
+            let result =
+                scenario::catchup::run(&ws_url, tokens[0].as_deref(), (*tasks).min(100_000), *edits, !without_extension).await?;
+            println!(
+                "scenario: catch-up, {} tasks x {} edits, {}",
+                result.tasks,
+                result.edits,
+                if *without_extension { "requesting every document" } else { "with the catch-up extension" }
+            );
+            println!("upload (setup): {:.3} s", result.upload.as_secs_f64());
+            println!("catch-up: {:.3} s", result.catch_up.as_secs_f64());
+            Ok(())
         }
     }
 }

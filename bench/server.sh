@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Starts a release codeedex-server on 127.0.0.1:$PORT for benchmarks, with
+# fixed test codes for bench-<i>@example.com (i < $IDENTITIES) and limits
+# raised so that the generator measures the server, not its rate limits.
+# Prints the server's pid on stdout; the server's log goes to $DATA/server.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${PORT:-18181}
+identities=${IDENTITIES:-64}
+data=${DATA:?set DATA to a fresh directory}
+mkdir -p "$data"
+codes=$(for i in $(seq 0 $((identities - 1))); do printf 'bench-%d@example.com=123456,' "$i"; done)
+CODEEDEX_TEST_CODES="${codes%,}" ./target/release/codeedex-server \
+  --listen "127.0.0.1:$port" --data-dir "$data" --log warn \
+  --test-codes-expire "$(date -u -d '+1 day' +%F)" \
+  --otp-resend-cooldown-secs 0 --otp-hourly-cap 100000 --otp-daily-cap 100000 \
+  --ip-send-limit 1000000 --ip-verify-limit 1000000 --ip-refresh-limit 1000000 \
+  --sync-max-connections-per-user 100000 --sync-messages-per-second 100000 --sync-message-burst 100000 \
+  > "$data/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+echo "$pid"

@@ -1,0 +1,6 @@
+//! The scenarios, one per module.
+
+pub mod auth;
+pub mod catchup;
+pub mod fanout;
+pub mod idle;

@@ -1,0 +1,129 @@
+//! Catch-up: while one device is away, another changes T tasks E times each;
+//! the time from the first device's reconnect until it holds every change.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use codeedex_schema::id::DocumentId;
+use codeedex_schema::wire::{self, Message};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite;
+
+use crate::peer::{self, Replicas};
+
+/// Results.
+#[derive(Debug)]
+pub struct CatchUpResult {
+    /// Tasks changed while away.
+    pub tasks: usize,
+    /// Edits per task.
+    pub edits: usize,
+    /// Time to upload everything from the writer (setup, for reference).
+    pub upload: Duration,
+    /// Time from reconnect to holding every change.
+    pub catch_up: Duration,
+}
+
+fn doc_id(i: usize) -> DocumentId {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut bytes = nanos.to_le_bytes();
+    bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    DocumentId::from_random_bytes(bytes)
+}
+
+fn counter(doc: &AutoCommit) -> i64 {
+    match doc.get(ROOT, "n") {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Int(n) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Runs the scenario. With `use_extension`, the returning device asks the
+/// server what changed (our catch-up extension); otherwise it requests
+/// every document it knows, as a stock client does.
+pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, use_extension: bool) -> anyhow::Result<CatchUpResult> {
+    // The writer creates and edits every task, then waits until the server
+    // has acknowledged all of them.
+    let upload_started = Instant::now();
+    let mut writer = peer::join(ws_url, token, &format!("writer-{}", std::process::id()), &[]).await?;
+    let mut replicas = Replicas::default();
+    let ids: Vec<DocumentId> = (0..tasks).map(doc_id).collect();
+    for id in &ids {
+        let mut doc = AutoCommit::new();
+        for n in 1..=edits {
+            doc.put(ROOT, "n", n as i64)?;
+            doc.commit();
+        }
+        replicas.docs.insert(*id, (doc, automerge::sync::State::new()));
+        if let Some(frame) = replicas.outgoing(&writer.peer_id, &writer.server_id, *id) {
+            writer.sink.send(frame).await?;
+        }
+    }
+    let mut acknowledged = HashSet::new();
+    while acknowledged.len() < tasks {
+        let frame = tokio::time::timeout(Duration::from_secs(60), writer.stream.next()).await?;
+        let Some(frame) = frame else { anyhow::bail!("closed") };
+        let tungstenite::Message::Binary(bytes) = frame? else { continue };
+        let message = wire::decode(&bytes)?;
+        if let Some(id) = replicas.apply(&message)? {
+            let (doc, state) = replicas.docs.get_mut(&id).expect("applied");
+            let heads = doc.get_heads();
+            if state.their_heads.as_ref().is_some_and(|h| *h == heads) {
+                acknowledged.insert(id);
+            }
+            if let Some(frame) = replicas.outgoing(&writer.peer_id, &writer.server_id, id) {
+                writer.sink.send(frame).await?;
+            }
+        }
+    }
+    let upload = upload_started.elapsed();
+    let _ = writer.sink.close().await;
+
+    // The returning device.
+    let started = Instant::now();
+    let extensions: &[&str] = if use_extension { &["codeedex/catch-up-request"] } else { &[] };
+    let mut reader = peer::join(ws_url, token, &format!("reader-{}", std::process::id()), extensions).await?;
+    let mut mine = Replicas::default();
+    let wanted: Vec<DocumentId> = if use_extension {
+        let request = Message::CatchUpRequest { sender_id: reader.peer_id.clone(), target_id: reader.server_id.clone(), cursor: 0 };
+        reader.sink.send(tungstenite::Message::binary(wire::encode(&request))).await?;
+        loop {
+            let Some(frame) = reader.stream.next().await else { anyhow::bail!("closed") };
+            let tungstenite::Message::Binary(bytes) = frame? else { continue };
+            if let Message::CatchUpResponse { document_ids, .. } = wire::decode(&bytes)? {
+                break document_ids.iter().filter_map(|d| d.parse().ok()).collect();
+            }
+        }
+    } else {
+        ids.clone()
+    };
+    for id in &wanted {
+        let frame = mine.request(&reader.peer_id, &reader.server_id, *id);
+        reader.sink.send(frame).await?;
+    }
+    let mut complete = HashSet::new();
+    let target: HashSet<DocumentId> = ids.iter().copied().collect();
+    while complete.len() < tasks {
+        let frame = tokio::time::timeout(Duration::from_secs(60), reader.stream.next()).await?;
+        let Some(frame) = frame else { anyhow::bail!("closed") };
+        let tungstenite::Message::Binary(bytes) = frame? else { continue };
+        let message = wire::decode(&bytes)?;
+        if let Some(id) = mine.apply(&message)? {
+            let (doc, _) = mine.docs.get(&id).expect("applied");
+            if target.contains(&id) && counter(doc) == edits as i64 {
+                complete.insert(id);
+            }
+            if let Some(frame) = mine.outgoing(&reader.peer_id, &reader.server_id, id) {
+                reader.sink.send(frame).await?;
+            }
+        }
+    }
+    let catch_up = started.elapsed();
+    let _ = reader.sink.close().await;
+    Ok(CatchUpResult { tasks, edits, upload, catch_up })
+}

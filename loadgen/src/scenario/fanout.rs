@@ -1,0 +1,172 @@
+//! Fan-out: U users × D devices share one task document per user; each
+//! device edits at a fixed rate; for every edit, the time until every other
+//! device of that user has it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use codeedex_schema::id::DocumentId;
+use codeedex_schema::wire;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite;
+
+use crate::peer::{self, Replicas};
+use crate::stats::Summary;
+
+/// Parameters.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// Users.
+    pub users: usize,
+    /// Devices per user.
+    pub devices: usize,
+    /// Edits per second per device.
+    pub rate: f64,
+    /// How long to edit.
+    pub duration: Duration,
+}
+
+/// Results.
+#[derive(Debug)]
+pub struct FanOutResult {
+    /// Edit-to-every-other-device latency.
+    pub latency: Summary,
+    /// Deliveries per second (edit × receiving device).
+    pub delivered_per_second: f64,
+    /// Edits made.
+    pub edits: u64,
+    /// Deliveries expected but not seen by the end.
+    pub missing: u64,
+}
+
+type SendTimes = Arc<Mutex<HashMap<(usize, usize, i64), Instant>>>;
+
+/// Runs the scenario. `tokens[u]` signs user `u`'s devices in (or none for
+/// a server without auth).
+pub async fn run(ws_url: &str, tokens: &[Option<String>], params: &FanOut) -> anyhow::Result<FanOutResult> {
+    let sent: SendTimes = Arc::default();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start_at = Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
+    for user in 0..params.users {
+        let doc_id = DocumentId::from_random_bytes(rand_bytes(user));
+        let mut base = AutoCommit::new();
+        base.put(ROOT, "title", "fan-out").expect("put on a fresh doc");
+        for device in 0..params.devices {
+            let mut replica = base.fork();
+            replica.set_actor(automerge::ActorId::from(rand_bytes(user * 1000 + device + 7).to_vec()));
+            let token = tokens[user].clone();
+            let url = ws_url.to_owned();
+            let (sent, latencies, delivered) = (Arc::clone(&sent), Arc::clone(&latencies), Arc::clone(&delivered));
+            let params = params.clone();
+            tasks.push(tokio::spawn(async move {
+                device_loop(url, token, user, device, doc_id, replica, params, start_at, sent, latencies, delivered).await
+            }));
+        }
+    }
+    let mut edits = 0;
+    for task in tasks {
+        edits += task.await??;
+    }
+    let mut samples = latencies.lock().expect("no panics").clone();
+    let expected = edits * (params.devices as u64 - 1);
+    let got = delivered.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(FanOutResult {
+        latency: Summary::of(&mut samples),
+        delivered_per_second: got as f64 / params.duration.as_secs_f64(),
+        edits,
+        missing: expected.saturating_sub(got),
+    })
+}
+
+fn rand_bytes(seed: usize) -> [u8; 16] {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut out = (nanos ^ (seed as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes();
+    out[0] ^= seed as u8;
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn device_loop(
+    url: String,
+    token: Option<String>,
+    user: usize,
+    device: usize,
+    doc_id: DocumentId,
+    replica: AutoCommit,
+    params: FanOut,
+    start_at: Instant,
+    sent: SendTimes,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<u64> {
+    let peer_id = format!("lg-{user}-{device}-{}", std::process::id());
+    let mut peer = peer::join(&url, token.as_deref(), &peer_id, &[]).await?;
+    let mut replicas = Replicas::default();
+    replicas.docs.insert(doc_id, (replica, automerge::sync::State::new()));
+    if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
+        peer.sink.send(frame).await?;
+    }
+    let mut seen: HashMap<usize, i64> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / params.rate);
+    tokio::time::sleep_until(start_at.into()).await;
+    let stop_edits = Instant::now() + params.duration;
+    let drain_until = stop_edits + Duration::from_secs(3);
+    let mut next_edit = tokio::time::Instant::now() + interval.mul_f64((device as f64 + 1.0) / params.devices as f64);
+    let mut edits = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= drain_until {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next_edit), if now < stop_edits => {
+                next_edit += interval;
+                edits += 1;
+                let (doc, _) = replicas.docs.get_mut(&doc_id).expect("inserted above");
+                doc.put(ROOT, format!("d{device}"), edits as i64)?;
+                sent.lock().expect("no panics").insert((user, device, edits as i64), Instant::now());
+                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
+                    peer.sink.send(frame).await?;
+                }
+            }
+            () = tokio::time::sleep_until(drain_until.into()) => break,
+            frame = peer.stream.next() => {
+                let Some(frame) = frame else { anyhow::bail!("server closed the socket") };
+                let tungstenite::Message::Binary(bytes) = frame? else { continue };
+                let message = wire::decode(&bytes)?;
+                if replicas.apply(&message)?.is_none() {
+                    continue;
+                }
+                let arrived = Instant::now();
+                let (doc, _) = replicas.docs.get(&doc_id).expect("inserted above");
+                for other in (0..params.devices).filter(|d| *d != device) {
+                    let value = match doc.get(ROOT, format!("d{other}"))? {
+                        Some((Value::Scalar(s), _)) => match s.as_ref() {
+                            ScalarValue::Int(n) => *n,
+                            _ => 0,
+                        },
+                        _ => 0,
+                    };
+                    let last = seen.entry(other).or_insert(0);
+                    while *last < value {
+                        *last += 1;
+                        if let Some(at) = sent.lock().expect("no panics").get(&(user, other, *last)) {
+                            latencies.lock().expect("no panics").push(arrived - *at);
+                            delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
+                    peer.sink.send(frame).await?;
+                }
+            }
+        }
+    }
+    let _ = peer.sink.close().await;
+    Ok(edits)
+}
