@@ -52,14 +52,14 @@ pub async fn run(ws_url: &str, tokens: &[Option<String>], params: &FanOut) -> an
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     let start_at = Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
-    for user in 0..params.users {
+    for (user, token) in tokens.iter().enumerate().take(params.users) {
         let doc_id = DocumentId::from_random_bytes(rand_bytes(user));
         let mut base = AutoCommit::new();
         base.put(ROOT, "title", "fan-out").expect("put on a fresh doc");
         for device in 0..params.devices {
             let mut replica = base.fork();
             replica.set_actor(automerge::ActorId::from(rand_bytes(user * 1000 + device + 7).to_vec()));
-            let token = tokens[user].clone();
+            let token = token.clone();
             let url = ws_url.to_owned();
             let (sent, latencies, delivered) = (Arc::clone(&sent), Arc::clone(&latencies), Arc::clone(&delivered));
             let params = params.clone();
