@@ -147,7 +147,9 @@ pub(crate) fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `dir`, checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir.join("store")).open()?;
+        // sled caches up to 1 GiB by default; memory should follow activity,
+        // so the page cache is kept small and the OS page cache does the rest.
+        let db = sled::Config::new().path(dir.join("store")).cache_capacity(64 * 1024 * 1024).open()?;
         let meta = db.open_tree("meta")?;
         match meta.get(FORMAT_KEY)? {
             None => {
