@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs scenarios 1-4 (fan-out, saturation is not yet here, idle sockets,
+# catch-up) against the reference automerge-repo sync server and against
+# codeedex-server (with auth on) in the same run, and prints both.
+# Usage: bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p codeedex-server -p codeedex-loadgen
+(cd bench/reference && npm ci --no-audit --no-fund --silent)
+ulimit -n 65536 2>/dev/null || true
+
+ref_data=$(mktemp -d)
+PORT=18300 DATA="$ref_data" node bench/reference/server.mjs > "$ref_data/server.log" 2>&1 &
+ref_pid=$!
+export PORT=18301 DATA=$(mktemp -d)
+our_pid=$(bench/server.sh)
+trap 'kill "$ref_pid" "$our_pid" 2>/dev/null || true; rm -rf "$ref_data" "$DATA"' EXIT
+for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18300) 2>/dev/null && break; sleep 0.1; done
+
+lg() { ./target/release/codeedex-loadgen "$@"; }
+for target in reference codeedex; do
+  if [ "$target" = reference ]; then
+    args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")
+  else
+    args=(--server http://127.0.0.1:18301 --server-pid "$our_pid")
+  fi
+  echo "=== $target"
+  lg "${args[@]}" fanout --users 4 --devices 3 --rate 5 --seconds 10
+  lg "${args[@]}" idle --connections "${IDLE_CONNECTIONS:-2000}" --users 10 --concurrency 32 --hold 3
+  lg "${args[@]}" catchup --tasks 1000 --edits 10 --without-extension
+done
