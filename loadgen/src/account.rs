@@ -11,8 +11,17 @@ pub struct SignedIn {
 }
 
 /// Requests a code for `email` and verifies the fixed bench code.
-pub async fn sign_in(client: &reqwest::Client, server: &str, email: &str, code: &str) -> anyhow::Result<SignedIn> {
-    let sent = client.post(format!("{server}/v1/auth/otp")).json(&serde_json::json!({ "email": email })).send().await?;
+pub async fn sign_in(
+    client: &reqwest::Client,
+    server: &str,
+    email: &str,
+    code: &str,
+) -> anyhow::Result<SignedIn> {
+    let sent = client
+        .post(format!("{server}/v1/auth/otp"))
+        .json(&serde_json::json!({ "email": email }))
+        .send()
+        .await?;
     if sent.status() != 202 {
         bail!("code request for {email} answered {}", sent.status());
     }
@@ -22,7 +31,11 @@ pub async fn sign_in(client: &reqwest::Client, server: &str, email: &str, code: 
         .send()
         .await?;
     if verified.status() != 200 {
-        bail!("verification for {email} answered {}: {}", verified.status(), verified.text().await.unwrap_or_default());
+        bail!(
+            "verification for {email} answered {}: {}",
+            verified.status(),
+            verified.text().await.unwrap_or_default()
+        );
     }
     verified.json().await.context("sign-in body")
 }

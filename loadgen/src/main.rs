@@ -16,7 +16,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "codeedex-loadgen", about = "Benchmarks for CodeeDex Task Sync (loopback only)")]
+#[command(
+    name = "codeedex-loadgen",
+    about = "Benchmarks for CodeeDex Task Sync (loopback only)"
+)]
 struct Cli {
     /// The server's base URL; must be a loopback address.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -101,7 +104,10 @@ fn ensure_loopback(url: &str) -> anyhow::Result<()> {
     let parsed = reqwest::Url::parse(url).context("--server is not a URL")?;
     let host = parsed.host_str().context("--server has no host")?;
     let loopback = host == "localhost"
-        || host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         bail!("refusing to load {host}: benchmarks target loopback addresses only");
     }
@@ -115,7 +121,13 @@ async fn tokens(cli: &Cli, users: usize) -> anyhow::Result<Vec<Option<String>>> 
     let client = reqwest::Client::new();
     let mut out = Vec::with_capacity(users);
     for i in 0..users {
-        let signed = account::sign_in(&client, &cli.server, &format!("bench-{i}@example.com"), &cli.code).await?;
+        let signed = account::sign_in(
+            &client,
+            &cli.server,
+            &format!("bench-{i}@example.com"),
+            &cli.code,
+        )
+        .await?;
         out.push(Some(signed.access_token));
     }
     Ok(out)
@@ -127,10 +139,26 @@ async fn main() -> anyhow::Result<()> {
     ensure_loopback(&cli.server)?;
     let ws_url = format!("{}{}", cli.server.replacen("http", "ws", 1), cli.ws_path);
     match &cli.scenario {
-        Scenario::Auth { identities, sign_ins, seconds } => {
-            scenario::auth::run(&cli.server, *identities, &cli.code, *sign_ins, (*seconds).min(300)).await
+        Scenario::Auth {
+            identities,
+            sign_ins,
+            seconds,
+        } => {
+            scenario::auth::run(
+                &cli.server,
+                *identities,
+                &cli.code,
+                *sign_ins,
+                (*seconds).min(300),
+            )
+            .await
         }
-        Scenario::Fanout { users, devices, rate, seconds } => {
+        Scenario::Fanout {
+            users,
+            devices,
+            rate,
+            seconds,
+        } => {
             if *devices < 2 {
                 bail!("fan-out needs at least two devices per user");
             }
@@ -143,9 +171,14 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs((*seconds).min(120)),
             };
             let result = scenario::fanout::run(&ws_url, &tokens, &params).await?;
-            println!("scenario: fan-out, {users} users x {devices} devices, {rate} edits/s per device, {seconds} s");
+            println!(
+                "scenario: fan-out, {users} users x {devices} devices, {rate} edits/s per device, {seconds} s"
+            );
             println!("edit-to-device latency: {}", result.latency);
-            println!("edits: {}, deliveries/s: {:.0}, missing deliveries: {}", result.edits, result.delivered_per_second, result.missing);
+            println!(
+                "edits: {}, deliveries/s: {:.0}, missing deliveries: {}",
+                result.edits, result.delivered_per_second, result.missing
+            );
             if let (Some(pid), Some(before)) = (cli.server_pid, cpu_before) {
                 let used = stats::cpu_time(pid).map(|after| after.saturating_sub(before));
                 println!(
@@ -156,7 +189,12 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Scenario::Idle { connections, users, concurrency, hold } => {
+        Scenario::Idle {
+            connections,
+            users,
+            concurrency,
+            hold,
+        } => {
             let tokens = tokens(&cli, (*users).max(1)).await?;
             let result = scenario::idle::run(
                 &ws_url,
@@ -179,15 +217,29 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Scenario::Catchup { tasks, edits, without_extension } => {
+        Scenario::Catchup {
+            tasks,
+            edits,
+            without_extension,
+        } => {
             let tokens = tokens(&cli, 1).await?;
-            let result =
-                scenario::catchup::run(&ws_url, tokens[0].as_deref(), (*tasks).min(100_000), *edits, !without_extension).await?;
+            let result = scenario::catchup::run(
+                &ws_url,
+                tokens[0].as_deref(),
+                (*tasks).min(100_000),
+                *edits,
+                !without_extension,
+            )
+            .await?;
             println!(
                 "scenario: catch-up, {} tasks x {} edits, {}",
                 result.tasks,
                 result.edits,
-                if *without_extension { "requesting every document" } else { "with the catch-up extension" }
+                if *without_extension {
+                    "requesting every document"
+                } else {
+                    "with the catch-up extension"
+                }
             );
             println!("upload (setup): {:.3} s", result.upload.as_secs_f64());
             println!("catch-up: {:.3} s", result.catch_up.as_secs_f64());

@@ -31,12 +31,22 @@ pub struct Peer {
 
 /// Connects to `ws_url` (e.g. ws://127.0.0.1:8080/v1/sync), with a bearer
 /// token if given, and joins.
-pub async fn join(ws_url: &str, token: Option<&str>, peer_id: &str, extensions: &[&str]) -> anyhow::Result<Peer> {
+pub async fn join(
+    ws_url: &str,
+    token: Option<&str>,
+    peer_id: &str,
+    extensions: &[&str],
+) -> anyhow::Result<Peer> {
     let mut request = ws_url.into_client_request()?;
     if let Some(token) = token {
-        request.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.context("websocket connect")?;
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .context("websocket connect")?;
     let (mut sink, mut stream) = socket.split();
     let join = Message::Join {
         sender_id: peer_id.to_owned(),
@@ -47,12 +57,18 @@ pub async fn join(ws_url: &str, token: Option<&str>, peer_id: &str, extensions: 
             extensions: extensions.iter().map(|e| (*e).to_owned()).collect(),
         }),
     };
-    sink.send(tungstenite::Message::binary(wire::encode(&join))).await?;
+    sink.send(tungstenite::Message::binary(wire::encode(&join)))
+        .await?;
     loop {
         match stream.next().await {
             Some(Ok(tungstenite::Message::Binary(bytes))) => match wire::decode(&bytes)? {
                 Message::Peer { sender_id, .. } => {
-                    return Ok(Peer { peer_id: peer_id.to_owned(), server_id: sender_id, sink, stream });
+                    return Ok(Peer {
+                        peer_id: peer_id.to_owned(),
+                        server_id: sender_id,
+                        sink,
+                        stream,
+                    });
                 }
                 other => bail!("expected peer, got {other:?}"),
             },
@@ -72,7 +88,12 @@ pub struct Replicas {
 
 impl Replicas {
     /// The next sync message for a document, as a frame, if any.
-    pub fn outgoing(&mut self, peer_id: &str, server_id: &str, id: DocumentId) -> Option<tungstenite::Message> {
+    pub fn outgoing(
+        &mut self,
+        peer_id: &str,
+        server_id: &str,
+        id: DocumentId,
+    ) -> Option<tungstenite::Message> {
         let (doc, state) = self.docs.get_mut(&id)?;
         let message = doc.sync().generate_sync_message(state)?;
         Some(tungstenite::Message::binary(wire::encode(&Message::Sync {
@@ -84,9 +105,21 @@ impl Replicas {
     }
 
     /// A `request` frame for a document this peer does not have yet.
-    pub fn request(&mut self, peer_id: &str, server_id: &str, id: DocumentId) -> tungstenite::Message {
-        let (doc, state) = self.docs.entry(id).or_insert_with(|| (AutoCommit::new(), sync::State::new()));
-        let data = doc.sync().generate_sync_message(state).map(|m| m.encode()).unwrap_or_default();
+    pub fn request(
+        &mut self,
+        peer_id: &str,
+        server_id: &str,
+        id: DocumentId,
+    ) -> tungstenite::Message {
+        let (doc, state) = self
+            .docs
+            .entry(id)
+            .or_insert_with(|| (AutoCommit::new(), sync::State::new()));
+        let data = doc
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
+            .unwrap_or_default();
         tungstenite::Message::binary(wire::encode(&Message::Request {
             sender_id: peer_id.to_owned(),
             target_id: server_id.to_owned(),
@@ -97,10 +130,19 @@ impl Replicas {
 
     /// Applies an incoming sync message; returns the document it was for.
     pub fn apply(&mut self, message: &Message) -> anyhow::Result<Option<DocumentId>> {
-        let Message::Sync { document_id, data, .. } = message else { return Ok(None) };
+        let Message::Sync {
+            document_id, data, ..
+        } = message
+        else {
+            return Ok(None);
+        };
         let id: DocumentId = document_id.parse()?;
-        let (doc, state) = self.docs.entry(id).or_insert_with(|| (AutoCommit::new(), sync::State::new()));
-        doc.sync().receive_sync_message(state, sync::Message::decode(data)?)?;
+        let (doc, state) = self
+            .docs
+            .entry(id)
+            .or_insert_with(|| (AutoCommit::new(), sync::State::new()));
+        doc.sync()
+            .receive_sync_message(state, sync::Message::decode(data)?)?;
         Ok(Some(id))
     }
 }

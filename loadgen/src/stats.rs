@@ -28,7 +28,13 @@ impl Summary {
                 samples[((samples.len() - 1) as f64 * p).round() as usize]
             }
         };
-        Self { count: samples.len(), p50: at(0.5), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+        Self {
+            count: samples.len(),
+            p50: at(0.5),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }
 
@@ -50,7 +56,10 @@ impl std::fmt::Display for Summary {
 /// Resident memory of a process in KiB, from /proc (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// CPU time (user + system) of a process, from /proc (Linux).

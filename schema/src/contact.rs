@@ -57,7 +57,10 @@ impl EmailAddress {
             return Err(ContactError::Empty("email address"));
         }
         if trimmed.len() > Self::MAX_LEN {
-            return Err(ContactError::TooLong { kind: "email address", max: Self::MAX_LEN });
+            return Err(ContactError::TooLong {
+                kind: "email address",
+                max: Self::MAX_LEN,
+            });
         }
         if !trimmed.is_ascii() {
             return Err(ContactError::NonAsciiEmail);
@@ -111,19 +114,27 @@ impl PhoneNumber {
             return Err(ContactError::Empty("phone number"));
         }
         if trimmed.len() > Self::MAX_INPUT_LEN {
-            return Err(ContactError::TooLong { kind: "phone number", max: Self::MAX_INPUT_LEN });
+            return Err(ContactError::TooLong {
+                kind: "phone number",
+                max: Self::MAX_INPUT_LEN,
+            });
         }
         if !trimmed.starts_with('+') {
             return Err(ContactError::PhoneNotInternational);
         }
-        if !trimmed.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
+        if !trimmed
+            .chars()
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+        {
             return Err(ContactError::InvalidPhone);
         }
         let number = phonenumber::parse(None, trimmed).map_err(|_| ContactError::InvalidPhone)?;
         if !phonenumber::is_valid(&number) {
             return Err(ContactError::InvalidPhone);
         }
-        Ok(Self(number.format().mode(phonenumber::Mode::E164).to_string()))
+        Ok(Self(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
     }
 
     /// The number in E.164.
@@ -220,18 +231,36 @@ mod tests {
 
     #[test]
     fn invalid_emails_are_refused() {
-        for bad in ["", "   ", "no-at-sign", "a@", "@b.com", "a@@b.com", "a b@c.com", "a@localhost"] {
+        for bad in [
+            "",
+            "   ",
+            "no-at-sign",
+            "a@",
+            "@b.com",
+            "a@@b.com",
+            "a b@c.com",
+            "a@localhost",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let long = format!("{}@example.com", "a".repeat(250));
-        assert!(matches!(EmailAddress::parse(&long), Err(ContactError::TooLong { .. })));
+        assert!(matches!(
+            EmailAddress::parse(&long),
+            Err(ContactError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn look_alike_letters_are_refused() {
         // Cyrillic 'а' in place of Latin 'a'.
-        assert_eq!(EmailAddress::parse("\u{430}nn@example.com"), Err(ContactError::NonAsciiEmail));
-        assert_eq!(EmailAddress::parse("ann@ex\u{430}mple.com"), Err(ContactError::NonAsciiEmail));
+        assert_eq!(
+            EmailAddress::parse("\u{430}nn@example.com"),
+            Err(ContactError::NonAsciiEmail)
+        );
+        assert_eq!(
+            EmailAddress::parse("ann@ex\u{430}mple.com"),
+            Err(ContactError::NonAsciiEmail)
+        );
     }
 
     #[test]
@@ -244,11 +273,23 @@ mod tests {
 
     #[test]
     fn invalid_phone_numbers_are_refused() {
-        assert_eq!(PhoneNumber::parse("4155552671"), Err(ContactError::PhoneNotInternational));
-        assert_eq!(PhoneNumber::parse("+1 415 555"), Err(ContactError::InvalidPhone));
-        assert_eq!(PhoneNumber::parse("+1 415 555 abcd"), Err(ContactError::InvalidPhone));
+        assert_eq!(
+            PhoneNumber::parse("4155552671"),
+            Err(ContactError::PhoneNotInternational)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+1 415 555"),
+            Err(ContactError::InvalidPhone)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+1 415 555 abcd"),
+            Err(ContactError::InvalidPhone)
+        );
         // Full-width digits look like digits but are not ASCII.
-        assert_eq!(PhoneNumber::parse("+１４１５５５５２６７１"), Err(ContactError::InvalidPhone));
+        assert_eq!(
+            PhoneNumber::parse("+１４１５５５５２６７１"),
+            Err(ContactError::InvalidPhone)
+        );
         assert!(PhoneNumber::parse(&format!("+{}", "1".repeat(40))).is_err());
     }
 

@@ -238,7 +238,10 @@ mod tests {
         let id = DocumentId::from_random_bytes([7; 16]);
         let text = id.to_string();
         assert_eq!(text.parse::<DocumentId>().unwrap(), id);
-        assert_eq!(format!("automerge:{text}").parse::<DocumentId>().unwrap(), id);
+        assert_eq!(
+            format!("automerge:{text}").parse::<DocumentId>().unwrap(),
+            id
+        );
     }
 
     #[test]

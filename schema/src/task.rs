@@ -59,7 +59,10 @@ impl Title {
             return Err(TaskError::EmptyTitle);
         }
         if t.chars().count() > Self::MAX_CHARS {
-            return Err(TaskError::TooLong { field: "title", max: Self::MAX_CHARS });
+            return Err(TaskError::TooLong {
+                field: "title",
+                max: Self::MAX_CHARS,
+            });
         }
         if has_control(t, false) {
             return Err(TaskError::ControlCharacters("title"));
@@ -84,7 +87,10 @@ impl Notes {
     /// Validates notes (kept as written, not trimmed).
     pub fn parse(input: &str) -> Result<Self, TaskError> {
         if input.chars().count() > Self::MAX_CHARS {
-            return Err(TaskError::TooLong { field: "notes", max: Self::MAX_CHARS });
+            return Err(TaskError::TooLong {
+                field: "notes",
+                max: Self::MAX_CHARS,
+            });
         }
         if has_control(input, true) {
             return Err(TaskError::ControlCharacters("notes"));
@@ -262,7 +268,10 @@ mod tests {
         assert_eq!(Title::parse("   "), Err(TaskError::EmptyTitle));
         assert!(Title::parse(&"é".repeat(200)).is_ok());
         assert!(Title::parse(&"é".repeat(201)).is_err());
-        assert_eq!(Title::parse("a\nb"), Err(TaskError::ControlCharacters("title")));
+        assert_eq!(
+            Title::parse("a\nb"),
+            Err(TaskError::ControlCharacters("title"))
+        );
     }
 
     #[test]
@@ -274,8 +283,16 @@ mod tests {
 
     #[test]
     fn tags_are_lower_cased_deduplicated_and_capped() {
-        let tags = Tags::new(["Home", "home", "work"].iter().map(|t| Tag::parse(t).unwrap())).unwrap();
-        assert_eq!(tags.iter().map(Tag::as_str).collect::<Vec<_>>(), ["home", "work"]);
+        let tags = Tags::new(
+            ["Home", "home", "work"]
+                .iter()
+                .map(|t| Tag::parse(t).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
+            ["home", "work"]
+        );
         assert!(Tag::parse("two words").is_err());
         assert!(Tag::parse("").is_err());
         let many = (0..21).map(|i| Tag::parse(&format!("t{i}")).unwrap());
@@ -284,7 +301,12 @@ mod tests {
 
     #[test]
     fn priority_names_round_trip() {
-        for p in [Priority::None, Priority::Low, Priority::Medium, Priority::High] {
+        for p in [
+            Priority::None,
+            Priority::Low,
+            Priority::Medium,
+            Priority::High,
+        ] {
             assert_eq!(Priority::parse(p.as_str()).unwrap(), p);
         }
         assert_eq!(Priority::parse("urgent"), Err(TaskError::BadPriority));

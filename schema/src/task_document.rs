@@ -107,7 +107,11 @@ fn put_text<T: Transactable>(tx: &mut T, key: &str, value: &str) -> Result<(), T
 }
 
 /// Applies a patch, touching only the fields it names, and stamps `updatedAt`.
-pub fn apply_patch<T: Transactable>(tx: &mut T, patch: &TaskPatch, now: DateTime<Utc>) -> Result<(), TaskDocumentError> {
+pub fn apply_patch<T: Transactable>(
+    tx: &mut T,
+    patch: &TaskPatch,
+    now: DateTime<Utc>,
+) -> Result<(), TaskDocumentError> {
     if read_string(tx, "title").is_none() {
         return Err(TaskDocumentError::NotATask);
     }
@@ -184,8 +188,13 @@ fn read_time<R: ReadDoc>(doc: &R, key: &str) -> Option<DateTime<Utc>> {
 /// so that one odd client cannot make a task unreadable for everyone.
 pub fn read_task<R: ReadDoc>(doc: &R) -> Result<Task, TaskDocumentError> {
     let raw_title = read_string(doc, "title").ok_or(TaskDocumentError::NotATask)?;
-    let clean: String = raw_title.chars().filter(|c| !c.is_control()).take(Title::MAX_CHARS).collect();
-    let title = Title::parse(&clean).unwrap_or_else(|_| Title::parse("(untitled)").expect("a valid literal"));
+    let clean: String = raw_title
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(Title::MAX_CHARS)
+        .collect();
+    let title = Title::parse(&clean)
+        .unwrap_or_else(|_| Title::parse("(untitled)").expect("a valid literal"));
     let raw_notes = read_string(doc, "notes").unwrap_or_default();
     let notes = Notes::parse(&raw_notes)
         .or_else(|_| {
@@ -199,7 +208,9 @@ pub fn read_task<R: ReadDoc>(doc: &R) -> Result<Task, TaskDocumentError> {
         .unwrap_or_default();
     let done = matches!(read_scalar(doc, "done"), Some(ScalarValue::Boolean(true)));
     let due = read_string(doc, "due").and_then(|s| NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok());
-    let priority = read_string(doc, "priority").and_then(|p| Priority::parse(&p).ok()).unwrap_or_default();
+    let priority = read_string(doc, "priority")
+        .and_then(|p| Priority::parse(&p).ok())
+        .unwrap_or_default();
     let mut tags = Vec::new();
     match doc.get(ROOT, "tags").ok().flatten() {
         Some((Value::Object(ObjType::Map), id)) => {
@@ -223,7 +234,10 @@ pub fn read_task<R: ReadDoc>(doc: &R) -> Result<Task, TaskDocumentError> {
     }
     tags.truncate(Tags::MAX);
     let tags = Tags::new(tags).unwrap_or_default();
-    let epoch = Utc.timestamp_millis_opt(0).single().expect("the epoch exists");
+    let epoch = Utc
+        .timestamp_millis_opt(0)
+        .single()
+        .expect("the epoch exists");
     let created_at = read_time(doc, "createdAt").unwrap_or(epoch);
     Ok(Task {
         title,
@@ -234,7 +248,11 @@ pub fn read_task<R: ReadDoc>(doc: &R) -> Result<Task, TaskDocumentError> {
         tags,
         created_at,
         updated_at: read_time(doc, "updatedAt").unwrap_or(created_at),
-        completed_at: if done { read_time(doc, "completedAt") } else { None },
+        completed_at: if done {
+            read_time(doc, "completedAt")
+        } else {
+            None
+        },
     })
 }
 
@@ -264,7 +282,10 @@ pub fn add_to_root<T: Transactable>(tx: &mut T, task: DocumentId) -> Result<(), 
 }
 
 /// Removes a task from the root document's list.
-pub fn remove_from_root<T: Transactable>(tx: &mut T, task: DocumentId) -> Result<(), TaskDocumentError> {
+pub fn remove_from_root<T: Transactable>(
+    tx: &mut T,
+    task: DocumentId,
+) -> Result<(), TaskDocumentError> {
     if let Some(map) = tasks_map(tx) {
         tx.delete(&map, task.to_string())?;
     }
@@ -273,7 +294,9 @@ pub fn remove_from_root<T: Transactable>(tx: &mut T, task: DocumentId) -> Result
 
 /// The tasks a root document lists.
 pub fn tasks_in_root<R: ReadDoc>(doc: &R) -> Vec<DocumentId> {
-    let Some(map) = tasks_map(doc) else { return Vec::new() };
+    let Some(map) = tasks_map(doc) else {
+        return Vec::new();
+    };
     doc.keys(&map).filter_map(|k| k.parse().ok()).collect()
 }
 
@@ -314,9 +337,24 @@ mod tests {
         write_new_task(&mut a, &task("draft")).unwrap();
         let mut b = a.fork();
         let now = Utc::now();
-        apply_patch(&mut a, &TaskPatch { title: Some(Title::parse("final").unwrap()), ..Default::default() }, now).unwrap();
-        apply_patch(&mut b, &TaskPatch { notes: Some(Notes::parse("from b").unwrap()), ..Default::default() }, now)
-            .unwrap();
+        apply_patch(
+            &mut a,
+            &TaskPatch {
+                title: Some(Title::parse("final").unwrap()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        apply_patch(
+            &mut b,
+            &TaskPatch {
+                notes: Some(Notes::parse("from b").unwrap()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
         a.merge(&mut b).unwrap();
         let merged = read_task(&a).unwrap();
         assert_eq!(merged.title.as_str(), "final");
@@ -328,9 +366,25 @@ mod tests {
         let mut doc = AutoCommit::new();
         write_new_task(&mut doc, &task("x")).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap();
-        apply_patch(&mut doc, &TaskPatch { done: Some(true), ..Default::default() }, now).unwrap();
+        apply_patch(
+            &mut doc,
+            &TaskPatch {
+                done: Some(true),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(read_task(&doc).unwrap().completed_at, Some(now));
-        apply_patch(&mut doc, &TaskPatch { done: Some(false), ..Default::default() }, now).unwrap();
+        apply_patch(
+            &mut doc,
+            &TaskPatch {
+                done: Some(false),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(read_task(&doc).unwrap().completed_at, None);
     }
 
@@ -350,7 +404,10 @@ mod tests {
 
     #[test]
     fn a_document_without_a_title_is_not_a_task() {
-        assert!(matches!(read_task(&AutoCommit::new()), Err(TaskDocumentError::NotATask)));
+        assert!(matches!(
+            read_task(&AutoCommit::new()),
+            Err(TaskDocumentError::NotATask)
+        ));
     }
 
     #[test]

@@ -228,10 +228,19 @@ impl Auth {
 
     fn limit(&self, action: LimitedAction, ctx: &ClientContext) -> Result<(), u64> {
         let Some(ip) = ctx.ip else { return Ok(()) };
-        self.limiter.check(action, ip, Instant::now()).inspect_err(|_| Metrics::bump(&self.metrics.rate_limited))
+        self.limiter
+            .check(action, ip, Instant::now())
+            .inspect_err(|_| Metrics::bump(&self.metrics.rate_limited))
     }
 
-    fn audit(&self, user: UserId, kind: AuditKind, session: Option<SessionId>, ctx: &ClientContext, now: DateTime<Utc>) {
+    fn audit(
+        &self,
+        user: UserId,
+        kind: AuditKind,
+        session: Option<SessionId>,
+        ctx: &ClientContext,
+        now: DateTime<Utc>,
+    ) {
         let record = AuditRecord {
             at: now,
             kind,
@@ -247,7 +256,10 @@ impl Auth {
     }
 
     fn code_hash(&self, contact: &Contact, code: &str) -> [u8; 32] {
-        self.keys.keyed_hash(HashPurpose::OneTimeCode, &[contact.key().as_bytes(), code.as_bytes()])
+        self.keys.keyed_hash(
+            HashPurpose::OneTimeCode,
+            &[contact.key().as_bytes(), code.as_bytes()],
+        )
     }
 
     /// Sends a code to `contact`. The answer and its timing are the same
@@ -258,14 +270,17 @@ impl Auth {
         ctx: &ClientContext,
         now: DateTime<Utc>,
     ) -> Result<CodeRequested, RequestCodeError> {
-        self.limit(LimitedAction::SendCode, ctx).map_err(|retry_after| RequestCodeError::RateLimited { retry_after })?;
+        self.limit(LimitedAction::SendCode, ctx)
+            .map_err(|retry_after| RequestCodeError::RateLimited { retry_after })?;
         let code = match self.test_codes.iter().find(|(c, _)| c == contact) {
             Some((_, fixed)) => fixed.clone(),
             None => SecretString::from(otp::generate_code(self.otp_policy.digits)),
         };
         let hash = self.code_hash(contact, code.expose_secret());
         let policy = self.otp_policy;
-        let outcome = self.store.update_otp(&contact.key(), |r| otp::record_send(r, &hash, now, &policy))?;
+        let outcome = self
+            .store
+            .update_otp(&contact.key(), |r| otp::record_send(r, &hash, now, &policy))?;
         match outcome {
             Ok(()) => {}
             Err(SendRefusal::RateLimited { retry_after }) => {
@@ -329,14 +344,21 @@ impl Auth {
         ctx: &ClientContext,
         now: DateTime<Utc>,
     ) -> Result<SignIn, VerifyError> {
-        self.limit(LimitedAction::VerifyCode, ctx).map_err(|retry_after| VerifyError::RateLimited { retry_after })?;
+        self.limit(LimitedAction::VerifyCode, ctx)
+            .map_err(|retry_after| VerifyError::RateLimited { retry_after })?;
         let code = code.trim();
         // A malformed code is hashed and counted like any wrong code, so that
         // its shape reveals nothing and still costs an attempt.
         let well_formed = otp::is_well_formed(code, self.otp_policy.digits);
-        let hash = if well_formed { self.code_hash(contact, code) } else { [0u8; 32] };
+        let hash = if well_formed {
+            self.code_hash(contact, code)
+        } else {
+            [0u8; 32]
+        };
         let policy = self.otp_policy;
-        let outcome = self.store.update_otp(&contact.key(), |r| otp::record_attempt(r, &hash, now, &policy))?;
+        let outcome = self.store.update_otp(&contact.key(), |r| {
+            otp::record_attempt(r, &hash, now, &policy)
+        })?;
         let existing = self.store.user_by_contact(&contact.key())?;
         match outcome {
             VerifyOutcome::Accepted if well_formed => {}
@@ -375,19 +397,30 @@ impl Auth {
             rotated_at: now,
         };
         let refresh = new_refresh_token();
-        self.store.insert_session(&session, &self.refresh_hash(refresh.expose_secret()))?;
+        self.store
+            .insert_session(&session, &self.refresh_hash(refresh.expose_secret()))?;
         self.audit(user.id, AuditKind::Login, Some(session.id), ctx, now);
         self.store.persist().await?;
         Metrics::bump(&self.metrics.sessions_created);
         let tokens = self.pair(&session, refresh, now);
-        Ok(SignIn { tokens, user: user_view(&user), new_user })
+        Ok(SignIn {
+            tokens,
+            user: user_view(&user),
+            new_user,
+        })
     }
 
     fn refresh_hash(&self, token: &str) -> [u8; 32] {
-        self.keys.keyed_hash(HashPurpose::RefreshToken, &[token.as_bytes()])
+        self.keys
+            .keyed_hash(HashPurpose::RefreshToken, &[token.as_bytes()])
     }
 
-    fn pair(&self, session: &SessionRecord, refresh: SecretString, now: DateTime<Utc>) -> TokenPair {
+    fn pair(
+        &self,
+        session: &SessionRecord,
+        refresh: SecretString,
+        now: DateTime<Utc>,
+    ) -> TokenPair {
         let access = self.tokens.issue(session.user_id, session.id, now);
         TokenPair {
             access_token: access.token,
@@ -418,8 +451,14 @@ impl Auth {
     /// Rotates a refresh token. Concurrent refreshes of one session are
     /// serialised: the first rotates, the others (presenting the token that
     /// was current a moment ago) get the same new pair.
-    pub async fn refresh(&self, token: &str, ctx: &ClientContext, now: DateTime<Utc>) -> Result<TokenPair, RefreshError> {
-        self.limit(LimitedAction::Refresh, ctx).map_err(|retry_after| RefreshError::RateLimited { retry_after })?;
+    pub async fn refresh(
+        &self,
+        token: &str,
+        ctx: &ClientContext,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, RefreshError> {
+        self.limit(LimitedAction::Refresh, ctx)
+            .map_err(|retry_after| RefreshError::RateLimited { retry_after })?;
         if !token.starts_with(REFRESH_PREFIX) || token.len() > 128 {
             return Err(RefreshError::Invalid);
         }
@@ -439,7 +478,10 @@ impl Auth {
         let grace = chrono::Duration::from_std(self.token_policy.refresh_grace).expect("fits");
         if entry.generation + 1 == session.generation && now - session.rotated_at <= grace {
             let recent = {
-                let recent = self.recent_rotations.lock().expect("lock holders never panic");
+                let recent = self
+                    .recent_rotations
+                    .lock()
+                    .expect("lock holders never panic");
                 recent
                     .get(&session.id)
                     .filter(|r| r.generation == session.generation && now - r.at <= grace)
@@ -457,43 +499,80 @@ impl Auth {
             Metrics::bump(&self.metrics.refresh_reuse_detected);
             tracing::warn!(session = %session.id, "refresh token reuse detected; session revoked");
             self.end_session(session.id)?;
-            self.audit(session.user_id, AuditKind::ReuseDetected, Some(session.id), ctx, now);
+            self.audit(
+                session.user_id,
+                AuditKind::ReuseDetected,
+                Some(session.id),
+                ctx,
+                now,
+            );
             self.store.persist().await?;
             return Err(RefreshError::Invalid);
         }
         self.rotate(session, ctx, now).await
     }
 
-    async fn rotate(&self, mut session: SessionRecord, ctx: &ClientContext, now: DateTime<Utc>) -> Result<TokenPair, RefreshError> {
+    async fn rotate(
+        &self,
+        mut session: SessionRecord,
+        ctx: &ClientContext,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, RefreshError> {
         let refresh = new_refresh_token();
         session.generation += 1;
         session.rotated_at = now;
         session.last_used_at = now;
-        if !self.store.rotate_session(&session, &self.refresh_hash(refresh.expose_secret()))? {
+        if !self
+            .store
+            .rotate_session(&session, &self.refresh_hash(refresh.expose_secret()))?
+        {
             return Err(RefreshError::Invalid);
         }
-        self.audit(session.user_id, AuditKind::Refresh, Some(session.id), ctx, now);
+        self.audit(
+            session.user_id,
+            AuditKind::Refresh,
+            Some(session.id),
+            ctx,
+            now,
+        );
         self.store.persist().await?;
         Metrics::bump(&self.metrics.refreshes);
         {
-            let mut recent = self.recent_rotations.lock().expect("lock holders never panic");
+            let mut recent = self
+                .recent_rotations
+                .lock()
+                .expect("lock holders never panic");
             let grace = chrono::Duration::from_std(self.token_policy.refresh_grace).expect("fits");
             recent.retain(|_, r| now - r.at <= grace);
-            recent.insert(session.id, RecentRotation { generation: session.generation, token: refresh.clone(), at: now });
+            recent.insert(
+                session.id,
+                RecentRotation {
+                    generation: session.generation,
+                    token: refresh.clone(),
+                    at: now,
+                },
+            );
         }
         Ok(self.pair(&session, refresh, now))
     }
 
     fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let existed = self.store.delete_session(id)?;
-        self.recent_rotations.lock().expect("lock holders never panic").remove(&id);
+        self.recent_rotations
+            .lock()
+            .expect("lock holders never panic")
+            .remove(&id);
         // Nobody listening is fine: no socket is open for this session.
         let _ = self.revocations.send(id);
         Ok(existed)
     }
 
     /// Checks an access token: signature, claims, and that its session lives.
-    pub fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Result<Authenticated, AuthenticateError> {
+    pub fn authenticate(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, AuthenticateError> {
         let claims: AccessClaims = self.tokens.verify(token, now).map_err(|e| match e {
             TokenRejection::Expired => AuthenticateError::Expired,
             TokenRejection::Invalid => AuthenticateError::Invalid,
@@ -504,7 +583,11 @@ impl Auth {
         if session.user_id != claims.sub || !self.is_live(&session, now) {
             return Err(AuthenticateError::Invalid);
         }
-        Ok(Authenticated { user_id: claims.sub, session_id: claims.sid, expires_at: claims.exp })
+        Ok(Authenticated {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            expires_at: claims.exp,
+        })
     }
 
     /// Ends sessions of the caller's user. Returns how many ended.
@@ -562,7 +645,11 @@ impl Auth {
     }
 
     /// The caller's live sessions, newest first.
-    pub fn sessions(&self, who: &Authenticated, now: DateTime<Utc>) -> Result<Vec<SessionView>, StoreError> {
+    pub fn sessions(
+        &self,
+        who: &Authenticated,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionView>, StoreError> {
         let idle = chrono::Duration::from_std(self.token_policy.session_idle).expect("fits");
         let max = chrono::Duration::from_std(self.token_policy.session_max).expect("fits");
         let mut sessions: Vec<SessionView> = self
@@ -589,13 +676,22 @@ impl Auth {
             .store
             .audit_of(who.user_id, 200)?
             .into_iter()
-            .map(|r| AuditEventView { at: r.at, kind: r.kind, session_id: r.session_id, ip: r.ip, user_agent: r.user_agent })
+            .map(|r| AuditEventView {
+                at: r.at,
+                kind: r.kind,
+                session_id: r.session_id,
+                ip: r.ip,
+                user_agent: r.user_agent,
+            })
             .collect())
     }
 }
 
 fn new_refresh_token() -> SecretString {
-    SecretString::from(format!("{REFRESH_PREFIX}{}", B64.encode(random_bytes::<32>())))
+    SecretString::from(format!(
+        "{REFRESH_PREFIX}{}",
+        B64.encode(random_bytes::<32>())
+    ))
 }
 
 fn user_view(user: &UserRecord) -> UserView {

@@ -364,14 +364,19 @@ impl Settings {
     pub fn from_layers(cli: Overrides, file: Overrides, today: NaiveDate) -> anyhow::Result<Self> {
         macro_rules! pick {
             ($field:ident, $default:expr) => {
-                cli.$field.clone().or(file.$field.clone()).unwrap_or_else(|| $default)
+                cli.$field
+                    .clone()
+                    .or(file.$field.clone())
+                    .unwrap_or_else(|| $default)
             };
         }
         let profile = pick!(profile, Profile::Development);
         let email = pick!(email_sender, EmailSenderKind::Log);
         let phone = pick!(phone_sender, PhoneSenderKind::Log);
-        let smtp_username: Option<String> = cli.smtp_username.clone().or(file.smtp_username.clone());
-        let smtp_password: Option<SecretString> = cli.smtp_password.clone().or(file.smtp_password.clone());
+        let smtp_username: Option<String> =
+            cli.smtp_username.clone().or(file.smtp_username.clone());
+        let smtp_password: Option<SecretString> =
+            cli.smtp_password.clone().or(file.smtp_password.clone());
         let credentials = match (smtp_username, smtp_password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -414,7 +419,9 @@ impl Settings {
             bail!("otp_digits must be between 6 and 10");
         }
         if otp.ttl.is_zero() || otp.ttl > Duration::from_secs(600) {
-            bail!("otp_ttl_secs must be between 1 and 600 (NIST SP 800-63B allows at most 10 minutes)");
+            bail!(
+                "otp_ttl_secs must be between 1 and 600 (NIST SP 800-63B allows at most 10 minutes)"
+            );
         }
         if otp.max_attempts == 0 || otp.max_attempts > 10 {
             bail!("otp_max_attempts must be between 1 and 10");
@@ -431,7 +438,11 @@ impl Settings {
             refresh: pick!(ip_refresh_limit, 150),
             window: Duration::from_secs(pick!(ip_limit_window_secs, 300)),
         };
-        if ip_limits.send == 0 || ip_limits.verify == 0 || ip_limits.refresh == 0 || ip_limits.window.is_zero() {
+        if ip_limits.send == 0
+            || ip_limits.verify == 0
+            || ip_limits.refresh == 0
+            || ip_limits.window.is_zero()
+        {
             bail!("per-IP limits and their window must be positive");
         }
         let tokens = TokenPolicy {
@@ -458,7 +469,9 @@ impl Settings {
         )?;
         if profile == Profile::Production {
             if email == EmailSenderKind::Log || phone == PhoneSenderKind::Log {
-                bail!("the production profile refuses the log sender: set email_sender=smtp and phone_sender=sms");
+                bail!(
+                    "the production profile refuses the log sender: set email_sender=smtp and phone_sender=sms"
+                );
             }
             if !test_codes.is_empty() {
                 bail!("the production profile refuses fixed test codes");
@@ -473,8 +486,14 @@ impl Settings {
             messages_per_second: pick!(sync_messages_per_second, defaults.messages_per_second),
             message_burst: pick!(sync_message_burst, defaults.message_burst),
             max_documents: pick!(sync_max_documents, defaults.max_documents),
-            max_connections_per_user: pick!(sync_max_connections_per_user, defaults.max_connections_per_user),
-            handshake_timeout: Duration::from_secs(pick!(sync_handshake_timeout_secs, defaults.handshake_timeout.as_secs())),
+            max_connections_per_user: pick!(
+                sync_max_connections_per_user,
+                defaults.max_connections_per_user
+            ),
+            handshake_timeout: Duration::from_secs(pick!(
+                sync_handshake_timeout_secs,
+                defaults.handshake_timeout.as_secs()
+            )),
         };
         if sync_limits.max_frame_bytes < 1024
             || sync_limits.messages_per_second == 0
@@ -490,13 +509,21 @@ impl Settings {
             sync_limits,
             document_idle: Duration::from_secs(pick!(document_idle_secs, 60)),
             warnings,
-            listen: pick!(listen, "127.0.0.1:8080".parse().expect("a valid literal address")),
+            listen: pick!(
+                listen,
+                "127.0.0.1:8080".parse().expect("a valid literal address")
+            ),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             profile,
             log_format: pick!(log_format, LogFormat::Text),
             log: pick!(log, "info".to_owned()),
             workers: cli.workers.or(file.workers),
-            delivery: DeliverySettings { email, phone, smtp, sms },
+            delivery: DeliverySettings {
+                email,
+                phone,
+                smtp,
+                sms,
+            },
             trusted_proxies: pick!(trusted_proxies, Vec::new()),
             otp,
             ip_limits,
@@ -523,12 +550,16 @@ fn parse_test_codes(
         return Ok(Vec::new());
     };
     let Some(expire) = expire else {
-        bail!("test_codes needs test_codes_expire (YYYY-MM-DD), so that fixed codes cannot outlive their purpose");
+        bail!(
+            "test_codes needs test_codes_expire (YYYY-MM-DD), so that fixed codes cannot outlive their purpose"
+        );
     };
     if expire < today {
         // Expired test codes are dropped rather than refused, so an old
         // staging config does not stop the server; they simply stop working.
-        warnings.push(format!("fixed test codes expired on {expire} and are ignored"));
+        warnings.push(format!(
+            "fixed test codes expired on {expire} and are ignored"
+        ));
         return Ok(Vec::new());
     }
     let mut codes = Vec::new();
@@ -563,7 +594,11 @@ mod tests {
     fn load(args: &[&str]) -> anyhow::Result<Settings> {
         let mut all = vec!["codeedex-server".to_owned()];
         all.extend(args.iter().map(|s| s.to_string()));
-        Settings::from_layers(Overrides::try_parse_from(all)?, Overrides::default(), today())
+        Settings::from_layers(
+            Overrides::try_parse_from(all)?,
+            Overrides::default(),
+            today(),
+        )
     }
 
     #[test]
@@ -578,7 +613,8 @@ mod tests {
 
     #[test]
     fn the_command_line_wins_over_the_file() {
-        let file: Overrides = toml::from_str("otp_ttl_secs = 300\nlisten = \"0.0.0.0:9000\"").unwrap();
+        let file: Overrides =
+            toml::from_str("otp_ttl_secs = 300\nlisten = \"0.0.0.0:9000\"").unwrap();
         let cli = Overrides::try_parse_from(["x", "--otp-ttl-secs", "120"]).unwrap();
         let s = Settings::from_layers(cli, file, today()).unwrap();
         assert_eq!(s.otp.ttl, Duration::from_secs(120));
@@ -595,9 +631,22 @@ mod tests {
         let err = load(&["--profile", "production"]).unwrap_err().to_string();
         assert!(err.contains("log sender"), "{err}");
         let err = load(&[
-            "--profile", "production", "--email-sender", "smtp", "--smtp-host", "mail.example.com",
-            "--phone-sender", "sms", "--sms-account-sid", "AC1", "--sms-from", "+15005550006",
-            "--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-12-01",
+            "--profile",
+            "production",
+            "--email-sender",
+            "smtp",
+            "--smtp-host",
+            "mail.example.com",
+            "--phone-sender",
+            "sms",
+            "--sms-account-sid",
+            "AC1",
+            "--sms-from",
+            "+15005550006",
+            "--test-codes",
+            "a@example.com=123456",
+            "--test-codes-expire",
+            "2026-12-01",
         ])
         .unwrap_err()
         .to_string();
@@ -607,11 +656,31 @@ mod tests {
     #[test]
     fn test_codes_need_an_expiry_and_expire() {
         assert!(load(&["--test-codes", "a@example.com=123456"]).is_err());
-        let live = load(&["--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-11-24"]).unwrap();
+        let live = load(&[
+            "--test-codes",
+            "a@example.com=123456",
+            "--test-codes-expire",
+            "2026-11-24",
+        ])
+        .unwrap();
         assert_eq!(live.test_codes.len(), 1);
-        let dead = load(&["--test-codes", "a@example.com=123456", "--test-codes-expire", "2026-11-23"]).unwrap();
+        let dead = load(&[
+            "--test-codes",
+            "a@example.com=123456",
+            "--test-codes-expire",
+            "2026-11-23",
+        ])
+        .unwrap();
         assert!(dead.test_codes.is_empty());
-        assert!(load(&["--test-codes", "a@example.com=12345", "--test-codes-expire", "2026-12-01"]).is_err());
+        assert!(
+            load(&[
+                "--test-codes",
+                "a@example.com=12345",
+                "--test-codes-expire",
+                "2026-12-01"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

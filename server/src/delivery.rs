@@ -52,22 +52,34 @@ impl std::fmt::Debug for CodeDelivery {
 
 impl CodeDelivery {
     /// Builds the senders the settings ask for.
-    pub fn from_settings(settings: &DeliverySettings, code_ttl_minutes: u64) -> anyhow::Result<Self> {
+    pub fn from_settings(
+        settings: &DeliverySettings,
+        code_ttl_minutes: u64,
+    ) -> anyhow::Result<Self> {
         let email = match settings.email {
             EmailSenderKind::Log => EmailChannel::Log(LogSender),
-            EmailSenderKind::Smtp => EmailChannel::Smtp(Box::new(SmtpSender::new(&settings.smtp, code_ttl_minutes)?)),
+            EmailSenderKind::Smtp => {
+                EmailChannel::Smtp(Box::new(SmtpSender::new(&settings.smtp, code_ttl_minutes)?))
+            }
         };
         let phone = match settings.phone {
             PhoneSenderKind::Log => PhoneChannel::Log(LogSender),
-            PhoneSenderKind::Sms => PhoneChannel::Sms(SmsSender::new(&settings.sms, code_ttl_minutes)?),
+            PhoneSenderKind::Sms => {
+                PhoneChannel::Sms(SmsSender::new(&settings.sms, code_ttl_minutes)?)
+            }
         };
         Ok(Self { email, phone })
     }
 
     /// Sends `code` to `contact`.
-    pub async fn deliver(&self, contact: &Contact, code: &SecretString) -> Result<(), DeliveryError> {
+    pub async fn deliver(
+        &self,
+        contact: &Contact,
+        code: &SecretString,
+    ) -> Result<(), DeliveryError> {
         match (contact, &self.email, &self.phone) {
-            (Contact::Email(_), EmailChannel::Log(log), _) | (Contact::Phone(_), _, PhoneChannel::Log(log)) => {
+            (Contact::Email(_), EmailChannel::Log(log), _)
+            | (Contact::Phone(_), _, PhoneChannel::Log(log)) => {
                 log.send(contact, code);
                 Ok(())
             }

@@ -61,6 +61,8 @@ mod tests {
         let m = Metrics::default();
         Metrics::bump(&m.otp_verified);
         let text = m.render();
-        assert!(text.contains("# TYPE codeedex_otp_verified_total counter\ncodeedex_otp_verified_total 1\n"));
+        assert!(text.contains(
+            "# TYPE codeedex_otp_verified_total counter\ncodeedex_otp_verified_total 1\n"
+        ));
     }
 }

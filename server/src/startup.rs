@@ -37,23 +37,42 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
 impl Application {
     /// Opens the store, loads keys and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
         let store = Store::open(&settings.data_dir)
             .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
         let keys = ServerKeys::load_or_create(&settings.data_dir)?;
         let metrics = Arc::new(Metrics::default());
-        let delivery = CodeDelivery::from_settings(&settings.delivery, settings.otp.ttl.as_secs().div_ceil(60))?;
-        let auth = Arc::new(Auth::new(&settings, store.clone(), keys, delivery, Arc::clone(&metrics)));
+        let delivery = CodeDelivery::from_settings(
+            &settings.delivery,
+            settings.otp.ttl.as_secs().div_ceil(60),
+        )?;
+        let auth = Arc::new(Auth::new(
+            &settings,
+            store.clone(),
+            keys,
+            delivery,
+            Arc::clone(&metrics),
+        ));
         let storage_id = store.server_storage_id(|| uuid::Uuid::new_v4().to_string())?;
-        let actor = automerge::ActorId::from(uuid::Uuid::parse_str(&storage_id).map(|u| u.as_bytes().to_vec()).unwrap_or_else(|_| storage_id.as_bytes().to_vec()));
+        let actor = automerge::ActorId::from(
+            uuid::Uuid::parse_str(&storage_id)
+                .map(|u| u.as_bytes().to_vec())
+                .unwrap_or_else(|_| storage_id.as_bytes().to_vec()),
+        );
         let hub = Arc::new(DocumentHub::new(store.clone(), actor));
         let sync = PeerContext {
             hub: Arc::clone(&hub),
@@ -112,7 +131,13 @@ impl Application {
             server = server.workers(workers);
         }
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
-        Ok(Self { port: address.port(), server: server.run(), store, hub, document_idle: settings.document_idle })
+        Ok(Self {
+            port: address.port(),
+            server: server.run(),
+            store,
+            hub,
+            document_idle: settings.document_idle,
+        })
     }
 
     /// The port the server listens on.
@@ -137,7 +162,10 @@ impl Application {
         let served = self.server.await.context("the HTTP server failed");
         evictor.abort();
         served?;
-        self.store.persist().await.context("cannot flush the store at shutdown")?;
+        self.store
+            .persist()
+            .await
+            .context("cannot flush the store at shutdown")?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -153,7 +181,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
             // clap's own errors (and --help, --version) print themselves.
             if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
                 let _ = clap_error.print();
-                return if clap_error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+                return if clap_error.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
             }
             eprintln!("codeedex-server: {e:#}");
             return ExitCode::from(2);

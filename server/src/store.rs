@@ -133,7 +133,10 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialise")
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
 }
 
@@ -149,7 +152,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled caches up to 1 GiB by default; memory should follow activity,
         // so the page cache is kept small and the OS page cache does the rest.
-        let db = sled::Config::new().path(dir.join("store")).cache_capacity(64 * 1024 * 1024).open()?;
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
         let meta = db.open_tree("meta")?;
         match meta.get(FORMAT_KEY)? {
             None => {
@@ -211,21 +217,28 @@ impl Store {
     #[doc(hidden)]
     pub fn overwrite_format_version_for_tests(dir: &Path, version: &str) -> Result<(), StoreError> {
         let db = sled::Config::new().path(dir.join("store")).open()?;
-        db.open_tree("meta")?.insert(FORMAT_KEY, version.as_bytes())?;
+        db.open_tree("meta")?
+            .insert(FORMAT_KEY, version.as_bytes())?;
         db.flush()?;
         Ok(())
     }
 
     /// True when the database answers; for the readiness probe.
     pub fn is_healthy(&self) -> bool {
-        self.db.open_tree("meta").and_then(|t| t.get(FORMAT_KEY)).is_ok()
+        self.db
+            .open_tree("meta")
+            .and_then(|t| t.get(FORMAT_KEY))
+            .is_ok()
     }
 
     // Users and identities.
 
     /// The user with this id.
     pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.users.get(id.as_bytes())?.map(|v| decode("users", &v)).transpose()
+        self.users
+            .get(id.as_bytes())?
+            .map(|v| decode("users", &v))
+            .transpose()
     }
 
     /// The user who signs in with this contact key, if any.
@@ -244,21 +257,30 @@ impl Store {
 
     /// The user for this contact key, creating `candidate` atomically if there
     /// is none. Returns the user and whether it was created.
-    pub fn find_or_create_user(&self, candidate: &UserRecord) -> Result<(UserRecord, bool), StoreError> {
+    pub fn find_or_create_user(
+        &self,
+        candidate: &UserRecord,
+    ) -> Result<(UserRecord, bool), StoreError> {
         let key = candidate.contact_key.as_bytes();
-        let created = (&self.identities, &self.users).transaction(|(identities, users)| -> TxResult<_> {
-            if let Some(existing) = identities.get(key)? {
-                return Ok(Some(existing));
-            }
-            identities.insert(key, candidate.id.as_bytes())?;
-            users.insert(candidate.id.as_bytes(), encode(candidate))?;
-            Ok(None)
-        })?;
+        let created =
+            (&self.identities, &self.users).transaction(|(identities, users)| -> TxResult<_> {
+                if let Some(existing) = identities.get(key)? {
+                    return Ok(Some(existing));
+                }
+                identities.insert(key, candidate.id.as_bytes())?;
+                users.insert(candidate.id.as_bytes(), encode(candidate))?;
+                Ok(None)
+            })?;
         match created {
             None => Ok((candidate.clone(), true)),
             Some(_) => {
                 let user = self.user_by_contact(&candidate.contact_key)?;
-                Ok((user.expect("an identity always points at a user written in the same transaction"), false))
+                Ok((
+                    user.expect(
+                        "an identity always points at a user written in the same transaction",
+                    ),
+                    false,
+                ))
             }
         }
     }
@@ -297,13 +319,21 @@ impl Store {
     // Sessions and refresh tokens.
 
     /// Stores a new session with its first refresh token.
-    pub fn insert_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32]) -> Result<(), StoreError> {
+    pub fn insert_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
         self.write_session(session, refresh_hash, true)
     }
 
     /// Stores a rotated session and its new refresh token, in one transaction.
     /// Fails with `Ok(false)` if the session is gone or was rotated meanwhile.
-    pub fn rotate_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32]) -> Result<bool, StoreError> {
+    pub fn rotate_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
         let expected_generation = session.generation - 1;
         let sessions = &self.sessions;
         let ok = (sessions, &self.refresh_tokens, &self.session_tokens).transaction(
@@ -317,7 +347,10 @@ impl Store {
                     return Ok(false);
                 }
                 sessions.insert(session.id.as_bytes(), encode(session))?;
-                let entry = RefreshEntry { session_id: session.id, generation: session.generation };
+                let entry = RefreshEntry {
+                    session_id: session.id,
+                    generation: session.generation,
+                };
                 refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
                 session_tokens.insert(
                     pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
@@ -329,39 +362,63 @@ impl Store {
         Ok(ok)
     }
 
-    fn write_session(&self, session: &SessionRecord, refresh_hash: &[u8; 32], new: bool) -> Result<(), StoreError> {
-        (&self.sessions, &self.user_sessions, &self.refresh_tokens, &self.session_tokens).transaction(
-            |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
-                sessions.insert(session.id.as_bytes(), encode(session))?;
-                if new {
-                    user_sessions.insert(pair_key(session.user_id.as_bytes(), session.id.as_bytes()), &[])?;
-                }
-                let entry = RefreshEntry { session_id: session.id, generation: session.generation };
-                refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
-                session_tokens.insert(
-                    pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
-                    &refresh_hash[..],
-                )?;
-                Ok(())
-            },
-        )?;
+    fn write_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &[u8; 32],
+        new: bool,
+    ) -> Result<(), StoreError> {
+        (
+            &self.sessions,
+            &self.user_sessions,
+            &self.refresh_tokens,
+            &self.session_tokens,
+        )
+            .transaction(
+                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
+                    sessions.insert(session.id.as_bytes(), encode(session))?;
+                    if new {
+                        user_sessions.insert(
+                            pair_key(session.user_id.as_bytes(), session.id.as_bytes()),
+                            &[],
+                        )?;
+                    }
+                    let entry = RefreshEntry {
+                        session_id: session.id,
+                        generation: session.generation,
+                    };
+                    refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
+                    session_tokens.insert(
+                        pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
+                        &refresh_hash[..],
+                    )?;
+                    Ok(())
+                },
+            )?;
         Ok(())
     }
 
     /// Records that a session was used, without touching its tokens.
     pub fn touch_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.insert(session.id.as_bytes(), encode(session))?;
+        self.sessions
+            .insert(session.id.as_bytes(), encode(session))?;
         Ok(())
     }
 
     /// The session with this id.
     pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions.get(id.as_bytes())?.map(|v| decode("sessions", &v)).transpose()
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|v| decode("sessions", &v))
+            .transpose()
     }
 
     /// What a refresh-token hash belongs to.
     pub fn refresh_entry(&self, hash: &[u8; 32]) -> Result<Option<RefreshEntry>, StoreError> {
-        self.refresh_tokens.get(&hash[..])?.map(|v| decode("refresh_tokens", &v)).transpose()
+        self.refresh_tokens
+            .get(&hash[..])?
+            .map(|v| decode("refresh_tokens", &v))
+            .transpose()
     }
 
     /// The live and expired-but-not-yet-removed sessions of a user.
@@ -382,21 +439,31 @@ impl Store {
 
     /// Deletes a session and its whole refresh-token chain. Returns whether it existed.
     pub fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
-        let chain: Vec<(sled::IVec, sled::IVec)> =
-            self.session_tokens.scan_prefix(id.as_bytes()).collect::<Result<_, _>>()?;
-        let existed = (&self.sessions, &self.user_sessions, &self.refresh_tokens, &self.session_tokens)
-            .transaction(|(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
-                let Some(old) = sessions.remove(id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let old: SessionRecord = decode("sessions", &old).map_err(ConflictableTransactionError::Abort)?;
-                user_sessions.remove(pair_key(old.user_id.as_bytes(), id.as_bytes()))?;
-                for (chain_key, hash) in &chain {
-                    refresh_tokens.remove(hash)?;
-                    session_tokens.remove(chain_key)?;
-                }
-                Ok(true)
-            })?;
+        let chain: Vec<(sled::IVec, sled::IVec)> = self
+            .session_tokens
+            .scan_prefix(id.as_bytes())
+            .collect::<Result<_, _>>()?;
+        let existed = (
+            &self.sessions,
+            &self.user_sessions,
+            &self.refresh_tokens,
+            &self.session_tokens,
+        )
+            .transaction(
+                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
+                    let Some(old) = sessions.remove(id.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let old: SessionRecord =
+                        decode("sessions", &old).map_err(ConflictableTransactionError::Abort)?;
+                    user_sessions.remove(pair_key(old.user_id.as_bytes(), id.as_bytes()))?;
+                    for (chain_key, hash) in &chain {
+                        refresh_tokens.remove(hash)?;
+                        session_tokens.remove(chain_key)?;
+                    }
+                    Ok(true)
+                },
+            )?;
         Ok(existed)
     }
 
@@ -405,7 +472,8 @@ impl Store {
     /// Appends an event to a user's audit trail.
     pub fn append_audit(&self, user: UserId, event: &AuditRecord) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
-        self.audit.insert(pair_key(user.as_bytes(), &seq.to_be_bytes()), encode(event))?;
+        self.audit
+            .insert(pair_key(user.as_bytes(), &seq.to_be_bytes()), encode(event))?;
         Ok(())
     }
 
@@ -476,7 +544,9 @@ mod tests {
                 });
             }
         });
-        let count = store.update_otp("email:a@b.co", |r| (r.clone(), r.unwrap().failures.len())).unwrap();
+        let count = store
+            .update_otp("email:a@b.co", |r| (r.clone(), r.unwrap().failures.len()))
+            .unwrap();
         assert_eq!(count, 400);
     }
 }

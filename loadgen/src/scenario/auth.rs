@@ -8,8 +8,16 @@ use crate::stats::Summary;
 
 /// Runs `identities` concurrent sign-in loops for at most `seconds` or
 /// `sign_ins` sign-ins, and prints the results.
-pub async fn run(server: &str, identities: usize, code: &str, sign_ins: u64, seconds: u64) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(identities).build()?;
+pub async fn run(
+    server: &str,
+    identities: usize,
+    code: &str,
+    sign_ins: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(identities)
+        .build()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let issued = Arc::new(AtomicU64::new(0));
@@ -60,10 +68,18 @@ pub async fn run(server: &str, identities: usize, code: &str, sign_ins: u64, sec
     }
     let elapsed = started.elapsed();
     let n = issued.load(Ordering::Relaxed);
-    println!("scenario: auth (code request + verification + token issue, {identities} concurrent identities)");
-    println!("sign-ins: {n} in {:.2} s, failures: {}", elapsed.as_secs_f64(), failures.load(Ordering::Relaxed));
-    println!("sign-ins per second (each also requests a code): {:.0}", n as f64 / elapsed.as_secs_f64());
+    println!(
+        "scenario: auth (code request + verification + token issue, {identities} concurrent identities)"
+    );
+    println!(
+        "sign-ins: {n} in {:.2} s, failures: {}",
+        elapsed.as_secs_f64(),
+        failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "sign-ins per second (each also requests a code): {:.0}",
+        n as f64 / elapsed.as_secs_f64()
+    );
     println!("verify latency: {}", Summary::of(&mut latencies));
     Ok(())
 }
-

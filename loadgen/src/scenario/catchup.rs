@@ -27,7 +27,10 @@ pub struct CatchUpResult {
 }
 
 fn doc_id(i: usize) -> DocumentId {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut bytes = nanos.to_le_bytes();
     bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
     DocumentId::from_random_bytes(bytes)
@@ -46,11 +49,23 @@ fn counter(doc: &AutoCommit) -> i64 {
 /// Runs the scenario. With `use_extension`, the returning device asks the
 /// server what changed (our catch-up extension); otherwise it requests
 /// every document it knows, as a stock client does.
-pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, use_extension: bool) -> anyhow::Result<CatchUpResult> {
+pub async fn run(
+    ws_url: &str,
+    token: Option<&str>,
+    tasks: usize,
+    edits: usize,
+    use_extension: bool,
+) -> anyhow::Result<CatchUpResult> {
     // The writer creates and edits every task, then waits until the server
     // has acknowledged all of them.
     let upload_started = Instant::now();
-    let mut writer = peer::join(ws_url, token, &format!("writer-{}", std::process::id()), &[]).await?;
+    let mut writer = peer::join(
+        ws_url,
+        token,
+        &format!("writer-{}", std::process::id()),
+        &[],
+    )
+    .await?;
     let mut replicas = Replicas::default();
     let ids: Vec<DocumentId> = (0..tasks).map(doc_id).collect();
     for id in &ids {
@@ -59,7 +74,9 @@ pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, 
             doc.put(ROOT, "n", n as i64)?;
             doc.commit();
         }
-        replicas.docs.insert(*id, (doc, automerge::sync::State::new()));
+        replicas
+            .docs
+            .insert(*id, (doc, automerge::sync::State::new()));
         if let Some(frame) = replicas.outgoing(&writer.peer_id, &writer.server_id, *id) {
             writer.sink.send(frame).await?;
         }
@@ -67,8 +84,12 @@ pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, 
     let mut acknowledged = HashSet::new();
     while acknowledged.len() < tasks {
         let frame = tokio::time::timeout(Duration::from_secs(60), writer.stream.next()).await?;
-        let Some(frame) = frame else { anyhow::bail!("closed") };
-        let tungstenite::Message::Binary(bytes) = frame? else { continue };
+        let Some(frame) = frame else {
+            anyhow::bail!("closed")
+        };
+        let tungstenite::Message::Binary(bytes) = frame? else {
+            continue;
+        };
         let message = wire::decode(&bytes)?;
         if let Some(id) = replicas.apply(&message)? {
             let (doc, state) = replicas.docs.get_mut(&id).expect("applied");
@@ -86,15 +107,36 @@ pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, 
 
     // The returning device.
     let started = Instant::now();
-    let extensions: &[&str] = if use_extension { &["codeedex/catch-up-request"] } else { &[] };
-    let mut reader = peer::join(ws_url, token, &format!("reader-{}", std::process::id()), extensions).await?;
+    let extensions: &[&str] = if use_extension {
+        &["codeedex/catch-up-request"]
+    } else {
+        &[]
+    };
+    let mut reader = peer::join(
+        ws_url,
+        token,
+        &format!("reader-{}", std::process::id()),
+        extensions,
+    )
+    .await?;
     let mut mine = Replicas::default();
     let wanted: Vec<DocumentId> = if use_extension {
-        let request = Message::CatchUpRequest { sender_id: reader.peer_id.clone(), target_id: reader.server_id.clone(), cursor: 0 };
-        reader.sink.send(tungstenite::Message::binary(wire::encode(&request))).await?;
+        let request = Message::CatchUpRequest {
+            sender_id: reader.peer_id.clone(),
+            target_id: reader.server_id.clone(),
+            cursor: 0,
+        };
+        reader
+            .sink
+            .send(tungstenite::Message::binary(wire::encode(&request)))
+            .await?;
         loop {
-            let Some(frame) = reader.stream.next().await else { anyhow::bail!("closed") };
-            let tungstenite::Message::Binary(bytes) = frame? else { continue };
+            let Some(frame) = reader.stream.next().await else {
+                anyhow::bail!("closed")
+            };
+            let tungstenite::Message::Binary(bytes) = frame? else {
+                continue;
+            };
             if let Message::CatchUpResponse { document_ids, .. } = wire::decode(&bytes)? {
                 break document_ids.iter().filter_map(|d| d.parse().ok()).collect();
             }
@@ -110,8 +152,12 @@ pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, 
     let target: HashSet<DocumentId> = ids.iter().copied().collect();
     while complete.len() < tasks {
         let frame = tokio::time::timeout(Duration::from_secs(60), reader.stream.next()).await?;
-        let Some(frame) = frame else { anyhow::bail!("closed") };
-        let tungstenite::Message::Binary(bytes) = frame? else { continue };
+        let Some(frame) = frame else {
+            anyhow::bail!("closed")
+        };
+        let tungstenite::Message::Binary(bytes) = frame? else {
+            continue;
+        };
         let message = wire::decode(&bytes)?;
         if let Some(id) = mine.apply(&message)? {
             let (doc, _) = mine.docs.get(&id).expect("applied");
@@ -125,5 +171,10 @@ pub async fn run(ws_url: &str, token: Option<&str>, tasks: usize, edits: usize, 
     }
     let catch_up = started.elapsed();
     let _ = reader.sink.close().await;
-    Ok(CatchUpResult { tasks, edits, upload, catch_up })
+    Ok(CatchUpResult {
+        tasks,
+        edits,
+        upload,
+        catch_up,
+    })
 }

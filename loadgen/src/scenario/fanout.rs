@@ -46,25 +46,41 @@ type SendTimes = Arc<Mutex<HashMap<(usize, usize, i64), Instant>>>;
 
 /// Runs the scenario. `tokens[u]` signs user `u`'s devices in (or none for
 /// a server without auth).
-pub async fn run(ws_url: &str, tokens: &[Option<String>], params: &FanOut) -> anyhow::Result<FanOutResult> {
+pub async fn run(
+    ws_url: &str,
+    tokens: &[Option<String>],
+    params: &FanOut,
+) -> anyhow::Result<FanOutResult> {
     let sent: SendTimes = Arc::default();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
-    let start_at = Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
+    let start_at =
+        Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
     for (user, token) in tokens.iter().enumerate().take(params.users) {
         let doc_id = DocumentId::from_random_bytes(rand_bytes(user));
         let mut base = AutoCommit::new();
-        base.put(ROOT, "title", "fan-out").expect("put on a fresh doc");
+        base.put(ROOT, "title", "fan-out")
+            .expect("put on a fresh doc");
         for device in 0..params.devices {
             let mut replica = base.fork();
-            replica.set_actor(automerge::ActorId::from(rand_bytes(user * 1000 + device + 7).to_vec()));
+            replica.set_actor(automerge::ActorId::from(
+                rand_bytes(user * 1000 + device + 7).to_vec(),
+            ));
             let token = token.clone();
             let url = ws_url.to_owned();
-            let (sent, latencies, delivered) = (Arc::clone(&sent), Arc::clone(&latencies), Arc::clone(&delivered));
+            let (sent, latencies, delivered) = (
+                Arc::clone(&sent),
+                Arc::clone(&latencies),
+                Arc::clone(&delivered),
+            );
             let params = params.clone();
             tasks.push(tokio::spawn(async move {
-                device_loop(url, token, user, device, doc_id, replica, params, start_at, sent, latencies, delivered).await
+                device_loop(
+                    url, token, user, device, doc_id, replica, params, start_at, sent, latencies,
+                    delivered,
+                )
+                .await
             }));
         }
     }
@@ -84,7 +100,10 @@ pub async fn run(ws_url: &str, tokens: &[Option<String>], params: &FanOut) -> an
 }
 
 fn rand_bytes(seed: usize) -> [u8; 16] {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut out = (nanos ^ (seed as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes();
     out[0] ^= seed as u8;
     out
@@ -107,7 +126,9 @@ async fn device_loop(
     let peer_id = format!("lg-{user}-{device}-{}", std::process::id());
     let mut peer = peer::join(&url, token.as_deref(), &peer_id, &[]).await?;
     let mut replicas = Replicas::default();
-    replicas.docs.insert(doc_id, (replica, automerge::sync::State::new()));
+    replicas
+        .docs
+        .insert(doc_id, (replica, automerge::sync::State::new()));
     if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
         peer.sink.send(frame).await?;
     }
@@ -116,7 +137,8 @@ async fn device_loop(
     tokio::time::sleep_until(start_at.into()).await;
     let stop_edits = Instant::now() + params.duration;
     let drain_until = stop_edits + Duration::from_secs(3);
-    let mut next_edit = tokio::time::Instant::now() + interval.mul_f64((device as f64 + 1.0) / params.devices as f64);
+    let mut next_edit = tokio::time::Instant::now()
+        + interval.mul_f64((device as f64 + 1.0) / params.devices as f64);
     let mut edits = 0u64;
     loop {
         let now = Instant::now();

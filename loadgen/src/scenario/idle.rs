@@ -47,7 +47,13 @@ pub async fn run(
             let url = ws_url.to_owned();
             let token = tokens[i % tokens.len()].clone();
             joins.push(tokio::spawn(async move {
-                peer::join(&url, token.as_deref(), &format!("idle-{i}-{}", std::process::id()), &[]).await
+                peer::join(
+                    &url,
+                    token.as_deref(),
+                    &format!("idle-{i}-{}", std::process::id()),
+                    &[],
+                )
+                .await
             }));
         }
         for join in joins {
@@ -60,5 +66,10 @@ pub async fn run(
     let rss_after_kib = server_pid.and_then(rss_kib);
     let open = peers.len();
     drop(peers);
-    Ok(IdleResult { open, handshakes_per_second, rss_before_kib, rss_after_kib })
+    Ok(IdleResult {
+        open,
+        handshakes_per_second,
+        rss_before_kib,
+        rss_after_kib,
+    })
 }

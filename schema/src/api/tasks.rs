@@ -124,7 +124,12 @@ impl UpdateTask {
             tags: self
                 .tags
                 .as_ref()
-                .map(|tags| tags.iter().map(|t| Tag::parse(t)).collect::<Result<Vec<_>, _>>().and_then(Tags::new))
+                .map(|tags| {
+                    tags.iter()
+                        .map(|t| Tag::parse(t))
+                        .collect::<Result<Vec<_>, _>>()
+                        .and_then(Tags::new)
+                })
                 .transpose()?,
         })
     }

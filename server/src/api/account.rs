@@ -14,16 +14,26 @@ use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use crate::auth::keys::random_bytes;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/me").route(web::get().to(me)).default_service(method_not_allowed("GET")))
-        .service(web::resource("/v1/sessions").route(web::get().to(sessions)).default_service(method_not_allowed("GET")))
-        .service(
-            web::resource("/v1/sessions/{id}")
-                .route(web::delete().to(revoke_session))
-                .default_service(method_not_allowed("DELETE")),
-        )
-        .service(
-            web::resource("/v1/audit-events").route(web::get().to(audit_events)).default_service(method_not_allowed("GET")),
-        );
+    cfg.service(
+        web::resource("/v1/me")
+            .route(web::get().to(me))
+            .default_service(method_not_allowed("GET")),
+    )
+    .service(
+        web::resource("/v1/sessions")
+            .route(web::get().to(sessions))
+            .default_service(method_not_allowed("GET")),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}")
+            .route(web::delete().to(revoke_session))
+            .default_service(method_not_allowed("DELETE")),
+    )
+    .service(
+        web::resource("/v1/audit-events")
+            .route(web::get().to(audit_events))
+            .default_service(method_not_allowed("GET")),
+    );
 }
 
 /// Errors of the account endpoints.
@@ -40,7 +50,9 @@ pub enum AccountError {
 impl AccountError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::NotFound => ProblemParts::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found"),
+            Self::NotFound => {
+                ProblemParts::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found")
+            }
             Self::Unexpected(_) => ProblemParts::internal(),
         }
     }
@@ -60,10 +72,18 @@ pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     let root = state
         .sync
         .hub
-        .ensure_root(caller.0.user_id, DocumentId::from_random_bytes(random_bytes()), Utc::now())
+        .ensure_root(
+            caller.0.user_id,
+            DocumentId::from_random_bytes(random_bytes()),
+            Utc::now(),
+        )
         .await
         .map_err(unexpected)?;
-    let mut user = state.auth.me(&caller.0).map_err(unexpected)?.ok_or(AccountError::NotFound)?;
+    let mut user = state
+        .auth
+        .me(&caller.0)
+        .map_err(unexpected)?
+        .ok_or(AccountError::NotFound)?;
     user.root_document_id = Some(root);
     Ok(HttpResponse::Ok().json(user))
 }
@@ -71,8 +91,14 @@ pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
 /// The user's live sessions.
 #[utoipa::path(get, path = "/v1/sessions", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = SessionList), (status = 401, body = Problem)))]
-pub async fn sessions(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
-    let sessions = state.auth.sessions(&caller.0, Utc::now()).map_err(unexpected)?;
+pub async fn sessions(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, AccountError> {
+    let sessions = state
+        .auth
+        .sessions(&caller.0, Utc::now())
+        .map_err(unexpected)?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 
@@ -86,7 +112,12 @@ pub async fn revoke_session(
     client: Client,
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, AccountError> {
-    if state.auth.revoke_session(&caller.0, *id, &client.0, Utc::now()).await.map_err(unexpected)? {
+    if state
+        .auth
+        .revoke_session(&caller.0, *id, &client.0, Utc::now())
+        .await
+        .map_err(unexpected)?
+    {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(AccountError::NotFound)
@@ -96,7 +127,10 @@ pub async fn revoke_session(
 /// The user's newest auth audit events.
 #[utoipa::path(get, path = "/v1/audit-events", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = AuditEventList), (status = 401, body = Problem)))]
-pub async fn audit_events(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
+pub async fn audit_events(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, AccountError> {
     let events = state.auth.audit_events(&caller.0).map_err(unexpected)?;
     Ok(HttpResponse::Ok().json(AuditEventList { events }))
 }

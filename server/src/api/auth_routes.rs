@@ -4,16 +4,17 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use codeedex_schema::api::auth::{
-    LogoutRequest, LogoutResponse, OtpAccepted, OtpRequest, RefreshRequest, SignInResponse, VerifyRequest,
+    LogoutRequest, LogoutResponse, OtpAccepted, OtpRequest, RefreshRequest, SignInResponse,
+    VerifyRequest,
 };
 use codeedex_schema::contact::ContactError;
 use codeedex_schema::problem::{ErrorCode, Problem};
 
+use super::AppState;
 use super::caller::Caller;
 use super::client::Client;
-use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
-use super::AppState;
 use super::json_body::JsonBody;
+use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use crate::auth::{RefreshError, RequestCodeError, VerifyError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -23,7 +24,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ("/v1/auth/refresh", web::post().to(refresh)),
         ("/v1/auth/logout", web::post().to(logout)),
     ] {
-        cfg.service(web::resource(path).route(route).default_service(method_not_allowed("POST")));
+        cfg.service(
+            web::resource(path)
+                .route(route)
+                .default_service(method_not_allowed("POST")),
+        );
     }
 }
 
@@ -55,9 +60,12 @@ pub enum OtpEndpointError {
 impl OtpEndpointError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::InvalidIdentifier(e) => {
-                ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidIdentifier, "Invalid email or phone").detail(e.to_string())
-            }
+            Self::InvalidIdentifier(e) => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidIdentifier,
+                "Invalid email or phone",
+            )
+            .detail(e.to_string()),
             Self::RateLimited(s) => ProblemParts::rate_limited(*s),
             Self::Locked(s) => too_many_attempts(*s),
             Self::Unexpected(_) => ProblemParts::internal(),
@@ -68,9 +76,13 @@ impl OtpEndpointError {
 endpoint_error!(OtpEndpointError);
 
 fn too_many_attempts(retry_after: u64) -> ProblemParts {
-    ProblemParts::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyAttempts, "Too many wrong codes")
-        .detail("too many wrong codes were entered for this identifier; try again later")
-        .retry_after(retry_after)
+    ProblemParts::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyAttempts,
+        "Too many wrong codes",
+    )
+    .detail("too many wrong codes were entered for this identifier; try again later")
+    .retry_after(retry_after)
 }
 
 /// Sends a one-time code. The answer is the same whether or not an account exists.
@@ -87,12 +99,20 @@ pub async fn request_code(
     client: Client,
     body: JsonBody<OtpRequest>,
 ) -> Result<HttpResponse, OtpEndpointError> {
-    let contact = body.contact().map_err(OtpEndpointError::InvalidIdentifier)?;
-    let sent = state.auth.request_code(&contact, &client.0, Utc::now()).await.map_err(|e| match e {
-        RequestCodeError::RateLimited { retry_after } => OtpEndpointError::RateLimited(retry_after),
-        RequestCodeError::Locked { retry_after } => OtpEndpointError::Locked(retry_after),
-        RequestCodeError::Store(e) => OtpEndpointError::Unexpected(e.into()),
-    })?;
+    let contact = body
+        .contact()
+        .map_err(OtpEndpointError::InvalidIdentifier)?;
+    let sent = state
+        .auth
+        .request_code(&contact, &client.0, Utc::now())
+        .await
+        .map_err(|e| match e {
+            RequestCodeError::RateLimited { retry_after } => {
+                OtpEndpointError::RateLimited(retry_after)
+            }
+            RequestCodeError::Locked { retry_after } => OtpEndpointError::Locked(retry_after),
+            RequestCodeError::Store(e) => OtpEndpointError::Unexpected(e.into()),
+        })?;
     Ok(no_store(HttpResponse::Accepted().json(OtpAccepted {
         status: "sent".to_owned(),
         expires_in: sent.expires_in,
@@ -126,13 +146,27 @@ pub enum VerifyEndpointError {
 impl VerifyEndpointError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::InvalidIdentifier(e) => {
-                ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidIdentifier, "Invalid email or phone").detail(e.to_string())
-            }
-            Self::InvalidDeviceName => ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Invalid request body")
-                .detail(format!("device_name must be at most {} characters without control characters", VerifyRequest::MAX_DEVICE_NAME)),
-            Self::InvalidCode => ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidCode, "Invalid code")
-                .detail("the code is wrong, expired or already used; request a new one if needed"),
+            Self::InvalidIdentifier(e) => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidIdentifier,
+                "Invalid email or phone",
+            )
+            .detail(e.to_string()),
+            Self::InvalidDeviceName => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "Invalid request body",
+            )
+            .detail(format!(
+                "device_name must be at most {} characters without control characters",
+                VerifyRequest::MAX_DEVICE_NAME
+            )),
+            Self::InvalidCode => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidCode,
+                "Invalid code",
+            )
+            .detail("the code is wrong, expired or already used; request a new one if needed"),
             Self::RateLimited(s) => ProblemParts::rate_limited(*s),
             Self::Locked(s) => too_many_attempts(*s),
             Self::Unexpected(_) => ProblemParts::internal(),
@@ -157,11 +191,14 @@ pub async fn verify(
     body: JsonBody<VerifyRequest>,
 ) -> Result<HttpResponse, VerifyEndpointError> {
     let body = body.into_inner();
-    let contact = body.contact().map_err(VerifyEndpointError::InvalidIdentifier)?;
+    let contact = body
+        .contact()
+        .map_err(VerifyEndpointError::InvalidIdentifier)?;
     let device_name = match body.device_name.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(name)
-            if name.chars().count() <= VerifyRequest::MAX_DEVICE_NAME && !name.chars().any(char::is_control) =>
+            if name.chars().count() <= VerifyRequest::MAX_DEVICE_NAME
+                && !name.chars().any(char::is_control) =>
         {
             Some(name.to_owned())
         }
@@ -173,7 +210,9 @@ pub async fn verify(
         .await
         .map_err(|e| match e {
             VerifyError::InvalidCode => VerifyEndpointError::InvalidCode,
-            VerifyError::RateLimited { retry_after } => VerifyEndpointError::RateLimited(retry_after),
+            VerifyError::RateLimited { retry_after } => {
+                VerifyEndpointError::RateLimited(retry_after)
+            }
             VerifyError::Locked { retry_after } => VerifyEndpointError::Locked(retry_after),
             VerifyError::Store(e) => VerifyEndpointError::Unexpected(e.into()),
         })?;
@@ -201,8 +240,12 @@ pub enum RefreshEndpointError {
 impl RefreshEndpointError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::Invalid => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidRefreshToken, "Invalid refresh token")
-                .detail("sign in again"),
+            Self::Invalid => ProblemParts::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::InvalidRefreshToken,
+                "Invalid refresh token",
+            )
+            .detail("sign in again"),
             Self::RateLimited(s) => ProblemParts::rate_limited(*s),
             Self::Unexpected(_) => ProblemParts::internal(),
         }
@@ -225,11 +268,17 @@ pub async fn refresh(
     client: Client,
     body: JsonBody<RefreshRequest>,
 ) -> Result<HttpResponse, RefreshEndpointError> {
-    let pair = state.auth.refresh(&body.refresh_token, &client.0, Utc::now()).await.map_err(|e| match e {
-        RefreshError::Invalid => RefreshEndpointError::Invalid,
-        RefreshError::RateLimited { retry_after } => RefreshEndpointError::RateLimited(retry_after),
-        RefreshError::Store(e) => RefreshEndpointError::Unexpected(e.into()),
-    })?;
+    let pair = state
+        .auth
+        .refresh(&body.refresh_token, &client.0, Utc::now())
+        .await
+        .map_err(|e| match e {
+            RefreshError::Invalid => RefreshEndpointError::Invalid,
+            RefreshError::RateLimited { retry_after } => {
+                RefreshEndpointError::RateLimited(retry_after)
+            }
+            RefreshError::Store(e) => RefreshEndpointError::Unexpected(e.into()),
+        })?;
     Ok(no_store(HttpResponse::Ok().json(pair)))
 }
 
@@ -269,5 +318,7 @@ pub async fn logout(
         .logout(&caller.0, body.scope, &client.0, Utc::now())
         .await
         .map_err(|e| LogoutEndpointError::Unexpected(e.into()))?;
-    Ok(no_store(HttpResponse::Ok().json(LogoutResponse { sessions_ended: ended })))
+    Ok(no_store(HttpResponse::Ok().json(LogoutResponse {
+        sessions_ended: ended,
+    })))
 }

@@ -32,11 +32,17 @@ pub enum CallerError {
 impl CallerError {
     fn parts(&self) -> ProblemParts {
         match self {
-            CallerError::Unauthorized => {
-                ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "Not authenticated")
-            }
-            CallerError::Expired => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired, "Access token expired")
-                .detail("refresh the access token with POST /v1/auth/refresh"),
+            CallerError::Unauthorized => ProblemParts::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "Not authenticated",
+            ),
+            CallerError::Expired => ProblemParts::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::TokenExpired,
+                "Access token expired",
+            )
+            .detail("refresh the access token with POST /v1/auth/refresh"),
             CallerError::Unexpected(_) => ProblemParts::internal(),
         }
     }
@@ -53,7 +59,10 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
     }
     let value = value.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 impl FromRequest for Caller {
@@ -62,15 +71,19 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let result = (|| {
-            let state = req
-                .app_data::<web::Data<AppState>>()
-                .ok_or_else(|| CallerError::Unexpected(anyhow::anyhow!("application state missing")))?;
+            let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| {
+                CallerError::Unexpected(anyhow::anyhow!("application state missing"))
+            })?;
             let token = bearer_token(req).ok_or(CallerError::Unauthorized)?;
-            state.auth.authenticate(token, chrono::Utc::now()).map(Caller).map_err(|e| match e {
-                AuthenticateError::Expired => CallerError::Expired,
-                AuthenticateError::Invalid => CallerError::Unauthorized,
-                AuthenticateError::Store(e) => CallerError::Unexpected(e.into()),
-            })
+            state
+                .auth
+                .authenticate(token, chrono::Utc::now())
+                .map(Caller)
+                .map_err(|e| match e {
+                    AuthenticateError::Expired => CallerError::Expired,
+                    AuthenticateError::Invalid => CallerError::Unauthorized,
+                    AuthenticateError::Store(e) => CallerError::Unexpected(e.into()),
+                })
         })();
         ready(result.map_err(Into::into))
     }

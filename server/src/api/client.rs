@@ -19,12 +19,18 @@ use crate::auth::ClientContext;
 pub struct Client(pub ClientContext);
 
 /// Resolves the client address from the peer and the forwarding header.
-pub fn resolve_client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub fn resolve_client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpAddr],
+) -> Option<IpAddr> {
     let peer = peer?;
     if !trusted.contains(&peer) {
         return Some(peer);
     }
-    let Some(chain) = forwarded_for else { return Some(peer) };
+    let Some(chain) = forwarded_for else {
+        return Some(peer);
+    };
     let mut last_trusted = peer;
     for hop in chain.rsplit(',') {
         match hop.trim().parse::<IpAddr>() {
@@ -47,7 +53,10 @@ impl FromRequest for Client {
             .app_data::<web::Data<AppState>>()
             .map(|s| s.trusted_proxies.as_slice())
             .unwrap_or_default();
-        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
         let ip = resolve_client_ip(req.peer_addr().map(|a| a.ip()), forwarded, trusted);
         let user_agent = req
             .headers()
@@ -68,15 +77,27 @@ mod tests {
 
     #[test]
     fn the_header_is_ignored_from_untrusted_peers() {
-        let got = resolve_client_ip(Some(ip("203.0.113.9")), Some("198.51.100.1"), &[ip("10.0.0.1")]);
+        let got = resolve_client_ip(
+            Some(ip("203.0.113.9")),
+            Some("198.51.100.1"),
+            &[ip("10.0.0.1")],
+        );
         assert_eq!(got, Some(ip("203.0.113.9")));
     }
 
     #[test]
     fn trusted_proxies_are_skipped_from_the_right() {
         let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
-        let got = resolve_client_ip(Some(ip("10.0.0.1")), Some("6.6.6.6, 198.51.100.7, 10.0.0.2"), &trusted);
-        assert_eq!(got, Some(ip("198.51.100.7")), "the spoofed left-most entry must not win");
+        let got = resolve_client_ip(
+            Some(ip("10.0.0.1")),
+            Some("6.6.6.6, 198.51.100.7, 10.0.0.2"),
+            &trusted,
+        );
+        assert_eq!(
+            got,
+            Some(ip("198.51.100.7")),
+            "the spoofed left-most entry must not win"
+        );
     }
 
     #[test]

@@ -53,9 +53,18 @@ pub enum BodyShapeError {
 impl BodyShapeError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::Timeout => ProblemParts::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::InvalidRequest, "Request timeout")
-                .detail(self.to_string()),
-            _ => ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Invalid request body").detail(self.to_string()),
+            Self::Timeout => ProblemParts::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::InvalidRequest,
+                "Request timeout",
+            )
+            .detail(self.to_string()),
+            _ => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "Invalid request body",
+            )
+            .detail(self.to_string()),
         }
     }
 }
@@ -76,7 +85,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if !value.is_object() {
                 return Err(BodyShapeError::NotAnObject.into());
             }
-            serde_json::from_value(value).map(JsonBody).map_err(|e| BodyShapeError::Fields(e.to_string()).into())
+            serde_json::from_value(value)
+                .map(JsonBody)
+                .map_err(|e| BodyShapeError::Fields(e.to_string()).into())
         })
     }
 }

@@ -8,7 +8,13 @@ use actix_web::{HttpRequest, HttpResponse, error::JsonPayloadError, web};
 use codeedex_schema::problem::{ErrorCode, PROBLEM_CONTENT_TYPE, Problem};
 
 /// Builds a problem response, with `Retry-After` when given.
-pub fn respond(status: StatusCode, code: ErrorCode, title: &str, detail: Option<String>, retry_after: Option<u64>) -> HttpResponse {
+pub fn respond(
+    status: StatusCode,
+    code: ErrorCode,
+    title: &str,
+    detail: Option<String>,
+    retry_after: Option<u64>,
+) -> HttpResponse {
     let body = Problem::new(status.as_u16(), code, title, detail);
     let mut response = HttpResponse::build(status);
     response.insert_header((header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE));
@@ -37,7 +43,13 @@ pub struct ProblemParts {
 impl ProblemParts {
     /// A problem without detail or retry hint.
     pub fn new(status: StatusCode, code: ErrorCode, title: &'static str) -> Self {
-        Self { status, code, title, detail: None, retry_after: None }
+        Self {
+            status,
+            code,
+            title,
+            detail: None,
+            retry_after: None,
+        }
     }
 
     /// Adds a detail.
@@ -54,12 +66,21 @@ impl ProblemParts {
 
     /// The generic answer for failures on our side; the cause goes to the log.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "Internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "Internal server error",
+        )
     }
 
     /// Too many requests.
     pub fn rate_limited(retry_after: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "Too many requests").retry_after(retry_after)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "Too many requests",
+        )
+        .retry_after(retry_after)
     }
 }
 
@@ -129,11 +150,15 @@ pub fn json_config() -> web::JsonConfig {
         .content_type_required(true)
         .error_handler(|err, _req: &HttpRequest| {
             let (status, code, title, detail) = match &err {
-                JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => (
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorCode::PayloadTooLarge,
                     "Request body too large",
-                    format!("request bodies are limited to {} bytes", super::MAX_JSON_BODY),
+                    format!(
+                        "request bodies are limited to {} bytes",
+                        super::MAX_JSON_BODY
+                    ),
                 ),
                 JsonPayloadError::ContentType => (
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -147,9 +172,20 @@ pub fn json_config() -> web::JsonConfig {
                     "Invalid request body",
                     e.to_string(),
                 ),
-                other => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Invalid request body", other.to_string()),
+                other => (
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidRequest,
+                    "Invalid request body",
+                    other.to_string(),
+                ),
             };
-            BodyError { status, code, title, detail }.into()
+            BodyError {
+                status,
+                code,
+                title,
+                detail,
+            }
+            .into()
         })
 }
 
@@ -169,7 +205,13 @@ pub fn path_config() -> web::PathConfig {
 
 /// The answer for unknown paths.
 pub async fn not_found() -> HttpResponse {
-    respond(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found", None, None)
+    respond(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "Not found",
+        None,
+        None,
+    )
 }
 
 /// The default service of a resource: 405 with the `Allow` header naming
@@ -183,7 +225,9 @@ pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
             Some(format!("this resource supports {allow}")),
             None,
         );
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
         response
     })
 }

@@ -64,15 +64,34 @@ pub enum SyncSocketError {
 impl SyncSocketError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::Unauthorized => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "Not authenticated"),
-            Self::Expired => ProblemParts::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired, "Access token expired"),
-            Self::Origin => ProblemParts::new(StatusCode::FORBIDDEN, ErrorCode::Unauthorized, "Origin not allowed"),
-            Self::TooManyConnections => ProblemParts::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "Too many connections")
-                .detail("close another sync connection of this account first")
-                .retry_after(5),
-            Self::Handshake(detail) => {
-                ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Not a WebSocket handshake").detail(detail.clone())
-            }
+            Self::Unauthorized => ProblemParts::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "Not authenticated",
+            ),
+            Self::Expired => ProblemParts::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::TokenExpired,
+                "Access token expired",
+            ),
+            Self::Origin => ProblemParts::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Unauthorized,
+                "Origin not allowed",
+            ),
+            Self::TooManyConnections => ProblemParts::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "Too many connections",
+            )
+            .detail("close another sync connection of this account first")
+            .retry_after(5),
+            Self::Handshake(detail) => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "Not a WebSocket handshake",
+            )
+            .detail(detail.clone()),
             Self::Unexpected(_) => ProblemParts::internal(),
         }
     }
@@ -92,7 +111,9 @@ fn token_from(req: &HttpRequest) -> Option<String> {
             }
         }
     }
-    let query = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string()).ok()?;
+    let query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()?;
     query.get("access_token").cloned()
 }
 
@@ -102,28 +123,39 @@ async fn sync_socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, SyncSocketError> {
     if !state.allowed_origins.is_empty() {
-        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| state.allowed_origins.iter().any(|allowed| allowed == o)) {
             return Err(SyncSocketError::Origin);
         }
     }
     let token = token_from(&req).ok_or(SyncSocketError::Unauthorized)?;
-    let who = state.auth.authenticate(&token, Utc::now()).map_err(|e| match e {
-        AuthenticateError::Expired => SyncSocketError::Expired,
-        AuthenticateError::Invalid => SyncSocketError::Unauthorized,
-        AuthenticateError::Store(e) => SyncSocketError::Unexpected(e.into()),
-    })?;
+    let who = state
+        .auth
+        .authenticate(&token, Utc::now())
+        .map_err(|e| match e {
+            AuthenticateError::Expired => SyncSocketError::Expired,
+            AuthenticateError::Invalid => SyncSocketError::Unauthorized,
+            AuthenticateError::Store(e) => SyncSocketError::Unexpected(e.into()),
+        })?;
     let limits = state.sync.limits;
-    if !state.sync.registry.admit(who.user_id, limits.max_connections_per_user) {
+    if !state
+        .sync
+        .registry
+        .admit(who.user_id, limits.max_connections_per_user)
+    {
         return Err(SyncSocketError::TooManyConnections);
     }
-    let (response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL]) {
-        Ok(parts) => parts,
-        Err(e) => {
-            state.sync.registry.release(who.user_id);
-            return Err(SyncSocketError::Handshake(e.to_string()));
-        }
-    };
+    let (response, session, stream) =
+        match actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL]) {
+            Ok(parts) => parts,
+            Err(e) => {
+                state.sync.registry.release(who.user_id);
+                return Err(SyncSocketError::Handshake(e.to_string()));
+            }
+        };
     let stream = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
@@ -229,7 +261,10 @@ async fn drive(
                     }
                 }
                 Output::Close { code, reason } => {
-                    closing = Some(Some(CloseReason { code: CloseCode::from(code), description: Some(reason) }));
+                    closing = Some(Some(CloseReason {
+                        code: CloseCode::from(code),
+                        description: Some(reason),
+                    }));
                     break;
                 }
             }
@@ -248,7 +283,14 @@ async fn drive(
 
 fn failure(code: u16, message: &str) -> Vec<Output> {
     vec![
-        Output::Frame(codeedex_schema::wire::encode(&codeedex_schema::wire::Message::Error { message: message.to_owned() })),
-        Output::Close { code, reason: message.to_owned() },
+        Output::Frame(codeedex_schema::wire::encode(
+            &codeedex_schema::wire::Message::Error {
+                message: message.to_owned(),
+            },
+        )),
+        Output::Close {
+            code,
+            reason: message.to_owned(),
+        },
     ]
 }

@@ -11,7 +11,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use automerge::ROOT;
 use chrono::{NaiveDate, Utc};
-use codeedex_schema::api::tasks::{CreateTask, HistoryEntry, TaskHistory, TaskPage, TaskView, UpdateTask};
+use codeedex_schema::api::tasks::{
+    CreateTask, HistoryEntry, TaskHistory, TaskPage, TaskView, UpdateTask,
+};
 use codeedex_schema::id::DocumentId;
 use codeedex_schema::problem::{ErrorCode, Problem};
 use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
@@ -19,8 +21,8 @@ use codeedex_schema::task_document;
 use serde::Deserialize;
 
 use super::AppState;
-use super::json_body::JsonBody;
 use super::caller::Caller;
+use super::json_body::JsonBody;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 use crate::auth::Authenticated;
 use crate::auth::keys::random_bytes;
@@ -40,7 +42,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete))
             .default_service(method_not_allowed("GET, PATCH, DELETE")),
     )
-    .service(web::resource("/v1/tasks/{id}/history").route(web::get().to(history)).default_service(method_not_allowed("GET")));
+    .service(
+        web::resource("/v1/tasks/{id}/history")
+            .route(web::get().to(history))
+            .default_service(method_not_allowed("GET")),
+    );
 }
 
 /// Errors of the task endpoints.
@@ -63,9 +69,21 @@ pub enum TaskApiError {
 impl TaskApiError {
     fn parts(&self) -> ProblemParts {
         match self {
-            Self::Invalid(e) => ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Invalid task").detail(e.to_string()),
-            Self::Query(detail) => ProblemParts::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, "Invalid query").detail(detail.clone()),
-            Self::NotFound => ProblemParts::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found"),
+            Self::Invalid(e) => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "Invalid task",
+            )
+            .detail(e.to_string()),
+            Self::Query(detail) => ProblemParts::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "Invalid query",
+            )
+            .detail(detail.clone()),
+            Self::NotFound => {
+                ProblemParts::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found")
+            }
             Self::Unexpected(_) => ProblemParts::internal(),
         }
     }
@@ -83,15 +101,31 @@ impl From<HubError> for TaskApiError {
 }
 
 fn author(who: &Authenticated) -> Author {
-    Author { user: who.user_id, session: Some(who.session_id) }
+    Author {
+        user: who.user_id,
+        session: Some(who.session_id),
+    }
 }
 
-fn open(state: &AppState, who: &Authenticated, id: DocumentId) -> Result<std::sync::Arc<LiveDocument>, TaskApiError> {
-    state.sync.hub.open(id, who.user_id, false, Utc::now())?.ok_or(TaskApiError::NotFound)
+fn open(
+    state: &AppState,
+    who: &Authenticated,
+    id: DocumentId,
+) -> Result<std::sync::Arc<LiveDocument>, TaskApiError> {
+    state
+        .sync
+        .hub
+        .open(id, who.user_id, false, Utc::now())?
+        .ok_or(TaskApiError::NotFound)
 }
 
 async fn view(state: &AppState, live: &LiveDocument) -> Result<TaskView, TaskApiError> {
-    let task = state.sync.hub.read(live, task_document::read_task).await.map_err(|_| TaskApiError::NotFound)?;
+    let task = state
+        .sync
+        .hub
+        .read(live, task_document::read_task)
+        .await
+        .map_err(|_| TaskApiError::NotFound)?;
     Ok(TaskView::new(live.id, &task))
 }
 
@@ -116,24 +150,51 @@ pub struct ListQuery {
 /// Lists the user's tasks, ordered by id.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = TaskPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
-pub async fn list(state: web::Data<AppState>, caller: Caller, query: web::Query<ListQuery>) -> Result<HttpResponse, TaskApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, TaskApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(TaskApiError::Query("limit must be between 1 and 500".into()));
+        return Err(TaskApiError::Query(
+            "limit must be between 1 and 500".into(),
+        ));
     }
-    let tag = query.tag.as_deref().map(Tag::parse).transpose().map_err(TaskApiError::Invalid)?;
-    let summaries = state.sync.hub.store().task_summaries(caller.0.user_id).map_err(|e| TaskApiError::Unexpected(e.into()))?;
+    let tag = query
+        .tag
+        .as_deref()
+        .map(Tag::parse)
+        .transpose()
+        .map_err(TaskApiError::Invalid)?;
+    let summaries = state
+        .sync
+        .hub
+        .store()
+        .task_summaries(caller.0.user_id)
+        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
     let mut tasks = Vec::new();
     let mut next = None;
     for (id, summary) in summaries {
-        if query.after.is_some_and(|after| id.as_bytes() <= after.as_bytes()) {
+        if query
+            .after
+            .is_some_and(|after| id.as_bytes() <= after.as_bytes())
+        {
             continue;
         }
-        let Ok(task) = serde_json::from_value::<TaskView>(summary) else { continue };
+        let Ok(task) = serde_json::from_value::<TaskView>(summary) else {
+            continue;
+        };
         let keep = query.done.is_none_or(|d| task.done == d)
-            && query.due_before.is_none_or(|d| task.due.is_some_and(|due| due <= d))
-            && query.due_after.is_none_or(|d| task.due.is_some_and(|due| due >= d))
-            && tag.as_ref().is_none_or(|t| task.tags.iter().any(|x| x == t.as_str()));
+            && query
+                .due_before
+                .is_none_or(|d| task.due.is_some_and(|due| due <= d))
+            && query
+                .due_after
+                .is_none_or(|d| task.due.is_some_and(|due| due >= d))
+            && tag
+                .as_ref()
+                .is_none_or(|t| task.tags.iter().any(|x| x == t.as_str()));
         if !keep {
             continue;
         }
@@ -148,13 +209,23 @@ pub async fn list(state: web::Data<AppState>, caller: Caller, query: web::Query<
 
 fn new_task(body: &CreateTask) -> Result<Task, TaskError> {
     let now = Utc::now();
-    let tags = body.tags.iter().flatten().map(|t| Tag::parse(t)).collect::<Result<Vec<_>, _>>()?;
+    let tags = body
+        .tags
+        .iter()
+        .flatten()
+        .map(|t| Tag::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Task {
         title: Title::parse(&body.title)?,
         notes: Notes::parse(body.notes.as_deref().unwrap_or(""))?,
         done: false,
         due: body.due,
-        priority: body.priority.as_deref().map(Priority::parse).transpose()?.unwrap_or_default(),
+        priority: body
+            .priority
+            .as_deref()
+            .map(Priority::parse)
+            .transpose()?
+            .unwrap_or_default(),
         tags: Tags::new(tags)?,
         created_at: now,
         updated_at: now,
@@ -165,25 +236,49 @@ fn new_task(body: &CreateTask) -> Result<Task, TaskError> {
 /// Creates a task document and lists it in the user's root document.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTask,
     responses((status = 201, body = TaskView), (status = 400, body = Problem), (status = 401, body = Problem)))]
-pub async fn create(state: web::Data<AppState>, caller: Caller, body: JsonBody<CreateTask>) -> Result<HttpResponse, TaskApiError> {
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<CreateTask>,
+) -> Result<HttpResponse, TaskApiError> {
     let task = new_task(&body).map_err(TaskApiError::Invalid)?;
     let hub = &state.sync.hub;
     let now = Utc::now();
-    let root = hub.ensure_root(caller.0.user_id, DocumentId::from_random_bytes(random_bytes()), now).await?;
+    let root = hub
+        .ensure_root(
+            caller.0.user_id,
+            DocumentId::from_random_bytes(random_bytes()),
+            now,
+        )
+        .await?;
     let id = DocumentId::from_random_bytes(random_bytes());
-    let live = hub.open(id, caller.0.user_id, true, now)?.ok_or_else(|| TaskApiError::Unexpected(anyhow::anyhow!("fresh id taken")))?;
-    hub.change(&live, author(&caller.0), now, |tx| task_document::write_new_task(tx, &task)).await?;
+    let live = hub
+        .open(id, caller.0.user_id, true, now)?
+        .ok_or_else(|| TaskApiError::Unexpected(anyhow::anyhow!("fresh id taken")))?;
+    hub.change(&live, author(&caller.0), now, |tx| {
+        task_document::write_new_task(tx, &task)
+    })
+    .await?;
     let root = open(&state, &caller.0, root)?;
-    hub.change(&root, author(&caller.0), now, |tx| task_document::add_to_root(tx, id)).await?;
+    hub.change(&root, author(&caller.0), now, |tx| {
+        task_document::add_to_root(tx, id)
+    })
+    .await?;
     let view = TaskView::new(id, &task);
-    Ok(HttpResponse::Created().insert_header(("location", format!("/v1/tasks/{id}"))).json(view))
+    Ok(HttpResponse::Created()
+        .insert_header(("location", format!("/v1/tasks/{id}")))
+        .json(view))
 }
 
 /// One task.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Task document id")),
     responses((status = 200, body = TaskView), (status = 404, body = Problem)))]
-pub async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<DocumentId>) -> Result<HttpResponse, TaskApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<DocumentId>,
+) -> Result<HttpResponse, TaskApiError> {
     let live = open(&state, &caller.0, *id)?;
     Ok(HttpResponse::Ok().json(view(&state, &live).await?))
 }
@@ -201,7 +296,13 @@ pub async fn update(
     let patch = body.to_patch().map_err(TaskApiError::Invalid)?;
     let live = open(&state, &caller.0, *id)?;
     if !patch.is_empty() {
-        state.sync.hub.change(&live, author(&caller.0), Utc::now(), |tx| task_document::apply_patch(tx, &patch, Utc::now())).await?;
+        state
+            .sync
+            .hub
+            .change(&live, author(&caller.0), Utc::now(), |tx| {
+                task_document::apply_patch(tx, &patch, Utc::now())
+            })
+            .await?;
     }
     Ok(HttpResponse::Ok().json(view(&state, &live).await?))
 }
@@ -210,18 +311,34 @@ pub async fn update(
 #[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Task document id")),
     responses((status = 204, description = "Deleted"), (status = 404, body = Problem)))]
-pub async fn delete(state: web::Data<AppState>, caller: Caller, id: web::Path<DocumentId>) -> Result<HttpResponse, TaskApiError> {
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<DocumentId>,
+) -> Result<HttpResponse, TaskApiError> {
     let id = *id;
     let live = open(&state, &caller.0, id)?;
     view(&state, &live).await?;
     drop(live);
     let hub = &state.sync.hub;
     let now = Utc::now();
-    let root = hub.ensure_root(caller.0.user_id, DocumentId::from_random_bytes(random_bytes()), now).await?;
+    let root = hub
+        .ensure_root(
+            caller.0.user_id,
+            DocumentId::from_random_bytes(random_bytes()),
+            now,
+        )
+        .await?;
     let root = open(&state, &caller.0, root)?;
-    hub.change(&root, author(&caller.0), now, |tx| task_document::remove_from_root(tx, id)).await?;
+    hub.change(&root, author(&caller.0), now, |tx| {
+        task_document::remove_from_root(tx, id)
+    })
+    .await?;
     hub.tombstone(id, now)?;
-    hub.store().persist().await.map_err(|e| TaskApiError::Unexpected(e.into()))?;
+    hub.store()
+        .persist()
+        .await
+        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -229,15 +346,25 @@ pub async fn delete(state: web::Data<AppState>, caller: Caller, id: web::Path<Do
 #[utoipa::path(get, path = "/v1/tasks/{id}/history", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Task document id")),
     responses((status = 200, body = TaskHistory), (status = 404, body = Problem)))]
-pub async fn history(state: web::Data<AppState>, caller: Caller, id: web::Path<DocumentId>) -> Result<HttpResponse, TaskApiError> {
+pub async fn history(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<DocumentId>,
+) -> Result<HttpResponse, TaskApiError> {
     // Opening proves ownership; the history itself comes from the log.
     open(&state, &caller.0, *id)?;
-    let events = state.sync.hub.store().events_of(*id).map_err(|e| TaskApiError::Unexpected(e.into()))?;
+    let events = state
+        .sync
+        .hub
+        .store()
+        .events_of(*id)
+        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
     let mut doc = automerge::Automerge::new();
     let mut entries = Vec::with_capacity(events.len());
     for event in events {
         let before = doc.get_heads();
-        doc.load_incremental(&event.change).map_err(|e| TaskApiError::Unexpected(e.into()))?;
+        doc.load_incremental(&event.change)
+            .map_err(|e| TaskApiError::Unexpected(e.into()))?;
         let after = doc.get_heads();
         let mut fields: Vec<String> = doc
             .diff(&before, &after)
@@ -246,7 +373,8 @@ pub async fn history(state: web::Data<AppState>, caller: Caller, id: web::Path<D
                 Some((_, automerge::Prop::Map(key))) => Some(key.clone()),
                 Some(_) => None,
                 None if patch.obj == ROOT => match patch.action {
-                    automerge::PatchAction::PutMap { key, .. } | automerge::PatchAction::DeleteMap { key } => Some(key),
+                    automerge::PatchAction::PutMap { key, .. }
+                    | automerge::PatchAction::DeleteMap { key } => Some(key),
                     _ => None,
                 },
                 None => None,
@@ -254,7 +382,13 @@ pub async fn history(state: web::Data<AppState>, caller: Caller, id: web::Path<D
             .collect();
         fields.sort();
         fields.dedup();
-        entries.push(HistoryEntry { seq: event.seq, at: event.at, user_id: event.user, session_id: event.session, fields });
+        entries.push(HistoryEntry {
+            seq: event.seq,
+            at: event.at,
+            user_id: event.user,
+            session_id: event.session,
+            fields,
+        });
     }
     Ok(HttpResponse::Ok().json(TaskHistory { entries }))
 }

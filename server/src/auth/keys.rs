@@ -25,7 +25,9 @@ pub struct ServerKeys {
 
 impl std::fmt::Debug for ServerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerKeys").field("jwt_kid", &self.jwt_kid).finish_non_exhaustive()
+        f.debug_struct("ServerKeys")
+            .field("jwt_kid", &self.jwt_kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,7 +45,8 @@ impl ServerKeys {
     /// Loads the keys from `dir/secrets`, creating them on first start.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         let secrets = dir.join("secrets");
-        fs::create_dir_all(&secrets).with_context(|| format!("cannot create {}", secrets.display()))?;
+        fs::create_dir_all(&secrets)
+            .with_context(|| format!("cannot create {}", secrets.display()))?;
         restrict_dir(&secrets)?;
         let jwt = load_or_create_key(&secrets.join("jwt-hs256.key"))?;
         let hashing = load_or_create_key(&secrets.join("hmac-sha256.key"))?;
@@ -54,7 +57,11 @@ impl ServerKeys {
     pub fn from_bytes(jwt: [u8; KEY_LEN], hashing: [u8; KEY_LEN]) -> Self {
         // The key id names the key without revealing it: a truncated SHA-256.
         let jwt_kid = hex::encode(&Sha256::digest(jwt)[..8]);
-        Self { jwt, jwt_kid, hashing }
+        Self {
+            jwt,
+            jwt_kid,
+            hashing,
+        }
     }
 
     /// The HS256 signing key.
@@ -70,7 +77,8 @@ impl ServerKeys {
     /// HMAC-SHA256 of `parts` under the hashing key, bound to `purpose`.
     /// Parts are length-prefixed so that ("ab","c") and ("a","bc") differ.
     pub fn keyed_hash(&self, purpose: HashPurpose, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.hashing).expect("HMAC takes keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.hashing).expect("HMAC takes keys of any length");
         let label: &[u8] = match purpose {
             HashPurpose::OneTimeCode => b"codeedex/otp/v1",
             HashPurpose::RefreshToken => b"codeedex/refresh/v1",
@@ -92,14 +100,17 @@ pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
 /// Fills a buffer from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    OsRng.try_fill_bytes(&mut out).expect("the operating system's random number generator failed");
+    OsRng
+        .try_fill_bytes(&mut out)
+        .expect("the operating system's random number generator failed");
     out
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; KEY_LEN]> {
     match fs::read_to_string(path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+            let bytes = hex::decode(text.trim())
+                .with_context(|| format!("{} is not hex", path.display()))?;
             let key: [u8; KEY_LEN] = bytes
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("{} must hold {KEY_LEN} bytes", path.display()))?;
@@ -166,7 +177,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("secrets/jwt-hs256.key")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join("secrets/jwt-hs256.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -179,7 +193,10 @@ mod tests {
         let c = keys.keyed_hash(HashPurpose::RefreshToken, &[b"ab", b"c"]);
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert!(hashes_equal(&a, &keys.keyed_hash(HashPurpose::OneTimeCode, &[b"ab", b"c"])));
+        assert!(hashes_equal(
+            &a,
+            &keys.keyed_hash(HashPurpose::OneTimeCode, &[b"ab", b"c"])
+        ));
     }
 
     #[test]

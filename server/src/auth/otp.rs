@@ -97,7 +97,10 @@ pub fn record_send(
         let retry_after = seconds_until(now, *last + cooldown);
         return (Some(record), Err(SendRefusal::RateLimited { retry_after }));
     }
-    let in_last_hour: Vec<_> = sends.iter().filter(|t| now - **t < TimeDelta::hours(1)).collect();
+    let in_last_hour: Vec<_> = sends
+        .iter()
+        .filter(|t| now - **t < TimeDelta::hours(1))
+        .collect();
     if in_last_hour.len() >= policy.hourly_cap as usize {
         let oldest = *in_last_hour[in_last_hour.len() - policy.hourly_cap as usize];
         let retry_after = seconds_until(now, oldest + TimeDelta::hours(1));
@@ -105,10 +108,19 @@ pub fn record_send(
     }
     if sends.len() >= policy.daily_cap as usize {
         let oldest = sends[sends.len() - policy.daily_cap as usize];
-        return (Some(record), Err(SendRefusal::RateLimited { retry_after: seconds_until(now, oldest + DAY) }));
+        return (
+            Some(record),
+            Err(SendRefusal::RateLimited {
+                retry_after: seconds_until(now, oldest + DAY),
+            }),
+        );
     }
     record.sends.push(now);
-    record.pending = Some(PendingCode { hash: hex::encode(code_hash), issued_at: now, attempts: 0 });
+    record.pending = Some(PendingCode {
+        hash: hex::encode(code_hash),
+        issued_at: now,
+        attempts: 0,
+    });
     (Some(record), Ok(()))
 }
 
@@ -131,10 +143,9 @@ pub fn record_attempt(
         return (Some(record), VerifyOutcome::Locked { retry_after });
     }
     let ttl = TimeDelta::from_std(policy.ttl).expect("ttl fits");
-    let live = record
-        .pending
-        .as_ref()
-        .filter(|p| now - p.issued_at < ttl && now >= p.issued_at && p.attempts < policy.max_attempts);
+    let live = record.pending.as_ref().filter(|p| {
+        now - p.issued_at < ttl && now >= p.issued_at && p.attempts < policy.max_attempts
+    });
     let right = live.is_some_and(|p| {
         hex::decode(&p.hash).is_ok_and(|stored| super::keys::hashes_equal(&stored, presented_hash))
     });
@@ -178,7 +189,9 @@ mod tests {
     }
 
     fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     const RIGHT: [u8; 32] = [1; 32];
@@ -193,8 +206,16 @@ mod tests {
     #[test]
     fn codes_are_the_right_length_and_vary() {
         let codes: std::collections::HashSet<_> = (0..200).map(|_| generate_code(6)).collect();
-        assert!(codes.iter().all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())));
-        assert!(codes.len() > 190, "200 codes had only {} distinct values", codes.len());
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        );
+        assert!(
+            codes.len() > 190,
+            "200 codes had only {} distinct values",
+            codes.len()
+        );
         assert_eq!(generate_code(10).len(), 10);
     }
 
@@ -211,7 +232,10 @@ mod tests {
     fn a_code_expires_exactly_at_its_lifetime() {
         let r = sent_at(t0());
         let just_before = t0() + TimeDelta::seconds(599);
-        assert_eq!(record_attempt(r.clone(), &RIGHT, just_before, &policy()).1, VerifyOutcome::Accepted);
+        assert_eq!(
+            record_attempt(r.clone(), &RIGHT, just_before, &policy()).1,
+            VerifyOutcome::Accepted
+        );
         let at_expiry = t0() + TimeDelta::seconds(600);
         assert_eq!(
             record_attempt(r, &RIGHT, at_expiry, &policy()).1,
@@ -225,7 +249,10 @@ mod tests {
         for _ in 0..5 {
             r = record_attempt(r, &WRONG, t0(), &policy()).0;
         }
-        assert_eq!(record_attempt(r, &RIGHT, t0(), &policy()).1, VerifyOutcome::Rejected { now_locked: false });
+        assert_eq!(
+            record_attempt(r, &RIGHT, t0(), &policy()).1,
+            VerifyOutcome::Rejected { now_locked: false }
+        );
     }
 
     #[test]
@@ -266,7 +293,12 @@ mod tests {
         }
         // Five sends within the hour: the sixth waits for the first to age out.
         let (_, refused) = record_send(r, &RIGHT, now + TimeDelta::seconds(60), &policy());
-        assert_eq!(refused, Err(SendRefusal::RateLimited { retry_after: 3600 - 300 }));
+        assert_eq!(
+            refused,
+            Err(SendRefusal::RateLimited {
+                retry_after: 3600 - 300
+            })
+        );
     }
 
     #[test]
@@ -277,7 +309,10 @@ mod tests {
         ok.unwrap();
         let (r, outcome) = record_attempt(r, &RIGHT, t0() + TimeDelta::seconds(61), &policy());
         assert_eq!(outcome, VerifyOutcome::Rejected { now_locked: false });
-        assert_eq!(record_attempt(r, &newer, t0() + TimeDelta::seconds(62), &policy()).1, VerifyOutcome::Accepted);
+        assert_eq!(
+            record_attempt(r, &newer, t0() + TimeDelta::seconds(62), &policy()).1,
+            VerifyOutcome::Accepted
+        );
     }
 
     #[test]

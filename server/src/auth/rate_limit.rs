@@ -43,7 +43,10 @@ pub struct IpRateLimiter {
 impl IpRateLimiter {
     /// A limiter with the configured limits.
     pub fn new(limits: IpLimits) -> Self {
-        Self { limits, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     fn limit(&self, action: LimitedAction) -> f64 {
@@ -58,14 +61,21 @@ impl IpRateLimiter {
     pub fn check(&self, action: LimitedAction, ip: IpAddr, now: Instant) -> Result<(), u64> {
         let capacity = self.limit(action);
         let per_second = capacity / self.limits.window.as_secs_f64();
-        let mut buckets = self.buckets.lock().expect("the limiter lock is never held across a panic");
+        let mut buckets = self
+            .buckets
+            .lock()
+            .expect("the limiter lock is never held across a panic");
         if buckets.len() >= MAX_BUCKETS {
             buckets.retain(|(a, _), b| {
-                let refilled = b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_second;
+                let refilled =
+                    b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_second;
                 refilled < self.limit(*a)
             });
         }
-        let bucket = buckets.entry((action, ip)).or_insert(Bucket { tokens: capacity, updated: now });
+        let bucket = buckets.entry((action, ip)).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.updated = now;
@@ -84,7 +94,12 @@ mod tests {
     use super::*;
 
     fn limiter() -> IpRateLimiter {
-        IpRateLimiter::new(IpLimits { send: 3, verify: 30, refresh: 150, window: Duration::from_secs(300) })
+        IpRateLimiter::new(IpLimits {
+            send: 3,
+            verify: 30,
+            refresh: 150,
+            window: Duration::from_secs(300),
+        })
     }
 
     #[test]
@@ -96,7 +111,10 @@ mod tests {
             l.check(LimitedAction::SendCode, ip, t).unwrap();
         }
         assert_eq!(l.check(LimitedAction::SendCode, ip, t), Err(100));
-        assert!(l.check(LimitedAction::SendCode, ip, t + Duration::from_secs(100)).is_ok());
+        assert!(
+            l.check(LimitedAction::SendCode, ip, t + Duration::from_secs(100))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub struct AccessTokens {
 
 impl std::fmt::Debug for AccessTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessTokens").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("AccessTokens")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +121,11 @@ impl AccessTokens {
         header.typ = Some(JOSE_TYPE.to_owned());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail");
-        IssuedAccessToken { token, expires_at: exp, expires_in: self.ttl.as_secs() }
+        IssuedAccessToken {
+            token,
+            expires_at: exp,
+            expires_in: self.ttl.as_secs(),
+        }
     }
 
     /// Verifies a token's signature and claims.
@@ -144,12 +150,11 @@ impl AccessTokens {
         // Expiry is checked below against the injected clock, so that tests
         // and the server agree on what "now" is.
         validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation)
+            .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenRejection::Expired,
                 _ => TokenRejection::Invalid,
-            }
-        })?;
+            })?;
         let claims = data.claims;
         if claims.typ != ACCESS_TYPE {
             return Err(TokenRejection::Invalid);
@@ -184,7 +189,10 @@ mod tests {
     }
 
     fn ids() -> (UserId, SessionId) {
-        (UserId::from_random_bytes([1; 16]), SessionId::from_random_bytes([2; 16]))
+        (
+            UserId::from_random_bytes([1; 16]),
+            SessionId::from_random_bytes([2; 16]),
+        )
     }
 
     #[test]
@@ -214,7 +222,10 @@ mod tests {
         let now = Utc::now();
         let other = AccessTokens::new(&ServerKeys::from_bytes([9; 32], [8; 32]), &tokens_policy());
         let forged = other.issue(u, s, now);
-        assert_eq!(tokens().verify(&forged.token, now), Err(TokenRejection::Invalid));
+        assert_eq!(
+            tokens().verify(&forged.token, now),
+            Err(TokenRejection::Invalid)
+        );
     }
 
     fn tokens_policy() -> TokenPolicy {
@@ -237,7 +248,13 @@ mod tests {
         let mut parts = issued.token.split('.');
         let _header = parts.next().unwrap();
         let payload = parts.next().unwrap();
-        let none_header = B64.encode(format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#, t.kid));
-        assert_eq!(t.verify(&format!("{none_header}.{payload}."), now), Err(TokenRejection::Invalid));
+        let none_header = B64.encode(format!(
+            r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#,
+            t.kid
+        ));
+        assert_eq!(
+            t.verify(&format!("{none_header}.{payload}."), now),
+            Err(TokenRejection::Invalid)
+        );
     }
 }

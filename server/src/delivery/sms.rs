@@ -21,7 +21,9 @@ pub struct SmsSender {
 
 impl std::fmt::Debug for SmsSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmsSender").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("SmsSender")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +60,11 @@ impl SmsSender {
             .client
             .post(&self.url)
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .form(&[("To", to.as_str()), ("From", self.from.as_str()), ("Body", body.as_str())])
+            .form(&[
+                ("To", to.as_str()),
+                ("From", self.from.as_str()),
+                ("Body", body.as_str()),
+            ])
             .send()
             .await
             .context("cannot reach the SMS provider")?;

@@ -20,7 +20,9 @@ pub struct SmtpSender {
 
 impl std::fmt::Debug for SmtpSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSender").field("from", &self.from).finish_non_exhaustive()
+        f.debug_struct("SmtpSender")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
     }
 }
 
@@ -28,18 +30,34 @@ impl SmtpSender {
     /// Builds the transport; connections are opened per message, from a pool.
     pub fn new(settings: &SmtpSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
         let builder = match settings.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
-                .context("cannot set up STARTTLS for the SMTP host")?,
+            SmtpTls::None => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
+            }
+            SmtpTls::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
+                    .context("cannot set up STARTTLS for the SMTP host")?
+            }
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
                 .context("cannot set up TLS for the SMTP host")?,
         };
-        let mut builder = builder.port(settings.port).timeout(Some(Duration::from_secs(10)));
+        let mut builder = builder
+            .port(settings.port)
+            .timeout(Some(Duration::from_secs(10)));
         if let Some((user, password)) = &settings.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_owned()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            ));
         }
-        let from = settings.from.parse().context("smtp_from is not a mailbox")?;
-        Ok(Self { transport: builder.build(), from, ttl_minutes })
+        let from = settings
+            .from
+            .parse()
+            .context("smtp_from is not a mailbox")?;
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            ttl_minutes,
+        })
     }
 
     /// Sends one code mail.
@@ -59,7 +77,10 @@ impl SmtpSender {
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .context("cannot build the code mail")?;
-        self.transport.send(message).await.context("the SMTP server did not accept the code mail")?;
+        self.transport
+            .send(message)
+            .await
+            .context("the SMTP server did not accept the code mail")?;
         Ok(())
     }
 }

@@ -8,8 +8,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 
 use super::{Store, StoreError, TxResult, decode, encode, pair_key};
 
@@ -73,16 +73,41 @@ impl EventRecord {
     }
 
     fn decode(seq: u64, bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt { tree: "events", source: serde::de::Error::custom(what) };
+        let corrupt = |what: &str| StoreError::Corrupt {
+            tree: "events",
+            source: serde::de::Error::custom(what),
+        };
         if bytes.len() < 42 || bytes[0] != EVENT_FORMAT {
             return Err(corrupt("event record too short or of an unknown format"));
         }
-        let user = UserId::from_bytes(bytes[1..17].try_into().expect("16 bytes by the length check"));
-        let session = (bytes[17] == 1)
-            .then(|| SessionId::from_bytes(bytes[18..34].try_into().expect("16 bytes by the length check")));
-        let millis = i64::from_be_bytes(bytes[34..42].try_into().expect("8 bytes by the length check"));
-        let at = Utc.timestamp_millis_opt(millis).single().ok_or_else(|| corrupt("event time out of range"))?;
-        Ok(Self { seq, user, session, at, change: bytes[42..].to_vec() })
+        let user = UserId::from_bytes(
+            bytes[1..17]
+                .try_into()
+                .expect("16 bytes by the length check"),
+        );
+        let session = (bytes[17] == 1).then(|| {
+            SessionId::from_bytes(
+                bytes[18..34]
+                    .try_into()
+                    .expect("16 bytes by the length check"),
+            )
+        });
+        let millis = i64::from_be_bytes(
+            bytes[34..42]
+                .try_into()
+                .expect("8 bytes by the length check"),
+        );
+        let at = Utc
+            .timestamp_millis_opt(millis)
+            .single()
+            .ok_or_else(|| corrupt("event time out of range"))?;
+        Ok(Self {
+            seq,
+            user,
+            session,
+            at,
+            change: bytes[42..].to_vec(),
+        })
     }
 }
 
@@ -104,11 +129,19 @@ fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
 impl Store {
     /// What the store knows about a document.
     pub fn document_meta(&self, doc: DocumentId) -> Result<Option<DocumentMeta>, StoreError> {
-        self.documents.get(doc.as_bytes())?.map(|v| decode("documents", &v)).transpose()
+        self.documents
+            .get(doc.as_bytes())?
+            .map(|v| decode("documents", &v))
+            .transpose()
     }
 
     /// Records `user` as the owner of `doc` unless someone already owns it.
-    pub fn claim_document(&self, doc: DocumentId, user: UserId, now: DateTime<Utc>) -> Result<Claim, StoreError> {
+    pub fn claim_document(
+        &self,
+        doc: DocumentId,
+        user: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
         loop {
             let current = self.documents.get(doc.as_bytes())?;
             if let Some(bytes) = &current {
@@ -119,8 +152,17 @@ impl Store {
                     Claim::Unavailable
                 });
             }
-            let meta = DocumentMeta { owner: user, created_at: now, next_seq: 0, deleted_at: None };
-            if self.documents.compare_and_swap(doc.as_bytes(), None as Option<&[u8]>, Some(encode(&meta)))?.is_ok() {
+            let meta = DocumentMeta {
+                owner: user,
+                created_at: now,
+                next_seq: 0,
+                deleted_at: None,
+            };
+            if self
+                .documents
+                .compare_and_swap(doc.as_bytes(), None as Option<&[u8]>, Some(encode(&meta)))?
+                .is_ok()
+            {
                 return Ok(Claim::Owned(meta));
             }
         }
@@ -138,17 +180,29 @@ impl Store {
         changes: &[Vec<u8>],
     ) -> Result<u64, StoreError> {
         let feed_seq = self.db.generate_id()?;
-        (&self.documents, &self.events, &self.user_feed, &self.user_feed_position).transaction(
-            |(documents, events, feed, positions)| -> TxResult<u64> {
+        (
+            &self.documents,
+            &self.events,
+            &self.user_feed,
+            &self.user_feed_position,
+        )
+            .transaction(|(documents, events, feed, positions)| -> TxResult<u64> {
                 let Some(meta) = documents.get(doc.as_bytes())? else {
                     return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                         tree: "documents",
                         source: serde::de::Error::custom("appending to a document nobody claimed"),
                     }));
                 };
-                let mut meta: DocumentMeta = decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
+                let mut meta: DocumentMeta =
+                    decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
                 for change in changes {
-                    let record = EventRecord { seq: meta.next_seq, user, session, at, change: change.clone() };
+                    let record = EventRecord {
+                        seq: meta.next_seq,
+                        user,
+                        session,
+                        at,
+                        change: change.clone(),
+                    };
                     events.insert(seq_key(doc, meta.next_seq), record.encode())?;
                     meta.next_seq += 1;
                 }
@@ -159,10 +213,12 @@ impl Store {
                     feed.remove(pair_key(owner.as_bytes(), &old))?;
                 }
                 positions.insert(position_key, &feed_seq.to_be_bytes())?;
-                feed.insert(pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()), doc.as_bytes())?;
+                feed.insert(
+                    pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
+                    doc.as_bytes(),
+                )?;
                 Ok(feed_seq)
-            },
-        )?;
+            })?;
         Ok(feed_seq)
     }
 
@@ -171,25 +227,43 @@ impl Store {
         let mut stored = StoredDocument::default();
         if let Some(snapshot) = self.snapshots.get(doc.as_bytes())? {
             if snapshot.len() < 8 {
-                return Err(StoreError::Corrupt { tree: "snapshots", source: serde::de::Error::custom("too short") });
+                return Err(StoreError::Corrupt {
+                    tree: "snapshots",
+                    source: serde::de::Error::custom("too short"),
+                });
             }
-            stored.snapshot_covers = u64::from_be_bytes(snapshot[..8].try_into().expect("8 bytes by the length check"));
+            stored.snapshot_covers = u64::from_be_bytes(
+                snapshot[..8]
+                    .try_into()
+                    .expect("8 bytes by the length check"),
+            );
             stored.snapshot = Some(snapshot[8..].to_vec());
         }
-        for item in self.events.range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX)) {
+        for item in self
+            .events
+            .range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX))
+        {
             let (key, value) = item?;
-            let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| StoreError::Corrupt {
-                tree: "events",
-                source: serde::de::Error::custom("key is not document ‖ sequence"),
-            })?);
-            stored.changes.push(EventRecord::decode(seq, &value)?.change);
+            let seq =
+                u64::from_be_bytes(key[16..24].try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "events",
+                    source: serde::de::Error::custom("key is not document ‖ sequence"),
+                })?);
+            stored
+                .changes
+                .push(EventRecord::decode(seq, &value)?.change);
         }
         Ok(stored)
     }
 
     /// Stores a snapshot covering the first `covers` events. Events are kept:
     /// the snapshot only makes loading faster.
-    pub fn write_snapshot(&self, doc: DocumentId, covers: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn write_snapshot(
+        &self,
+        doc: DocumentId,
+        covers: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(8 + bytes.len());
         value.extend_from_slice(&covers.to_be_bytes());
         value.extend_from_slice(bytes);
@@ -203,9 +277,11 @@ impl Store {
             .scan_prefix(doc.as_bytes())
             .map(|item| {
                 let (key, value) = item?;
-                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| StoreError::Corrupt {
-                    tree: "events",
-                    source: serde::de::Error::custom("key is not document ‖ sequence"),
+                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "events",
+                        source: serde::de::Error::custom("key is not document ‖ sequence"),
+                    }
                 })?);
                 EventRecord::decode(seq, &value)
             })
@@ -214,7 +290,12 @@ impl Store {
 
     /// The user's documents that changed after feed position `cursor`, oldest
     /// change first, at most `limit`, and the position to ask from next time.
-    pub fn changed_since(&self, user: UserId, cursor: u64, limit: usize) -> Result<(Vec<DocumentId>, u64), StoreError> {
+    pub fn changed_since(
+        &self,
+        user: UserId,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<DocumentId>, u64), StoreError> {
         let start = pair_key(user.as_bytes(), &cursor.saturating_add(1).to_be_bytes());
         let end = pair_key(user.as_bytes(), &u64::MAX.to_be_bytes());
         let mut docs = Vec::new();
@@ -247,40 +328,73 @@ impl Store {
 
     /// Marks a document deleted. It keeps its log (for history) but never
     /// syncs again.
-    pub fn tombstone_document(&self, doc: DocumentId, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub fn tombstone_document(
+        &self,
+        doc: DocumentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         loop {
-            let Some(current) = self.documents.get(doc.as_bytes())? else { return Ok(false) };
+            let Some(current) = self.documents.get(doc.as_bytes())? else {
+                return Ok(false);
+            };
             let mut meta: DocumentMeta = decode("documents", &current)?;
             if meta.deleted_at.is_some() {
                 return Ok(false);
             }
             meta.deleted_at = Some(at);
-            if self.documents.compare_and_swap(doc.as_bytes(), Some(current), Some(encode(&meta)))?.is_ok() {
-                self.task_index.remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
+            if self
+                .documents
+                .compare_and_swap(doc.as_bytes(), Some(current), Some(encode(&meta)))?
+                .is_ok()
+            {
+                self.task_index
+                    .remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
                 return Ok(true);
             }
         }
     }
 
     /// The persisted sync state of a document with a peer's storage.
-    pub fn sync_state(&self, doc: DocumentId, storage_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.sync_states.get(pair_key(doc.as_bytes(), storage_id.as_bytes()))?.map(|v| v.to_vec()))
+    pub fn sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .sync_states
+            .get(pair_key(doc.as_bytes(), storage_id.as_bytes()))?
+            .map(|v| v.to_vec()))
     }
 
     /// Persists the sync state of a document with a peer's storage.
-    pub fn put_sync_state(&self, doc: DocumentId, storage_id: &str, state: &[u8]) -> Result<(), StoreError> {
-        self.sync_states.insert(pair_key(doc.as_bytes(), storage_id.as_bytes()), state)?;
+    pub fn put_sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.sync_states
+            .insert(pair_key(doc.as_bytes(), storage_id.as_bytes()), state)?;
         Ok(())
     }
 
     /// Records a task's summary for listing.
-    pub fn put_task_summary(&self, user: UserId, doc: DocumentId, summary: &serde_json::Value) -> Result<(), StoreError> {
-        self.task_index.insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
+    pub fn put_task_summary(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+        summary: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.task_index
+            .insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
         Ok(())
     }
 
     /// Every task summary of a user, ordered by document id.
-    pub fn task_summaries(&self, user: UserId) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
+    pub fn task_summaries(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
         self.task_index
             .scan_prefix(user.as_bytes())
             .map(|item| {
@@ -289,15 +403,25 @@ impl Store {
                     tree: "task_index",
                     source: serde::de::Error::custom("key is not user ‖ document"),
                 })?;
-                Ok((DocumentId::from_random_bytes(id), decode("task_index", &value)?))
+                Ok((
+                    DocumentId::from_random_bytes(id),
+                    decode("task_index", &value)?,
+                ))
             })
             .collect()
     }
 
     /// The server's storage id, created on first use.
     pub fn server_storage_id(&self, fresh: impl FnOnce() -> String) -> Result<String, StoreError> {
-        let _ = self.meta.compare_and_swap(b"storage_id", None as Option<&[u8]>, Some(fresh().as_bytes()))?;
-        let value = self.meta.get(b"storage_id")?.expect("written just above if it was missing");
+        let _ = self.meta.compare_and_swap(
+            b"storage_id",
+            None as Option<&[u8]>,
+            Some(fresh().as_bytes()),
+        )?;
+        let value = self
+            .meta
+            .get(b"storage_id")?
+            .expect("written just above if it was missing");
         Ok(String::from_utf8_lossy(&value).into_owned())
     }
 }
@@ -320,9 +444,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (ann, bob, doc, _) = ids();
-        assert!(matches!(store.claim_document(doc, ann, Utc::now()).unwrap(), Claim::Owned(_)));
-        assert_eq!(store.claim_document(doc, bob, Utc::now()).unwrap(), Claim::Unavailable);
-        assert!(matches!(store.claim_document(doc, ann, Utc::now()).unwrap(), Claim::Owned(_)));
+        assert!(matches!(
+            store.claim_document(doc, ann, Utc::now()).unwrap(),
+            Claim::Owned(_)
+        ));
+        assert_eq!(
+            store.claim_document(doc, bob, Utc::now()).unwrap(),
+            Claim::Unavailable
+        );
+        assert!(matches!(
+            store.claim_document(doc, ann, Utc::now()).unwrap(),
+            Claim::Owned(_)
+        ));
     }
 
     #[test]
@@ -331,14 +464,29 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (ann, _, doc, _) = ids();
         store.claim_document(doc, ann, Utc::now()).unwrap();
-        store.append_events(doc, ann, None, Utc::now(), &[b"a".to_vec(), b"b".to_vec()]).unwrap();
-        store.append_events(doc, ann, None, Utc::now(), &[b"c".to_vec()]).unwrap();
-        assert_eq!(store.load_document(doc).unwrap().changes, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        store
+            .append_events(doc, ann, None, Utc::now(), &[b"a".to_vec(), b"b".to_vec()])
+            .unwrap();
+        store
+            .append_events(doc, ann, None, Utc::now(), &[b"c".to_vec()])
+            .unwrap();
+        assert_eq!(
+            store.load_document(doc).unwrap().changes,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         store.write_snapshot(doc, 2, b"snap").unwrap();
         let loaded = store.load_document(doc).unwrap();
         assert_eq!(loaded.snapshot.as_deref(), Some(&b"snap"[..]));
         assert_eq!(loaded.changes, vec![b"c".to_vec()]);
-        assert_eq!(store.events_of(doc).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            store
+                .events_of(doc)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
     }
 
     #[test]
@@ -348,12 +496,24 @@ mod tests {
         let (ann, _, d1, d2) = ids();
         store.claim_document(d1, ann, Utc::now()).unwrap();
         store.claim_document(d2, ann, Utc::now()).unwrap();
-        let first = store.append_events(d1, ann, None, Utc::now(), &[b"1".to_vec()]).unwrap();
-        store.append_events(d2, ann, None, Utc::now(), &[b"2".to_vec()]).unwrap();
-        store.append_events(d1, ann, None, Utc::now(), &[b"3".to_vec()]).unwrap();
+        let first = store
+            .append_events(d1, ann, None, Utc::now(), &[b"1".to_vec()])
+            .unwrap();
+        store
+            .append_events(d2, ann, None, Utc::now(), &[b"2".to_vec()])
+            .unwrap();
+        store
+            .append_events(d1, ann, None, Utc::now(), &[b"3".to_vec()])
+            .unwrap();
         let (docs, cursor) = store.changed_since(ann, 0, 100).unwrap();
         assert_eq!(docs, vec![d2, d1]);
-        assert_eq!(store.changed_since(ann, cursor, 100).unwrap().0, Vec::<DocumentId>::new());
-        assert_eq!(store.changed_since(ann, first, 100).unwrap().0, vec![d2, d1]);
+        assert_eq!(
+            store.changed_since(ann, cursor, 100).unwrap().0,
+            Vec::<DocumentId>::new()
+        );
+        assert_eq!(
+            store.changed_since(ann, first, 100).unwrap().0,
+            vec![d2, d1]
+        );
     }
 }

@@ -84,7 +84,9 @@ pub struct LiveDocument {
 
 impl std::fmt::Debug for LiveDocument {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveDocument").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("LiveDocument")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +159,11 @@ impl DocumentHub {
         Ok(Arc::new(LiveDocument {
             id,
             owner,
-            state: tokio::sync::Mutex::new(DocState { doc, events, snapshot_covers: stored.snapshot_covers }),
+            state: tokio::sync::Mutex::new(DocState {
+                doc,
+                events,
+                snapshot_covers: stored.snapshot_covers,
+            }),
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
         }))
@@ -167,7 +173,13 @@ impl DocumentHub {
     /// has seen is claimed for `user` (that is how devices upload new
     /// documents). `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
-    pub fn open(&self, id: DocumentId, user: UserId, create: bool, now: DateTime<Utc>) -> Result<Option<Arc<LiveDocument>>, HubError> {
+    pub fn open(
+        &self,
+        id: DocumentId,
+        user: UserId,
+        create: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<LiveDocument>>, HubError> {
         if let Some(live) = self.live.lock().expect("never poisoned").get(&id) {
             live.touch();
             return Ok((live.owner == user).then(|| Arc::clone(live)));
@@ -191,17 +203,34 @@ impl DocumentHub {
 
     /// Registers a connection for change notices on a document.
     pub fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, notices: NoticeSender) {
-        live.subscribers.lock().expect("never poisoned").insert(conn, notices);
+        live.subscribers
+            .lock()
+            .expect("never poisoned")
+            .insert(conn, notices);
     }
 
     /// Removes a connection from a document's notices.
     pub fn unsubscribe(&self, live: &LiveDocument, conn: ConnectionId) {
-        live.subscribers.lock().expect("never poisoned").remove(&conn);
+        live.subscribers
+            .lock()
+            .expect("never poisoned")
+            .remove(&conn);
     }
 
     /// Remembers that a connection asked for a document nobody had.
-    pub fn wait_for(&self, id: DocumentId, user: UserId, conn: ConnectionId, notices: NoticeSender) {
-        self.waiting.lock().expect("never poisoned").entry(id).or_default().insert(conn, (user, notices));
+    pub fn wait_for(
+        &self,
+        id: DocumentId,
+        user: UserId,
+        conn: ConnectionId,
+        notices: NoticeSender,
+    ) {
+        self.waiting
+            .lock()
+            .expect("never poisoned")
+            .entry(id)
+            .or_default()
+            .insert(conn, (user, notices));
     }
 
     /// Forgets every wait of a connection.
@@ -214,7 +243,11 @@ impl DocumentHub {
     }
 
     /// Generates the next sync message for a peer, if there is one.
-    pub async fn generate(&self, live: &LiveDocument, state: &mut sync::State) -> Option<sync::Message> {
+    pub async fn generate(
+        &self,
+        live: &LiveDocument,
+        state: &mut sync::State,
+    ) -> Option<sync::Message> {
         let guard = live.state.lock().await;
         guard.doc.generate_sync_message(state)
     }
@@ -239,8 +272,12 @@ impl DocumentHub {
         let mut guard = live.state.lock().await;
         let before = guard.doc.get_heads();
         guard.doc.receive_sync_message(state, message)?;
-        let changes: Vec<Vec<u8>> =
-            guard.doc.get_changes(&before).iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let changes: Vec<Vec<u8>> = guard
+            .doc
+            .get_changes(&before)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
         let changed = !changes.is_empty();
         tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
         if changed {
@@ -266,14 +303,20 @@ impl DocumentHub {
         author: Author,
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
-        self.store.append_events(live.id, author.user, author.session, now, changes)?;
+        self.store
+            .append_events(live.id, author.user, author.session, now, changes)?;
         state.events += changes.len() as u64;
         if let Ok(task) = task_document::read_task(&state.doc) {
             let view = TaskView::new(live.id, &task);
-            self.store.put_task_summary(live.owner, live.id, &serde_json::to_value(view).expect("serialisable"))?;
+            self.store.put_task_summary(
+                live.owner,
+                live.id,
+                &serde_json::to_value(view).expect("serialisable"),
+            )?;
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
-            self.store.write_snapshot(live.id, state.events, &state.doc.save())?;
+            self.store
+                .write_snapshot(live.id, state.events, &state.doc.save())?;
             state.snapshot_covers = state.events;
         }
         self.store.persist().await?;
@@ -290,7 +333,11 @@ impl DocumentHub {
             }
         }
         drop(subscribers);
-        let waiting = self.waiting.lock().expect("never poisoned").remove(&live.id);
+        let waiting = self
+            .waiting
+            .lock()
+            .expect("never poisoned")
+            .remove(&live.id);
         for (conn, (user, tx)) in waiting.into_iter().flatten() {
             if user == live.owner && Some(conn) != except {
                 let _ = tx.send(Notice::Changed(live.id));
@@ -299,7 +346,12 @@ impl DocumentHub {
     }
 
     /// Forwards an ephemeral message to the document's other peers.
-    pub fn forward_ephemeral(&self, live: &LiveDocument, from: ConnectionId, message: Arc<codeedex_schema::wire::Message>) {
+    pub fn forward_ephemeral(
+        &self,
+        live: &LiveDocument,
+        from: ConnectionId,
+        message: Arc<codeedex_schema::wire::Message>,
+    ) {
         let subscribers = live.subscribers.lock().expect("never poisoned");
         for (conn, tx) in subscribers.iter() {
             if *conn != from {
@@ -310,7 +362,13 @@ impl DocumentHub {
 
     /// Makes a change on the server's behalf (REST edits), durably, and tells
     /// every peer of the document.
-    pub async fn change<F>(&self, live: &Arc<LiveDocument>, author: Author, now: DateTime<Utc>, edit: F) -> Result<bool, HubError>
+    pub async fn change<F>(
+        &self,
+        live: &Arc<LiveDocument>,
+        author: Author,
+        now: DateTime<Utc>,
+        edit: F,
+    ) -> Result<bool, HubError>
     where
         F: FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), TaskDocumentError>,
     {
@@ -323,8 +381,12 @@ impl DocumentHub {
             return Err(e.into());
         }
         tx.commit();
-        let changes: Vec<Vec<u8>> =
-            guard.doc.get_changes(&before).iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let changes: Vec<Vec<u8>> = guard
+            .doc
+            .get_changes(&before)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
         if changes.is_empty() {
             return Ok(false);
         }
@@ -354,11 +416,20 @@ impl DocumentHub {
 
     /// The user's root document, created once, on first use, by the server:
     /// devices never create it, so two offline devices cannot make two.
-    pub async fn ensure_root(&self, user: UserId, fresh_id: DocumentId, now: DateTime<Utc>) -> Result<DocumentId, HubError> {
-        let missing = || HubError::Store(StoreError::Corrupt {
-            tree: "users",
-            source: serde::de::Error::custom("a root document was asked for a user that does not exist"),
-        });
+    pub async fn ensure_root(
+        &self,
+        user: UserId,
+        fresh_id: DocumentId,
+        now: DateTime<Utc>,
+    ) -> Result<DocumentId, HubError> {
+        let missing = || {
+            HubError::Store(StoreError::Corrupt {
+                tree: "users",
+                source: serde::de::Error::custom(
+                    "a root document was asked for a user that does not exist",
+                ),
+            })
+        };
         if let Some(id) = self.store.user(user)?.ok_or_else(missing)?.root_document_id {
             return Ok(id);
         }
@@ -373,7 +444,16 @@ impl DocumentHub {
                 source: serde::de::Error::custom("a fresh root document id was already taken"),
             }));
         };
-        self.change(&live, Author { user, session: None }, now, |tx| task_document::init_root(tx)).await?;
+        self.change(
+            &live,
+            Author {
+                user,
+                session: None,
+            },
+            now,
+            |tx| task_document::init_root(tx),
+        )
+        .await?;
         record.root_document_id = Some(fresh_id);
         self.store.put_user(&record)?;
         self.store.persist().await?;

@@ -131,7 +131,9 @@ pub struct PeerContext {
 
 impl std::fmt::Debug for PeerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerContext").field("server_peer_id", &self.server_peer_id).finish_non_exhaustive()
+        f.debug_struct("PeerContext")
+            .field("server_peer_id", &self.server_peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,7 +156,10 @@ pub struct PeerConnection {
 
 impl std::fmt::Debug for PeerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerConnection").field("conn", &self.conn).field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("PeerConnection")
+            .field("conn", &self.conn)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,7 +168,15 @@ fn frame(message: &Message) -> Output {
 }
 
 fn fail(code: u16, message: &str) -> Vec<Output> {
-    vec![frame(&Message::Error { message: message.to_owned() }), Output::Close { code, reason: message.to_owned() }]
+    vec![
+        frame(&Message::Error {
+            message: message.to_owned(),
+        }),
+        Output::Close {
+            code,
+            reason: message.to_owned(),
+        },
+    ]
 }
 
 impl PeerConnection {
@@ -216,7 +229,9 @@ impl PeerConnection {
     }
 
     fn supports(&self, extension: &str) -> bool {
-        self.joined.as_ref().is_some_and(|j| j.extensions.iter().any(|e| e == extension))
+        self.joined
+            .as_ref()
+            .is_some_and(|j| j.extensions.iter().any(|e| e == extension))
     }
 
     fn take_token(&mut self, now: Instant) -> bool {
@@ -239,7 +254,12 @@ impl PeerConnection {
     }
 
     /// Handles one binary frame.
-    pub async fn handle_frame(&mut self, bytes: &[u8], now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
+    pub async fn handle_frame(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
         if !self.take_token(now) {
             return fail(close::LIMIT, "message rate limit exceeded");
         }
@@ -250,7 +270,12 @@ impl PeerConnection {
             Err(DecodeError::UnknownType(_)) => return Vec::new(),
             Err(e) => return fail(close::PROTOCOL_ERROR, &format!("malformed message: {e}")),
         };
-        tracing::debug!(conn = self.conn, kind = message.message_type(), doc = message.document_id(), "received");
+        tracing::debug!(
+            conn = self.conn,
+            kind = message.message_type(),
+            doc = message.document_id(),
+            "received"
+        );
         let Some(joined) = &self.joined else {
             return self.handle_join(message);
         };
@@ -262,17 +287,30 @@ impl PeerConnection {
             _ => return Vec::new(),
         }
         match message {
-            Message::Request { document_id, data, .. } => self.handle_sync(&document_id, &data, false, wall).await,
-            Message::Sync { document_id, data, .. } => self.handle_sync(&document_id, &data, true, wall).await,
-            Message::Ephemeral { ref document_id, ref session_id, count, .. } => {
+            Message::Request {
+                document_id, data, ..
+            } => self.handle_sync(&document_id, &data, false, wall).await,
+            Message::Sync {
+                document_id, data, ..
+            } => self.handle_sync(&document_id, &data, true, wall).await,
+            Message::Ephemeral {
+                ref document_id,
+                ref session_id,
+                count,
+                ..
+            } => {
                 let key = (peer_id.clone(), session_id.clone(), count);
-                let Ok(doc) = document_id.parse::<DocumentId>() else { return Vec::new() };
+                let Ok(doc) = document_id.parse::<DocumentId>() else {
+                    return Vec::new();
+                };
                 if self.seen_ephemeral.contains(&key) {
                     return Vec::new();
                 }
                 self.remember_ephemeral(key);
                 if let Some(peer_doc) = self.docs.get(&doc) {
-                    self.ctx.hub.forward_ephemeral(&peer_doc.live, self.conn, Arc::new(message));
+                    self.ctx
+                        .hub
+                        .forward_ephemeral(&peer_doc.live, self.conn, Arc::new(message));
                 }
                 Vec::new()
             }
@@ -288,13 +326,23 @@ impl PeerConnection {
                         })]
                     }
                     Ok(_) | Err(AuthenticateError::Invalid) | Err(AuthenticateError::Expired) => {
-                        fail(close::TOKEN_EXPIRED, "the refreshed access token is not valid for this connection")
+                        fail(
+                            close::TOKEN_EXPIRED,
+                            "the refreshed access token is not valid for this connection",
+                        )
                     }
                     Err(AuthenticateError::Store(e)) => self.internal(e),
                 }
             }
-            Message::CatchUpRequest { cursor, .. } if self.supports("codeedex/catch-up-request") => {
-                match self.ctx.hub.store().changed_since(self.user, cursor, 100_000) {
+            Message::CatchUpRequest { cursor, .. }
+                if self.supports("codeedex/catch-up-request") =>
+            {
+                match self
+                    .ctx
+                    .hub
+                    .store()
+                    .changed_since(self.user, cursor, 100_000)
+                {
                     Ok((docs, cursor)) => vec![frame(&Message::CatchUpResponse {
                         sender_id: self.ctx.server_peer_id.clone(),
                         target_id: peer_id,
@@ -305,9 +353,14 @@ impl PeerConnection {
                 }
             }
             Message::Leave { .. } | Message::Error { .. } => {
-                vec![Output::Close { code: close::NORMAL, reason: "peer left".to_owned() }]
+                vec![Output::Close {
+                    code: close::NORMAL,
+                    reason: "peer left".to_owned(),
+                }]
             }
-            Message::Join { .. } | Message::Peer { .. } => fail(close::PROTOCOL_ERROR, "unexpected handshake message"),
+            Message::Join { .. } | Message::Peer { .. } => {
+                fail(close::PROTOCOL_ERROR, "unexpected handshake message")
+            }
             // Remote-heads gossip is not offered; doc-unavailable from a
             // peer needs no answer; extensions the peer did not announce are
             // ignored like unknown types.
@@ -331,26 +384,45 @@ impl PeerConnection {
     }
 
     fn handle_join(&mut self, message: Message) -> Vec<Output> {
-        let Message::Join { sender_id, supported_protocol_versions, peer_metadata } = message else {
+        let Message::Join {
+            sender_id,
+            supported_protocol_versions,
+            peer_metadata,
+        } = message
+        else {
             return fail(close::PROTOCOL_ERROR, "the first message must be join");
         };
-        if !supported_protocol_versions.iter().any(|v| v == wire::PROTOCOL_VERSION) {
-            return fail(close::PROTOCOL_ERROR, "unsupported protocol version: this server speaks version 1");
+        if !supported_protocol_versions
+            .iter()
+            .any(|v| v == wire::PROTOCOL_VERSION)
+        {
+            return fail(
+                close::PROTOCOL_ERROR,
+                "unsupported protocol version: this server speaks version 1",
+            );
         }
         if sender_id.parse::<PeerId>().is_err() {
             return fail(close::PROTOCOL_ERROR, "invalid peer id");
         }
         let (tx, rx) = oneshot::channel();
-        if let Bind::TakenByAnotherUser = self.ctx.registry.bind(&sender_id, self.user, self.conn, tx) {
+        if let Bind::TakenByAnotherUser =
+            self.ctx.registry.bind(&sender_id, self.user, self.conn, tx)
+        {
             return fail(close::PEER_ID_TAKEN, "peer id in use by another account");
         }
         self.replaced = Some(rx);
         let metadata = peer_metadata.unwrap_or_default();
         self.joined = Some(Joined {
             peer_id: sender_id.clone(),
-            storage_id: metadata.storage_id.filter(|s| !s.is_empty() && s.len() <= 128),
+            storage_id: metadata
+                .storage_id
+                .filter(|s| !s.is_empty() && s.len() <= 128),
             ephemeral: metadata.is_ephemeral,
-            extensions: metadata.extensions.into_iter().filter(|e| EXTENSIONS.contains(&e.as_str())).collect(),
+            extensions: metadata
+                .extensions
+                .into_iter()
+                .filter(|e| EXTENSIONS.contains(&e.as_str()))
+                .collect(),
         });
         vec![frame(&Message::Peer {
             sender_id: self.ctx.server_peer_id.clone(),
@@ -395,7 +467,12 @@ impl PeerConnection {
     }
 
     /// Opens a document for this connection, checking ownership.
-    fn attach(&mut self, doc: DocumentId, create: bool, wall: DateTime<Utc>) -> Result<Option<()>, Vec<Output>> {
+    fn attach(
+        &mut self,
+        doc: DocumentId,
+        create: bool,
+        wall: DateTime<Utc>,
+    ) -> Result<Option<()>, Vec<Output>> {
         if self.docs.contains_key(&doc) {
             return Ok(Some(()));
         }
@@ -404,7 +481,9 @@ impl PeerConnection {
         }
         match self.ctx.hub.open(doc, self.user, create, wall) {
             Ok(Some(live)) => {
-                self.ctx.hub.subscribe(&live, self.conn, self.notices.clone());
+                self.ctx
+                    .hub
+                    .subscribe(&live, self.conn, self.notices.clone());
                 let state = self.initial_state(doc);
                 self.docs.insert(doc, PeerDoc { live, state });
                 Ok(Some(()))
@@ -417,7 +496,13 @@ impl PeerConnection {
         }
     }
 
-    async fn handle_sync(&mut self, document_id: &str, data: &[u8], is_sync: bool, wall: DateTime<Utc>) -> Vec<Output> {
+    async fn handle_sync(
+        &mut self,
+        document_id: &str,
+        data: &[u8],
+        is_sync: bool,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
         let Ok(doc) = document_id.parse::<DocumentId>() else {
             return vec![self.unavailable(document_id)];
         };
@@ -429,20 +514,35 @@ impl PeerConnection {
             Err(outputs) => return outputs,
             Ok(None) => {
                 if !is_sync {
-                    self.ctx.hub.wait_for(doc, self.user, self.conn, self.notices.clone());
+                    self.ctx
+                        .hub
+                        .wait_for(doc, self.user, self.conn, self.notices.clone());
                 }
                 return vec![self.unavailable(document_id)];
             }
             Ok(Some(())) => {}
         }
-        let author = Author { user: self.user, session: Some(self.session) };
+        let author = Author {
+            user: self.user,
+            session: Some(self.session),
+        };
         let peer_doc = self.docs.get_mut(&doc).expect("attached above");
         let live = Arc::clone(&peer_doc.live);
-        match self.ctx.hub.receive(&live, &mut peer_doc.state, message, author, self.conn, wall).await {
-            Ok(received) => received.replies.into_iter().map(|m| self.sync_frame(doc, m)).collect(),
-            Err(super::hub::HubError::Automerge(e)) => {
-                fail(close::PROTOCOL_ERROR, &format!("the sync message could not be applied: {e}"))
-            }
+        match self
+            .ctx
+            .hub
+            .receive(&live, &mut peer_doc.state, message, author, self.conn, wall)
+            .await
+        {
+            Ok(received) => received
+                .replies
+                .into_iter()
+                .map(|m| self.sync_frame(doc, m))
+                .collect(),
+            Err(super::hub::HubError::Automerge(e)) => fail(
+                close::PROTOCOL_ERROR,
+                &format!("the sync message could not be applied: {e}"),
+            ),
             Err(e) => {
                 tracing::error!(error = ?e, %doc, "cannot apply a sync message");
                 fail(close::PROTOCOL_ERROR, "internal server error")
@@ -452,10 +552,20 @@ impl PeerConnection {
 
     /// Handles a notice from the hub.
     pub async fn handle_notice(&mut self, notice: Notice, wall: DateTime<Utc>) -> Vec<Output> {
-        let Some(joined) = &self.joined else { return Vec::new() };
+        let Some(joined) = &self.joined else {
+            return Vec::new();
+        };
         match notice {
             Notice::Ephemeral(message) => {
-                let Message::Ephemeral { sender_id, document_id, count, session_id, data, .. } = message.as_ref() else {
+                let Message::Ephemeral {
+                    sender_id,
+                    document_id,
+                    count,
+                    session_id,
+                    data,
+                    ..
+                } = message.as_ref()
+                else {
                     return Vec::new();
                 };
                 vec![frame(&Message::Ephemeral {
@@ -471,12 +581,18 @@ impl PeerConnection {
                 // The document may have been deleted, or may be one this
                 // peer asked for before anyone had it.
                 match self.ctx.hub.open(doc, self.user, false, wall) {
-                    Ok(Some(live)) if self.docs.get(&doc).is_some_and(|d| Arc::ptr_eq(&d.live, &live)) => {}
-                    Ok(Some(_)) if !self.docs.contains_key(&doc) => match self.attach(doc, false, wall) {
-                        Ok(Some(())) => {}
-                        Ok(None) => return Vec::new(),
-                        Err(outputs) => return outputs,
-                    },
+                    Ok(Some(live))
+                        if self
+                            .docs
+                            .get(&doc)
+                            .is_some_and(|d| Arc::ptr_eq(&d.live, &live)) => {}
+                    Ok(Some(_)) if !self.docs.contains_key(&doc) => {
+                        match self.attach(doc, false, wall) {
+                            Ok(Some(())) => {}
+                            Ok(None) => return Vec::new(),
+                            Err(outputs) => return outputs,
+                        }
+                    }
                     Ok(_) => {
                         if let Some(old) = self.docs.remove(&doc) {
                             self.ctx.hub.unsubscribe(&old.live, self.conn);
@@ -502,11 +618,18 @@ impl PeerConnection {
     /// Ends the connection: saves sync states, drops subscriptions and the
     /// peer-id binding.
     pub fn finish(&mut self) {
-        let storage = self.joined.as_ref().and_then(|j| (!j.ephemeral).then(|| j.storage_id.clone()).flatten());
+        let storage = self
+            .joined
+            .as_ref()
+            .and_then(|j| (!j.ephemeral).then(|| j.storage_id.clone()).flatten());
         for (doc, peer_doc) in self.docs.drain() {
             self.ctx.hub.unsubscribe(&peer_doc.live, self.conn);
             if let Some(storage) = &storage
-                && let Err(e) = self.ctx.hub.store().put_sync_state(doc, storage, &peer_doc.state.encode())
+                && let Err(e) =
+                    self.ctx
+                        .hub
+                        .store()
+                        .put_sync_state(doc, storage, &peer_doc.state.encode())
             {
                 tracing::warn!(error = ?e, %doc, "cannot save a sync state");
             }

@@ -62,7 +62,13 @@ impl PeerRegistry {
 
     /// Binds `peer_id` to a connection. `replaced` fires if a later join of
     /// the same user takes the id over.
-    pub fn bind(&self, peer_id: &str, user: UserId, conn: ConnectionId, replaced: oneshot::Sender<()>) -> Bind {
+    pub fn bind(
+        &self,
+        peer_id: &str,
+        user: UserId,
+        conn: ConnectionId,
+        replaced: oneshot::Sender<()>,
+    ) -> Bind {
         let mut peers = self.peers.lock().expect("never poisoned");
         if let Some(holder) = peers.get_mut(peer_id) {
             if holder.user != user {
@@ -72,7 +78,14 @@ impl PeerRegistry {
                 let _ = tx.send(());
             }
         }
-        peers.insert(peer_id.to_owned(), Holder { user, conn, replaced: Some(replaced) });
+        peers.insert(
+            peer_id.to_owned(),
+            Holder {
+                user,
+                conn,
+                replaced: Some(replaced),
+            },
+        );
         Bind::Bound
     }
 
@@ -92,7 +105,10 @@ mod tests {
     #[test]
     fn another_user_cannot_take_a_bound_peer_id() {
         let r = PeerRegistry::default();
-        let (ann, bob) = (UserId::from_random_bytes([1; 16]), UserId::from_random_bytes([2; 16]));
+        let (ann, bob) = (
+            UserId::from_random_bytes([1; 16]),
+            UserId::from_random_bytes([2; 16]),
+        );
         let (tx, _rx) = oneshot::channel();
         assert!(matches!(r.bind("p", ann, 1, tx), Bind::Bound));
         let (tx, _rx2) = oneshot::channel();
@@ -107,11 +123,17 @@ mod tests {
         r.bind("p", ann, 1, tx);
         let (tx, _new) = oneshot::channel();
         assert!(matches!(r.bind("p", ann, 2, tx), Bind::Bound));
-        assert!(old.try_recv().is_ok(), "the old connection is told to close");
+        assert!(
+            old.try_recv().is_ok(),
+            "the old connection is told to close"
+        );
         r.unbind("p", 1);
         let bob = UserId::from_random_bytes([2; 16]);
         let (tx, _rx) = oneshot::channel();
-        assert!(matches!(r.bind("p", bob, 3, tx), Bind::TakenByAnotherUser), "the stale unbind did not free it");
+        assert!(
+            matches!(r.bind("p", bob, 3, tx), Bind::TakenByAnotherUser),
+            "the stale unbind did not free it"
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ impl World {
     }
 
     async fn deliver_to_server(&mut self, i: usize) {
-        let Some(frame) = self.devices[i].to_server.pop_front() else { return };
+        let Some(frame) = self.devices[i].to_server.pop_front() else {
+            return;
+        };
         let (clock, wall) = (self.clock, self.wall);
         let outputs = self.devices[i].conn.handle_frame(&frame, clock, wall).await;
         self.route(i, outputs);
@@ -108,12 +110,17 @@ impl World {
     }
 
     fn deliver_to_device(&mut self, i: usize) {
-        let Some(frame) = self.devices[i].to_device.pop_front() else { return };
+        let Some(frame) = self.devices[i].to_device.pop_front() else {
+            return;
+        };
         let d = &mut self.devices[i];
         match wire::decode(&frame).expect("the server sends valid frames") {
             Message::Sync { data, .. } => {
                 let message = sync::Message::decode(&data).expect("valid sync data");
-                d.replica.sync().receive_sync_message(&mut d.state, message).expect("applies");
+                d.replica
+                    .sync()
+                    .receive_sync_message(&mut d.state, message)
+                    .expect("applies");
             }
             other => panic!("unexpected message to device {i}: {other:?}"),
         }
@@ -126,24 +133,41 @@ impl World {
             None => unreachable!("every replica starts with the log list"),
         };
         let len = d.replica.length(&list);
-        d.replica.insert(&list, len, format!("device {i} edit {n}")).unwrap();
+        d.replica
+            .insert(&list, len, format!("device {i} edit {n}"))
+            .unwrap();
         d.replica.put(ROOT, format!("field-{i}"), n as i64).unwrap();
     }
 }
 
 async fn build_world(dir: &std::path::Path, devices: usize) -> World {
     let today = Utc::now().date_naive();
-    let settings = Settings::from_layers(Overrides::default(), Overrides::default(), today).unwrap();
+    let settings =
+        Settings::from_layers(Overrides::default(), Overrides::default(), today).unwrap();
     let store = Store::open(dir).unwrap();
     let keys = ServerKeys::from_bytes([1; 32], [2; 32]);
     let delivery = CodeDelivery::from_settings(&settings.delivery, 10).unwrap();
-    let auth = Arc::new(Auth::new(&settings, store.clone(), keys, delivery, Arc::new(Metrics::default())));
+    let auth = Arc::new(Auth::new(
+        &settings,
+        store.clone(),
+        keys,
+        delivery,
+        Arc::new(Metrics::default()),
+    ));
     let user = UserId::from_random_bytes([3; 16]);
     let wall = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
     store
-        .find_or_create_user(&UserRecord { id: user, contact_key: "email:a@b.co".into(), created_at: wall, root_document_id: None })
+        .find_or_create_user(&UserRecord {
+            id: user,
+            contact_key: "email:a@b.co".into(),
+            created_at: wall,
+            root_document_id: None,
+        })
         .unwrap();
-    let hub = Arc::new(DocumentHub::new(store.clone(), automerge::ActorId::from(vec![9u8; 16])));
+    let hub = Arc::new(DocumentHub::new(
+        store.clone(),
+        automerge::ActorId::from(vec![9u8; 16]),
+    ));
     let ctx = PeerContext {
         hub: Arc::clone(&hub),
         registry: Arc::new(PeerRegistry::default()),
@@ -172,15 +196,23 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
         };
         store.insert_session(&record, &[i as u8; 32]).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut conn = PeerConnection::new(ctx.clone(), i as u64, user, session, i64::MAX, tx, clock);
+        let mut conn =
+            PeerConnection::new(ctx.clone(), i as u64, user, session, i64::MAX, tx, clock);
         let peer_id = format!("device-{i}");
         let join = wire::encode(&Message::Join {
             sender_id: peer_id.clone(),
             supported_protocol_versions: vec!["1".into()],
-            peer_metadata: Some(PeerMetadata { storage_id: Some(format!("storage-{i}")), is_ephemeral: false, extensions: vec![] }),
+            peer_metadata: Some(PeerMetadata {
+                storage_id: Some(format!("storage-{i}")),
+                is_ephemeral: false,
+                extensions: vec![],
+            }),
         });
         let outputs = conn.handle_frame(&join, clock, wall).await;
-        assert!(matches!(&outputs[..], [Output::Frame(_)]), "join answered with one peer message");
+        assert!(
+            matches!(&outputs[..], [Output::Frame(_)]),
+            "join answered with one peer message"
+        );
         let mut replica = origin.fork();
         replica.set_actor(automerge::ActorId::from(vec![i as u8 + 1; 16]));
         list.push(Device {
@@ -194,7 +226,13 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             online: true,
         });
     }
-    World { hub, devices: list, doc, clock, wall }
+    World {
+        hub,
+        devices: list,
+        doc,
+        clock,
+        wall,
+    }
 }
 
 async fn run(seed: u64) {
@@ -236,15 +274,31 @@ async fn run(seed: u64) {
             }
         }
     }
-    let live = world.hub.open(world.doc, UserId::from_random_bytes([3; 16]), false, world.wall).unwrap().unwrap();
+    let live = world
+        .hub
+        .open(
+            world.doc,
+            UserId::from_random_bytes([3; 16]),
+            false,
+            world.wall,
+        )
+        .unwrap()
+        .unwrap();
     let mut server_heads = world.hub.heads(&live).await;
     server_heads.sort();
     for (i, d) in world.devices.iter_mut().enumerate() {
         let mut heads = d.replica.get_heads();
         heads.sort();
-        assert_eq!(heads, server_heads, "seed {seed}: device {i} did not converge with the server");
+        assert_eq!(
+            heads, server_heads,
+            "seed {seed}: device {i} did not converge with the server"
+        );
         let list = d.replica.get(ROOT, "log").unwrap().unwrap().1;
-        assert_eq!(d.replica.length(&list) as u64, edits, "seed {seed}: device {i} lost edits");
+        assert_eq!(
+            d.replica.length(&list) as u64,
+            edits,
+            "seed {seed}: device {i} lost edits"
+        );
     }
     // The event log alone rebuilds the same document.
     let stored = world.hub.store().load_document(world.doc).unwrap();
@@ -254,7 +308,10 @@ async fn run(seed: u64) {
     }
     let mut rebuilt_heads = rebuilt.get_heads();
     rebuilt_heads.sort();
-    assert_eq!(rebuilt_heads, server_heads, "seed {seed}: the event log does not rebuild the document");
+    assert_eq!(
+        rebuilt_heads, server_heads,
+        "seed {seed}: the event log does not rebuild the document"
+    );
 }
 
 #[tokio::test]
