@@ -86,6 +86,27 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         hold: u64,
     },
+    /// Durable changes per second: writers push as fast as the server acknowledges.
+    Ingest {
+        /// Concurrent writers, each on its own document.
+        #[arg(long, default_value_t = 32)]
+        devices: usize,
+        /// Users to spread them over.
+        #[arg(long, default_value_t = 8)]
+        users: usize,
+        /// Changes per round trip.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Seconds to run (at most 120).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The floor: a bare WebSocket echo round trip in this process.
+    Echo {
+        /// Round trips.
+        #[arg(long, default_value_t = 2000)]
+        round_trips: usize,
+    },
     /// A device returns after T tasks got E edits each elsewhere.
     Catchup {
         /// Tasks changed while away.
@@ -215,6 +236,36 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 None => println!("server RSS: unknown (pass --server-pid)"),
             }
+            Ok(())
+        }
+        Scenario::Ingest {
+            devices,
+            users,
+            batch,
+            seconds,
+        } => {
+            let tokens = tokens(&cli, (*users).max(1)).await?;
+            let result = scenario::ingest::run(
+                &ws_url,
+                &tokens,
+                (*devices).clamp(1, 10_000),
+                (*batch).max(1),
+                Duration::from_secs((*seconds).min(120)),
+            )
+            .await?;
+            println!("scenario: durable ingest, {devices} writers, {batch} changes per round trip");
+            println!(
+                "acknowledged changes: {} in {:.2} s = {:.0} durable changes/s",
+                result.changes,
+                result.elapsed.as_secs_f64(),
+                result.changes as f64 / result.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Scenario::Echo { round_trips } => {
+            let summary = scenario::echo::run((*round_trips).clamp(1, 1_000_000)).await?;
+            println!("scenario: bare WebSocket echo round trip (floor)");
+            println!("round trip: {summary}");
             Ok(())
         }
         Scenario::Catchup {

@@ -2,5 +2,7 @@
 
 pub mod auth;
 pub mod catchup;
+pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod ingest;
