@@ -42,6 +42,9 @@ pub enum StoreError {
     /// The database itself failed (IO error, corruption, lock held by another process).
     #[error("storage engine error")]
     Engine(#[source] sled::Error),
+    /// A change was appended to a deleted document.
+    #[error("the document was deleted")]
+    DocumentDeleted,
     /// A record could not be decoded.
     #[error("corrupt record in {tree}")]
     Corrupt {

@@ -127,7 +127,10 @@ async fn sync_socket(
             .headers()
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok());
-        if !origin.is_some_and(|o| state.allowed_origins.iter().any(|allowed| allowed == o)) {
+        // Browsers always send Origin; native clients usually do not. The
+        // allow-list stops other web sites from opening sockets with a
+        // user's credentials, so only a present, unlisted Origin is refused.
+        if origin.is_some_and(|o| !state.allowed_origins.iter().any(|allowed| allowed == o)) {
             return Err(SyncSocketError::Origin);
         }
     }
@@ -223,6 +226,11 @@ async fn drive(
                     continue;
                 }
                 Some(Err(ProtocolError::Overflow)) => failure(close::TOO_BIG, "frame larger than the limit"),
+                // actix-ws reports a fragmented message over the limit as an
+                // IO error rather than an overflow; it is the same violation.
+                Some(Err(ProtocolError::Io(e))) if e.to_string().contains("maximum continuation size") => {
+                    failure(close::TOO_BIG, "message larger than the limit")
+                }
                 Some(Err(e)) => failure(close::PROTOCOL_ERROR, &format!("websocket protocol error: {e}")),
             },
             Some(notice) = notices.recv() => peer.handle_notice(notice, Utc::now()).await,

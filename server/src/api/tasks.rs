@@ -94,7 +94,7 @@ endpoint_error!(TaskApiError);
 impl From<HubError> for TaskApiError {
     fn from(e: HubError) -> Self {
         match e {
-            HubError::Task(_) => TaskApiError::NotFound,
+            HubError::Task(_) | HubError::Deleted => TaskApiError::NotFound,
             other => TaskApiError::Unexpected(other.into()),
         }
     }
@@ -334,7 +334,7 @@ pub async fn delete(
         task_document::remove_from_root(tx, id)
     })
     .await?;
-    hub.tombstone(id, now)?;
+    hub.tombstone(id, now).await?;
     hub.store()
         .persist()
         .await

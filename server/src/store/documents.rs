@@ -195,6 +195,11 @@ impl Store {
                 };
                 let mut meta: DocumentMeta =
                     decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
+                if meta.deleted_at.is_some() {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::DocumentDeleted,
+                    ));
+                }
                 for change in changes {
                     let record = EventRecord {
                         seq: meta.next_seq,

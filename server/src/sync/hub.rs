@@ -62,6 +62,9 @@ pub enum HubError {
     /// The document is not a task.
     #[error("not a task document")]
     Task(#[from] TaskDocumentError),
+    /// The document was deleted; it takes no more changes.
+    #[error("the document was deleted")]
+    Deleted,
 }
 
 struct DocState {
@@ -80,6 +83,9 @@ pub struct LiveDocument {
     state: tokio::sync::Mutex<DocState>,
     subscribers: Mutex<HashMap<ConnectionId, NoticeSender>>,
     last_used: Mutex<Instant>,
+    /// Set, under the state lock, when the document is deleted; every later
+    /// change is refused.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LiveDocument {
@@ -91,6 +97,11 @@ impl std::fmt::Debug for LiveDocument {
 }
 
 impl LiveDocument {
+    /// Whether the document was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn touch(&self) {
         *self.last_used.lock().expect("never poisoned") = Instant::now();
     }
@@ -166,6 +177,7 @@ impl DocumentHub {
             }),
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -270,6 +282,9 @@ impl DocumentHub {
     ) -> Result<Received, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
+        if live.is_deleted() {
+            return Err(HubError::Deleted);
+        }
         let before = guard.doc.get_heads();
         guard.doc.receive_sync_message(state, message)?;
         let changes: Vec<Vec<u8>> = guard
@@ -304,7 +319,11 @@ impl DocumentHub {
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
         self.store
-            .append_events(live.id, author.user, author.session, now, changes)?;
+            .append_events(live.id, author.user, author.session, now, changes)
+            .map_err(|e| match e {
+                StoreError::DocumentDeleted => HubError::Deleted,
+                other => HubError::Store(other),
+            })?;
         state.events += changes.len() as u64;
         if let Ok(task) = task_document::read_task(&state.doc) {
             let view = TaskView::new(live.id, &task);
@@ -374,6 +393,9 @@ impl DocumentHub {
     {
         live.touch();
         let mut guard = live.state.lock().await;
+        if live.is_deleted() {
+            return Err(HubError::Deleted);
+        }
         let before = guard.doc.get_heads();
         let mut tx = guard.doc.transaction();
         if let Err(e) = edit(&mut tx) {
@@ -405,9 +427,22 @@ impl DocumentHub {
 
     /// Deletes a document: tombstones it, drops it from memory and tells its
     /// peers (who will then be answered `doc-unavailable`).
-    pub fn tombstone(&self, id: DocumentId, now: DateTime<Utc>) -> Result<bool, HubError> {
-        let removed = self.store.tombstone_document(id, now)?;
-        let live = self.live.lock().expect("never poisoned").remove(&id);
+    ///
+    /// The flag is set under the document's lock, so a change that is being
+    /// applied finishes first and every later one is refused: nothing can be
+    /// appended to the log of a deleted document.
+    pub async fn tombstone(&self, id: DocumentId, now: DateTime<Utc>) -> Result<bool, HubError> {
+        let live = self.live.lock().expect("never poisoned").get(&id).cloned();
+        let removed = match &live {
+            Some(live) => {
+                let _guard = live.state.lock().await;
+                live.deleted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.store.tombstone_document(id, now)?
+            }
+            None => self.store.tombstone_document(id, now)?,
+        };
+        self.live.lock().expect("never poisoned").remove(&id);
         if let Some(live) = live {
             self.notify_changed(&live, None);
         }

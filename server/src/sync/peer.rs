@@ -147,6 +147,9 @@ pub struct PeerConnection {
     joined: Option<Joined>,
     replaced: Option<oneshot::Receiver<()>>,
     docs: HashMap<DocumentId, PeerDoc>,
+    /// Documents this peer asked for that nobody had; they count towards the
+    /// document limit, so a peer cannot make the server remember unbounded ids.
+    waiting: HashSet<DocumentId>,
     tokens: f64,
     tokens_at: Instant,
     seen_ephemeral: HashSet<(String, String, u64)>,
@@ -200,6 +203,7 @@ impl PeerConnection {
             joined: None,
             replaced: None,
             docs: HashMap::new(),
+            waiting: HashSet::new(),
             tokens: burst,
             tokens_at: now,
             seen_ephemeral: HashSet::new(),
@@ -280,6 +284,14 @@ impl PeerConnection {
             return self.handle_join(message);
         };
         let peer_id = joined.peer_id.clone();
+        // An error from the peer is fatal by the protocol; it carries no
+        // sender id, so it is handled before the sender check.
+        if let Message::Error { .. } = message {
+            return vec![Output::Close {
+                code: close::NORMAL,
+                reason: "peer sent an error".to_owned(),
+            }];
+        }
         // Messages claiming to come from another peer are dropped, as the
         // reference server does: they cannot be from this socket's peer.
         match message.sender_id() {
@@ -476,7 +488,9 @@ impl PeerConnection {
         if self.docs.contains_key(&doc) {
             return Ok(Some(()));
         }
-        if self.docs.len() >= self.ctx.limits.max_documents {
+        let counted =
+            self.docs.len() + self.waiting.len() - usize::from(self.waiting.contains(&doc));
+        if counted >= self.ctx.limits.max_documents {
             return Err(fail(close::LIMIT, "too many documents on one connection"));
         }
         match self.ctx.hub.open(doc, self.user, create, wall) {
@@ -486,6 +500,7 @@ impl PeerConnection {
                     .subscribe(&live, self.conn, self.notices.clone());
                 let state = self.initial_state(doc);
                 self.docs.insert(doc, PeerDoc { live, state });
+                self.waiting.remove(&doc);
                 Ok(Some(()))
             }
             Ok(None) => Ok(None),
@@ -513,7 +528,7 @@ impl PeerConnection {
         match self.attach(doc, is_sync, wall) {
             Err(outputs) => return outputs,
             Ok(None) => {
-                if !is_sync {
+                if !is_sync && self.waiting.insert(doc) {
                     self.ctx
                         .hub
                         .wait_for(doc, self.user, self.conn, self.notices.clone());
@@ -539,6 +554,12 @@ impl PeerConnection {
                 .into_iter()
                 .map(|m| self.sync_frame(doc, m))
                 .collect(),
+            Err(super::hub::HubError::Deleted) => {
+                if let Some(old) = self.docs.remove(&doc) {
+                    self.ctx.hub.unsubscribe(&old.live, self.conn);
+                }
+                vec![self.unavailable(document_id)]
+            }
             Err(super::hub::HubError::Automerge(e)) => fail(
                 close::PROTOCOL_ERROR,
                 &format!("the sync message could not be applied: {e}"),

@@ -1,0 +1,321 @@
+//! Devices going offline, the server crashing, REST edits, catching up.
+
+use codeedex_schema::api::tasks::TaskView;
+use codeedex_tests::sync_peer::Replicas;
+use serde_json::json;
+
+use super::*;
+
+fn merged(d: &AutoCommit) -> bool {
+    read_string(d, "title").as_deref() == Some("Buy oat milk")
+        && read_string(d, "notes").as_deref() == Some("2 litres from the farm shop")
+}
+
+/// A and B of one user both hold a synced task replica.
+async fn two_devices_with_a_task(
+    app: &TestApp,
+) -> (SyncPeer, SyncPeer, String, String, DocumentId) {
+    let (ta, tb) = (
+        token_of(app, "ann@example.com").await,
+        token_of(app, "ann@example.com").await,
+    );
+    let mut a = SyncPeer::join(app.port, &ta, "ann-a", Some("storage-a"), &[])
+        .await
+        .unwrap();
+    let mut b = SyncPeer::join(app.port, &tb, "ann-b", Some("storage-b"), &[])
+        .await
+        .unwrap();
+    let id = fresh_id();
+    a.create(id, |d| task(d, "Buy milk", "2 litres"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    b.request(id).await.unwrap();
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "notes").as_deref() == Some("2 litres")
+    })
+    .await
+    .unwrap();
+    (a, b, ta, tb, id)
+}
+
+fn edit_offline(a: &mut Replicas, b: &mut Replicas, id: DocumentId) {
+    insert_text(&mut a.get_mut(&id).unwrap().0, "title", 4, "oat ");
+    append_text(
+        &mut b.get_mut(&id).unwrap().0,
+        "notes",
+        " from the farm shop",
+    );
+}
+
+async fn reconnect_and_merge(
+    app: &TestApp,
+    ta: &str,
+    tb: &str,
+    a: Replicas,
+    b: Replicas,
+    id: DocumentId,
+) -> (SyncPeer, SyncPeer) {
+    let mut a = SyncPeer::rejoin(app.port, ta, "ann-a", Some("storage-a"), &[], a)
+        .await
+        .unwrap();
+    a.sync_to_server(id, WAIT).await.unwrap();
+    let mut b = SyncPeer::rejoin(app.port, tb, "ann-b", Some("storage-b"), &[], b)
+        .await
+        .unwrap();
+    b.sync_to_server(id, WAIT).await.unwrap();
+    b.sync_until(id, WAIT, merged).await.unwrap();
+    a.sync_until(id, WAIT, merged).await.unwrap();
+    let heads = |p: &mut SyncPeer| {
+        let mut h = p.docs.get_mut(&id).unwrap().0.get_heads();
+        h.sort();
+        h
+    };
+    assert_eq!(heads(&mut a), heads(&mut b), "both devices converged");
+    (a, b)
+}
+
+#[tokio::test]
+async fn offline_edits_of_title_and_notes_on_two_devices_merge_after_reconnecting() {
+    let app = spawn_app().await;
+    let (a, b, ta, tb, id) = two_devices_with_a_task(&app).await;
+    let (mut a, mut b) = (a.go_offline().await, b.go_offline().await);
+    edit_offline(&mut a, &mut b, id);
+    let (a, _b) = reconnect_and_merge(&app, &ta, &tb, a, b, id).await;
+    drop(a);
+    // The server holds the merge: the REST view shows both edits.
+    let view: TaskView = app
+        .get_as(&ta, &format!("/v1/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.title.as_str(), view.notes.as_str()),
+        ("Buy oat milk", "2 litres from the farm shop")
+    );
+}
+
+#[tokio::test]
+async fn offline_edits_merge_and_nothing_acknowledged_is_lost_across_a_server_crash() {
+    let mut app = spawn_app().await;
+    let (mut a, b, ta, tb, id) = two_devices_with_a_task(&app).await;
+    // An edit the server acknowledged, then kill -9 with both sockets open.
+    a.change(id, |d| {
+        d.put(ROOT, "done", true).unwrap();
+    });
+    a.sync_to_server(id, WAIT).await.unwrap();
+    app.crash_and_restart();
+    let (mut a, mut b) = (a.go_offline().await, b.go_offline().await);
+    edit_offline(&mut a, &mut b, id);
+    let (a, b) = reconnect_and_merge(&app, &ta, &tb, a, b, id).await;
+    drop((a, b));
+
+    // Everything acknowledged survives another crash: a device with no
+    // replica gets the acknowledged edit and both offline edits.
+    app.crash_and_restart();
+    let token = token_of(&app, "ann@example.com").await;
+    let mut c = SyncPeer::join(app.port, &token, "ann-c", None, &[])
+        .await
+        .unwrap();
+    c.request(id).await.unwrap();
+    c.sync_until(id, WAIT, |d| merged(d) && is_true(d, "done"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rest_patch_reaches_a_connected_device_live() {
+    let app = spawn_app().await;
+    let ann = app.sign_in_email("ann@example.com").await;
+    let token = ann.tokens.access_token.clone();
+    let created = app
+        .post_json_as(&token, "/v1/tasks", &json!({"title": "Water plants"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let task: TaskView = created.json().await.unwrap();
+    let id = task.id;
+
+    let mut device = SyncPeer::join(app.port, &token, "ann-a", Some("storage-a"), &[])
+        .await
+        .unwrap();
+    device.request(id).await.unwrap();
+    device
+        .sync_until(id, WAIT, |d| {
+            read_string(d, "title").as_deref() == Some("Water plants")
+        })
+        .await
+        .unwrap();
+    // The root document, made by the server, lists the task.
+    let me: serde_json::Value = app.get_as(&token, "/v1/me").await.json().await.unwrap();
+    let root: DocumentId = me["root_document_id"]
+        .as_str()
+        .expect("a root document after a task was created")
+        .parse()
+        .unwrap();
+    device.request(root).await.unwrap();
+    device
+        .sync_until(root, WAIT, |d| match d.get(ROOT, "tasks") {
+            Ok(Some((Value::Object(ObjType::Map), tasks))) => {
+                d.get(&tasks, id.to_string()).ok().flatten().is_some()
+            }
+            _ => false,
+        })
+        .await
+        .unwrap();
+
+    let response = app
+        .client
+        .patch(format!("{}/v1/tasks/{id}", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Water the plants", "done": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Pushed to the device without it asking.
+    receive_sync_unasked(&mut device, id, WAIT).await;
+    device
+        .sync_until(id, WAIT, |d| {
+            read_string(d, "title").as_deref() == Some("Water the plants") && is_true(d, "done")
+        })
+        .await
+        .unwrap();
+}
+
+async fn catch_up(peer: &mut SyncPeer, cursor: u64) -> (Vec<String>, u64) {
+    peer.send(&Message::CatchUpRequest {
+        sender_id: peer.peer_id.clone(),
+        target_id: peer.server_peer_id.clone(),
+        cursor,
+    })
+    .await
+    .unwrap();
+    match peer.next_non_sync(WAIT).await.unwrap() {
+        Message::CatchUpResponse {
+            document_ids,
+            cursor,
+            target_id,
+            ..
+        } => {
+            assert_eq!(target_id, peer.peer_id);
+            (document_ids, cursor)
+        }
+        other => panic!("expected a catch-up answer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn catch_up_lists_exactly_the_documents_changed_since_the_cursor() {
+    let app = spawn_app().await;
+    let mut a = joined(&app, "ann@example.com", "ann-a").await;
+    let ids = [fresh_id(), fresh_id(), fresh_id()];
+    for (n, id) in ids.iter().enumerate() {
+        a.create(*id, |d| task(d, &format!("task {n}"), ""));
+        a.sync_to_server(*id, WAIT).await.unwrap();
+        // Changed twice: still listed once.
+        a.change(*id, |d| append_text(d, "notes", "more"));
+        a.sync_to_server(*id, WAIT).await.unwrap();
+    }
+    // Another user's change is not listed.
+    let mut bob = joined(&app, "bob@example.com", "bob-1").await;
+    let bobs = fresh_id();
+    bob.create(bobs, |d| put_title(d, "bob's"));
+    bob.sync_to_server(bobs, WAIT).await.unwrap();
+
+    let token = token_of(&app, "ann@example.com").await;
+    let mut fresh = SyncPeer::join(
+        app.port,
+        &token,
+        "ann-fresh",
+        None,
+        &["codeedex/catch-up-request"],
+    )
+    .await
+    .unwrap();
+    let (listed, cursor) = catch_up(&mut fresh, 0).await;
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(
+        listed_sorted, expected,
+        "exactly the three documents, once each: {listed:?}"
+    );
+    assert!(cursor > 0);
+    let (again, same) = catch_up(&mut fresh, cursor).await;
+    assert!(
+        again.is_empty(),
+        "nothing changed since the cursor: {again:?}"
+    );
+    assert_eq!(same, cursor);
+
+    // One more change: only that document.
+    a.change(ids[1], |d| append_text(d, "notes", "!"));
+    a.sync_to_server(ids[1], WAIT).await.unwrap();
+    let (changed, next) = catch_up(&mut fresh, cursor).await;
+    assert_eq!(changed, vec![ids[1].to_string()]);
+    assert!(next > cursor);
+
+    // A peer that did not announce the extension gets no answer.
+    let mut plain = joined(&app, "ann@example.com", "ann-plain").await;
+    plain
+        .send(&Message::CatchUpRequest {
+            sender_id: plain.peer_id.clone(),
+            target_id: plain.server_peer_id.clone(),
+            cursor: 0,
+        })
+        .await
+        .unwrap();
+    assert!(plain.ping("marker", WAIT).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reconnecting_with_the_same_storage_id_after_the_state_was_saved_exchanges_heads_only() {
+    let app = spawn_app().await;
+    let token = token_of(&app, "ann@example.com").await;
+    let mut a = SyncPeer::join(app.port, &token, "ann-a", Some("storage-a"), &[])
+        .await
+        .unwrap();
+    let id = fresh_id();
+    a.create(id, |d| {
+        task(d, "a document with some history", &"notes ".repeat(50))
+    });
+    for n in 0..5 {
+        a.change(id, |d| append_text(d, "notes", &format!(" edit {n}")));
+    }
+    a.sync_to_server(id, WAIT).await.unwrap();
+    let replicas = a.go_offline().await;
+    // The server saves the sync state when the connection ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut a = SyncPeer::rejoin(app.port, &token, "ann-a", Some("storage-a"), &[], replicas)
+        .await
+        .unwrap();
+    let ours = {
+        let mut h = a.docs.get_mut(&id).unwrap().0.get_heads();
+        h.sort();
+        h
+    };
+    assert!(a.push(id, false).await.unwrap());
+    let first = match a.next_message(WAIT).await.unwrap() {
+        Message::Sync {
+            data, document_id, ..
+        } if document_id == id.to_string() => am_sync::Message::decode(&data).unwrap(),
+        other => panic!("expected the server's sync message, got {other:?}"),
+    };
+    assert!(
+        first.changes.is_empty(),
+        "the server sent {} change chunks to an up-to-date peer",
+        first.changes.len()
+    );
+    let mut theirs = first.heads.clone();
+    theirs.sort();
+    assert_eq!(theirs, ours, "the server's heads are ours");
+    assert!(first.need.is_empty(), "the server needs nothing");
+
+    // Control: a device without the document does get changes.
+    let mut b = joined(&app, "ann@example.com", "ann-b").await;
+    b.request(id).await.unwrap();
+    b.sync_until(id, WAIT, |d| read_string(d, "title").is_some())
+        .await
+        .unwrap();
+}
