@@ -7,6 +7,7 @@
 mod account;
 mod peer;
 mod scenario;
+mod server_process;
 mod stats;
 
 use std::net::IpAddr;
@@ -100,6 +101,37 @@ enum Scenario {
         /// Seconds to run (at most 120).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Kill -9 the server at random moments under load, restart it, and
+    /// check that every acknowledged change survived.
+    Crash {
+        /// The server binary to start (it is started and killed by this scenario).
+        #[arg(long)]
+        server_bin: std::path::PathBuf,
+        /// Kill/restart cycles (at most 100).
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Port for the server.
+        #[arg(long, default_value_t = 18400)]
+        port: u16,
+    },
+    /// A store with N task documents: start time and idle memory after a restart.
+    Coldstart {
+        /// The server binary to start.
+        #[arg(long)]
+        server_bin: std::path::PathBuf,
+        /// Task documents to store (at most 200,000).
+        #[arg(long, default_value_t = 100_000)]
+        documents: usize,
+        /// Upload connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Port for the server.
+        #[arg(long, default_value_t = 18401)]
+        port: u16,
     },
     /// The floor: a bare WebSocket echo round trip in this process.
     Echo {
@@ -259,6 +291,69 @@ async fn main() -> anyhow::Result<()> {
                 result.changes,
                 result.elapsed.as_secs_f64(),
                 result.changes as f64 / result.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Scenario::Crash {
+            server_bin,
+            cycles,
+            writers,
+            port,
+        } => {
+            let data = server_process::temp_data_dir("crash")?;
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64;
+            let result = scenario::crash::run(
+                server_bin,
+                &data,
+                *port,
+                (*cycles).clamp(1, 100),
+                (*writers).clamp(1, 256),
+                seed,
+            )
+            .await;
+            let _ = std::fs::remove_dir_all(&data);
+            let result = result?;
+            println!(
+                "scenario: crash, {} kill -9 cycles, {writers} writers",
+                result.cycles
+            );
+            println!(
+                "acknowledged changes: {}, lost after restart: {}",
+                result.acknowledged, result.lost
+            );
+            if result.lost > 0 {
+                bail!("{} acknowledged changes were lost", result.lost);
+            }
+            Ok(())
+        }
+        Scenario::Coldstart {
+            server_bin,
+            documents,
+            connections,
+            port,
+        } => {
+            let data = server_process::temp_data_dir("coldstart")?;
+            let result = scenario::coldstart::run(
+                server_bin,
+                &data,
+                *port,
+                (*documents).clamp(1, 200_000),
+                (*connections).clamp(1, 64),
+            )
+            .await;
+            let _ = std::fs::remove_dir_all(&data);
+            let result = result?;
+            println!(
+                "scenario: cold start with {} stored task documents",
+                result.documents
+            );
+            println!("upload (setup): {:.1} s", result.upload.as_secs_f64());
+            println!("start to /healthz: {:.3} s", result.start.as_secs_f64());
+            println!(
+                "idle RSS 2 s after start: {} KiB",
+                result.idle_rss_kib.unwrap_or(0)
             );
             Ok(())
         }

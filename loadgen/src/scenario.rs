@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod catchup;
+pub mod coldstart;
+pub mod crash;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
