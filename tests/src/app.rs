@@ -25,7 +25,10 @@ pub fn server_binary() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
     dir.join(format!("server-under-test{}", std::env::consts::EXE_SUFFIX))
 }
 
@@ -109,7 +112,10 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
     let mut app = TestApp {
         address: String::new(),
         port: 0,
-        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client"),
         mail,
         sms,
         data_dir,
@@ -137,7 +143,9 @@ impl TestApp {
                 cmd.env_remove(key);
             }
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
         let (tx, rx) = std::sync::mpsc::channel::<u16>();
         for stream in [
             Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
@@ -162,13 +170,19 @@ impl TestApp {
             Ok(port) => port,
             Err(_) => {
                 let _ = child.kill();
-                panic!("the server did not start; its output:\n{}", self.logs.lock().expect("log lock").join("\n"));
+                panic!(
+                    "the server did not start; its output:\n{}",
+                    self.logs.lock().expect("log lock").join("\n")
+                );
             }
         };
         self.port = port;
         self.address = format!("http://127.0.0.1:{port}");
         // Pooled connections to a killed process are dead: start afresh.
-        self.client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
+        self.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client");
         self.process = Some(child);
     }
 
@@ -179,7 +193,10 @@ impl TestApp {
 
     /// Remembers a secret (code or token) that must never appear in the log.
     pub fn remember_secret(&self, secret: &str) {
-        self.secrets.lock().expect("secret lock").push(secret.to_owned());
+        self.secrets
+            .lock()
+            .expect("secret lock")
+            .push(secret.to_owned());
     }
 
     /// Fails if any remembered secret appears in the server's output, as a
@@ -188,7 +205,10 @@ impl TestApp {
     pub fn assert_no_secrets_in_logs(&self) {
         let logs = self.logs();
         let secrets = self.secrets.lock().expect("secret lock");
-        assert!(!secrets.is_empty(), "the test remembered no secrets to look for");
+        assert!(
+            !secrets.is_empty(),
+            "the test remembered no secrets to look for"
+        );
         for line in &logs {
             let body = match line.split_once(' ') {
                 Some((first, rest)) if first.len() >= 20 && first.starts_with("20") => rest,
@@ -218,14 +238,21 @@ impl TestApp {
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.process.take().expect("the server is running");
-        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill runs");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
         assert!(status.success(), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().expect("wait works") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the server did not stop within 20 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop within 20 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -239,7 +266,12 @@ impl TestApp {
 
     /// `POST path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client.post(format!("{}{path}", self.address)).json(body).send().await.expect("the server answers")
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("the server answers")
     }
 
     /// `POST path` with a JSON body and a bearer token.
@@ -255,27 +287,42 @@ impl TestApp {
 
     /// `GET path` with a bearer token.
     pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.address)).bearer_auth(token).send().await.expect("the server answers")
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the server answers")
     }
 
     /// `GET path` without credentials.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.address)).send().await.expect("the server answers")
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the server answers")
     }
 
     /// Asks for a code for an email address; returns the response.
     pub async fn request_email_code(&self, email: &str) -> reqwest::Response {
-        self.post_json("/v1/auth/otp", &serde_json::json!({ "email": email })).await
+        self.post_json("/v1/auth/otp", &serde_json::json!({ "email": email }))
+            .await
     }
 
     /// Asks for a code for a phone number; returns the response.
     pub async fn request_phone_code(&self, phone: &str) -> reqwest::Response {
-        self.post_json("/v1/auth/otp", &serde_json::json!({ "phone": phone })).await
+        self.post_json("/v1/auth/otp", &serde_json::json!({ "phone": phone }))
+            .await
     }
 
     /// Waits for the next code mailed to `email`.
     pub async fn next_email_code(&self, email: &str) -> String {
-        let mail = self.mail.wait_for_mail_to(email, DELIVERY_TIMEOUT).await.expect("a code mail arrives");
+        let mail = self
+            .mail
+            .wait_for_mail_to(email, DELIVERY_TIMEOUT)
+            .await
+            .expect("a code mail arrives");
         let code = mail.code(6).expect("the mail holds a 6-digit code");
         self.remember_secret(&code);
         code
@@ -283,26 +330,48 @@ impl TestApp {
 
     /// Waits for the next code texted to `phone` (E.164).
     pub async fn next_sms_code(&self, phone: &str) -> String {
-        let sms = self.sms.wait_for_sms_to(phone, DELIVERY_TIMEOUT).await.expect("a code SMS arrives");
-        let code = crate::mail_catcher::extract_code(&sms.body, 6).expect("the SMS holds a 6-digit code");
+        let sms = self
+            .sms
+            .wait_for_sms_to(phone, DELIVERY_TIMEOUT)
+            .await
+            .expect("a code SMS arrives");
+        let code =
+            crate::mail_catcher::extract_code(&sms.body, 6).expect("the SMS holds a 6-digit code");
         self.remember_secret(&code);
         code
     }
 
     /// Posts a verification; returns the response.
     pub async fn verify_email(&self, email: &str, code: &str) -> reqwest::Response {
-        self.post_json("/v1/auth/verify", &serde_json::json!({ "email": email, "code": code })).await
+        self.post_json(
+            "/v1/auth/verify",
+            &serde_json::json!({ "email": email, "code": code }),
+        )
+        .await
     }
 
     /// Signs in by email end to end: request, read the mail, verify.
     pub async fn sign_in_email(&self, email: &str) -> SignInResponse {
         let response = self.request_email_code(email).await;
-        assert_eq!(response.status(), 202, "code request failed: {}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            202,
+            "code request failed: {}",
+            response.text().await.unwrap_or_default()
+        );
         let code = self.next_email_code(email).await;
         let response = self
-            .post_json("/v1/auth/verify", &serde_json::json!({ "email": email, "code": code, "device_name": "test device" }))
+            .post_json(
+                "/v1/auth/verify",
+                &serde_json::json!({ "email": email, "code": code, "device_name": "test device" }),
+            )
             .await;
-        assert_eq!(response.status(), 200, "verification failed: {}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            200,
+            "verification failed: {}",
+            response.text().await.unwrap_or_default()
+        );
         let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
         self.remember_tokens(&signed_in.tokens);
         signed_in
@@ -316,7 +385,11 @@ impl TestApp {
 
     /// Posts a refresh; returns the response.
     pub async fn refresh(&self, refresh_token: &str) -> reqwest::Response {
-        self.post_json("/v1/auth/refresh", &serde_json::json!({ "refresh_token": refresh_token })).await
+        self.post_json(
+            "/v1/auth/refresh",
+            &serde_json::json!({ "refresh_token": refresh_token }),
+        )
+        .await
     }
 }
 
@@ -335,7 +408,8 @@ fn contains_token(haystack: &str, needle: &str) -> bool {
     haystack.match_indices(needle).any(|(at, _)| {
         let before = haystack[..at].chars().next_back();
         let after = haystack[at + needle.len()..].chars().next();
-        !before.is_some_and(|c| c.is_ascii_alphanumeric()) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
     })
 }
 
@@ -352,5 +426,8 @@ fn listening_port(line: &str) -> Option<u16> {
 /// The `code` field of a problem document.
 pub async fn problem_code(response: reqwest::Response) -> String {
     let body: Value = response.json().await.expect("a JSON problem body");
-    body["code"].as_str().expect("a problem has a code").to_owned()
+    body["code"]
+        .as_str()
+        .expect("a problem has a code")
+        .to_owned()
 }

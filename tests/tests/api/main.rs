@@ -1,10 +1,10 @@
 //! End-to-end tests of the REST API against a real server process.
 
-mod sign_in;
-mod refresh;
-mod sessions;
-mod tokens;
 mod bodies;
 mod delivery;
 mod otp;
+mod refresh;
 mod server;
+mod sessions;
+mod sign_in;
+mod tokens;
