@@ -105,7 +105,10 @@ impl AccessTokens {
 
     /// Issues a token for a session.
     pub fn issue(&self, user: UserId, session: SessionId, now: DateTime<Utc>) -> IssuedAccessToken {
+        // JWT times are whole seconds; the expiry told to the client is the
+        // same instant, so it never outlives the token it describes.
         let exp = now + chrono::Duration::from_std(self.ttl).expect("ttl fits");
+        let exp = DateTime::from_timestamp(exp.timestamp(), 0).expect("a time that was valid stays valid");
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
