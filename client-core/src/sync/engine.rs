@@ -1,0 +1,369 @@
+//! The async driver of the sync machine: connects, reconnects, refreshes
+//! tokens, and performs the machine's effects.
+//!
+//! One tokio task per client. It reads the clock and draws randomness (for
+//! backoff jitter) and hands the machine only data. Reconnects back off
+//! exponentially with jitter, except after an expired token (refresh, then
+//! reconnect at once). A close because the session ended, or a refused
+//! refresh token, signs the client out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::machine::{Effect, SyncMachine};
+use crate::client::Shared;
+use crate::error::ClientError;
+use crate::events::SyncStatus;
+use crate::store::meta_key;
+use crate::transport::{self, ConnectError, Connection, Incoming};
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to answer `join`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait before retrying a refresh that failed for lack of network.
+const REFRESH_RETRY: Duration = Duration::from_secs(2);
+
+/// Close codes of the server (see the server's `sync::peer::close`).
+mod close {
+    /// The access token expired and was not refreshed in place.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The session was logged out or revoked.
+    pub const SESSION_ENDED: u16 = 4003;
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub(crate) struct EngineHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl EngineHandle {
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Asks the engine to stop, without waiting.
+    pub fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops the engine and waits for it.
+    pub async fn stop(self) {
+        self.signal_stop();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the engine of a client on the current runtime.
+pub(crate) fn start(shared: Arc<Shared>) -> EngineHandle {
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(shared, stopped));
+    EngineHandle { stop, task }
+}
+
+enum Ended {
+    Stopped,
+    LoggedOut,
+    Closed { code: Option<u16>, reason: String },
+}
+
+fn record_failure(shared: &Shared, why: String) {
+    tracing::info!(%why, "sync connection failed");
+    *shared.last_error.lock().expect("never poisoned") = Some(why);
+    shared.set_status(SyncStatus::Offline);
+}
+
+/// Sleeps for `delay` unless told to stop; returns true when told to stop.
+async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let saved = shared.store.sync_states().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the saved sync states; syncing from scratch");
+        Vec::new()
+    });
+    let cursor = shared.store.meta_u64(meta_key::CURSOR).unwrap_or(0);
+    let mut machine = SyncMachine::new(
+        shared.peer_id.clone(),
+        shared.storage_id.clone(),
+        saved,
+        cursor,
+    );
+    let mut backoff = Backoff::default();
+    let mut auth_changes = shared.auth.watch();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let has_root = shared
+            .replicas
+            .lock()
+            .expect("never poisoned")
+            .root()
+            .is_some();
+        if !shared.auth.is_logged_in() || !has_root {
+            shared.set_status(SyncStatus::Offline);
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = auth_changes.changed() => {}
+            }
+            continue;
+        }
+        shared.set_status(SyncStatus::Connecting);
+        let token = match shared.auth.access_token(Utc::now()).await {
+            Ok(token) => token,
+            Err(ClientError::SessionEnded) => {
+                shared.logged_out();
+                continue;
+            }
+            Err(ClientError::NotLoggedIn) => continue,
+            Err(e) => {
+                record_failure(&shared, e.to_string());
+                if pause(&mut stop, backoff.next_delay(rand::random())).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let url = transport::sync_url(&shared.config.server_url);
+        let mut connection = match transport::connect(&url, &token, CONNECT_TIMEOUT).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                record_failure(&shared, e.to_string());
+                if let ConnectError::Refused(401) = e {
+                    // The token was refused: a refresh tells whether the session lives.
+                    if let Err(ClientError::SessionEnded) = shared.auth.refresh(Some(&token)).await
+                    {
+                        shared.logged_out();
+                        continue;
+                    }
+                }
+                if pause(&mut stop, backoff.next_delay(rand::random())).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        *shared.last_error.lock().expect("never poisoned") = None;
+        let ended = drive(
+            &shared,
+            &mut machine,
+            &mut connection,
+            &mut stop,
+            &mut auth_changes,
+            &mut backoff,
+            token,
+        )
+        .await;
+        machine.disconnected();
+        if let Err(e) = shared.store.flush_async().await {
+            tracing::warn!(error = %e, "cannot flush the local store");
+        }
+        match ended {
+            Ended::Stopped => {
+                connection.close().await;
+                break;
+            }
+            Ended::LoggedOut => {
+                connection.close().await;
+                shared.set_status(SyncStatus::Offline);
+            }
+            Ended::Closed { code, reason } => {
+                record_failure(
+                    &shared,
+                    if reason.is_empty() {
+                        "the connection closed".to_owned()
+                    } else {
+                        reason
+                    },
+                );
+                match code {
+                    Some(close::TOKEN_EXPIRED) => {
+                        // Reconnect at once; the loop refreshes the token first.
+                    }
+                    Some(close::SESSION_ENDED) => match shared.auth.refresh(None).await {
+                        Err(ClientError::SessionEnded) => shared.logged_out(),
+                        Ok(_) | Err(ClientError::NotLoggedIn) => {}
+                        Err(_) => {
+                            if pause(&mut stop, backoff.next_delay(rand::random())).await {
+                                break;
+                            }
+                        }
+                    },
+                    _ => {
+                        if pause(&mut stop, backoff.next_delay(rand::random())).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    shared.set_status(SyncStatus::Offline);
+    if let Err(e) = shared.store.flush_async().await {
+        tracing::warn!(error = %e, "cannot flush the local store");
+    }
+}
+
+/// Performs effects; fails only when the connection does.
+async fn perform(
+    shared: &Shared,
+    connection: &mut Connection,
+    effects: Vec<Effect>,
+) -> Result<(), Ended> {
+    let mut saved = false;
+    for effect in effects {
+        match effect {
+            Effect::Send(message) => {
+                connection
+                    .send(&message)
+                    .await
+                    .map_err(|reason| Ended::Closed { code: None, reason })?;
+            }
+            Effect::SaveDocument(id) => {
+                let replicas = shared.replicas.lock().expect("never poisoned");
+                if let Err(e) = shared.save_documents(&replicas, &[id]) {
+                    tracing::warn!(error = %e, doc = %id, "cannot save a document");
+                }
+                saved = true;
+            }
+            Effect::SaveSyncState(id, bytes) => {
+                if let Err(e) = shared.store.put_sync_state(id, &bytes) {
+                    tracing::warn!(error = %e, doc = %id, "cannot save a sync state");
+                }
+                saved = true;
+            }
+            Effect::SaveUnlisted => {
+                let unlisted = shared.replicas.lock().expect("never poisoned").unlisted();
+                if let Err(e) = shared.store.put_unlisted(&unlisted) {
+                    tracing::warn!(error = %e, "cannot save the waiting tasks");
+                }
+                saved = true;
+            }
+            Effect::SaveCursor(cursor) => {
+                if let Err(e) = shared.store.put_meta_u64(meta_key::CURSOR, cursor) {
+                    tracing::warn!(error = %e, "cannot save the catch-up cursor");
+                }
+                saved = true;
+            }
+            Effect::Emit(event) => shared.emit(event),
+            Effect::ServerError(message) => {
+                tracing::warn!(%message, "the server reported an error");
+                *shared.last_error.lock().expect("never poisoned") = Some(message);
+            }
+        }
+    }
+    if saved && let Err(e) = shared.store.flush_async().await {
+        tracing::warn!(error = %e, "cannot flush the local store");
+    }
+    Ok(())
+}
+
+fn update_status(shared: &Shared, machine: &SyncMachine) {
+    if !machine.is_joined() {
+        shared.set_status(SyncStatus::Connecting);
+        return;
+    }
+    // Local changes the loop has not picked up yet count too.
+    let waiting = shared.dirty.lock().expect("never poisoned").len();
+    let pending = machine.pending(&shared.replicas.lock().expect("never poisoned")) + waiting;
+    shared.set_status(if pending == 0 {
+        SyncStatus::UpToDate {
+            last_sync: Utc::now(),
+        }
+    } else {
+        SyncStatus::Syncing { pending }
+    });
+}
+
+/// Runs one connection until it ends.
+async fn drive(
+    shared: &Shared,
+    machine: &mut SyncMachine,
+    connection: &mut Connection,
+    stop: &mut watch::Receiver<bool>,
+    auth_changes: &mut watch::Receiver<u64>,
+    backoff: &mut Backoff,
+    mut token: String,
+) -> Ended {
+    let effects = machine.connected();
+    if let Err(ended) = perform(shared, connection, effects).await {
+        return ended;
+    }
+    let join_deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut refresh_not_before = Instant::now();
+    loop {
+        let refresh_in = shared
+            .auth
+            .refresh_due()
+            .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(3600));
+        let refresh_at = (Instant::now() + refresh_in).max(refresh_not_before);
+        let effects = tokio::select! {
+            incoming = connection.next() => match incoming {
+                Incoming::Message(message) => {
+                    let mut replicas = shared.replicas.lock().expect("never poisoned");
+                    machine.receive(message, &mut replicas)
+                }
+                Incoming::Closed { code, reason } => return Ended::Closed { code, reason },
+            },
+            () = shared.dirty_notify.notified() => {
+                let ids: Vec<_> = std::mem::take(&mut *shared.dirty.lock().expect("never poisoned")).into_iter().collect();
+                let mut replicas = shared.replicas.lock().expect("never poisoned");
+                machine.local_change(&ids, &mut replicas)
+            }
+            () = tokio::time::sleep_until(refresh_at) => {
+                match shared.auth.access_token(Utc::now()).await {
+                    Ok(fresh) if fresh != token => {
+                        token = fresh;
+                        machine.token_refreshed(&token).into_iter().collect()
+                    }
+                    Ok(_) => {
+                        refresh_not_before = Instant::now() + REFRESH_RETRY;
+                        Vec::new()
+                    }
+                    Err(ClientError::SessionEnded) => {
+                        shared.logged_out();
+                        return Ended::LoggedOut;
+                    }
+                    Err(ClientError::NotLoggedIn) => return Ended::LoggedOut,
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot refresh the access token yet");
+                        refresh_not_before = Instant::now() + REFRESH_RETRY;
+                        Vec::new()
+                    }
+                }
+            }
+            _ = stop.changed() => return Ended::Stopped,
+            _ = auth_changes.changed() => {
+                if !shared.auth.is_logged_in() {
+                    return Ended::LoggedOut;
+                }
+                Vec::new()
+            }
+            () = tokio::time::sleep_until(join_deadline), if !machine.is_joined() => {
+                return Ended::Closed { code: None, reason: "the server did not answer join".to_owned() };
+            }
+        };
+        if let Err(ended) = perform(shared, connection, effects).await {
+            return ended;
+        }
+        if machine.is_joined() {
+            backoff.reset();
+        }
+        update_status(shared, machine);
+    }
+}
