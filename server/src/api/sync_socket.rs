@@ -26,6 +26,7 @@ use super::AppState;
 use super::caller::bearer_token;
 use super::problem::{ProblemParts, endpoint_error};
 use crate::auth::AuthenticateError;
+use crate::auth::tokens::LEEWAY_SECS;
 use crate::sync::peer::{Output, PeerConnection, close};
 
 /// The subprotocol the server selects.
@@ -207,7 +208,11 @@ async fn drive(
         if replaced.is_none() {
             replaced = peer.replaced_signal();
         }
-        let token_deadline = until_epoch(peer.token_expires_at());
+        // The socket lives exactly as long as the token would be accepted
+        // for a new upgrade (expiry plus the clock-skew leeway), so that a
+        // reconnect with the same token is refused rather than accepted and
+        // closed again.
+        let token_deadline = until_epoch(peer.token_expires_at() + LEEWAY_SECS as i64);
         let outputs = tokio::select! {
             incoming = stream.recv() => match incoming {
                 None | Some(Ok(AggregatedMessage::Close(_))) => break,

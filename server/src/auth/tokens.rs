@@ -25,7 +25,7 @@ const JOSE_TYPE: &str = "at+jwt";
 /// any future token kind from being accepted as an access token.
 const ACCESS_TYPE: &str = "access";
 /// Seconds of clock skew tolerated on `exp` and `iat`.
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +108,8 @@ impl AccessTokens {
         // JWT times are whole seconds; the expiry told to the client is the
         // same instant, so it never outlives the token it describes.
         let exp = now + chrono::Duration::from_std(self.ttl).expect("ttl fits");
-        let exp = DateTime::from_timestamp(exp.timestamp(), 0).expect("a time that was valid stays valid");
+        let exp = DateTime::from_timestamp(exp.timestamp(), 0)
+            .expect("a time that was valid stays valid");
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
