@@ -72,6 +72,25 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Raise the fan-out edit rate step by step until delivered edits per
+    /// second stop rising; report the knee.
+    Saturation {
+        /// Users.
+        #[arg(long, default_value_t = 4)]
+        users: usize,
+        /// Devices per user.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// The first rate, in edits per second per device; each step doubles it.
+        #[arg(long, default_value_t = 5.0)]
+        start_rate: f64,
+        /// Steps (at most 16).
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Seconds per step (at most 60).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Idle authenticated sockets: server memory per socket, handshakes per second.
     Idle {
         /// Sockets to open (at most 50,000).
@@ -239,6 +258,53 @@ async fn main() -> anyhow::Result<()> {
                     used.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
                     stats::rss_kib(pid).unwrap_or(0)
                 );
+            }
+            Ok(())
+        }
+        Scenario::Saturation {
+            users,
+            devices,
+            start_rate,
+            steps,
+            seconds,
+        } => {
+            if *devices < 2 {
+                bail!("saturation needs at least two devices per user");
+            }
+            let tokens = tokens(&cli, *users).await?;
+            println!(
+                "scenario: saturation, {users} users x {devices} devices, doubling from {start_rate} edits/s per device"
+            );
+            let mut best = 0.0f64;
+            let mut knee = None;
+            let mut rate = *start_rate;
+            for _ in 0..(*steps).clamp(1, 16) {
+                let params = scenario::fanout::FanOut {
+                    users: *users,
+                    devices: *devices,
+                    rate,
+                    duration: Duration::from_secs((*seconds).clamp(1, 60)),
+                };
+                let result = scenario::fanout::run(&ws_url, &tokens, &params).await?;
+                let offered = rate * (*users * *devices * (*devices - 1)) as f64;
+                println!(
+                    "rate {rate:>8.1}/s/device: offered {offered:>9.0} deliveries/s, delivered {:>9.0}/s, p99 {:.2} ms, missing {}",
+                    result.delivered_per_second,
+                    result.latency.p99.as_secs_f64() * 1e3,
+                    result.missing
+                );
+                if result.delivered_per_second < best * 1.05 && knee.is_none() {
+                    knee = Some(best);
+                }
+                best = best.max(result.delivered_per_second);
+                if knee.is_some() {
+                    break;
+                }
+                rate *= 2.0;
+            }
+            match knee {
+                Some(k) => println!("knee: about {k:.0} delivered edits/s"),
+                None => println!("no knee within the steps: at least {best:.0} delivered edits/s"),
             }
             Ok(())
         }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every load-generator scenario in a smoke form of a few seconds against
+# a debug build, so that the generator and the bench scripts cannot rot.
+# Asserts nothing about speed: only that each scenario runs to the end (the
+# crash scenario also fails if an acknowledged change is lost).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --locked -p codeedex-server -p codeedex-loadgen
+export BIN_DIR=./target/debug PORT=${PORT:-18191} IDENTITIES=8 DATA=$(mktemp -d)
+pid=$(bench/server.sh)
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$DATA"' EXIT
+lg() { "$BIN_DIR/codeedex-loadgen" "$@"; }
+on() { lg --server "http://127.0.0.1:$PORT" --server-pid "$pid" "$@"; }
+lg echo --round-trips 200
+on auth --identities 4 --seconds 2
+on fanout --users 2 --devices 2 --rate 5 --seconds 2
+on saturation --users 1 --devices 2 --start-rate 5 --steps 2 --seconds 1
+on idle --connections 50 --users 2 --concurrency 8 --hold 1
+on catchup --tasks 50 --edits 3
+on ingest --devices 4 --users 2 --batch 4 --seconds 2
+lg crash --server-bin "$BIN_DIR/codeedex-server" --cycles 2 --writers 2 --port $((PORT + 1))
+lg coldstart --server-bin "$BIN_DIR/codeedex-server" --documents 300 --connections 2 --port $((PORT + 2))
+echo "smoke: every scenario ran"
