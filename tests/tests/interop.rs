@@ -690,10 +690,60 @@ async fn an_expired_token_closes_the_socket_with_4001_and_is_refused_on_reconnec
 }
 
 // ---- A third peer written in Rust -----------------------------------------
-//
-// Stories with a Rust automerge-repo peer next to the JS clients (for
-// example: a JS client and the Rust peer of the same user converge; the
-// Rust peer's offline edits reach a JS client) go here. Start the Rust peer
-// with the same `sync_url(app.port, &token)` and drive it alongside
-// `JsClient`s; the helpers above (`token_of`, `js_client`, `eventually`,
-// `rest_task_until`) apply unchanged.
+
+/// Two stock JS clients and a Rust peer (a frame-level automerge-repo peer
+/// built on the `automerge` crate) of one user edit one task: every edit
+/// reaches the other two live, and all three end with the same document.
+#[tokio::test]
+async fn two_js_clients_and_a_rust_peer_of_one_user_converge_live() {
+    use automerge::transaction::Transactable;
+    use codeedex_schema::id::DocumentId;
+    use codeedex_tests::sync_peer::{SyncPeer, read_string};
+
+    let app = spawn_app().await;
+    let token = token_of(&app, "alice@example.com").await;
+    let mut a = js_client(&app, "alice-a", &token).await;
+    let mut b = js_client(&app, "alice-b", &token).await;
+    let mut rust = SyncPeer::join(app.port, &token, "alice-rust", Some("rust-storage"), &[])
+        .await
+        .expect("the Rust peer joins");
+
+    let id = a.create_synced_task("Plan the trip").await;
+    let doc: DocumentId = id.parse().expect("a JS document id parses");
+    b.find_doc(&id).await;
+    rust.track(doc);
+    rust.push(doc, true).await.unwrap();
+    rust.sync_until(doc, WAIT, |d| {
+        read_string(d, "title").as_deref() == Some("Plan the trip")
+    })
+    .await
+    .expect("the Rust peer receives the JS client's task");
+
+    // The Rust peer edits the notes (plain string); both JS clients see it.
+    rust.change(doc, |d| {
+        d.put(automerge::ROOT, "notes", "from rust").unwrap();
+    });
+    rust.sync_to_server(doc, WAIT).await.unwrap();
+    a.wait_until(&id, "notes", json!("from rust")).await;
+    b.wait_until(&id, "notes", json!("from rust")).await;
+
+    // A JS client edits; the Rust peer sees it live.
+    b.change(&id, "done", json!(true)).await;
+    rust.sync_until(doc, WAIT, |d| {
+        matches!(
+            automerge::ReadDoc::get(d, automerge::ROOT, "done"),
+            Ok(Some((automerge::Value::Scalar(s), _))) if s.as_bool() == Some(true)
+        )
+    })
+    .await
+    .expect("the Rust peer sees the JS client's edit");
+    let a_view = a.wait_until(&id, "done", json!(true)).await;
+    assert_eq!(a_view["notes"], "from rust");
+    assert_eq!(
+        read_string(&rust.docs[&doc].0, "title").as_deref(),
+        Some("Plan the trip")
+    );
+    rust.close().await;
+    a.exit().await;
+    b.exit().await;
+}
