@@ -113,7 +113,7 @@ impl PhoneNumber {
         if trimmed.is_empty() {
             return Err(ContactError::Empty("phone number"));
         }
-        if trimmed.len() > Self::MAX_INPUT_LEN {
+        if trimmed.chars().count() > Self::MAX_INPUT_LEN {
             return Err(ContactError::TooLong {
                 kind: "phone number",
                 max: Self::MAX_INPUT_LEN,
