@@ -152,6 +152,15 @@ enum Scenario {
         #[arg(long, default_value_t = 18401)]
         port: u16,
     },
+    /// The durability floor: one 4 KiB write plus fsync on the disk of a directory.
+    Fsync {
+        /// The directory (on the disk the server's data directory uses).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Rounds (at most 100,000).
+        #[arg(long, default_value_t = 500)]
+        rounds: usize,
+    },
     /// The floor: a bare WebSocket echo round trip in this process.
     Echo {
         /// Round trips.
@@ -421,6 +430,15 @@ async fn main() -> anyhow::Result<()> {
                 "idle RSS 2 s after start: {} KiB",
                 result.idle_rss_kib.unwrap_or(0)
             );
+            Ok(())
+        }
+        Scenario::Fsync { dir, rounds } => {
+            let summary = scenario::fsync::run(dir, (*rounds).clamp(1, 100_000))?;
+            println!(
+                "scenario: 4 KiB write + fsync in {} (durability floor)",
+                dir.display()
+            );
+            println!("write+fsync: {summary}");
             Ok(())
         }
         Scenario::Echo { round_trips } => {

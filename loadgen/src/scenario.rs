@@ -6,5 +6,6 @@ pub mod coldstart;
 pub mod crash;
 pub mod echo;
 pub mod fanout;
+pub mod fsync;
 pub mod idle;
 pub mod ingest;
