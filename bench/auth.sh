@@ -8,5 +8,5 @@ seconds=${2:-20}
 cargo build --release --locked -p codeedex-server -p codeedex-loadgen
 pid=$(bench/server.sh)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$DATA"' EXIT
-./target/release/codeedex-loadgen --server "http://127.0.0.1:$PORT" --server-pid "$pid" auth \
+"${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" --server "http://127.0.0.1:$PORT" --server-pid "$pid" auth \
   --identities "$IDENTITIES" --seconds "$seconds" --sign-ins 1000000

@@ -17,7 +17,7 @@ our_pid=$(bench/server.sh)
 trap 'kill "$ref_pid" "$our_pid" 2>/dev/null || true; rm -rf "$ref_data" "$DATA"' EXIT
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18300) 2>/dev/null && break; sleep 0.1; done
 
-lg() { ./target/release/codeedex-loadgen "$@"; }
+lg() { "${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" "$@"; }
 for target in reference codeedex; do
   if [ "$target" = reference ]; then
     args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")

@@ -10,7 +10,7 @@ identities=${IDENTITIES:-64}
 data=${DATA:?set DATA to a fresh directory}
 mkdir -p "$data"
 codes=$(for i in $(seq 0 $((identities - 1))); do printf 'bench-%d@example.com=123456,' "$i"; done)
-CODEEDEX_TEST_CODES="${codes%,}" "${BIN_DIR:-./target/release}/codeedex-server" \
+CODEEDEX_TEST_CODES="${codes%,}" "${BIN_DIR:-${CARGO_TARGET_DIR:-./target}/release}/codeedex-server" \
   --listen "127.0.0.1:$port" --data-dir "$data" --log warn \
   --test-codes-expire "$(date -u -d '+1 day' +%F)" \
   --otp-resend-cooldown-secs 0 --otp-hourly-cap 100000 --otp-daily-cap 100000 \

@@ -5,7 +5,7 @@
 //! keeps answering even while the test's runtime is busy or blocked, and it works from any
 //! kind of test (`#[tokio::test]`, multi-threaded or not). It stops when dropped.
 //!
-//! ```ignore
+//! ```text
 //! let catcher = MailCatcher::start().await;
 //! // configure the server under test with SMTP host 127.0.0.1, port catcher.port(), no TLS
 //! let mail = catcher.wait_for_mail_to("alice@example.com", Duration::from_secs(10)).await?;

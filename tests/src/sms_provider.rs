@@ -9,7 +9,7 @@
 //! The HTTP server (actix-web, one worker) runs on its own thread with its own actix
 //! `System`, so it works from any test, including `#[tokio::test]`. It stops when dropped.
 //!
-//! ```ignore
+//! ```text
 //! let sms = SmsProviderStub::start("AC0123", "secret").await;
 //! // point the server under test at sms.base_url() with the same sid and token
 //! let sent = sms.wait_for_sms_to("+15551234567", Duration::from_secs(10)).await?;
