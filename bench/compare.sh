@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs scenarios 1-4 (fan-out, saturation is not yet here, idle sockets,
-# catch-up) against the reference automerge-repo sync server and against
-# codeedex-server (with auth on) in the same run, and prints both.
+# Runs scenarios 1-4 (fan-out, saturation, idle sockets, catch-up) against
+# the reference automerge-repo sync server and against codeedex-server (with
+# auth on) in the same run, and prints both, with the floors measured in the
+# same run (WebSocket echo round trip, write + fsync).
 # Usage: bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ trap 'kill "$ref_pid" "$our_pid" 2>/dev/null || true; rm -rf "$ref_data" "$DATA"
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18300) 2>/dev/null && break; sleep 0.1; done
 
 lg() { "${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" "$@"; }
+echo "=== floors"
+lg echo --round-trips 5000
+lg fsync --dir "$DATA" --rounds 2000
 for target in reference codeedex; do
   if [ "$target" = reference ]; then
     args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")
@@ -26,6 +30,7 @@ for target in reference codeedex; do
   fi
   echo "=== $target"
   lg "${args[@]}" fanout --users 4 --devices 3 --rate 5 --seconds 10
+  lg "${args[@]}" saturation --users 4 --devices 3 --start-rate 5 --steps 10 --seconds 4
   lg "${args[@]}" idle --connections "${IDLE_CONNECTIONS:-2000}" --users 10 --concurrency 32 --hold 3
   lg "${args[@]}" catchup --tasks 1000 --edits 10 --without-extension
 done
