@@ -198,9 +198,32 @@ impl Store {
 
     /// Waits until every write made so far is on disk.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        let ticket = self.durability_ticket();
+        self.wait_durable(ticket).await
+    }
+
+    /// A ticket for every write made so far: once [`Store::is_durable`]
+    /// says so for it, those writes are on disk.
+    pub fn durability_ticket(&self) -> u64 {
+        self.group_commit
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Whether the writes behind `ticket` are on disk.
+    pub fn is_durable(&self, ticket: u64) -> bool {
+        self.group_commit
+            .durable
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= ticket
+    }
+
+    /// Waits until the writes behind `ticket` are on disk, flushing if no
+    /// flush that covers them is under way.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         let gc = &self.group_commit;
-        let ticket = gc.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         if gc.durable.load(Ordering::SeqCst) >= ticket {
             return Ok(());
         }

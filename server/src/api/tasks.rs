@@ -124,7 +124,7 @@ async fn view(state: &AppState, live: &LiveDocument) -> Result<TaskView, TaskApi
         .sync
         .hub
         .read(live, task_document::read_task)
-        .await
+        .await?
         .map_err(|_| TaskApiError::NotFound)?;
     Ok(TaskView::new(live.id, &task))
 }

@@ -1,10 +1,13 @@
 //! The document hub: documents in memory, durably updated, fanned out.
 //!
 //! Invariant: a change is in the event log and flushed to disk before any
-//! peer is sent a sync message that includes it. The hub holds a document's
-//! lock from applying a change until the flush returns, so no peer can read
-//! the change before it is durable; flushes are shared between documents by
-//! the store's group commit.
+//! peer is sent a sync message that includes it. Changes are applied and
+//! appended to the log under the document's lock, which records the store's
+//! durability ticket; every path that generates a message for a peer (or
+//! reads the document for REST) first waits until that ticket is durable.
+//! The lock is not held during the flush, so concurrent changes to one
+//! document, and to all documents, share flushes through the store's group
+//! commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,6 +75,9 @@ struct DocState {
     /// Events in the log, and how many of them the snapshot covers.
     events: u64,
     snapshot_covers: u64,
+    /// The store's durability ticket for the newest change applied to `doc`:
+    /// nothing generated from `doc` may be sent before it is durable.
+    needs_durable: u64,
 }
 
 /// A document loaded in memory.
@@ -171,6 +177,7 @@ impl DocumentHub {
             id,
             owner,
             state: tokio::sync::Mutex::new(DocState {
+                needs_durable: 0,
                 doc,
                 events,
                 snapshot_covers: stored.snapshot_covers,
@@ -260,13 +267,35 @@ impl DocumentHub {
         live: &LiveDocument,
         state: &mut sync::State,
     ) -> Option<sync::Message> {
-        let guard = live.state.lock().await;
+        let guard = self.lock_durable(live).await.ok()?;
         guard.doc.generate_sync_message(state)
+    }
+
+    /// Locks a document once every change applied to it is on disk. Changes
+    /// are applied and logged under the lock, which is then released while
+    /// the group commit flushes, so that many changes to one document share
+    /// a flush; anything that reads the document for a peer waits here.
+    async fn lock_durable<'a>(
+        &self,
+        live: &'a LiveDocument,
+    ) -> Result<tokio::sync::MutexGuard<'a, DocState>, HubError> {
+        loop {
+            let guard = live.state.lock().await;
+            if self.store.is_durable(guard.needs_durable) {
+                return Ok(guard);
+            }
+            let ticket = guard.needs_durable;
+            drop(guard);
+            self.store.wait_durable(ticket).await?;
+        }
     }
 
     /// The document's current heads.
     pub async fn heads(&self, live: &LiveDocument) -> Vec<ChangeHash> {
-        live.state.lock().await.doc.get_heads()
+        match self.lock_durable(live).await {
+            Ok(guard) => guard.doc.get_heads(),
+            Err(_) => live.state.lock().await.doc.get_heads(),
+        }
     }
 
     /// Applies a peer's sync message, durably records any new changes, and
@@ -296,9 +325,13 @@ impl DocumentHub {
         let changed = !changes.is_empty();
         tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
         if changed {
-            self.record(live, &mut guard, &changes, author, now).await?;
-            tracing::debug!(doc = %live.id, "changes durable");
+            self.record(live, &mut guard, &changes, author, now)?;
         }
+        drop(guard);
+        // The reply acknowledges the changes (its heads include them), so it
+        // is generated only once they, and every other change applied to the
+        // document meanwhile, are on disk.
+        let guard = self.lock_durable(live).await?;
         let mut replies = Vec::new();
         if let Some(reply) = guard.doc.generate_sync_message(state) {
             replies.push(reply);
@@ -310,7 +343,9 @@ impl DocumentHub {
         Ok(Received { replies, changed })
     }
 
-    async fn record(
+    /// Appends changes to the log and updates the index; the caller waits for
+    /// durability (through `needs_durable`) before anything reveals them.
+    fn record(
         &self,
         live: &LiveDocument,
         state: &mut DocState,
@@ -338,7 +373,7 @@ impl DocumentHub {
                 .write_snapshot(live.id, state.events, &state.doc.save())?;
             state.snapshot_covers = state.events;
         }
-        self.store.persist().await?;
+        state.needs_durable = self.store.durability_ticket();
         Ok(())
     }
 
@@ -412,17 +447,23 @@ impl DocumentHub {
         if changes.is_empty() {
             return Ok(false);
         }
-        self.record(live, &mut guard, &changes, author, now).await?;
+        self.record(live, &mut guard, &changes, author, now)?;
+        let ticket = guard.needs_durable;
         drop(guard);
+        self.store.wait_durable(ticket).await?;
         self.notify_changed(live, None);
         Ok(true)
     }
 
     /// Reads a document under its lock.
-    pub async fn read<T>(&self, live: &LiveDocument, read: impl FnOnce(&Automerge) -> T) -> T {
+    pub async fn read<T>(
+        &self,
+        live: &LiveDocument,
+        read: impl FnOnce(&Automerge) -> T,
+    ) -> Result<T, HubError> {
         live.touch();
-        let guard = live.state.lock().await;
-        read(&guard.doc)
+        let guard = self.lock_durable(live).await?;
+        Ok(read(&guard.doc))
     }
 
     /// Deletes a document: tombstones it, drops it from memory and tells its
