@@ -22,6 +22,7 @@ lg() { "${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" "$@"; }
 echo "=== floors"
 lg echo --round-trips 5000
 lg fsync --dir "$DATA" --rounds 2000
+lg automerge-floor --edits 2000
 for target in reference codeedex; do
   if [ "$target" = reference ]; then
     args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")

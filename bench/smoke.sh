@@ -13,6 +13,7 @@ lg() { "$BIN_DIR/codeedex-loadgen" "$@"; }
 on() { lg --server "http://127.0.0.1:$PORT" --server-pid "$pid" "$@"; }
 lg echo --round-trips 200
 lg fsync --dir "$DATA" --rounds 50
+lg automerge-floor --edits 50
 on auth --identities 4 --seconds 2
 on fanout --users 2 --devices 2 --rate 5 --seconds 2
 on saturation --users 1 --devices 2 --start-rate 5 --steps 2 --seconds 1

@@ -161,6 +161,12 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         rounds: usize,
     },
+    /// The protocol floor: Automerge work for one edit relayed A → server → B, in memory.
+    AutomergeFloor {
+        /// Edits (at most 100,000).
+        #[arg(long, default_value_t = 2000)]
+        edits: usize,
+    },
     /// The floor: a bare WebSocket echo round trip in this process.
     Echo {
         /// Round trips.
@@ -439,6 +445,12 @@ async fn main() -> anyhow::Result<()> {
                 dir.display()
             );
             println!("write+fsync: {summary}");
+            Ok(())
+        }
+        Scenario::AutomergeFloor { edits } => {
+            let summary = scenario::automerge_floor::run((*edits).clamp(1, 100_000))?;
+            println!("scenario: Automerge work for one edit relayed A -> server -> B (no IO)");
+            println!("per edit: {summary}");
             Ok(())
         }
         Scenario::Echo { round_trips } => {

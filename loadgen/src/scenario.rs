@@ -1,6 +1,7 @@
 //! The scenarios, one per module.
 
 pub mod auth;
+pub mod automerge_floor;
 pub mod catchup;
 pub mod coldstart;
 pub mod crash;
