@@ -146,3 +146,15 @@ impl Replicas {
         Ok(Some(id))
     }
 }
+
+/// An integer at the root of a replica, or 0 when absent or not an integer.
+pub fn int_field(doc: &AutoCommit, key: &str) -> i64 {
+    use automerge::{ROOT, ReadDoc, ScalarValue, Value};
+    match doc.get(ROOT, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Int(n) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}

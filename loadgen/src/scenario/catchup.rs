@@ -5,13 +5,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, ROOT};
 use codeedex_schema::id::DocumentId;
 use codeedex_schema::wire::{self, Message};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
-use crate::peer::{self, Replicas};
+use crate::peer::{self, Replicas, int_field};
 
 /// Results.
 #[derive(Debug)]
@@ -34,16 +34,6 @@ fn doc_id(i: usize) -> DocumentId {
     let mut bytes = nanos.to_le_bytes();
     bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
     DocumentId::from_random_bytes(bytes)
-}
-
-fn counter(doc: &AutoCommit) -> i64 {
-    match doc.get(ROOT, "n") {
-        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-            ScalarValue::Int(n) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    }
 }
 
 /// Runs the scenario. With `use_extension`, the returning device asks the
@@ -161,7 +151,7 @@ pub async fn run(
         let message = wire::decode(&bytes)?;
         if let Some(id) = mine.apply(&message)? {
             let (doc, _) = mine.docs.get(&id).expect("applied");
-            if target.contains(&id) && counter(doc) == edits as i64 {
+            if target.contains(&id) && int_field(doc, "n") == edits as i64 {
                 complete.insert(id);
             }
             if let Some(frame) = mine.outgoing(&reader.peer_id, &reader.server_id, id) {

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, ROOT};
 use codeedex_schema::id::DocumentId;
 use codeedex_schema::wire;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use crate::account;
-use crate::peer::{self, Replicas};
+use crate::peer::{self, Replicas, int_field};
 use crate::server_process::ServerProcess;
 
 /// Results.
@@ -25,16 +25,6 @@ pub struct CrashResult {
     pub acknowledged: u64,
     /// Acknowledged changes missing after a restart.
     pub lost: u64,
-}
-
-fn counter(doc: &AutoCommit) -> i64 {
-    match doc.get(ROOT, "n") {
-        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-            ScalarValue::Int(n) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    }
 }
 
 /// Runs `cycles` kill/restart cycles with `writers` writers.
@@ -124,7 +114,7 @@ pub async fn run(
             if let Some(id) = mine.apply(&message)? {
                 if let Some(w) = ids.iter().position(|x| *x == id) {
                     let (doc, _) = mine.docs.get(&id).expect("applied");
-                    satisfied[w] = counter(doc) >= acknowledged_values[w];
+                    satisfied[w] = int_field(doc, "n") >= acknowledged_values[w];
                 }
                 if let Some(frame) = mine.outgoing(&reader.peer_id, &reader.server_id, id) {
                     reader.sink.send(frame).await?;
@@ -133,7 +123,11 @@ pub async fn run(
         }
         for (w, ok) in satisfied.iter().enumerate() {
             if !ok && acknowledged_values[w] > 0 {
-                let seen = mine.docs.get(&ids[w]).map(|(d, _)| counter(d)).unwrap_or(0);
+                let seen = mine
+                    .docs
+                    .get(&ids[w])
+                    .map(|(d, _)| int_field(d, "n"))
+                    .unwrap_or(0);
                 eprintln!(
                     "cycle {cycle}: writer {w} acknowledged {} but the server has {seen}",
                     acknowledged_values[w]
@@ -177,7 +171,7 @@ async fn write_until(
         loop {
             let sent_value = {
                 let (doc, _) = replicas.docs.get_mut(&id).expect("inserted");
-                let next = counter(doc) + 1;
+                let next = int_field(doc, "n") + 1;
                 doc.put(ROOT, "n", next)?;
                 doc.commit();
                 next

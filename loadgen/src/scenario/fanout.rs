@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, ROOT};
 use codeedex_schema::id::DocumentId;
 use codeedex_schema::wire;
 use futures_util::{SinkExt, StreamExt};
@@ -167,13 +167,7 @@ async fn device_loop(
                 let arrived = Instant::now();
                 let (doc, _) = replicas.docs.get(&doc_id).expect("inserted above");
                 for other in (0..params.devices).filter(|d| *d != device) {
-                    let value = match doc.get(ROOT, format!("d{other}"))? {
-                        Some((Value::Scalar(s), _)) => match s.as_ref() {
-                            ScalarValue::Int(n) => *n,
-                            _ => 0,
-                        },
-                        _ => 0,
-                    };
+                    let value = peer::int_field(doc, &format!("d{other}"));
                     let last = seen.entry(other).or_insert(0);
                     while *last < value {
                         *last += 1;
