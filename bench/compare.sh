@@ -10,15 +10,22 @@ cargo build --release --locked -p codeedex-server -p codeedex-loadgen
 (cd bench/reference && npm ci --no-audit --no-fund --silent)
 ulimit -n 65536 2>/dev/null || true
 
+# Each server runs on core 0 and the generator on core 1 (where taskset
+# exists), so that the generator does not take CPU from the server it loads.
+pin_server=(); pin_generator=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0); pin_generator=(taskset -c 1)
+fi
+
 ref_data=$(mktemp -d)
-PORT=18300 DATA="$ref_data" node bench/reference/server.mjs > "$ref_data/server.log" 2>&1 &
+PORT=18300 DATA="$ref_data" "${pin_server[@]}" node bench/reference/server.mjs > "$ref_data/server.log" 2>&1 &
 ref_pid=$!
 export PORT=18301 DATA=$(mktemp -d)
-our_pid=$(bench/server.sh)
+our_pid=$("${pin_server[@]}" bench/server.sh)
 trap 'kill "$ref_pid" "$our_pid" 2>/dev/null || true; rm -rf "$ref_data" "$DATA"' EXIT
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18300) 2>/dev/null && break; sleep 0.1; done
 
-lg() { "${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" "$@"; }
+lg() { "${pin_generator[@]}" "${CARGO_TARGET_DIR:-./target}/release/codeedex-loadgen" "$@"; }
 echo "=== floors"
 lg echo --round-trips 5000
 lg fsync --dir "$DATA" --rounds 2000
