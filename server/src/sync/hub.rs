@@ -75,6 +75,8 @@ struct DocState {
     /// Events in the log, and how many of them the snapshot covers.
     events: u64,
     snapshot_covers: u64,
+    /// The task summary last written to the index for this document.
+    last_summary: Option<TaskView>,
     /// The store's durability ticket for the newest change applied to `doc`:
     /// nothing generated from `doc` may be sent before it is durable.
     needs_durable: u64,
@@ -178,6 +180,7 @@ impl DocumentHub {
             owner,
             state: tokio::sync::Mutex::new(DocState {
                 needs_durable: 0,
+                last_summary: None,
                 doc,
                 events,
                 snapshot_covers: stored.snapshot_covers,
@@ -362,11 +365,17 @@ impl DocumentHub {
         state.events += changes.len() as u64;
         if let Ok(task) = task_document::read_task(&state.doc) {
             let view = TaskView::new(live.id, &task);
-            self.store.put_task_summary(
-                live.owner,
-                live.id,
-                &serde_json::to_value(view).expect("serialisable"),
-            )?;
+            // Most changes to a busy document leave its summary as it was
+            // (edits outside the task fields, or repeated values): write the
+            // index only when the summary differs from the last one written.
+            if state.last_summary.as_ref() != Some(&view) {
+                self.store.put_task_summary(
+                    live.owner,
+                    live.id,
+                    &serde_json::to_value(&view).expect("serialisable"),
+                )?;
+                state.last_summary = Some(view);
+            }
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             self.store
