@@ -48,6 +48,66 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
+/// A running HTTP server; awaiting it waits until it has stopped (after
+/// SIGTERM or ctrl-c, once in-flight requests finished).
+pub type HttpServerHandle = actix_web::dev::Server;
+
+/// Runs a future on the HTTP layer's runtime (actix's system on tokio).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    actix_web::rt::System::new().block_on(future)
+}
+
+/// Assembles the HTTP server on an already-bound listener: every route, the
+/// request log (path only, never the query string, which can carry tokens),
+/// request counters, and the timeouts.
+pub fn http_server(
+    listener: std::net::TcpListener,
+    state: AppState,
+    workers: Option<usize>,
+) -> std::io::Result<HttpServerHandle> {
+    use actix_web::dev::Service;
+    use std::time::{Duration, Instant};
+
+    let metrics = Arc::clone(&state.metrics);
+    let state = web::Data::new(state);
+    let mut server = actix_web::HttpServer::new(move || {
+        let metrics = Arc::clone(&metrics);
+        actix_web::App::new()
+            .configure(configure(state.clone()))
+            .default_service(web::to(problem::not_found))
+            .wrap_fn(move |req, srv| {
+                let method = req.method().clone();
+                let path = req.path().to_owned();
+                let started = Instant::now();
+                let metrics = Arc::clone(&metrics);
+                let response = srv.call(req);
+                async move {
+                    let response = response.await?;
+                    let status = response.status();
+                    Metrics::bump(&metrics.http_requests);
+                    if status.is_server_error() {
+                        Metrics::bump(&metrics.http_server_errors);
+                    }
+                    tracing::info!(
+                        target: "codeedex_server::http",
+                        %method, %path, status = status.as_u16(),
+                        elapsed_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+                        "request"
+                    );
+                    Ok(response)
+                }
+            })
+    })
+    .client_request_timeout(Duration::from_secs(10))
+    .client_disconnect_timeout(Duration::from_secs(5))
+    .shutdown_timeout(10)
+    .listen(listener)?;
+    if let Some(workers) = workers {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}
+
 /// Registers every route.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {

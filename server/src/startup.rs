@@ -8,10 +8,8 @@
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::Service;
-use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 use crate::api::{self, AppState};
@@ -29,7 +27,7 @@ use crate::telemetry;
 /// A built server, bound and ready to run.
 pub struct Application {
     port: u16,
-    server: actix_web::dev::Server,
+    server: api::HttpServerHandle,
     store: Store,
     hub: Arc<DocumentHub>,
     document_idle: Duration,
@@ -82,7 +80,7 @@ impl Application {
             server_storage_id: storage_id,
             limits: settings.sync_limits,
         };
-        let state = web::Data::new(AppState {
+        let state = AppState {
             auth,
             sync,
             next_connection: Default::default(),
@@ -90,50 +88,15 @@ impl Application {
             store: store.clone(),
             metrics: Arc::clone(&metrics),
             trusted_proxies: settings.trusted_proxies.clone(),
-        });
+        };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let mut server = HttpServer::new(move || {
-            let metrics = Arc::clone(&metrics);
-            App::new()
-                .configure(api::configure(state.clone()))
-                .default_service(web::to(api::problem::not_found))
-                .wrap_fn(move |req, srv| {
-                    // Only the path is logged: query strings can carry tokens.
-                    let method = req.method().clone();
-                    let path = req.path().to_owned();
-                    let started = Instant::now();
-                    let metrics = Arc::clone(&metrics);
-                    let response = srv.call(req);
-                    async move {
-                        let response = response.await?;
-                        let status = response.status();
-                        Metrics::bump(&metrics.http_requests);
-                        if status.is_server_error() {
-                            Metrics::bump(&metrics.http_server_errors);
-                        }
-                        tracing::info!(
-                            target: "codeedex_server::http",
-                            %method, %path, status = status.as_u16(),
-                            elapsed_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
-                            "request"
-                        );
-                        Ok(response)
-                    }
-                })
-        })
-        .client_request_timeout(Duration::from_secs(10))
-        .client_disconnect_timeout(Duration::from_secs(5))
-        .shutdown_timeout(10)
-        .listen(listener)?;
-        if let Some(workers) = settings.workers {
-            server = server.workers(workers);
-        }
+        let server = api::http_server(listener, state, settings.workers)?;
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
         Ok(Self {
             port: address.port(),
-            server: server.run(),
+            server,
             store,
             hub,
             document_idle: settings.document_idle,
@@ -195,7 +158,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let result = actix_web::rt::System::new().block_on(async move {
+    let result = api::block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await
     });
