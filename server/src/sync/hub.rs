@@ -319,12 +319,18 @@ impl DocumentHub {
         }
         let before = guard.doc.get_heads();
         guard.doc.receive_sync_message(state, message)?;
-        let changes: Vec<Vec<u8>> = guard
-            .doc
-            .get_changes(&before)
-            .iter()
-            .map(|c| c.raw_bytes().to_vec())
-            .collect();
+        // Most messages (acknowledgements, heads) add no change; comparing
+        // heads is far cheaper than asking the change graph.
+        let changes: Vec<Vec<u8>> = if guard.doc.get_heads() == before {
+            Vec::new()
+        } else {
+            guard
+                .doc
+                .get_changes(&before)
+                .iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect()
+        };
         let changed = !changes.is_empty();
         tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
         if changed {
