@@ -79,6 +79,35 @@ pub async fn join(
     }
 }
 
+impl Peer {
+    /// Sends what the replica of `id` has to say, then exchanges messages
+    /// until the server reports holding our heads: every change we made is
+    /// then durable on the server.
+    pub async fn sync_until_acknowledged(
+        &mut self,
+        replicas: &mut Replicas,
+        id: DocumentId,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        if let Some(frame) = replicas.outgoing(&self.peer_id, &self.server_id, id) {
+            self.sink.send(frame).await?;
+        }
+        while !replicas.acknowledged(id) {
+            let Some(frame) = tokio::time::timeout(timeout, self.stream.next()).await? else {
+                bail!("closed")
+            };
+            let tungstenite::Message::Binary(bytes) = frame? else {
+                continue;
+            };
+            replicas.apply(&wire::decode(&bytes)?)?;
+            if let Some(frame) = replicas.outgoing(&self.peer_id, &self.server_id, id) {
+                self.sink.send(frame).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Replicas and sync states of the documents one peer syncs.
 #[derive(Default)]
 pub struct Replicas {
@@ -102,6 +131,14 @@ impl Replicas {
             document_id: id.to_string(),
             data: message.encode(),
         })))
+    }
+
+    /// Whether the server has told us it holds exactly our heads for `id`.
+    pub fn acknowledged(&mut self, id: DocumentId) -> bool {
+        self.docs.get_mut(&id).is_some_and(|(doc, state)| {
+            let heads = doc.get_heads();
+            state.their_heads.as_ref().is_some_and(|h| *h == heads)
+        })
     }
 
     /// A `request` frame for a document this peer does not have yet.

@@ -48,6 +48,21 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
+impl AppState {
+    /// The user's root document, created on first use with a fresh id.
+    pub async fn root_document(
+        &self,
+        user: codeedex_schema::id::UserId,
+    ) -> Result<codeedex_schema::id::DocumentId, crate::sync::hub::HubError> {
+        let fresh =
+            codeedex_schema::id::DocumentId::from_random_bytes(crate::auth::keys::random_bytes());
+        self.sync
+            .hub
+            .ensure_root(user, fresh, chrono::Utc::now())
+            .await
+    }
+}
+
 /// A running HTTP server; awaiting it waits until it has stopped (after
 /// SIGTERM or ctrl-c, once in-flight requests finished).
 pub type HttpServerHandle = actix_web::dev::Server;

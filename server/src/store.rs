@@ -150,6 +150,26 @@ pub(crate) fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Records a session's current refresh token: hash → (session, generation),
+/// and the chain entry used to delete every token of the session with it.
+fn index_refresh_token(
+    refresh_tokens: &sled::transaction::TransactionalTree,
+    session_tokens: &sled::transaction::TransactionalTree,
+    session: &SessionRecord,
+    refresh_hash: &[u8; 32],
+) -> TxResult<()> {
+    let entry = RefreshEntry {
+        session_id: session.id,
+        generation: session.generation,
+    };
+    refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
+    session_tokens.insert(
+        pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
+        &refresh_hash[..],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -350,7 +370,23 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
     ) -> Result<(), StoreError> {
-        self.write_session(session, refresh_hash, true)
+        (
+            &self.sessions,
+            &self.user_sessions,
+            &self.refresh_tokens,
+            &self.session_tokens,
+        )
+            .transaction(
+                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
+                    sessions.insert(session.id.as_bytes(), encode(session))?;
+                    user_sessions.insert(
+                        pair_key(session.user_id.as_bytes(), session.id.as_bytes()),
+                        &[],
+                    )?;
+                    index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)
+                },
+            )?;
+        Ok(())
     }
 
     /// Stores a rotated session and its new refresh token, in one transaction.
@@ -373,55 +409,11 @@ impl Store {
                     return Ok(false);
                 }
                 sessions.insert(session.id.as_bytes(), encode(session))?;
-                let entry = RefreshEntry {
-                    session_id: session.id,
-                    generation: session.generation,
-                };
-                refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
-                session_tokens.insert(
-                    pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
-                    &refresh_hash[..],
-                )?;
+                index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)?;
                 Ok(true)
             },
         )?;
         Ok(ok)
-    }
-
-    fn write_session(
-        &self,
-        session: &SessionRecord,
-        refresh_hash: &[u8; 32],
-        new: bool,
-    ) -> Result<(), StoreError> {
-        (
-            &self.sessions,
-            &self.user_sessions,
-            &self.refresh_tokens,
-            &self.session_tokens,
-        )
-            .transaction(
-                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
-                    sessions.insert(session.id.as_bytes(), encode(session))?;
-                    if new {
-                        user_sessions.insert(
-                            pair_key(session.user_id.as_bytes(), session.id.as_bytes()),
-                            &[],
-                        )?;
-                    }
-                    let entry = RefreshEntry {
-                        session_id: session.id,
-                        generation: session.generation,
-                    };
-                    refresh_tokens.insert(&refresh_hash[..], encode(&entry))?;
-                    session_tokens.insert(
-                        pair_key(session.id.as_bytes(), &session.generation.to_be_bytes()),
-                        &refresh_hash[..],
-                    )?;
-                    Ok(())
-                },
-            )?;
-        Ok(())
     }
 
     /// Records that a session was used, without touching its tokens.

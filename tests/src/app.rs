@@ -366,6 +366,11 @@ impl TestApp {
                 &serde_json::json!({ "email": email, "code": code, "device_name": "test device" }),
             )
             .await;
+        self.expect_signed_in(response).await
+    }
+
+    /// Expects a verification to have signed in; remembers the tokens.
+    pub async fn expect_signed_in(&self, response: reqwest::Response) -> SignInResponse {
         assert_eq!(
             response.status(),
             200,
@@ -375,6 +380,25 @@ impl TestApp {
         let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
         self.remember_tokens(&signed_in.tokens);
         signed_in
+    }
+
+    /// The value of a counter at `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("a metrics body");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
     }
 
     /// Remembers both tokens of a pair as secrets.

@@ -47,35 +47,7 @@ pub async fn connect(
     how: TokenIn,
     origin: Option<&str>,
 ) -> Result<Socket, tungstenite::Error> {
-    let mut url = format!("ws://127.0.0.1:{port}/v1/sync");
-    if let (Some(t), TokenIn::Query) = (token, how) {
-        url.push_str(&format!("?access_token={t}"));
-    }
-    let mut request = url.into_client_request()?;
-    if let Some(t) = token {
-        match how {
-            TokenIn::Header => {
-                request.headers_mut().insert(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {t}").parse().expect("header"),
-                );
-            }
-            TokenIn::Subprotocol => {
-                request.headers_mut().insert(
-                    http::header::SEC_WEBSOCKET_PROTOCOL,
-                    format!("codeedex.v1, codeedex.bearer.{t}")
-                        .parse()
-                        .expect("header"),
-                );
-            }
-            TokenIn::Query => {}
-        }
-    }
-    if let Some(o) = origin {
-        request
-            .headers_mut()
-            .insert(http::header::ORIGIN, o.parse().expect("header"));
-    }
+    let request = sync_request(port, token, how, origin)?;
     let (socket, _response) = tokio_tungstenite::connect_async(request).await?;
     Ok(socket)
 }

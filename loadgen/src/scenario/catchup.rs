@@ -82,9 +82,7 @@ pub async fn run(
         };
         let message = wire::decode(&bytes)?;
         if let Some(id) = replicas.apply(&message)? {
-            let (doc, state) = replicas.docs.get_mut(&id).expect("applied");
-            let heads = doc.get_heads();
-            if state.their_heads.as_ref().is_some_and(|h| *h == heads) {
+            if replicas.acknowledged(id) {
                 acknowledged.insert(id);
             }
             if let Some(frame) = replicas.outgoing(&writer.peer_id, &writer.server_id, id) {

@@ -121,9 +121,7 @@ async fn upload(ws: &str, token: &str, connection: usize, count: usize) -> anyho
             if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
                 peer.sink.send(frame).await?;
             }
-            let (doc, state) = replicas.docs.get_mut(&id).expect("applied");
-            let heads = doc.get_heads();
-            if state.their_heads.as_ref().is_some_and(|h| *h == heads) {
+            if replicas.acknowledged(id) {
                 pending.remove(&id);
                 // Done with it: free the replica so the generator stays small.
                 replicas.docs.remove(&id);

@@ -176,29 +176,9 @@ async fn write_until(
                 doc.commit();
                 next
             };
-            if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
-                peer.sink.send(frame).await?;
-            }
-            loop {
-                let (doc, state) = replicas.docs.get_mut(&id).expect("inserted");
-                let heads = doc.get_heads();
-                if state.their_heads.as_ref().is_some_and(|h| *h == heads) {
-                    acked = sent_value;
-                    break;
-                }
-                let frame =
-                    tokio::time::timeout(Duration::from_secs(5), peer.stream.next()).await?;
-                let Some(frame) = frame else {
-                    anyhow::bail!("closed")
-                };
-                let tungstenite::Message::Binary(bytes) = frame? else {
-                    continue;
-                };
-                replicas.apply(&wire::decode(&bytes)?)?;
-                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
-                    peer.sink.send(frame).await?;
-                }
-            }
+            peer.sync_until_acknowledged(&mut replicas, id, Duration::from_secs(5))
+                .await?;
+            acked = sent_value;
             if Instant::now() > deadline + Duration::from_secs(5) {
                 return Ok(());
             }

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use automerge::AutoCommit;
 use automerge::transaction::Transactable;
 use codeedex_schema::id::DocumentId;
-use codeedex_schema::wire;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite;
+use futures_util::SinkExt;
 
 use crate::peer::{self, Replicas};
 
@@ -91,33 +89,10 @@ async fn writer(
             }
             pending += batch as u64;
         }
-        if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
-            peer.sink.send(frame).await?;
-        }
-        // Exchange until the server holds our heads: then every change we
-        // sent is durable.
-        loop {
-            let (doc, state) = replicas.docs.get_mut(&id).expect("inserted");
-            let heads = doc.get_heads();
-            if state.their_heads.as_ref().is_some_and(|h| *h == heads) {
-                acknowledged += pending;
-                pending = 0;
-                break;
-            }
-            let Some(frame) =
-                tokio::time::timeout(Duration::from_secs(30), peer.stream.next()).await?
-            else {
-                anyhow::bail!("closed")
-            };
-            let tungstenite::Message::Binary(bytes) = frame? else {
-                continue;
-            };
-            let message = wire::decode(&bytes)?;
-            replicas.apply(&message)?;
-            if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
-                peer.sink.send(frame).await?;
-            }
-        }
+        peer.sync_until_acknowledged(&mut replicas, id, Duration::from_secs(30))
+            .await?;
+        acknowledged += pending;
+        pending = 0;
     }
     let _ = peer.sink.close().await;
     Ok(acknowledged)

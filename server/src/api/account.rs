@@ -4,14 +4,13 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use codeedex_schema::api::auth::{AuditEventList, SessionList, UserView};
-use codeedex_schema::id::{DocumentId, SessionId};
+use codeedex_schema::id::SessionId;
 use codeedex_schema::problem::{ErrorCode, Problem};
 
 use super::AppState;
 use super::caller::Caller;
 use super::client::Client;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
-use crate::auth::keys::random_bytes;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -70,13 +69,7 @@ fn unexpected(e: impl Into<anyhow::Error>) -> AccountError {
     responses((status = 200, body = UserView), (status = 401, body = Problem)))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
     let root = state
-        .sync
-        .hub
-        .ensure_root(
-            caller.0.user_id,
-            DocumentId::from_random_bytes(random_bytes()),
-            Utc::now(),
-        )
+        .root_document(caller.0.user_id)
         .await
         .map_err(unexpected)?;
     let mut user = state

@@ -244,13 +244,7 @@ pub async fn create(
     let task = new_task(&body).map_err(TaskApiError::Invalid)?;
     let hub = &state.sync.hub;
     let now = Utc::now();
-    let root = hub
-        .ensure_root(
-            caller.0.user_id,
-            DocumentId::from_random_bytes(random_bytes()),
-            now,
-        )
-        .await?;
+    let root = state.root_document(caller.0.user_id).await?;
     let id = DocumentId::from_random_bytes(random_bytes());
     let live = hub
         .open(id, caller.0.user_id, true, now)?
@@ -322,13 +316,7 @@ pub async fn delete(
     drop(live);
     let hub = &state.sync.hub;
     let now = Utc::now();
-    let root = hub
-        .ensure_root(
-            caller.0.user_id,
-            DocumentId::from_random_bytes(random_bytes()),
-            now,
-        )
-        .await?;
+    let root = state.root_document(caller.0.user_id).await?;
     let root = open(&state, &caller.0, root)?;
     hub.change(&root, author(&caller.0), now, |tx| {
         task_document::remove_from_root(tx, id)

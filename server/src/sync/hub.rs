@@ -115,15 +115,6 @@ impl LiveDocument {
     }
 }
 
-/// The result of applying a peer's sync message.
-#[derive(Debug)]
-pub struct Received {
-    /// Messages to send back to that peer.
-    pub replies: Vec<sync::Message>,
-    /// Whether the document changed (and other peers were told).
-    pub changed: bool,
-}
-
 /// Documents in memory and the connections that sync them.
 pub struct DocumentHub {
     store: Store,
@@ -269,9 +260,9 @@ impl DocumentHub {
         &self,
         live: &LiveDocument,
         state: &mut sync::State,
-    ) -> Option<sync::Message> {
-        let guard = self.lock_durable(live).await.ok()?;
-        guard.doc.generate_sync_message(state)
+    ) -> Result<Option<sync::Message>, HubError> {
+        let guard = self.lock_durable(live).await?;
+        Ok(guard.doc.generate_sync_message(state))
     }
 
     /// Locks a document once every change applied to it is on disk. Changes
@@ -294,15 +285,12 @@ impl DocumentHub {
     }
 
     /// The document's current heads.
-    pub async fn heads(&self, live: &LiveDocument) -> Vec<ChangeHash> {
-        match self.lock_durable(live).await {
-            Ok(guard) => guard.doc.get_heads(),
-            Err(_) => live.state.lock().await.doc.get_heads(),
-        }
+    pub async fn heads(&self, live: &LiveDocument) -> Result<Vec<ChangeHash>, HubError> {
+        Ok(self.lock_durable(live).await?.doc.get_heads())
     }
 
-    /// Applies a peer's sync message, durably records any new changes, and
-    /// tells the document's other peers.
+    /// Applies a peer's sync message, durably records any new changes, tells
+    /// the document's other peers, and returns the reply for this peer.
     pub async fn receive(
         &self,
         live: &Arc<LiveDocument>,
@@ -311,7 +299,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<Received, HubError> {
+    ) -> Result<Option<sync::Message>, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         if live.is_deleted() {
@@ -341,15 +329,12 @@ impl DocumentHub {
         // is generated only once they, and every other change applied to the
         // document meanwhile, are on disk.
         let guard = self.lock_durable(live).await?;
-        let mut replies = Vec::new();
-        if let Some(reply) = guard.doc.generate_sync_message(state) {
-            replies.push(reply);
-        }
+        let reply = guard.doc.generate_sync_message(state);
         drop(guard);
         if changed {
             self.notify_changed(live, Some(from));
         }
-        Ok(Received { replies, changed })
+        Ok(reply)
     }
 
     /// Appends changes to the log and updates the index; the caller waits for

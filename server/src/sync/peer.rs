@@ -549,11 +549,7 @@ impl PeerConnection {
             .receive(&live, &mut peer_doc.state, message, author, self.conn, wall)
             .await
         {
-            Ok(received) => received
-                .replies
-                .into_iter()
-                .map(|m| self.sync_frame(doc, m))
-                .collect(),
+            Ok(reply) => reply.map(|m| self.sync_frame(doc, m)).into_iter().collect(),
             Err(super::hub::HubError::Deleted) => {
                 if let Some(old) = self.docs.remove(&doc) {
                     self.ctx.hub.unsubscribe(&old.live, self.conn);
@@ -629,8 +625,12 @@ impl PeerConnection {
                 let peer_doc = self.docs.get_mut(&doc).expect("attached above");
                 let live = Arc::clone(&peer_doc.live);
                 match self.ctx.hub.generate(&live, &mut peer_doc.state).await {
-                    Some(message) => vec![self.sync_frame(doc, message)],
-                    None => Vec::new(),
+                    Ok(Some(message)) => vec![self.sync_frame(doc, message)],
+                    Ok(None) => Vec::new(),
+                    Err(e) => {
+                        tracing::error!(error = ?e, %doc, "cannot sync a changed document");
+                        fail(close::PROTOCOL_ERROR, "internal server error")
+                    }
                 }
             }
         }

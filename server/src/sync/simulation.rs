@@ -284,7 +284,7 @@ async fn run(seed: u64) {
         )
         .unwrap()
         .unwrap();
-    let mut server_heads = world.hub.heads(&live).await;
+    let mut server_heads = world.hub.heads(&live).await.unwrap();
     server_heads.sort();
     for (i, d) in world.devices.iter_mut().enumerate() {
         let mut heads = d.replica.get_heads();
@@ -298,6 +298,20 @@ async fn run(seed: u64) {
             d.replica.length(&list) as u64,
             edits,
             "seed {seed}: device {i} lost edits"
+        );
+    }
+    // Ending a connection saves its sync state under the peer's storage id,
+    // so that a reconnect can start from the shared heads.
+    for (i, d) in world.devices.iter_mut().enumerate() {
+        d.conn.finish();
+        let saved = world
+            .hub
+            .store()
+            .sync_state(world.doc, &format!("storage-{i}"))
+            .unwrap();
+        assert!(
+            saved.is_some(),
+            "seed {seed}: device {i}'s sync state was not saved"
         );
     }
     // The event log alone rebuilds the same document.

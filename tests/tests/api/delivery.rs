@@ -8,30 +8,11 @@ use codeedex_tests::app::{AppConfig, TestApp, spawn_app, spawn_app_with};
 use codeedex_tests::mail_catcher::{MailCatcher, extract_code};
 use serde_json::json;
 
-/// The value of a counter at `/metrics`.
-async fn counter(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("a metrics body");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
-}
-
 /// Waits until a counter reaches `value`.
 async fn wait_for_counter(app: &TestApp, name: &str, value: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let now = counter(app, name).await;
+        let now = app.metric(name).await;
         if now >= value {
             assert_eq!(now, value, "{name} went past {value}");
             return;
@@ -45,16 +26,8 @@ async fn wait_for_counter(app: &TestApp, name: &str, value: u64) {
 }
 
 async fn verify(app: &TestApp, body: serde_json::Value) -> SignInResponse {
-    let response = app.post_json("/v1/auth/verify", &body).await;
-    assert_eq!(
-        response.status(),
-        200,
-        "verification failed: {}",
-        response.text().await.unwrap_or_default()
-    );
-    let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
-    app.remember_tokens(&signed_in.tokens);
-    signed_in
+    app.expect_signed_in(app.post_json("/v1/auth/verify", &body).await)
+        .await
 }
 
 #[tokio::test]
@@ -145,7 +118,7 @@ async fn a_code_sms_is_a_form_post_to_the_provider_with_basic_auth() {
     assert_eq!(signed_in.user.phone.as_deref(), Some("+442079460958"));
     assert_eq!(app.sms.messages().len(), 1);
     assert!(app.mail.messages().is_empty());
-    assert_eq!(counter(&app, "codeedex_otp_delivered_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_delivered_total").await, 1);
     app.assert_no_secrets_in_logs();
 }
 
@@ -159,7 +132,7 @@ async fn the_provider_sees_no_message_without_the_right_credentials() {
         app.sms.messages().is_empty(),
         "the stub accepted a message with a wrong token"
     );
-    assert_eq!(counter(&app, "codeedex_otp_delivered_total").await, 0);
+    assert_eq!(app.metric("codeedex_otp_delivered_total").await, 0);
 }
 
 #[tokio::test]
@@ -181,8 +154,8 @@ async fn an_sms_provider_outage_still_answers_202_and_a_retry_delivers() {
     assert_eq!(app.request_phone_code("+14155552671").await.status(), 202);
     let code = app.next_sms_code("+14155552671").await;
     verify(&app, json!({ "phone": "+14155552671", "code": code })).await;
-    assert_eq!(counter(&app, "codeedex_otp_delivery_failed_total").await, 1);
-    assert_eq!(counter(&app, "codeedex_otp_delivered_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_delivery_failed_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_delivered_total").await, 1);
     app.assert_no_secrets_in_logs();
 }
 

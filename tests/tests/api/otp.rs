@@ -86,19 +86,6 @@ async fn verify_phone(app: &TestApp, phone: &str, code: &str) -> reqwest::Respon
         .await
 }
 
-/// Expects a verification to have signed in; remembers the tokens.
-async fn expect_sign_in(app: &TestApp, response: reqwest::Response) -> SignInResponse {
-    assert_eq!(
-        response.status(),
-        200,
-        "verification failed: {}",
-        response.text().await.unwrap_or_default()
-    );
-    let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
-    app.remember_tokens(&signed_in.tokens);
-    signed_in
-}
-
 async fn request_ok(app: &TestApp, email: &str) -> Value {
     let response = app.request_email_code(email).await;
     assert_eq!(response.status(), 202, "code request for {email} refused");
@@ -219,7 +206,8 @@ async fn four_wrong_codes_leave_the_right_one_usable() {
             .await
             .expect(400, "invalid_code");
     }
-    expect_sign_in(&app, app.verify_email(email, &code).await).await;
+    app.expect_signed_in(app.verify_email(email, &code).await)
+        .await;
     app.assert_no_secrets_in_logs();
 }
 
@@ -295,7 +283,8 @@ async fn a_used_code_cannot_be_replayed() {
     let email = "once@example.com";
     request_ok(&app, email).await;
     let code = app.next_email_code(email).await;
-    expect_sign_in(&app, app.verify_email(email, &code).await).await;
+    app.expect_signed_in(app.verify_email(email, &code).await)
+        .await;
     Refusal::from(app.verify_email(email, &code).await)
         .await
         .expect(400, "invalid_code");
@@ -312,7 +301,8 @@ async fn an_older_code_fails_once_a_newer_one_was_sent() {
     Refusal::from(app.verify_email(email, &older).await)
         .await
         .expect(400, "invalid_code");
-    expect_sign_in(&app, app.verify_email(email, &newer).await).await;
+    app.expect_signed_in(app.verify_email(email, &newer).await)
+        .await;
     app.assert_no_secrets_in_logs();
 }
 
@@ -336,8 +326,12 @@ async fn a_code_for_one_identifier_does_not_sign_in_another() {
         .await
         .expect(400, "invalid_code");
 
-    let alice = expect_sign_in(&app, app.verify_email(a, &code_a).await).await;
-    let bob = expect_sign_in(&app, app.verify_email(b, &code_b).await).await;
+    let alice = app
+        .expect_signed_in(app.verify_email(a, &code_a).await)
+        .await;
+    let bob = app
+        .expect_signed_in(app.verify_email(b, &code_b).await)
+        .await;
     assert_eq!(alice.user.email.as_deref(), Some(a));
     assert_eq!(bob.user.email.as_deref(), Some(b));
     assert_ne!(alice.user.id, bob.user.id);
@@ -463,7 +457,8 @@ async fn wrong_expired_used_and_never_issued_codes_get_one_answer() {
 
     request_ok(&app, "used@example.com").await;
     let code = app.next_email_code("used@example.com").await;
-    expect_sign_in(&app, app.verify_email("used@example.com", &code).await).await;
+    app.expect_signed_in(app.verify_email("used@example.com", &code).await)
+        .await;
     let used = Refusal::from(app.verify_email("used@example.com", &code).await).await;
 
     let never = Refusal::from(app.verify_email("never@example.com", "123456").await).await;
@@ -522,7 +517,8 @@ async fn a_second_code_within_the_cooldown_is_rate_limited() {
         "a refused request still sent a code"
     );
     // The refused requests did not replace the code that was sent.
-    expect_sign_in(&app, app.verify_email("hasty@example.com", &first).await).await;
+    app.expect_signed_in(app.verify_email("hasty@example.com", &first).await)
+        .await;
     app.assert_no_secrets_in_logs();
 }
 
@@ -660,7 +656,7 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket() {
         .send()
         .await
         .expect("the server answers");
-    let signed_in = expect_sign_in(&app, response).await;
+    let signed_in = app.expect_signed_in(response).await;
     let audit: Value = app
         .get_as(&signed_in.tokens.access_token, "/v1/audit-events")
         .await
@@ -693,7 +689,9 @@ async fn spellings_of_one_email_address_reach_one_account() {
     );
     let code = mail.code(6).expect("a code in the mail");
     app.remember_secret(&code);
-    let first = expect_sign_in(&app, app.verify_email("Bob@EXAMPLE.com", &code).await).await;
+    let first = app
+        .expect_signed_in(app.verify_email("Bob@EXAMPLE.com", &code).await)
+        .await;
     assert!(first.new_user);
     assert_eq!(first.user.email.as_deref(), Some("Bob@example.com"));
 
@@ -718,13 +716,17 @@ async fn spellings_of_one_phone_number_reach_one_account() {
     assert_eq!(sms.to, "+14155552671", "the SMS goes to the E.164 form");
     let code = codeedex_tests::mail_catcher::extract_code(&sms.body, 6).expect("a code in the SMS");
     app.remember_secret(&code);
-    let first = expect_sign_in(&app, verify_phone(&app, "+14155552671", &code).await).await;
+    let first = app
+        .expect_signed_in(verify_phone(&app, "+14155552671", &code).await)
+        .await;
     assert!(first.new_user);
     assert_eq!(first.user.phone.as_deref(), Some("+14155552671"));
 
     assert_eq!(app.request_phone_code("+14155552671").await.status(), 202);
     let code = app.next_sms_code("+14155552671").await;
-    let again = expect_sign_in(&app, verify_phone(&app, " +1 415-555-2671", &code).await).await;
+    let again = app
+        .expect_signed_in(verify_phone(&app, " +1 415-555-2671", &code).await)
+        .await;
     assert!(!again.new_user);
     assert_eq!(again.user.id, first.user.id);
     app.assert_no_secrets_in_logs();
@@ -800,7 +802,8 @@ async fn a_fixed_test_code_works_until_its_expiry_date() {
     .await;
     app.remember_secret("123456");
     request_ok(&app, "tester@example.com").await;
-    expect_sign_in(&app, app.verify_email("tester@example.com", "123456").await).await;
+    app.expect_signed_in(app.verify_email("tester@example.com", "123456").await)
+        .await;
     // Only the named identifier has a fixed code.
     request_ok(&app, "other@example.com").await;
     let code = app.next_email_code("other@example.com").await;
@@ -828,7 +831,8 @@ async fn an_expired_fixed_test_code_no_longer_works() {
             .expect(400, "invalid_code");
         // The failed attempt above does not kill the mailed code (1 of 5).
     }
-    expect_sign_in(&app, app.verify_email("tester@example.com", &mailed).await).await;
+    app.expect_signed_in(app.verify_email("tester@example.com", &mailed).await)
+        .await;
     // An operator must be able to see why the fixed code stopped working.
     let logs = app.logs();
     assert!(
@@ -859,7 +863,9 @@ async fn the_audit_list_records_a_failed_and_a_successful_sign_in_without_the_co
         .await
         .expect("the server answers");
     Refusal::from(response).await.expect(400, "invalid_code");
-    let signed_in = expect_sign_in(&app, app.verify_email(email, &code).await).await;
+    let signed_in = app
+        .expect_signed_in(app.verify_email(email, &code).await)
+        .await;
 
     let response = app
         .get_as(&signed_in.tokens.access_token, "/v1/audit-events")

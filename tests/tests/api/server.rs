@@ -77,25 +77,6 @@ async fn comes_up(args: &[&str]) -> bool {
     listening
 }
 
-/// The value of a counter at `/metrics`.
-async fn counter(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("a metrics body");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
-}
-
 /// Restarts drop the connections the client pooled; a new client does not
 /// try to reuse them.
 fn reconnect(app: &mut TestApp) {
@@ -165,19 +146,19 @@ async fn metrics_are_prometheus_text_and_count_sign_ins() {
             "{name} has no HELP line"
         );
     }
-    assert_eq!(counter(&app, "codeedex_otp_verified_total").await, 0);
+    assert_eq!(app.metric("codeedex_otp_verified_total").await, 0);
 
     app.sign_in_email("counted@example.com").await;
-    assert_eq!(counter(&app, "codeedex_otp_verified_total").await, 1);
-    assert_eq!(counter(&app, "codeedex_otp_requested_total").await, 1);
-    assert_eq!(counter(&app, "codeedex_sessions_created_total").await, 1);
-    assert_eq!(counter(&app, "codeedex_otp_rejected_total").await, 0);
+    assert_eq!(app.metric("codeedex_otp_verified_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_requested_total").await, 1);
+    assert_eq!(app.metric("codeedex_sessions_created_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_rejected_total").await, 0);
 
     let response = app.verify_email("counted@example.com", "000000").await;
     assert_eq!(response.status(), 400);
-    assert_eq!(counter(&app, "codeedex_otp_rejected_total").await, 1);
-    assert_eq!(counter(&app, "codeedex_otp_verified_total").await, 1);
-    assert!(counter(&app, "codeedex_http_requests_total").await >= 4);
+    assert_eq!(app.metric("codeedex_otp_rejected_total").await, 1);
+    assert_eq!(app.metric("codeedex_otp_verified_total").await, 1);
+    assert!(app.metric("codeedex_http_requests_total").await >= 4);
     app.assert_no_secrets_in_logs();
 }
 

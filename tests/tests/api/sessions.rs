@@ -45,15 +45,7 @@ async fn sign_in_device(
         .send()
         .await
         .expect("the server answers");
-    assert_eq!(
-        response.status(),
-        200,
-        "verification: {}",
-        response.text().await.unwrap_or_default()
-    );
-    let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
-    app.remember_tokens(&signed_in.tokens);
-    signed_in
+    app.expect_signed_in(response).await
 }
 
 async fn device(app: &TestApp, email: &str, name: &str) -> SignInResponse {
