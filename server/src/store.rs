@@ -10,6 +10,7 @@
 //! request whose effect must survive a crash.
 
 mod documents;
+mod group_commit;
 mod records;
 
 use std::path::Path;
@@ -110,18 +111,7 @@ pub struct Store {
     /// Server-wide values: the server's storage id.
     meta: Tree,
     /// Coalesces concurrent [`Store::persist`] calls into shared flushes.
-    group_commit: std::sync::Arc<GroupCommit>,
-}
-
-/// Group commit: every caller of [`Store::persist`] takes a ticket after its
-/// writes; one flush makes every ticket taken before it started durable, so
-/// a hundred concurrent writers share one fsync instead of queueing for a
-/// hundred.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    tickets: std::sync::atomic::AtomicU64,
-    durable: std::sync::atomic::AtomicU64,
-    flushing: tokio::sync::Mutex<()>,
+    group_commit: std::sync::Arc<group_commit::GroupCommit>,
 }
 
 impl std::fmt::Debug for Store {
@@ -211,7 +201,9 @@ impl Store {
             sync_states: db.open_tree("sync_states")?,
             task_index: db.open_tree("task_index")?,
             meta,
-            group_commit: Default::default(),
+            group_commit: std::sync::Arc::new(
+                group_commit::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?,
+            ),
             db,
         })
     }
@@ -225,38 +217,18 @@ impl Store {
     /// A ticket for every write made so far: once [`Store::is_durable`]
     /// says so for it, those writes are on disk.
     pub fn durability_ticket(&self) -> u64 {
-        self.group_commit
-            .tickets
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1
+        self.group_commit.ticket()
     }
 
     /// Whether the writes behind `ticket` are on disk.
     pub fn is_durable(&self, ticket: u64) -> bool {
-        self.group_commit
-            .durable
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= ticket
+        self.group_commit.is_durable(ticket)
     }
 
-    /// Waits until the writes behind `ticket` are on disk, flushing if no
-    /// flush that covers them is under way.
+    /// Waits until the writes behind `ticket` are on disk; one flush covers
+    /// every ticket taken before it started.
     pub async fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
-        let gc = &self.group_commit;
-        if gc.durable.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        let _flushing = gc.flushing.lock().await;
-        if gc.durable.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        // Every ticket up to here was taken after its writes finished, so
-        // this flush covers all of them.
-        let covered = gc.tickets.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
-        gc.durable.fetch_max(covered, Ordering::SeqCst);
-        Ok(())
+        Ok(self.group_commit.wait(ticket).await?)
     }
 
     /// Writes a value to the store's metadata, for the format version test.
