@@ -37,8 +37,8 @@ for target in reference codeedex; do
     args=(--server http://127.0.0.1:18301 --server-pid "$our_pid")
   fi
   echo "=== $target"
-  lg "${args[@]}" fanout --users 4 --devices 3 --rate 5 --seconds 10
-  lg "${args[@]}" saturation --users 4 --devices 3 --start-rate 5 --steps 10 --seconds 4
+  lg "${args[@]}" fanout --users 4 --devices 3 --tasks 20 --rate 5 --seconds 10
+  lg "${args[@]}" saturation --users 4 --devices 3 --tasks 20 --start-rate 5 --steps 10 --seconds 4
   lg "${args[@]}" idle --connections "${IDLE_CONNECTIONS:-2000}" --users 10 --concurrency 32 --hold 3
   lg "${args[@]}" catchup --tasks 1000 --edits 10 --without-extension
 done

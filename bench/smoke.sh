@@ -15,8 +15,8 @@ lg echo --round-trips 200
 lg fsync --dir "$DATA" --rounds 50
 lg automerge-floor --edits 50
 on auth --identities 4 --seconds 2
-on fanout --users 2 --devices 2 --rate 5 --seconds 2
-on saturation --users 1 --devices 2 --start-rate 5 --steps 2 --seconds 1
+on fanout --users 2 --devices 2 --tasks 3 --rate 5 --seconds 2
+on saturation --users 1 --devices 2 --tasks 3 --start-rate 5 --steps 2 --seconds 1
 on idle --connections 50 --users 2 --concurrency 8 --hold 1
 on catchup --tasks 50 --edits 3
 on ingest --devices 4 --users 2 --batch 4 --seconds 2

@@ -65,6 +65,9 @@ enum Scenario {
         /// Devices per user.
         #[arg(long, default_value_t = 3)]
         devices: usize,
+        /// Task documents per user (at most 1,000); each device edits them in turn.
+        #[arg(long, default_value_t = 20)]
+        tasks: usize,
         /// Edits per second per device.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
@@ -81,6 +84,9 @@ enum Scenario {
         /// Devices per user.
         #[arg(long, default_value_t = 3)]
         devices: usize,
+        /// Task documents per user (at most 1,000); each device edits them in turn.
+        #[arg(long, default_value_t = 20)]
+        tasks: usize,
         /// The first rate, in edits per second per device; each step doubles it.
         #[arg(long, default_value_t = 5.0)]
         start_rate: f64,
@@ -243,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout {
             users,
             devices,
+            tasks,
             rate,
             seconds,
         } => {
@@ -254,12 +261,13 @@ async fn main() -> anyhow::Result<()> {
             let params = scenario::fanout::FanOut {
                 users: *users,
                 devices: *devices,
+                tasks: (*tasks).clamp(1, 1_000),
                 rate: *rate,
                 duration: Duration::from_secs((*seconds).min(120)),
             };
             let result = scenario::fanout::run(&ws_url, &tokens, &params).await?;
             println!(
-                "scenario: fan-out, {users} users x {devices} devices, {rate} edits/s per device, {seconds} s"
+                "scenario: fan-out, {users} users x {devices} devices x {tasks} tasks, {rate} edits/s per device, {seconds} s"
             );
             println!("edit-to-device latency: {}", result.latency);
             println!(
@@ -279,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Saturation {
             users,
             devices,
+            tasks,
             start_rate,
             steps,
             seconds,
@@ -288,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let tokens = tokens(&cli, *users).await?;
             println!(
-                "scenario: saturation, {users} users x {devices} devices, doubling from {start_rate} edits/s per device"
+                "scenario: saturation, {users} users x {devices} devices x {tasks} tasks, doubling from {start_rate} edits/s per device"
             );
             let mut best = 0.0f64;
             let mut knee = None;
@@ -297,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 let params = scenario::fanout::FanOut {
                     users: *users,
                     devices: *devices,
+                    tasks: (*tasks).clamp(1, 1_000),
                     rate,
                     duration: Duration::from_secs((*seconds).clamp(1, 60)),
                 };

@@ -1,6 +1,6 @@
-//! Fan-out: U users × D devices share one task document per user; each
-//! device edits at a fixed rate; for every edit, the time until every other
-//! device of that user has it.
+//! Fan-out: U users × D devices share T task documents per user; each
+//! device edits its user's tasks in turn at a fixed rate; for every edit,
+//! the time until every other device of that user has it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,8 @@ pub struct FanOut {
     pub users: usize,
     /// Devices per user.
     pub devices: usize,
+    /// Task documents per user; a device's edits go to them in turn.
+    pub tasks: usize,
     /// Edits per second per device.
     pub rate: f64,
     /// How long to edit.
@@ -58,15 +60,24 @@ pub async fn run(
     let start_at =
         Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
     for (user, token) in tokens.iter().enumerate().take(params.users) {
-        let doc_id = DocumentId::from_random_bytes(rand_bytes(user));
-        let mut base = AutoCommit::new();
-        base.put(ROOT, "title", "fan-out")
-            .expect("put on a fresh doc");
+        let mut bases = Vec::with_capacity(params.tasks);
+        for task in 0..params.tasks {
+            let id = DocumentId::from_random_bytes(rand_bytes(user * 100_000 + task));
+            let mut base = AutoCommit::new();
+            base.put(ROOT, "title", format!("fan-out {task}"))
+                .expect("put on a fresh doc");
+            bases.push((id, base));
+        }
         for device in 0..params.devices {
-            let mut replica = base.fork();
-            replica.set_actor(automerge::ActorId::from(
-                rand_bytes(user * 1000 + device + 7).to_vec(),
-            ));
+            let actor = automerge::ActorId::from(rand_bytes(user * 1000 + device + 7).to_vec());
+            let replicas: Vec<(DocumentId, AutoCommit)> = bases
+                .iter_mut()
+                .map(|(id, base)| {
+                    let mut replica = base.fork();
+                    replica.set_actor(actor.clone());
+                    (*id, replica)
+                })
+                .collect();
             let token = token.clone();
             let url = ws_url.to_owned();
             let (sent, latencies, delivered) = (
@@ -77,7 +88,7 @@ pub async fn run(
             let params = params.clone();
             tasks.push(tokio::spawn(async move {
                 device_loop(
-                    url, token, user, device, doc_id, replica, params, start_at, sent, latencies,
+                    url, token, user, device, replicas, params, start_at, sent, latencies,
                     delivered,
                 )
                 .await
@@ -109,14 +120,20 @@ fn rand_bytes(seed: usize) -> [u8; 16] {
     out
 }
 
+/// The task that edit number `seq` (counted from 1) of `device` goes to:
+/// devices start at different tasks so that they edit different documents
+/// at any moment, as people on several devices usually do.
+fn task_of(device: usize, seq: i64, tasks: usize) -> usize {
+    (device + seq as usize) % tasks
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn device_loop(
     url: String,
     token: Option<String>,
     user: usize,
     device: usize,
-    doc_id: DocumentId,
-    replica: AutoCommit,
+    documents: Vec<(DocumentId, AutoCommit)>,
     params: FanOut,
     start_at: Instant,
     sent: SendTimes,
@@ -125,21 +142,32 @@ async fn device_loop(
 ) -> anyhow::Result<u64> {
     let peer_id = format!("lg-{user}-{device}-{}", std::process::id());
     let mut peer = peer::join(&url, token.as_deref(), &peer_id, &[]).await?;
+    let ids: Vec<DocumentId> = documents.iter().map(|(id, _)| *id).collect();
+    let task_by_id: HashMap<DocumentId, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(task, id)| (*id, task))
+        .collect();
     let mut replicas = Replicas::default();
-    replicas
-        .docs
-        .insert(doc_id, (replica, automerge::sync::State::new()));
-    if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
-        peer.sink.send(frame).await?;
+    for (id, replica) in documents {
+        replicas
+            .docs
+            .insert(id, (replica, automerge::sync::State::new()));
     }
-    let mut seen: HashMap<usize, i64> = HashMap::new();
+    for id in &ids {
+        if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, *id) {
+            peer.sink.send(frame).await?;
+        }
+    }
+    // (other device, task) → the newest of that device's edits seen there.
+    let mut seen: HashMap<(usize, usize), i64> = HashMap::new();
     let interval = Duration::from_secs_f64(1.0 / params.rate);
     tokio::time::sleep_until(start_at.into()).await;
     let stop_edits = Instant::now() + params.duration;
     let drain_until = stop_edits + Duration::from_secs(3);
     let mut next_edit = tokio::time::Instant::now()
         + interval.mul_f64((device as f64 + 1.0) / params.devices as f64);
-    let mut edits = 0u64;
+    let mut edits = 0i64;
     loop {
         let now = Instant::now();
         if now >= drain_until {
@@ -149,10 +177,11 @@ async fn device_loop(
             () = tokio::time::sleep_until(next_edit), if now < stop_edits => {
                 next_edit += interval;
                 edits += 1;
-                let (doc, _) = replicas.docs.get_mut(&doc_id).expect("inserted above");
-                doc.put(ROOT, format!("d{device}"), edits as i64)?;
-                sent.lock().expect("no panics").insert((user, device, edits as i64), Instant::now());
-                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
+                let id = ids[task_of(device, edits, params.tasks)];
+                let (doc, _) = replicas.docs.get_mut(&id).expect("inserted above");
+                doc.put(ROOT, format!("d{device}"), edits)?;
+                sent.lock().expect("no panics").insert((user, device, edits), Instant::now());
+                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
                     peer.sink.send(frame).await?;
                 }
             }
@@ -161,28 +190,33 @@ async fn device_loop(
                 let Some(frame) = frame else { anyhow::bail!("server closed the socket") };
                 let tungstenite::Message::Binary(bytes) = frame? else { continue };
                 let message = wire::decode(&bytes)?;
-                if replicas.apply(&message)?.is_none() {
-                    continue;
-                }
+                let Some(id) = replicas.apply(&message)? else { continue };
+                let Some(&task) = task_by_id.get(&id) else { continue };
                 let arrived = Instant::now();
-                let (doc, _) = replicas.docs.get(&doc_id).expect("inserted above");
+                let (doc, _) = replicas.docs.get(&id).expect("inserted above");
                 for other in (0..params.devices).filter(|d| *d != device) {
                     let value = peer::int_field(doc, &format!("d{other}"));
-                    let last = seen.entry(other).or_insert(0);
-                    while *last < value {
-                        *last += 1;
-                        if let Some(at) = sent.lock().expect("no panics").get(&(user, other, *last)) {
-                            latencies.lock().expect("no panics").push(arrived - *at);
+                    let last = seen.entry((other, task)).or_insert(0);
+                    // Every edit of `other` up to `value` that went to this
+                    // task has now arrived.
+                    let sent = sent.lock().expect("no panics");
+                    let mut latencies = latencies.lock().expect("no panics");
+                    for seq in (*last + 1)..=value {
+                        if task_of(other, seq, params.tasks) == task
+                            && let Some(at) = sent.get(&(user, other, seq))
+                        {
+                            latencies.push(arrived - *at);
                             delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
+                    *last = (*last).max(value);
                 }
-                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, doc_id) {
+                if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
                     peer.sink.send(frame).await?;
                 }
             }
         }
     }
     let _ = peer.sink.close().await;
-    Ok(edits)
+    Ok(edits as u64)
 }
