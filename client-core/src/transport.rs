@@ -83,7 +83,8 @@ pub(crate) async fn connect(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    // Nagle's algorithm off: sync frames are small and latency-bound.
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Network("connecting timed out".to_owned())),
         Ok(Err(tungstenite::Error::Http(response))) => {

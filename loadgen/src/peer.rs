@@ -44,7 +44,9 @@ pub async fn join(
             format!("Bearer {token}").parse()?,
         );
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    // Nagle's algorithm off, as a latency-minded client would have it, so
+    // the generator measures the server rather than delayed ACKs.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .context("websocket connect")?;
     let (mut sink, mut stream) = socket.split();

@@ -116,6 +116,12 @@ pub fn http_server(
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(5))
     .shutdown_timeout(10)
+    // Sync traffic is many small frames in both directions. With Nagle's
+    // algorithm on, a frame written while an earlier one is unacknowledged
+    // waits for the peer's delayed ACK (40 ms on Linux), which under load
+    // put tens of milliseconds on edits that take one. Set before `listen`,
+    // which reads it.
+    .tcp_nodelay(true)
     .listen(listener)?;
     if let Some(workers) = workers {
         server = server.workers(workers);
