@@ -220,6 +220,12 @@ impl Store {
         self.group_commit.ticket()
     }
 
+    /// The newest ticket handed out, without taking a new one: it covers
+    /// every write finished before any caller took its ticket.
+    pub fn latest_ticket(&self) -> u64 {
+        self.group_commit.latest()
+    }
+
     /// Whether the writes behind `ticket` are on disk.
     pub fn is_durable(&self, ticket: u64) -> bool {
         self.group_commit.is_durable(ticket)

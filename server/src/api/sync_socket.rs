@@ -239,6 +239,16 @@ async fn drive(
                 Some(Err(e)) => failure(close::PROTOCOL_ERROR, &format!("websocket protocol error: {e}")),
             },
             Some(notice) = notices.recv() => peer.handle_notice(notice, Utc::now()).await,
+            // Replies and relayed changes go out once the group commit has
+            // made what they reveal durable; meanwhile the branches above go
+            // on applying this peer's frames.
+            durable = wait_durable(&state.store, peer.owed_ticket()), if peer.owed_ticket().is_some() => match durable {
+                Ok(()) => peer.send_owed().await,
+                Err(e) => {
+                    tracing::error!(error = ?e, "the store cannot make changes durable");
+                    failure(close::PROTOCOL_ERROR, "internal server error")
+                }
+            },
             ended = ends.recv() => match ended {
                 Ok(id) if id == peer.session() => failure(close::SESSION_ENDED, "session ended"),
                 Ok(_) => continue,
@@ -292,6 +302,16 @@ async fn drive(
     }
     let _ = session.close(None).await;
     peer.finish();
+}
+
+async fn wait_durable(
+    store: &crate::store::Store,
+    ticket: Option<u64>,
+) -> Result<(), crate::store::StoreError> {
+    match ticket {
+        Some(ticket) => store.wait_durable(ticket).await,
+        None => Ok(()),
+    }
 }
 
 fn failure(code: u16, message: &str) -> Vec<Output> {

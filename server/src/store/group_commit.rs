@@ -76,6 +76,11 @@ impl GroupCommit {
         self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// The newest ticket handed out.
+    pub(crate) fn latest(&self) -> u64 {
+        self.shared.tickets.load(Ordering::SeqCst)
+    }
+
     /// Whether the writes behind `ticket` are on disk.
     pub(crate) fn is_durable(&self, ticket: u64) -> bool {
         matches!(*self.shared.durable.borrow(), Durable::UpTo(done) if done >= ticket)

@@ -255,7 +255,8 @@ impl DocumentHub {
         });
     }
 
-    /// Generates the next sync message for a peer, if there is one.
+    /// Generates the next sync message for a peer, if there is one, once
+    /// every change applied to the document is durable.
     pub async fn generate(
         &self,
         live: &LiveDocument,
@@ -289,9 +290,13 @@ impl DocumentHub {
         Ok(self.lock_durable(live).await?.doc.get_heads())
     }
 
-    /// Applies a peer's sync message, durably records any new changes, tells
-    /// the document's other peers, and returns the reply for this peer.
-    pub async fn receive(
+    /// Applies a peer's sync message, records any new changes and tells the
+    /// document's other peers. Returns the durability ticket that must be
+    /// durable before anything generated from the document reaches a peer;
+    /// the reply to this peer is generated later, with [`DocumentHub::generate`],
+    /// so that a connection can go on applying messages while the group
+    /// commit flushes.
+    pub async fn apply(
         &self,
         live: &Arc<LiveDocument>,
         state: &mut sync::State,
@@ -299,7 +304,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<Option<sync::Message>, HubError> {
+    ) -> Result<u64, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         if live.is_deleted() {
@@ -324,17 +329,14 @@ impl DocumentHub {
         if changed {
             self.record(live, &mut guard, &changes, author, now)?;
         }
-        drop(guard);
-        // The reply acknowledges the changes (its heads include them), so it
-        // is generated only once they, and every other change applied to the
-        // document meanwhile, are on disk.
-        let guard = self.lock_durable(live).await?;
-        let reply = guard.doc.generate_sync_message(state);
+        let ticket = guard.needs_durable;
         drop(guard);
         if changed {
+            // Other connections generate their messages only once the ticket
+            // is durable, so telling them now reveals nothing early.
             self.notify_changed(live, Some(from));
         }
-        Ok(reply)
+        Ok(ticket)
     }
 
     /// Appends changes to the log and updates the index; the caller waits for

@@ -13,7 +13,7 @@
 //! 4008 a limit was exceeded, 4009 peer id in use by another account,
 //! 4010 replaced by a newer connection with the same peer id.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,11 @@ pub struct PeerConnection {
     seen_ephemeral: HashSet<(String, String, u64)>,
     seen_order: VecDeque<(String, String, u64)>,
     token_expires_at: i64,
+    /// Documents whose next message to this peer is due, and the
+    /// durability ticket to wait for before generating them (see
+    /// [`PeerConnection::owed_ticket`]).
+    owed: BTreeSet<DocumentId>,
+    owed_ticket: u64,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -208,6 +213,8 @@ impl PeerConnection {
             tokens_at: now,
             seen_ephemeral: HashSet::new(),
             seen_order: VecDeque::new(),
+            owed: BTreeSet::new(),
+            owed_ticket: 0,
             token_expires_at,
         }
     }
@@ -546,14 +553,18 @@ impl PeerConnection {
         match self
             .ctx
             .hub
-            .receive(&live, &mut peer_doc.state, message, author, self.conn, wall)
+            .apply(&live, &mut peer_doc.state, message, author, self.conn, wall)
             .await
         {
-            Ok(reply) => reply.map(|m| self.sync_frame(doc, m)).into_iter().collect(),
+            Ok(ticket) => {
+                self.owe(doc, ticket);
+                Vec::new()
+            }
             Err(super::hub::HubError::Deleted) => {
                 if let Some(old) = self.docs.remove(&doc) {
                     self.ctx.hub.unsubscribe(&old.live, self.conn);
                 }
+                self.owed.remove(&doc);
                 vec![self.unavailable(document_id)]
             }
             Err(super::hub::HubError::Automerge(e)) => fail(
@@ -565,6 +576,44 @@ impl PeerConnection {
                 fail(close::PROTOCOL_ERROR, "internal server error")
             }
         }
+    }
+
+    /// Notes that `doc` has something to tell this peer once `ticket` is
+    /// durable. Several messages and notices for one document before then
+    /// are answered with one generated message.
+    fn owe(&mut self, doc: DocumentId, ticket: u64) {
+        self.owed.insert(doc);
+        self.owed_ticket = self.owed_ticket.max(ticket);
+    }
+
+    /// The durability ticket to wait for before [`PeerConnection::send_owed`]
+    /// can answer without blocking, when some document's message is due.
+    /// The driver keeps handling frames and notices while it waits, so one
+    /// connection's messages share flushes instead of queueing behind one
+    /// flush each.
+    pub fn owed_ticket(&self) -> Option<u64> {
+        (!self.owed.is_empty()).then_some(self.owed_ticket)
+    }
+
+    /// Generates the due message of every owed document.
+    pub async fn send_owed(&mut self) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for doc in std::mem::take(&mut self.owed) {
+            let Some(peer_doc) = self.docs.get_mut(&doc) else {
+                continue;
+            };
+            let live = Arc::clone(&peer_doc.live);
+            match self.ctx.hub.generate(&live, &mut peer_doc.state).await {
+                Ok(Some(message)) => outputs.push(self.sync_frame(doc, message)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = ?e, %doc, "cannot generate a sync message");
+                    outputs.extend(fail(close::PROTOCOL_ERROR, "internal server error"));
+                    return outputs;
+                }
+            }
+        }
+        outputs
     }
 
     /// Handles a notice from the hub.
@@ -622,16 +671,10 @@ impl PeerConnection {
                         return Vec::new();
                     }
                 }
-                let peer_doc = self.docs.get_mut(&doc).expect("attached above");
-                let live = Arc::clone(&peer_doc.live);
-                match self.ctx.hub.generate(&live, &mut peer_doc.state).await {
-                    Ok(Some(message)) => vec![self.sync_frame(doc, message)],
-                    Ok(None) => Vec::new(),
-                    Err(e) => {
-                        tracing::error!(error = ?e, %doc, "cannot sync a changed document");
-                        fail(close::PROTOCOL_ERROR, "internal server error")
-                    }
-                }
+                // The change that caused the notice was recorded before it
+                // was sent, so the newest ticket covers it.
+                self.owe(doc, self.ctx.hub.store().latest_ticket());
+                Vec::new()
             }
         }
     }

@@ -90,6 +90,8 @@ impl World {
         let (clock, wall) = (self.clock, self.wall);
         let outputs = self.devices[i].conn.handle_frame(&frame, clock, wall).await;
         self.route(i, outputs);
+        let owed = self.devices[i].conn.send_owed().await;
+        self.route(i, owed);
     }
 
     async fn deliver_notices(&mut self, i: usize) {
@@ -98,6 +100,8 @@ impl World {
             let outputs = self.devices[i].conn.handle_notice(notice, wall).await;
             self.route(i, outputs);
         }
+        let owed = self.devices[i].conn.send_owed().await;
+        self.route(i, owed);
     }
 
     fn route(&mut self, i: usize, outputs: Vec<Output>) {
