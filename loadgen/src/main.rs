@@ -169,9 +169,12 @@ enum Scenario {
     },
     /// The protocol floor: Automerge work for one edit relayed A → server → B, in memory.
     AutomergeFloor {
-        /// Edits (at most 100,000).
+        /// Edits (at most 100,000), all to one document.
         #[arg(long, default_value_t = 2000)]
         edits: usize,
+        /// Devices of the user (at least 2): one edits, the others receive.
+        #[arg(long, default_value_t = 2)]
+        devices: usize,
     },
     /// The floor: a bare WebSocket echo round trip in this process.
     Echo {
@@ -457,10 +460,21 @@ async fn main() -> anyhow::Result<()> {
             println!("write+fsync: {summary}");
             Ok(())
         }
-        Scenario::AutomergeFloor { edits } => {
-            let summary = scenario::automerge_floor::run((*edits).clamp(1, 100_000))?;
-            println!("scenario: Automerge work for one edit relayed A -> server -> B (no IO)");
-            println!("per edit: {summary}");
+        Scenario::AutomergeFloor { edits, devices } => {
+            let floor = scenario::automerge_floor::run(
+                (*edits).clamp(1, 100_000),
+                (*devices).clamp(2, 100),
+            )?;
+            println!(
+                "scenario: Automerge work for one edit relayed from one device through the server to {} others (no IO)",
+                devices - 1
+            );
+            println!("per edit, until every device has it: {}", floor.latency);
+            println!(
+                "server replica's share: {:.1} us per edit, so at most {:.0} deliveries/s per core",
+                floor.server_per_edit.as_secs_f64() * 1e6,
+                floor.deliveries_per_core_second
+            );
             Ok(())
         }
         Scenario::Echo { round_trips } => {
