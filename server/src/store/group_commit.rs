@@ -132,8 +132,16 @@ fn settled(durable: &Durable, ticket: u64) -> Option<Result<(), sled::Error>> {
     }
 }
 
+/// The shortest time between the starts of two flushes. Under a steady
+/// stream of writes the flusher would otherwise flush back to back, as fast
+/// as the disk allows, and spend a core's worth of CPU doing it; waiting for
+/// the rest of this interval lets one flush cover more writes. A write that
+/// arrives after a quiet spell is flushed at once.
+const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_micros(500);
+
 fn flush_loop(shared: &Shared, db: &sled::Db) {
     let mut done = 0;
+    let mut last_start: Option<std::time::Instant> = None;
     loop {
         {
             let mut wanted = lock(&shared.wanted);
@@ -147,6 +155,10 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
                 return;
             }
         }
+        if let Some(rest) = last_start.and_then(|at| MIN_FLUSH_INTERVAL.checked_sub(at.elapsed())) {
+            std::thread::sleep(rest);
+        }
+        last_start = Some(std::time::Instant::now());
         // Every ticket up to here was taken after its writes finished, so
         // this flush covers all of them.
         let covered = shared.tickets.load(Ordering::SeqCst);
