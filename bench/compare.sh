@@ -30,6 +30,9 @@ echo "=== floors"
 lg echo --round-trips 5000
 lg fsync --dir "$DATA" --rounds 2000
 lg automerge-floor --edits 2000
+# The Automerge floor at the saturation knee: a document's history there is
+# about 640 edits/s x 3 devices x 4 s / 20 tasks = 384 changes.
+lg automerge-floor --edits 400 --devices 3
 for target in reference codeedex; do
   if [ "$target" = reference ]; then
     args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")

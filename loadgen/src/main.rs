@@ -475,6 +475,10 @@ async fn main() -> anyhow::Result<()> {
                 floor.server_per_edit.as_secs_f64() * 1e6,
                 floor.deliveries_per_core_second
             );
+            println!(
+                "all replicas (devices and server): {:.1} us per edit",
+                floor.all_per_edit.as_secs_f64() * 1e6
+            );
             Ok(())
         }
         Scenario::Echo { round_trips } => {
