@@ -311,7 +311,17 @@ impl DocumentHub {
             return Err(HubError::Deleted);
         }
         let before = guard.doc.get_heads();
+        let told = state.last_sent_heads.clone();
         guard.doc.receive_sync_message(state, message)?;
+        // Automerge takes a message without changes whose heads equal ours
+        // as if we had sent those heads ourselves, and then has nothing to
+        // say. Here replies are generated later and coalesced, so the peer
+        // may not have heard our heads yet: it would never learn that we hold
+        // its changes. Keep the record of what we really sent, unless the
+        // peer reset (empty heads), which Automerge handles by clearing it.
+        if !state.last_sent_heads.is_empty() {
+            state.last_sent_heads = told;
+        }
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
         let changes: Vec<Vec<u8>> = if guard.doc.get_heads() == before {

@@ -582,8 +582,16 @@ impl PeerConnection {
     /// durable. Several messages and notices for one document before then
     /// are answered with one generated message.
     fn owe(&mut self, doc: DocumentId, ticket: u64) {
+        // The driver wakes when the earliest owed ticket is durable, not the
+        // newest: a peer that streams changes moves the newest ticket on with
+        // every frame, and waiting for it would hold back every reply and
+        // relayed change until the stream paused.
+        self.owed_ticket = if self.owed.is_empty() {
+            ticket
+        } else {
+            self.owed_ticket.min(ticket)
+        };
         self.owed.insert(doc);
-        self.owed_ticket = self.owed_ticket.max(ticket);
     }
 
     /// The durability ticket to wait for before [`PeerConnection::send_owed`]
@@ -604,7 +612,10 @@ impl PeerConnection {
             };
             let live = Arc::clone(&peer_doc.live);
             match self.ctx.hub.generate(&live, &mut peer_doc.state).await {
-                Ok(Some(message)) => outputs.push(self.sync_frame(doc, message)),
+                Ok(Some(message)) => {
+                    tracing::debug!(conn = self.conn, %doc, changes = message.changes.len(), "sending sync message");
+                    outputs.push(self.sync_frame(doc, message));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = ?e, %doc, "cannot generate a sync message");

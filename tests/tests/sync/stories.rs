@@ -320,3 +320,35 @@ async fn a_reconnecting_peer_that_holds_everything_gets_heads_and_no_changes() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_burst_of_changes_arrives_whole_on_the_other_device_and_is_acknowledged() {
+    // The server answers a burst with fewer messages than it received (its
+    // replies to one document coalesce while a flush runs); nothing of the
+    // burst may be lost to that, on either side.
+    let app = spawn_app().await;
+    let (mut a, mut b, ta, _, id) = two_devices_with_a_task(&app).await;
+    for n in 0..200 {
+        a.change(id, |d| append_text(d, "notes", &format!(" {n}")));
+        assert!(a.push(id, false).await.unwrap(), "a change to send");
+    }
+    let expected = format!(
+        "2 litres{}",
+        (0..200).map(|n| format!(" {n}")).collect::<String>()
+    );
+    // The server must tell the device that it holds the whole burst, even
+    // though the device's last word was an echo of the server's heads.
+    a.sync_to_server(id, WAIT).await.unwrap();
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "notes").as_deref() == Some(expected.as_str())
+    })
+    .await
+    .unwrap();
+    let view: TaskView = app
+        .get_as(&ta, &format!("/v1/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view.notes, expected);
+}
