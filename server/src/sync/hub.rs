@@ -285,6 +285,12 @@ impl DocumentHub {
         }
     }
 
+    /// The durability ticket of the newest change applied to the document:
+    /// nothing generated from it can be sent before that ticket is durable.
+    pub async fn pending_ticket(&self, live: &LiveDocument) -> u64 {
+        live.state.lock().await.needs_durable
+    }
+
     /// The document's current heads.
     pub async fn heads(&self, live: &LiveDocument) -> Result<Vec<ChangeHash>, HubError> {
         Ok(self.lock_durable(live).await?.doc.get_heads())

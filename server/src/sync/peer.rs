@@ -606,6 +606,20 @@ impl PeerConnection {
     /// Generates the due message of every owed document.
     pub async fn send_owed(&mut self) -> Vec<Output> {
         let mut outputs = Vec::new();
+        // Wait once for the newest change of every owed document, so that
+        // generating them below rarely waits again: waiting document by
+        // document could cost a flush each while other peers keep changing
+        // them.
+        let mut newest = 0;
+        for doc in &self.owed {
+            if let Some(peer_doc) = self.docs.get(doc) {
+                newest = newest.max(self.ctx.hub.pending_ticket(&peer_doc.live).await);
+            }
+        }
+        if let Err(e) = self.ctx.hub.store().wait_durable(newest).await {
+            tracing::error!(error = ?e, "the store cannot make changes durable");
+            return fail(close::PROTOCOL_ERROR, "internal server error");
+        }
         for doc in std::mem::take(&mut self.owed) {
             let Some(peer_doc) = self.docs.get_mut(&doc) else {
                 continue;
