@@ -139,6 +139,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::sync::{self as am_sync, SyncDoc};
 use automerge::{AutoCommit, ObjId, ReadDoc, Value};
+use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::wire::Message;
 use codeedex_tests::app::TestApp;
 
@@ -156,6 +157,15 @@ fn fresh_id() -> DocumentId {
 /// Signs `email` in (a new session each time) and returns its access token.
 async fn token_of(app: &TestApp, email: &str) -> String {
     app.sign_in_email(email).await.tokens.access_token
+}
+
+/// The REST view of task `id`, as the holder of `token` sees it.
+async fn rest_task(app: &TestApp, token: &str, id: DocumentId) -> TaskView {
+    app.get_as(token, &format!("/v1/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Signs in and joins with a storage id named after the peer.

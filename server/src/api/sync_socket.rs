@@ -242,7 +242,7 @@ async fn drive(
             // Replies and relayed changes go out once the group commit has
             // made what they reveal durable; meanwhile the branches above go
             // on applying this peer's frames.
-            durable = wait_durable(&state.store, peer.owed_ticket()), if peer.owed_ticket().is_some() => match durable {
+            durable = state.store.wait_durable(peer.owed_ticket().unwrap_or(0)), if peer.owed_ticket().is_some() => match durable {
                 Ok(()) => peer.send_owed().await,
                 Err(e) => {
                     tracing::error!(error = ?e, "the store cannot make changes durable");
@@ -302,16 +302,6 @@ async fn drive(
     }
     let _ = session.close(None).await;
     peer.finish();
-}
-
-async fn wait_durable(
-    store: &crate::store::Store,
-    ticket: Option<u64>,
-) -> Result<(), crate::store::StoreError> {
-    match ticket {
-        Some(ticket) => store.wait_durable(ticket).await,
-        None => Ok(()),
-    }
 }
 
 fn failure(code: u16, message: &str) -> Vec<Output> {

@@ -241,8 +241,18 @@ mod tests {
     fn dropping_the_last_handle_stops_the_flusher() {
         let (_dir, db) = open();
         let commit = GroupCommit::start(db).expect("flusher starts");
-        // Drop joins the thread; a flusher that ignored the stop signal
-        // would hang this test.
-        drop(commit);
+        // Drop joins the flusher thread, so it returns only once the thread
+        // has stopped.
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(commit);
+            let _ = done.send(());
+        });
+        assert!(
+            dropped
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .is_ok(),
+            "the flusher did not stop"
+        );
     }
 }

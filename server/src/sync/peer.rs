@@ -564,7 +564,6 @@ impl PeerConnection {
                 if let Some(old) = self.docs.remove(&doc) {
                     self.ctx.hub.unsubscribe(&old.live, self.conn);
                 }
-                self.owed.remove(&doc);
                 vec![self.unavailable(document_id)]
             }
             Err(super::hub::HubError::Automerge(e)) => fail(

@@ -124,12 +124,7 @@ async fn another_users_document_can_be_neither_read_nor_changed() {
         heads_now, heads_before,
         "the owner's replica received foreign changes"
     );
-    let view: TaskView = app
-        .get_as(&ann.tokens.access_token, &format!("/v1/tasks/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = rest_task(&app, &ann.tokens.access_token, id).await;
     assert_eq!(view.title, "ann's secret");
     assert_eq!(view.notes, "pin 1234");
     let token = token_of(&app, "ann@example.com").await;
@@ -171,12 +166,7 @@ async fn another_users_document_can_be_neither_read_nor_changed() {
     .await
     .unwrap();
     expect_unavailable(bob.next_message(WAIT).await.unwrap());
-    let view: TaskView = app
-        .get_as(&ann.tokens.access_token, &format!("/v1/tasks/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = rest_task(&app, &ann.tokens.access_token, id).await;
     assert_eq!(view.title, "ann's secret");
     let mut after = SyncPeer::join(app.port, &ann.tokens.access_token, "ann-after", None, &[])
         .await

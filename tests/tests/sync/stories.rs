@@ -82,12 +82,7 @@ async fn offline_edits_of_title_and_notes_on_two_devices_merge_after_reconnectin
     let (a, _b) = reconnect_and_merge(&app, &ta, &tb, a, b, id).await;
     drop(a);
     // The server holds the merge: the REST view shows both edits.
-    let view: TaskView = app
-        .get_as(&ta, &format!("/v1/tasks/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = rest_task(&app, &ta, id).await;
     assert_eq!(
         (view.title.as_str(), view.notes.as_str()),
         ("Buy oat milk", "2 litres from the farm shop")
@@ -344,11 +339,6 @@ async fn a_burst_of_changes_arrives_whole_on_the_other_device_and_is_acknowledge
     })
     .await
     .unwrap();
-    let view: TaskView = app
-        .get_as(&ta, &format!("/v1/tasks/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = rest_task(&app, &ta, id).await;
     assert_eq!(view.notes, expected);
 }
