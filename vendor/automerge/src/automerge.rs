@@ -1079,11 +1079,29 @@ impl Automerge {
         patch_log.path_hint(path_map);
     }
 
-    fn seq_for_actor(&self, actor: &ActorId) -> u64 {
+    pub(crate) fn seq_for_actor(&self, actor: &ActorId) -> u64 {
         self.ops
             .lookup_actor(actor)
             .map(|idx| self.change_graph.seq_for_actor(idx))
             .unwrap_or(0)
+    }
+
+    /// The number of changes received (by [`Self::apply_changes()`], [`Self::load_incremental()`]
+    /// or a sync message) but not applied yet because some of their dependencies are missing.
+    ///
+    /// The document keeps these changes in memory until their dependencies arrive, however long
+    /// that is: a program that applies changes from untrusted peers should bound this (and
+    /// [`Self::queued_change_bytes()`]) and drop the document, or the peer, beyond its bound.
+    /// Changes that depend on a change which was refused as invalid stay queued too.
+    pub fn queued_changes(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The total length in bytes of the changes counted by [`Self::queued_changes()`], as
+    /// uncompressed change chunks ([`Change::raw_bytes()`]). This walks the queue: it costs
+    /// time in proportion to [`Self::queued_changes()`].
+    pub fn queued_change_bytes(&self) -> usize {
+        self.queue.total_bytes()
     }
 
     pub(crate) fn has_actor_seq(&self, change: &Change) -> bool {

@@ -63,6 +63,16 @@ impl ChangeQueue {
         self.changes.is_empty()
     }
 
+    /// Patched: the number of queued changes.
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Patched: the sum of the queued changes' uncompressed chunk lengths.
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.changes.iter().map(|c| c.raw_bytes().len()).sum()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Change> {
         self.changes.iter()
     }

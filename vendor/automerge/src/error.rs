@@ -76,6 +76,11 @@ pub enum AutomergeError {
     EncodingError(String),
     #[error("failed to unbundle: {0}")]
     Unbundle(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// Patched: a change which parses but contradicts the document it is applied to (its seq
+    /// leaves a gap in its actor's changes, it carries an author but is not its actor's first
+    /// change, or it lists an actor the document has not seen). Applying it used to panic.
+    #[error("change {hash} cannot be applied: {reason}")]
+    InvalidChange { hash: ChangeHash, reason: String },
 }
 
 impl AutomergeError {

@@ -170,13 +170,21 @@ impl<'a> Change<'a, Unverified> {
     ///
     /// # Errors
     /// * If there is an error reading an operation
+    /// * Patched: if an operation names an actor index which is not in this change's actor list
+    ///   (applying such a change used to panic)
     pub(crate) fn verify_ops<F: FnMut(ChangeOp)>(
         self,
         mut f: F,
     ) -> Result<Change<'a, Verified>, ReadChangeOpError> {
         let mut num_ops = 0;
+        let num_actors = 1 + self.other_actors.len();
         for op in self.iter_ops() {
-            f(op?);
+            let op = op?;
+            let index = op.max_actor_index();
+            if index >= num_actors {
+                return Err(ReadChangeOpError::ActorIndexOutOfRange { index, num_actors });
+            }
+            f(op);
             num_ops += 1;
         }
         if u32::try_from(u64::from(self.start_op)).is_err() {

@@ -1,7 +1,6 @@
 use std::{
     borrow::Cow,
     convert::{TryFrom, TryInto},
-    io::Read,
     ops::Range,
 };
 
@@ -35,7 +34,7 @@ pub(crate) mod error {
         Change(#[from] change::ParseError),
         #[error("bad document chunk: {0}")]
         Document(#[from] document::ParseError),
-        #[error("unable to decompresse compressed chunk")]
+        #[error("unable to decompress compressed chunk, or it inflates beyond the size limit")]
         Deflate,
     }
 
@@ -79,10 +78,9 @@ impl<'a> Chunk<'a> {
             }
             ChunkType::Compressed => {
                 let compressed = &input.unconsumed_bytes()[header.data_bytes()];
-                let mut decoder = flate2::bufread::DeflateDecoder::new(compressed);
+                // Patched: inflate at most `MAX_INFLATED_LEN` bytes.
                 let mut decompressed = Vec::new();
-                decoder
-                    .read_to_end(&mut decompressed)
+                super::inflate_bounded(compressed, &mut decompressed, super::MAX_INFLATED_LEN)
                     .map_err(|_| parse::ParseError::Error(error::Chunk::Deflate))?;
                 let inner_header = header.with_data(ChunkType::Change, &decompressed);
                 let mut inner_chunk = Vec::with_capacity(inner_header.len() + decompressed.len());

@@ -856,6 +856,8 @@ impl BatchApply {
 
     fn import_ops(&mut self, doc: &mut Automerge) {
         for c in &self.changes {
+            // cannot fail: `refuse_inconsistent_changes` checked that the document knows every
+            // actor a change lists, and `verify_ops` that its ops only name listed actors
             doc.import_ops_to(c, &mut self.ops).unwrap();
             doc.update_history(c);
         }
@@ -1102,7 +1104,81 @@ impl Automerge {
 
         self.queue.extend(incoming);
         let changes = self.queue.pop_topo_sorted_ready(&self.change_graph);
-        Ok(BatchApply::new(changes).apply(self, log)?)
+        // Patched: changes that would break the document's invariants (and used to panic below)
+        // are refused, with every ready change that depends on them; the others are applied.
+        let (changes, refused) = self.refuse_inconsistent_changes(changes);
+        BatchApply::new(changes).apply(self, log)?;
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Patched: split causally ready `changes` (in topological order) into those that can be
+    /// applied and the first error among the others. A change is refused when
+    /// - its seq is not one more than its actor's last seq (in the document or earlier in
+    ///   `changes`): the change graph and the actor table assume that each actor's changes form
+    ///   an unbroken chain from seq 1;
+    /// - it carries an author but its seq is not 1 (authors are assigned by the first change);
+    /// - it lists an actor that is neither in the document nor the actor of a first change
+    ///   (seq 1) earlier in `changes`: its ops would name an actor the document cannot map;
+    /// - or it depends on a refused change.
+    ///
+    /// The checks only read the document and the changes' headers.
+    fn refuse_inconsistent_changes(
+        &self,
+        changes: Vec<Change>,
+    ) -> (Vec<Change>, Option<AutomergeError>) {
+        let mut last_seq: HashMap<ActorId, u64> = HashMap::new();
+        let mut new_actors: HashSet<ActorId> = HashSet::new();
+        let mut refused: HashSet<ChangeHash> = HashSet::new();
+        let mut first_error = None;
+        let mut accepted = Vec::with_capacity(changes.len());
+        for change in changes {
+            let actor = change.actor_id();
+            let last = match last_seq.get(actor) {
+                Some(seq) => *seq,
+                None => self.seq_for_actor(actor),
+            };
+            let reason = if change.deps().iter().any(|d| refused.contains(d)) {
+                Some("it depends on a refused change".to_string())
+            } else if change.seq() != last.saturating_add(1) {
+                Some(format!(
+                    "seq {} for actor {} does not follow its last seq {}",
+                    change.seq(),
+                    actor,
+                    last
+                ))
+            } else if change.author().is_some() && change.seq() != 1 {
+                Some(format!(
+                    "it carries an author but is seq {} of its actor",
+                    change.seq()
+                ))
+            } else if let Some(unknown) = change.actors().skip(1).find(|a| {
+                *a != actor && self.ops.lookup_actor(a).is_none() && !new_actors.contains(*a)
+            }) {
+                Some(format!("it lists actor {} which is not in the document", unknown))
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => {
+                    refused.insert(change.hash());
+                    first_error.get_or_insert(AutomergeError::InvalidChange {
+                        hash: change.hash(),
+                        reason,
+                    });
+                }
+                None => {
+                    last_seq.insert(actor.clone(), change.seq());
+                    if change.seq() == 1 {
+                        new_actors.insert(actor.clone());
+                    }
+                    accepted.push(change);
+                }
+            }
+        }
+        (accepted, first_error)
     }
 
     fn import_ops_to(
@@ -1171,6 +1247,149 @@ mod tests {
     /// insert made the insert resolve to the wrong position. That corrupted the
     /// op grouping so that reconstructing the change via get_changes wrote two
     /// ops into the same column slot.
+
+    /// Patched: a change chunk with no ops, built by hand (the builder would refuse these).
+    fn crafted_change(actor: &[u8], seq: u64, deps: &[ChangeHash], extra: &[u8]) -> Change {
+        let mut data = Vec::new();
+        leb128::write::unsigned(&mut data, deps.len() as u64).unwrap();
+        for d in deps {
+            data.extend(d.as_bytes());
+        }
+        leb128::write::unsigned(&mut data, actor.len() as u64).unwrap();
+        data.extend(actor);
+        leb128::write::unsigned(&mut data, seq).unwrap();
+        data.extend([1, 0, 0, 0, 0]); // start op, time, message, other actors, op columns
+        data.extend(extra);
+        let header = crate::storage::Header::new(crate::storage::ChunkType::Change, &data);
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        bytes.extend(data);
+        Change::from_bytes(bytes).unwrap()
+    }
+
+    fn doc_with_one_change() -> Automerge {
+        let mut doc = AutoCommit::new().with_actor(ActorId::from([1; 16]));
+        doc.put(ROOT, "a", 1).unwrap();
+        doc.commit();
+        doc.document().clone()
+    }
+
+    #[test]
+    fn seq_gap_is_refused() {
+        let mut doc = doc_with_one_change();
+        let heads = doc.get_heads();
+        let gap = crafted_change(&[2; 16], 2, &[], &[]);
+        let err = doc.apply_changes([gap.clone()]).unwrap_err();
+        assert!(matches!(err, AutomergeError::InvalidChange { hash, .. } if hash == gap.hash()));
+        assert_eq!(doc.get_heads(), heads);
+        assert_eq!(doc.queued_changes(), 0);
+        // a gap after the actor's last change, too
+        let own_gap = crafted_change(&[1; 16], 3, &heads, &[]);
+        assert!(doc.apply_changes([own_gap]).is_err());
+        assert_eq!(doc.get_heads(), heads);
+        // and the document goes on
+        let first = crafted_change(&[2; 16], 1, &[], &[]);
+        doc.apply_changes([first, gap]).unwrap();
+        assert_eq!(doc.get_changes(&heads).len(), 2);
+    }
+
+    #[test]
+    fn refused_change_takes_its_dependents_but_not_the_others() {
+        let mut doc = doc_with_one_change();
+        let heads = doc.get_heads();
+        let gap = crafted_change(&[2; 16], 2, &[], &[]);
+        let dependent = crafted_change(&[3; 16], 1, &[gap.hash()], &[]);
+        let independent = crafted_change(&[4; 16], 1, &heads, &[]);
+        let err = doc
+            .apply_changes([dependent.clone(), gap, independent.clone()])
+            .unwrap_err();
+        assert!(matches!(err, AutomergeError::InvalidChange { .. }));
+        assert_eq!(doc.get_heads(), vec![independent.hash()]);
+        assert!(doc.get_change_by_hash(&dependent.hash()).is_none());
+        assert_eq!(doc.queued_changes(), 0);
+    }
+
+    #[test]
+    fn author_on_a_later_change_is_refused() {
+        let mut doc = doc_with_one_change();
+        let heads = doc.get_heads();
+        let author = crate::Author::from(vec![9; 8]);
+        let extra = crate::change::encode_author_footer(&Some(author));
+        let authored = crafted_change(&[1; 16], 2, &heads, &extra);
+        assert!(authored.author().is_some());
+        let err = doc.apply_changes([authored]).unwrap_err();
+        assert!(matches!(err, AutomergeError::InvalidChange { .. }));
+        assert_eq!(doc.get_heads(), heads);
+    }
+
+    #[test]
+    fn unknown_other_actor_is_refused() {
+        let mut doc = doc_with_one_change();
+        let heads = doc.get_heads();
+        let mut change = crafted_change(&[1; 16], 2, &heads, &[]).raw_bytes().to_vec();
+        // list one other actor, which the document has never seen: rebuild the chunk
+        let mut data = change.split_off(10); // magic, checksum, type, one byte length
+        let other_actors_at = data.len() - 2;
+        data.splice(other_actors_at..other_actors_at + 1, [1, 16].into_iter().chain([5; 16]));
+        let header = crate::storage::Header::new(crate::storage::ChunkType::Change, &data);
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        bytes.extend(data);
+        let change = Change::from_bytes(bytes).unwrap();
+        assert_eq!(change.actors().count(), 2);
+        let err = doc.apply_changes([change]).unwrap_err();
+        assert!(matches!(err, AutomergeError::InvalidChange { .. }));
+        assert_eq!(doc.get_heads(), heads);
+    }
+
+    #[test]
+    fn op_naming_an_unlisted_actor_is_refused() {
+        let mut a = AutoCommit::new().with_actor(ActorId::from([1; 16]));
+        let map = a.put_object(ROOT, "m", crate::ObjType::Map).unwrap();
+        a.commit();
+        let mut b = a.fork().with_actor(ActorId::from([2; 16]));
+        b.put(&map, "k", "v").unwrap();
+        b.commit();
+        let change = b.get_changes(&a.get_heads()).pop().unwrap().clone();
+        assert_eq!(change.actors().count(), 2);
+        // the same change without its other actor: its op's object names actor index 1
+        let skip_uleb = |data: &[u8], p: &mut usize| {
+            while data[*p] & 0x80 != 0 {
+                *p += 1;
+            }
+            *p += 1;
+        };
+        let mut p = 9; // magic, checksum, type
+        skip_uleb(change.raw_bytes(), &mut p);
+        let data = &change.raw_bytes()[p..];
+        let mut p = 0;
+        p += 1 + 32; // one dep
+        p += 1 + 16; // actor
+        for _ in 0..4 {
+            skip_uleb(data, &mut p); // seq, start op, time, message length (0)
+        }
+        let mut crafted = data[..p].to_vec();
+        crafted.push(0); // no other actors
+        crafted.extend(&data[p + 1 + 1 + 16..]);
+        let header = crate::storage::Header::new(crate::storage::ChunkType::Change, &crafted);
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        bytes.extend(crafted);
+        let err = Change::from_bytes(bytes).unwrap_err();
+        assert!(err.to_string().contains("actor index 1"), "{err}");
+    }
+
+    #[test]
+    fn queued_changes_are_counted() {
+        let mut doc = doc_with_one_change();
+        let missing = ChangeHash([7; 32]);
+        let waiting = crafted_change(&[2; 16], 1, &[missing], &[]);
+        let len = waiting.raw_bytes().len();
+        doc.apply_changes([waiting]).unwrap();
+        assert_eq!(doc.queued_changes(), 1);
+        assert_eq!(doc.queued_change_bytes(), len);
+    }
+
     #[test]
     fn increment_plus_trailing_insert_keeps_group_order() {
         let mut doc = AutoCommit::new().with_actor("aa".try_into().unwrap());

@@ -376,6 +376,27 @@ pub enum ReadChangeOpError {
     InvalidOpType(#[from] InvalidOpType),
     #[error("counter too large")]
     CounterTooLarge,
+    /// Patched: an op names an actor by an index past the change's actor list (the change's own
+    /// actor followed by its other actors).
+    #[error("op refers to actor index {index} but the change lists {num_actors} actors")]
+    ActorIndexOutOfRange { index: usize, num_actors: usize },
+}
+
+impl ChangeOp {
+    /// Patched: the largest actor index this op names (in its object, key and preds), which must
+    /// be below the number of actors its change lists.
+    pub(crate) fn max_actor_index(&self) -> usize {
+        let key = match &self.key {
+            Key::Elem(e) => e.0.actor(),
+            Key::Prop(_) => 0,
+        };
+        self.pred
+            .iter()
+            .map(OpId::actor)
+            .chain([self.obj.0.actor(), key])
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Clone)]

@@ -86,14 +86,16 @@ impl<T: compression::ColumnCompression> RawColumn<T> {
         }
     }
 
+    /// Patched: inflates at most `limit` bytes.
     fn decompress(
         &self,
         input: &[u8],
         out: &mut Vec<u8>,
+        limit: usize,
     ) -> Result<(ColumnSpec, usize), ParseError> {
         let len = if self.spec.deflate() {
-            let mut inflater = flate2::bufread::DeflateDecoder::new(&input[self.data.clone()]);
-            inflater.read_to_end(out).map_err(ParseError::Deflate)?
+            crate::storage::inflate_bounded(&input[self.data.clone()], out, limit)
+                .map_err(ParseError::Deflate)?
         } else {
             out.extend(&input[self.data.clone()]);
             self.data.len()
@@ -148,6 +150,10 @@ impl<T: compression::ColumnCompression> RawColumns<T> {
 
     /// Read each column from `input` and write to `out`, decompressing any compressed columns
     ///
+    /// Patched: the compressed columns together may inflate to at most
+    /// [`crate::storage::MAX_INFLATED_LEN`] bytes, beyond which this returns
+    /// `ParseError::Deflate`.
+    ///
     /// # Returns
     /// The `RawColumns` corresponding to the data written to `out`
     ///
@@ -160,12 +166,15 @@ impl<T: compression::ColumnCompression> RawColumns<T> {
     ) -> Result<RawColumns<compression::Uncompressed>, ParseError> {
         let mut result = Vec::with_capacity(self.0.len());
         let mut start = 0;
+        let mut inflate_budget = crate::storage::MAX_INFLATED_LEN;
         for col in &self.0 {
             let (spec, len) = if let Some(decomp) = col.uncompressed() {
                 out.extend(&input[decomp.data.clone()]);
                 (decomp.spec, decomp.data.len())
             } else {
-                col.decompress(input, out)?
+                let (spec, len) = col.decompress(input, out, inflate_budget)?;
+                inflate_budget -= len;
+                (spec, len)
             };
             result.push(RawColumn {
                 spec,
