@@ -71,7 +71,7 @@ const AUTOMERGE_BLOOM_BYTES_CEILING: usize = (1 << 29) - 1;
 /// because of what a peer wrote. The defaults fit a task sync server: they
 /// are far above what real documents need (a task list edited by a handful
 /// of devices) and far below what would hurt a server with many peers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputLimits {
     /// The whole sync message, in bytes. Default 8 MiB: a peer uploading a
     /// document created offline sends its whole history at once, and years of
@@ -208,6 +208,15 @@ pub enum Refusal {
         /// How many actors the change lists (its own and the others).
         actors: u64,
     },
+}
+
+impl Refusal {
+    /// Whether the message was refused for passing a limit (rather than for
+    /// being malformed): the server closes such connections with its
+    /// limit code, so that a client can tell "too much" from "broken".
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Refusal::TooLarge { .. } | Refusal::TooManyOps { .. })
+    }
 }
 
 /// What the admission layer read from one change chunk.

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The server cannot deliver the code right now.
     DeliveryFailed,
+    /// The account's document or storage quota is used up; delete tasks to make room.
+    QuotaExceeded,
     /// Something went wrong on the server; the cause is in its log.
     Internal,
 }
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::DeliveryFailed => "delivery_failed",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Internal => "internal",
         }
     }

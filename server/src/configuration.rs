@@ -15,7 +15,11 @@ use clap::{Parser, ValueEnum};
 use codeedex_schema::contact::Contact;
 use secrecy::SecretString;
 
+use crate::store::Quota;
+use crate::sync::hub::HubLimits;
+use crate::sync::mailbox::MailboxLimits;
 use crate::sync::peer::SyncLimits;
+use codeedex_schema::admission::InputLimits;
 use serde::{Deserialize, Serialize};
 
 /// Development prints codes to the log; production refuses anything unsafe.
@@ -212,6 +216,40 @@ pub struct Overrides {
     /// Seconds an unused document stays in memory [default: 60].
     #[arg(long, env = "CODEEDEX_DOCUMENT_IDLE_SECS")]
     pub document_idle_secs: Option<u64>,
+    /// Largest Automerge change a peer may send, in bytes; beyond it the
+    /// connection closes with 4008 [default: 1048576].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_CHANGE_BYTES")]
+    pub sync_max_change_bytes: Option<usize>,
+    /// Most operations in one change; beyond it the connection closes with 4008 [default: 100000].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_OPS_PER_CHANGE")]
+    pub sync_max_ops_per_change: Option<u64>,
+    /// Most changes in one sync message; beyond it the connection closes with 4008 [default: 10000].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_CHANGES_PER_MESSAGE")]
+    pub sync_max_changes_per_message: Option<usize>,
+    /// Changes a document may hold while their dependencies are missing;
+    /// beyond it the connection closes with 4008 [default: 1000].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_QUEUED_CHANGES")]
+    pub sync_max_queued_changes: Option<usize>,
+    /// Bytes of such changes per document [default: 8388608].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_QUEUED_BYTES")]
+    pub sync_max_queued_bytes: Option<usize>,
+    /// Relayed ephemeral messages waiting per connection; older ones are dropped [default: 256].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_EPHEMERAL_QUEUED")]
+    pub sync_max_ephemeral_queued: Option<usize>,
+    /// Seconds one outgoing frame may wait for a peer that does not read,
+    /// before the connection closes with 4008 [default: 30].
+    #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
+    pub sync_write_timeout_secs: Option<u64>,
+    /// Live documents per user; beyond it uploads close with 4011 and REST
+    /// creation answers 403 quota_exceeded [default: 100000].
+    #[arg(long, env = "CODEEDEX_QUOTA_DOCUMENTS_PER_USER")]
+    pub quota_documents_per_user: Option<u64>,
+    /// Bytes of change log per user [default: 1073741824].
+    #[arg(long, env = "CODEEDEX_QUOTA_BYTES_PER_USER")]
+    pub quota_bytes_per_user: Option<u64>,
+    /// Bytes of change log per document [default: 67108864].
+    #[arg(long, env = "CODEEDEX_QUOTA_BYTES_PER_DOCUMENT")]
+    pub quota_bytes_per_document: Option<u64>,
     /// Fixed codes for test accounts, "identifier=code" comma-separated. Needs --test-codes-expire.
     #[arg(long, env = "CODEEDEX_TEST_CODES", hide_env_values = true)]
     pub test_codes: Option<String>,
@@ -251,6 +289,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Per-connection sync limits.
     pub sync_limits: SyncLimits,
+    /// Quotas and per-document limits of the hub.
+    pub hub_limits: HubLimits,
     /// How long an unused document stays in memory.
     pub document_idle: Duration,
     /// Things worth a warning that do not stop the server, logged once
@@ -494,6 +534,24 @@ impl Settings {
                 sync_handshake_timeout_secs,
                 defaults.handshake_timeout.as_secs()
             )),
+            input: InputLimits {
+                max_message_bytes: pick!(sync_max_frame_bytes, defaults.max_frame_bytes),
+                max_change_bytes: pick!(sync_max_change_bytes, defaults.input.max_change_bytes),
+                max_ops_per_change: pick!(
+                    sync_max_ops_per_change,
+                    defaults.input.max_ops_per_change
+                ),
+                max_changes: pick!(sync_max_changes_per_message, defaults.input.max_changes),
+                ..defaults.input
+            },
+            mailbox: MailboxLimits {
+                max_ephemeral: pick!(sync_max_ephemeral_queued, defaults.mailbox.max_ephemeral),
+                ..defaults.mailbox
+            },
+            write_timeout: Duration::from_secs(pick!(
+                sync_write_timeout_secs,
+                defaults.write_timeout.as_secs()
+            )),
         };
         if sync_limits.max_frame_bytes < 1024
             || sync_limits.messages_per_second == 0
@@ -501,12 +559,40 @@ impl Settings {
             || sync_limits.max_documents == 0
             || sync_limits.max_connections_per_user == 0
             || sync_limits.handshake_timeout.is_zero()
+            || sync_limits.input.max_change_bytes == 0
+            || sync_limits.input.max_ops_per_change == 0
+            || sync_limits.input.max_changes == 0
+            || sync_limits.mailbox.max_ephemeral == 0
+            || sync_limits.write_timeout.is_zero()
         {
             bail!("sync limits must be positive (and frames at least 1024 bytes)");
+        }
+        let hub_defaults = HubLimits::default();
+        let hub_limits = HubLimits {
+            quota: Quota {
+                documents_per_user: pick!(
+                    quota_documents_per_user,
+                    hub_defaults.quota.documents_per_user
+                ),
+                bytes_per_user: pick!(quota_bytes_per_user, hub_defaults.quota.bytes_per_user),
+                bytes_per_document: pick!(
+                    quota_bytes_per_document,
+                    hub_defaults.quota.bytes_per_document
+                ),
+            },
+            max_queued_changes: pick!(sync_max_queued_changes, hub_defaults.max_queued_changes),
+            max_queued_bytes: pick!(sync_max_queued_bytes, hub_defaults.max_queued_bytes),
+        };
+        if hub_limits.quota.documents_per_user == 0
+            || hub_limits.quota.bytes_per_user == 0
+            || hub_limits.quota.bytes_per_document == 0
+        {
+            bail!("quotas must be positive");
         }
         Ok(Settings {
             allowed_origins: pick!(allowed_origins, Vec::new()),
             sync_limits,
+            hub_limits,
             document_idle: Duration::from_secs(pick!(document_idle_secs, 60)),
             warnings,
             listen: pick!(

@@ -7,6 +7,12 @@
 //! knows sled). [`delivery`] sends codes; [`configuration`] and
 //! [`telemetry`] set the server up.
 
+// The hub contains Automerge panics on peer input with `catch_unwind`; with
+// `panic = "abort"` any peer could end the process with one message. (Fuzz
+// builds abort on purpose: there every panic, contained or not, is a find.)
+#[cfg(all(panic = "abort", not(fuzzing)))]
+compile_error!("codeedex-server must be built with panic = \"unwind\" (see sync::hub)");
+
 pub mod api;
 pub mod auth;
 pub mod configuration;

@@ -71,7 +71,12 @@ impl Application {
                 .map(|u| u.as_bytes().to_vec())
                 .unwrap_or_else(|_| storage_id.as_bytes().to_vec()),
         );
-        let hub = Arc::new(DocumentHub::new(store.clone(), actor));
+        let hub = Arc::new(DocumentHub::new(
+            store.clone(),
+            actor,
+            settings.hub_limits,
+            Arc::clone(&metrics),
+        ));
         let sync = PeerContext {
             hub: Arc::clone(&hub),
             registry: Arc::new(PeerRegistry::default()),
@@ -79,6 +84,7 @@ impl Application {
             server_peer_id: format!("codeedex-server-{}", uuid::Uuid::new_v4()),
             server_storage_id: storage_id,
             limits: settings.sync_limits,
+            metrics: Arc::clone(&metrics),
         };
         let state = AppState {
             auth,

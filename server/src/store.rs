@@ -11,6 +11,7 @@
 
 mod documents;
 mod group_commit;
+mod quota;
 mod records;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
+pub use quota::{Quota, QuotaExceeded, Usage};
 pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
@@ -46,6 +48,9 @@ pub enum StoreError {
     /// A change was appended to a deleted document.
     #[error("the document was deleted")]
     DocumentDeleted,
+    /// The write would take the user or the document over its quota.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
     /// A record could not be decoded.
     #[error("corrupt record in {tree}")]
     Corrupt {
@@ -108,6 +113,8 @@ pub struct Store {
     sync_states: Tree,
     /// user id ‖ document id → task summary (JSON), for listing without loading documents.
     task_index: Tree,
+    /// user id → [`Usage`]: live documents and their stored bytes, for quotas.
+    usage: Tree,
     /// Server-wide values: the server's storage id.
     meta: Tree,
     /// Coalesces concurrent [`Store::persist`] calls into shared flushes.
@@ -170,6 +177,7 @@ impl Store {
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let meta = db.open_tree("meta")?;
+        let usage_was_kept = db.tree_names().iter().any(|name| name.as_ref() == b"usage");
         match meta.get(FORMAT_KEY)? {
             None => {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
@@ -184,7 +192,7 @@ impl Store {
                 });
             }
         }
-        Ok(Self {
+        let store = Self {
             users: db.open_tree("users")?,
             identities: db.open_tree("identities")?,
             otp: db.open_tree("otp")?,
@@ -200,12 +208,19 @@ impl Store {
             user_feed_position: db.open_tree("user_feed_position")?,
             sync_states: db.open_tree("sync_states")?,
             task_index: db.open_tree("task_index")?,
+            usage: db.open_tree("usage")?,
             meta,
             group_commit: std::sync::Arc::new(
                 group_commit::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?,
             ),
             db,
-        })
+        };
+        // Stores written before quotas existed have documents but no usage:
+        // count it once, so that quotas hold for existing users too.
+        if !usage_was_kept {
+            store.rebuild_usage()?;
+        }
+        Ok(store)
     }
 
     /// Waits until every write made so far is on disk.

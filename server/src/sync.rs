@@ -8,6 +8,7 @@
 //! only moves bytes.
 
 pub mod hub;
+pub mod mailbox;
 pub mod peer;
 pub mod registry;
 

@@ -22,4 +22,35 @@ pub fn init(filter: &str, format: LogFormat) {
     };
     // A subscriber is already set when tests start several servers in one process.
     let _ = result;
+    log_panics();
+}
+
+/// Sends panics to the log, where an operator looks, instead of a bare
+/// line on standard error. The server catches panics from Automerge on
+/// peer input (each costs only that peer's message); this says which code
+/// panicked, where and why. The message is cut short: it may quote values a
+/// peer chose.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message: String = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".to_owned());
+        let thread = std::thread::current();
+        tracing::error!(
+            location,
+            message,
+            thread = thread.name().unwrap_or("unnamed"),
+            "panic; the server contains panics on peer input, but this is a bug"
+        );
+    }));
 }

@@ -20,13 +20,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use chrono::Utc;
 use codeedex_schema::problem::ErrorCode;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::AppState;
 use super::caller::bearer_token;
 use super::problem::{ProblemParts, endpoint_error};
 use crate::auth::AuthenticateError;
 use crate::auth::tokens::LEEWAY_SECS;
+use crate::metrics::Metrics;
 use crate::sync::peer::{Output, PeerConnection, close};
 
 /// The subprotocol the server selects.
@@ -145,43 +146,36 @@ async fn sync_socket(
             AuthenticateError::Store(e) => SyncSocketError::Unexpected(e.into()),
         })?;
     let limits = state.sync.limits;
-    if !state
+    let Some(admission) = state
         .sync
         .registry
         .admit(who.user_id, limits.max_connections_per_user)
-    {
+    else {
         return Err(SyncSocketError::TooManyConnections);
-    }
-    let (response, session, stream) =
-        match actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL]) {
-            Ok(parts) => parts,
-            Err(e) => {
-                state.sync.registry.release(who.user_id);
-                return Err(SyncSocketError::Handshake(e.to_string()));
-            }
-        };
+    };
+    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])
+        .map_err(|e| SyncSocketError::Handshake(e.to_string()))?;
     let stream = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
     let conn = state.next_connection.fetch_add(1, Ordering::Relaxed);
-    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     let peer = PeerConnection::new(
         state.sync.clone(),
         conn,
         who.user_id,
         who.session_id,
         who.expires_at,
-        notices_tx,
         Instant::now(),
     );
     let ends = state.auth.session_ends();
     let state = state.into_inner();
     // actix-ws streams are not Send: the connection runs on this worker.
+    // The admission and the peer release everything they hold when dropped,
+    // so a task that ends in any way, a panic included, leaks nothing.
     actix_web::rt::spawn(async move {
-        let user = who.user_id;
-        drive(peer, session, stream, notices_rx, ends, &state).await;
-        state.sync.registry.release(user);
+        let _admission = admission;
+        drive(peer, session, stream, ends, &state).await;
     });
     Ok(response)
 }
@@ -195,10 +189,11 @@ async fn drive(
     mut peer: PeerConnection,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut notices: mpsc::UnboundedReceiver<crate::sync::hub::Notice>,
     mut ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
     state: &AppState,
 ) {
+    let mailbox = peer.mailbox();
+    let write_timeout = state.sync.limits.write_timeout;
     let handshake_deadline = tokio::time::Instant::now() + state.sync.limits.handshake_timeout;
     let mut replaced = None;
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -223,8 +218,10 @@ async fn drive(
                 Some(Ok(AggregatedMessage::Text(_))) => failure(close::UNSUPPORTED_DATA, "text frames are not part of the protocol"),
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     last_heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() { break }
-                    continue;
+                    match tokio::time::timeout(write_timeout, session.pong(&bytes)).await {
+                        Ok(Ok(())) => continue,
+                        _ => break,
+                    }
                 }
                 Some(Ok(AggregatedMessage::Pong(_))) => {
                     last_heard = Instant::now();
@@ -238,7 +235,7 @@ async fn drive(
                 }
                 Some(Err(e)) => failure(close::PROTOCOL_ERROR, &format!("websocket protocol error: {e}")),
             },
-            Some(notice) = notices.recv() => peer.handle_notice(notice, Utc::now()).await,
+            notices = mailbox.next() => peer.handle_notices(notices, Utc::now()).await,
             // Replies and relayed changes go out once the group commit has
             // made what they reveal durable; meanwhile the branches above go
             // on applying this peer's frames.
@@ -269,39 +266,71 @@ async fn drive(
                 failure(close::REPLACED, "replaced by a newer connection with the same peer id")
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT { break }
-                if session.ping(b"").await.is_err() { break }
-                continue;
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    failure(close::POLICY, "nothing heard within the keep-alive limit")
+                } else {
+                    match tokio::time::timeout(write_timeout, session.ping(b"")).await {
+                        Ok(Ok(())) => continue,
+                        _ => break,
+                    }
+                }
             }
         };
         let mut closing = None;
         for output in outputs {
             match output {
                 Output::Frame(bytes) => {
-                    if session.binary(bytes).await.is_err() {
-                        closing = Some(None);
-                        break;
+                    // A peer that stops reading fills its socket; the send
+                    // then waits. Waiting for ever would keep the connection
+                    // and what it holds alive, so the peer gets a deadline.
+                    match tokio::time::timeout(write_timeout, session.binary(bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            closing = Some(None);
+                            break;
+                        }
+                        Err(_) => {
+                            Metrics::bump(&state.metrics.sync_slow_readers_closed);
+                            closing =
+                                Some(Some((close::LIMIT, "the peer does not read".to_owned())));
+                            break;
+                        }
                     }
                 }
                 Output::Close { code, reason } => {
-                    closing = Some(Some(CloseReason {
-                        code: CloseCode::from(code),
-                        description: Some(reason),
-                    }));
+                    closing = Some(Some((code, reason)));
                     break;
                 }
             }
         }
         if let Some(reason) = closing {
-            if let Some(reason) = reason {
-                let _ = session.close(Some(reason)).await;
+            if let Some((code, reason)) = reason {
+                log_close(&peer, code, &reason);
+                let reason = CloseReason {
+                    code: CloseCode::from(code),
+                    description: Some(reason),
+                };
+                // A peer that does not read would not take the close frame
+                // either; do not wait for it longer than for any frame.
+                let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
+            } else {
+                tracing::info!(conn = peer.id(), user = %peer.user(), "sync connection lost");
             }
-            peer.finish();
             return;
         }
     }
-    let _ = session.close(None).await;
-    peer.finish();
+    tracing::info!(conn = peer.id(), user = %peer.user(), "sync connection closed by the peer");
+    let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
+}
+
+/// Logs why the server closed a connection, where an operator sees it:
+/// normal ends at info, everything else at warn.
+fn log_close(peer: &PeerConnection, code: u16, reason: &str) {
+    if code == close::NORMAL {
+        tracing::info!(conn = peer.id(), user = %peer.user(), code, reason, "sync connection closed");
+    } else {
+        tracing::warn!(conn = peer.id(), user = %peer.user(), code, reason, "sync connection closed");
+    }
 }
 
 fn failure(code: u16, message: &str) -> Vec<Output> {

@@ -61,6 +61,9 @@ pub enum TaskApiError {
     /// No such task for this user.
     #[error("no such task")]
     NotFound,
+    /// The user's quota does not allow the write.
+    #[error("quota exceeded")]
+    Quota(#[source] crate::store::QuotaExceeded),
     /// Anything on our side.
     #[error("task operation failed")]
     Unexpected(#[source] anyhow::Error),
@@ -84,6 +87,12 @@ impl TaskApiError {
             Self::NotFound => {
                 ProblemParts::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found")
             }
+            Self::Quota(exceeded) => ProblemParts::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::QuotaExceeded,
+                "Quota exceeded",
+            )
+            .detail(exceeded.to_string()),
             Self::Unexpected(_) => ProblemParts::internal(),
         }
     }
@@ -95,6 +104,7 @@ impl From<HubError> for TaskApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::Task(_) | HubError::Deleted => TaskApiError::NotFound,
+            HubError::Quota(exceeded) => TaskApiError::Quota(exceeded),
             other => TaskApiError::Unexpected(other.into()),
         }
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
+use super::quota::{Quota, QuotaExceeded, decode_usage};
 use super::{Store, StoreError, TxResult, decode, encode, pair_key};
 
 /// What the store knows about a document.
@@ -24,6 +25,10 @@ pub struct DocumentMeta {
     pub next_seq: u64,
     /// Set when the document was deleted; it then never syncs again.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Bytes of change log, counted against the owner's quota. Records
+    /// written before quotas have 0 here until the store counts them.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// The outcome of claiming a document for a user.
@@ -33,6 +38,8 @@ pub enum Claim {
     Owned(DocumentMeta),
     /// Another user owns it, or it was deleted: treat as unavailable.
     Unavailable,
+    /// Nobody owns it, and the user has as many documents as allowed.
+    OverQuota(QuotaExceeded),
 }
 
 /// One accepted change.
@@ -135,42 +142,49 @@ impl Store {
             .transpose()
     }
 
-    /// Records `user` as the owner of `doc` unless someone already owns it.
+    /// Records `user` as the owner of `doc` unless someone already owns it
+    /// or the user has as many documents as `quota` allows.
     pub fn claim_document(
         &self,
         doc: DocumentId,
         user: UserId,
         now: DateTime<Utc>,
+        quota: &Quota,
     ) -> Result<Claim, StoreError> {
-        loop {
-            let current = self.documents.get(doc.as_bytes())?;
-            if let Some(bytes) = &current {
-                let meta: DocumentMeta = decode("documents", bytes)?;
+        let claim = (&self.documents, &self.usage).transaction(|(documents, usage)| {
+            if let Some(bytes) = documents.get(doc.as_bytes())? {
+                let meta: DocumentMeta =
+                    decode("documents", &bytes).map_err(ConflictableTransactionError::Abort)?;
                 return Ok(if meta.owner == user && meta.deleted_at.is_none() {
                     Claim::Owned(meta)
                 } else {
                     Claim::Unavailable
                 });
             }
+            let used = decode_usage(usage.get(user.as_bytes())?)
+                .map_err(ConflictableTransactionError::Abort)?;
+            let used = match used.add_document(quota) {
+                Ok(used) => used,
+                Err(exceeded) => return Ok(Claim::OverQuota(exceeded)),
+            };
             let meta = DocumentMeta {
                 owner: user,
                 created_at: now,
                 next_seq: 0,
                 deleted_at: None,
+                bytes: 0,
             };
-            if self
-                .documents
-                .compare_and_swap(doc.as_bytes(), None as Option<&[u8]>, Some(encode(&meta)))?
-                .is_ok()
-            {
-                return Ok(Claim::Owned(meta));
-            }
-        }
+            documents.insert(doc.as_bytes(), encode(&meta))?;
+            usage.insert(user.as_bytes(), encode(&used))?;
+            Ok(Claim::Owned(meta))
+        })?;
+        Ok(claim)
     }
 
     /// Appends changes to a document's log and moves the document to the
-    /// front of its owner's feed, in one transaction. Returns the feed
-    /// position. The caller makes it durable with [`Store::persist`].
+    /// front of its owner's feed, in one transaction, unless that would take
+    /// the document or its owner over `quota`. Returns the feed position.
+    /// The caller makes it durable with [`Store::persist`].
     pub fn append_events(
         &self,
         doc: DocumentId,
@@ -178,52 +192,67 @@ impl Store {
         session: Option<SessionId>,
         at: DateTime<Utc>,
         changes: &[Vec<u8>],
+        quota: &Quota,
     ) -> Result<u64, StoreError> {
         let feed_seq = self.db.generate_id()?;
+        let added: u64 = changes.iter().map(|c| c.len() as u64).sum();
         (
             &self.documents,
             &self.events,
             &self.user_feed,
             &self.user_feed_position,
+            &self.usage,
         )
-            .transaction(|(documents, events, feed, positions)| -> TxResult<u64> {
-                let Some(meta) = documents.get(doc.as_bytes())? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        tree: "documents",
-                        source: serde::de::Error::custom("appending to a document nobody claimed"),
-                    }));
-                };
-                let mut meta: DocumentMeta =
-                    decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
-                if meta.deleted_at.is_some() {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::DocumentDeleted,
-                    ));
-                }
-                for change in changes {
-                    let record = EventRecord {
-                        seq: meta.next_seq,
-                        user,
-                        session,
-                        at,
-                        change: change.clone(),
+            .transaction(
+                |(documents, events, feed, positions, usage)| -> TxResult<u64> {
+                    let Some(meta) = documents.get(doc.as_bytes())? else {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                            tree: "documents",
+                            source: serde::de::Error::custom(
+                                "appending to a document nobody claimed",
+                            ),
+                        }));
                     };
-                    events.insert(seq_key(doc, meta.next_seq), record.encode())?;
-                    meta.next_seq += 1;
-                }
-                documents.insert(doc.as_bytes(), encode(&meta))?;
-                let owner = meta.owner;
-                let position_key = pair_key(owner.as_bytes(), doc.as_bytes());
-                if let Some(old) = positions.get(&position_key)? {
-                    feed.remove(pair_key(owner.as_bytes(), &old))?;
-                }
-                positions.insert(position_key, &feed_seq.to_be_bytes())?;
-                feed.insert(
-                    pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
-                    doc.as_bytes(),
-                )?;
-                Ok(feed_seq)
-            })?;
+                    let mut meta: DocumentMeta =
+                        decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
+                    if meta.deleted_at.is_some() {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::DocumentDeleted,
+                        ));
+                    }
+                    let used = decode_usage(usage.get(meta.owner.as_bytes())?)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    let (used, document_bytes) =
+                        used.grow(meta.bytes, added, quota).map_err(|e| {
+                            ConflictableTransactionError::Abort(StoreError::QuotaExceeded(e))
+                        })?;
+                    usage.insert(meta.owner.as_bytes(), encode(&used))?;
+                    meta.bytes = document_bytes;
+                    for change in changes {
+                        let record = EventRecord {
+                            seq: meta.next_seq,
+                            user,
+                            session,
+                            at,
+                            change: change.clone(),
+                        };
+                        events.insert(seq_key(doc, meta.next_seq), record.encode())?;
+                        meta.next_seq += 1;
+                    }
+                    documents.insert(doc.as_bytes(), encode(&meta))?;
+                    let owner = meta.owner;
+                    let position_key = pair_key(owner.as_bytes(), doc.as_bytes());
+                    if let Some(old) = positions.get(&position_key)? {
+                        feed.remove(pair_key(owner.as_bytes(), &old))?;
+                    }
+                    positions.insert(position_key, &feed_seq.to_be_bytes())?;
+                    feed.insert(
+                        pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
+                        doc.as_bytes(),
+                    )?;
+                    Ok(feed_seq)
+                },
+            )?;
         Ok(feed_seq)
     }
 
@@ -331,32 +360,36 @@ impl Store {
         }
     }
 
-    /// Marks a document deleted. It keeps its log (for history) but never
-    /// syncs again.
+    /// Marks a document deleted and gives its bytes back to the owner's
+    /// quota. It keeps its log (for history) but never syncs again.
     pub fn tombstone_document(
         &self,
         doc: DocumentId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        loop {
-            let Some(current) = self.documents.get(doc.as_bytes())? else {
-                return Ok(false);
-            };
-            let mut meta: DocumentMeta = decode("documents", &current)?;
-            if meta.deleted_at.is_some() {
-                return Ok(false);
-            }
-            meta.deleted_at = Some(at);
-            if self
-                .documents
-                .compare_and_swap(doc.as_bytes(), Some(current), Some(encode(&meta)))?
-                .is_ok()
-            {
-                self.task_index
-                    .remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
-                return Ok(true);
-            }
-        }
+        let removed = (&self.documents, &self.usage, &self.task_index).transaction(
+            |(documents, usage, task_index)| -> TxResult<bool> {
+                let Some(current) = documents.get(doc.as_bytes())? else {
+                    return Ok(false);
+                };
+                let mut meta: DocumentMeta =
+                    decode("documents", &current).map_err(ConflictableTransactionError::Abort)?;
+                if meta.deleted_at.is_some() {
+                    return Ok(false);
+                }
+                meta.deleted_at = Some(at);
+                documents.insert(doc.as_bytes(), encode(&meta))?;
+                let used = decode_usage(usage.get(meta.owner.as_bytes())?)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                usage.insert(
+                    meta.owner.as_bytes(),
+                    encode(&used.remove_document(meta.bytes)),
+                )?;
+                task_index.remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
+                Ok(true)
+            },
+        )?;
+        Ok(removed)
     }
 
     /// The persisted sync state of a document with a peer's storage.
@@ -450,15 +483,21 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (ann, bob, doc, _) = ids();
         assert!(matches!(
-            store.claim_document(doc, ann, Utc::now()).unwrap(),
+            store
+                .claim_document(doc, ann, Utc::now(), &Quota::default())
+                .unwrap(),
             Claim::Owned(_)
         ));
         assert_eq!(
-            store.claim_document(doc, bob, Utc::now()).unwrap(),
+            store
+                .claim_document(doc, bob, Utc::now(), &Quota::default())
+                .unwrap(),
             Claim::Unavailable
         );
         assert!(matches!(
-            store.claim_document(doc, ann, Utc::now()).unwrap(),
+            store
+                .claim_document(doc, ann, Utc::now(), &Quota::default())
+                .unwrap(),
             Claim::Owned(_)
         ));
     }
@@ -468,12 +507,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (ann, _, doc, _) = ids();
-        store.claim_document(doc, ann, Utc::now()).unwrap();
         store
-            .append_events(doc, ann, None, Utc::now(), &[b"a".to_vec(), b"b".to_vec()])
+            .claim_document(doc, ann, Utc::now(), &Quota::default())
             .unwrap();
         store
-            .append_events(doc, ann, None, Utc::now(), &[b"c".to_vec()])
+            .append_events(
+                doc,
+                ann,
+                None,
+                Utc::now(),
+                &[b"a".to_vec(), b"b".to_vec()],
+                &Quota::default(),
+            )
+            .unwrap();
+        store
+            .append_events(
+                doc,
+                ann,
+                None,
+                Utc::now(),
+                &[b"c".to_vec()],
+                &Quota::default(),
+            )
             .unwrap();
         assert_eq!(
             store.load_document(doc).unwrap().changes,
@@ -499,16 +554,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (ann, _, d1, d2) = ids();
-        store.claim_document(d1, ann, Utc::now()).unwrap();
-        store.claim_document(d2, ann, Utc::now()).unwrap();
+        store
+            .claim_document(d1, ann, Utc::now(), &Quota::default())
+            .unwrap();
+        store
+            .claim_document(d2, ann, Utc::now(), &Quota::default())
+            .unwrap();
         let first = store
-            .append_events(d1, ann, None, Utc::now(), &[b"1".to_vec()])
+            .append_events(
+                d1,
+                ann,
+                None,
+                Utc::now(),
+                &[b"1".to_vec()],
+                &Quota::default(),
+            )
             .unwrap();
         store
-            .append_events(d2, ann, None, Utc::now(), &[b"2".to_vec()])
+            .append_events(
+                d2,
+                ann,
+                None,
+                Utc::now(),
+                &[b"2".to_vec()],
+                &Quota::default(),
+            )
             .unwrap();
         store
-            .append_events(d1, ann, None, Utc::now(), &[b"3".to_vec()])
+            .append_events(
+                d1,
+                ann,
+                None,
+                Utc::now(),
+                &[b"3".to_vec()],
+                &Quota::default(),
+            )
             .unwrap();
         let (docs, cursor) = store.changed_since(ann, 0, 100).unwrap();
         assert_eq!(docs, vec![d2, d1]);
@@ -520,5 +600,77 @@ mod tests {
             store.changed_since(ann, first, 100).unwrap().0,
             vec![d2, d1]
         );
+    }
+
+    #[test]
+    fn usage_follows_claims_appends_and_deletes_and_quotas_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (ann, _, d1, d2) = ids();
+        let quota = Quota {
+            documents_per_user: 1,
+            bytes_per_user: 10,
+            bytes_per_document: 10,
+        };
+        store.claim_document(d1, ann, Utc::now(), &quota).unwrap();
+        assert_eq!(
+            store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
+            Claim::OverQuota(QuotaExceeded::Documents { limit: 1 })
+        );
+        store
+            .append_events(d1, ann, None, Utc::now(), &[vec![0; 6]], &quota)
+            .unwrap();
+        assert!(matches!(
+            store.append_events(d1, ann, None, Utc::now(), &[vec![0; 5]], &quota),
+            Err(StoreError::QuotaExceeded(
+                QuotaExceeded::DocumentBytes { .. }
+            ))
+        ));
+        assert_eq!(
+            store.load_document(d1).unwrap().changes.len(),
+            1,
+            "nothing of a refused append is kept"
+        );
+        assert_eq!(
+            store.usage(ann).unwrap(),
+            super::super::Usage {
+                documents: 1,
+                bytes: 6
+            }
+        );
+        store.tombstone_document(d1, Utc::now()).unwrap();
+        assert_eq!(store.usage(ann).unwrap(), super::super::Usage::default());
+        assert!(matches!(
+            store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
+            Claim::Owned(_)
+        ));
+    }
+
+    #[test]
+    fn usage_is_counted_once_for_a_store_written_before_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ann, _, d1, _) = ids();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .claim_document(d1, ann, Utc::now(), &Quota::default())
+                .unwrap();
+            store
+                .append_events(d1, ann, None, Utc::now(), &[vec![0; 7]], &Quota::default())
+                .unwrap();
+            // What an older build left behind: no usage tree, no byte count.
+            let mut meta = store.document_meta(d1).unwrap().unwrap();
+            meta.bytes = 0;
+            store
+                .documents
+                .insert(d1.as_bytes(), encode(&meta))
+                .unwrap();
+            store.db.drop_tree("usage").unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let usage = store.usage(ann).unwrap();
+        assert_eq!(usage.documents, 1);
+        assert_eq!(usage.bytes, 7, "the log's bytes are counted");
     }
 }

@@ -10,6 +10,8 @@
 //! commit.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,10 @@ use chrono::{DateTime, Utc};
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task_document::{self, TaskDocumentError};
-use tokio::sync::mpsc;
 
-use crate::store::{Claim, Store, StoreError};
+use super::mailbox::Mailbox;
+use crate::metrics::Metrics;
+use crate::store::{Claim, Quota, QuotaExceeded, Store, StoreError};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -29,20 +32,31 @@ const SNAPSHOT_EVERY: u64 = 256;
 /// Identifies one live connection.
 pub type ConnectionId = u64;
 
-/// What the hub tells a connection.
-#[derive(Debug, Clone)]
-pub enum Notice {
-    /// A document it syncs changed; generate a sync message for it.
-    Changed(DocumentId),
-    /// An ephemeral message from another peer of the same user, to forward.
-    Ephemeral(Arc<codeedex_schema::wire::Message>),
+/// Connections waiting for a document, with the user each belongs to.
+type Waiters = HashMap<ConnectionId, (UserId, Arc<Mailbox>)>;
+
+/// What the hub holds a document and its users to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLimits {
+    /// Documents and bytes per user, bytes per document.
+    pub quota: Quota,
+    /// Changes a document may hold back while their dependencies are
+    /// missing. Automerge keeps them in memory until the dependencies
+    /// arrive; a peer must not be able to fill memory with orphans.
+    pub max_queued_changes: usize,
+    /// Bytes of such changes.
+    pub max_queued_bytes: usize,
 }
 
-/// A connection's mailbox.
-pub type NoticeSender = mpsc::UnboundedSender<Notice>;
-
-/// Connections waiting for a document, with the user each belongs to.
-type Waiters = HashMap<ConnectionId, (UserId, NoticeSender)>;
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            quota: Quota::default(),
+            max_queued_changes: 1_000,
+            max_queued_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
 
 /// Who made a change.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +82,34 @@ pub enum HubError {
     /// The document was deleted; it takes no more changes.
     #[error("the document was deleted")]
     Deleted,
+    /// The change would take the user or the document over its quota.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// Too many changes are waiting for dependencies the peer never sent.
+    #[error("too many changes with missing dependencies: {changes} changes, {bytes} bytes")]
+    MissingDependencies {
+        /// Changes waiting.
+        changes: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
+    /// Automerge panicked; the panic was caught and the document reloaded
+    /// from the log.
+    #[error("automerge panicked while {0}")]
+    Panicked(&'static str),
+    /// The document in memory could not be reloaded after a failure; it was
+    /// dropped, and whoever held it must open it again.
+    #[error("the document was unloaded after a failure")]
+    Unloaded,
+}
+
+/// Runs Automerge code on bytes a peer chose. Automerge was written for
+/// trusted input and panics on some inconsistent input; a panic must cost the
+/// peer its message, never the process or the other users of the document.
+/// The caller reloads the document after a panic, because Automerge may have
+/// been half-way through changing it.
+fn contained<T>(what: &'static str, work: impl FnOnce() -> T) -> Result<T, HubError> {
+    catch_unwind(AssertUnwindSafe(work)).map_err(|_| HubError::Panicked(what))
 }
 
 struct DocState {
@@ -82,6 +124,18 @@ struct DocState {
     needs_durable: u64,
 }
 
+impl DocState {
+    fn loaded(doc: Automerge, events: u64, snapshot_covers: u64) -> Self {
+        Self {
+            doc,
+            events,
+            snapshot_covers,
+            last_summary: None,
+            needs_durable: 0,
+        }
+    }
+}
+
 /// A document loaded in memory.
 pub struct LiveDocument {
     /// Its id.
@@ -89,11 +143,14 @@ pub struct LiveDocument {
     /// Its owner: the only user who may sync it.
     pub owner: UserId,
     state: tokio::sync::Mutex<DocState>,
-    subscribers: Mutex<HashMap<ConnectionId, NoticeSender>>,
+    subscribers: Mutex<HashMap<ConnectionId, Arc<Mailbox>>>,
     last_used: Mutex<Instant>,
     /// Set, under the state lock, when the document is deleted; every later
     /// change is refused.
-    deleted: std::sync::atomic::AtomicBool,
+    deleted: AtomicBool,
+    /// Set, under the state lock, when the document could not be reloaded
+    /// after a failure: this copy is no longer used.
+    unloaded: AtomicBool,
 }
 
 impl std::fmt::Debug for LiveDocument {
@@ -107,7 +164,16 @@ impl std::fmt::Debug for LiveDocument {
 impl LiveDocument {
     /// Whether the document was deleted.
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Refuses use of a copy that was unloaded after a failure.
+    fn check_loaded(&self) -> Result<(), HubError> {
+        if self.unloaded.load(Ordering::SeqCst) {
+            Err(HubError::Unloaded)
+        } else {
+            Ok(())
+        }
     }
 
     fn touch(&self) {
@@ -119,6 +185,8 @@ impl LiveDocument {
 pub struct DocumentHub {
     store: Store,
     actor: ActorId,
+    limits: HubLimits,
+    metrics: Arc<Metrics>,
     live: Mutex<HashMap<DocumentId, Arc<LiveDocument>>>,
     /// Connections that asked for a document nobody had, by document: told
     /// when their user's other device uploads it.
@@ -135,10 +203,12 @@ impl std::fmt::Debug for DocumentHub {
 impl DocumentHub {
     /// A hub over the store. `actor` signs the server's own changes (REST
     /// edits and root documents).
-    pub fn new(store: Store, actor: ActorId) -> Self {
+    pub fn new(store: Store, actor: ActorId, limits: HubLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             actor,
+            limits,
+            metrics,
             live: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             root_creation: tokio::sync::Mutex::new(()),
@@ -155,31 +225,63 @@ impl DocumentHub {
         self.live.lock().expect("never poisoned").len()
     }
 
-    fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
+    /// Loads a document from its snapshot and the events after it. The log
+    /// holds only changes that Automerge accepted, but loading is contained
+    /// all the same: one bad document must not take the server down.
+    fn load_state(&self, id: DocumentId) -> Result<DocState, HubError> {
         let stored = self.store.load_document(id)?;
-        let mut doc = match &stored.snapshot {
-            Some(bytes) => Automerge::load(bytes)?,
-            None => Automerge::new(),
-        };
-        for change in &stored.changes {
-            doc.load_incremental(change)?;
-        }
+        let mut doc = contained("loading a stored document", || {
+            let mut doc = match &stored.snapshot {
+                Some(bytes) => Automerge::load(bytes)?,
+                None => Automerge::new(),
+            };
+            for change in &stored.changes {
+                doc.load_incremental(change)?;
+            }
+            Ok::<_, automerge::AutomergeError>(doc)
+        })??;
         doc.set_actor(self.actor.clone());
         let events = stored.snapshot_covers + stored.changes.len() as u64;
+        Ok(DocState::loaded(doc, events, stored.snapshot_covers))
+    }
+
+    fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
         Ok(Arc::new(LiveDocument {
             id,
             owner,
-            state: tokio::sync::Mutex::new(DocState {
-                needs_durable: 0,
-                last_summary: None,
-                doc,
-                events,
-                snapshot_covers: stored.snapshot_covers,
-            }),
+            state: tokio::sync::Mutex::new(self.load_state(id)?),
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
-            deleted: std::sync::atomic::AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            unloaded: AtomicBool::new(false),
         }))
+    }
+
+    /// Puts the document in memory back to what the log holds, after a
+    /// failure that may have left Automerge half-way through a change. The
+    /// log holds only what was accepted whole, so whatever the failed
+    /// message added is gone. If even that fails, this copy is dropped from
+    /// memory, and the next to open the document loads it afresh.
+    fn reload(&self, live: &LiveDocument, state: &mut DocState) {
+        Metrics::bump(&self.metrics.sync_documents_reloaded);
+        match self.load_state(live.id) {
+            Ok(fresh) => {
+                let needs_durable = state.needs_durable;
+                *state = fresh;
+                state.needs_durable = needs_durable;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, doc = %live.id, "cannot reload a document after a failure; unloading it");
+                live.unloaded.store(true, Ordering::SeqCst);
+                let mut docs = self.live.lock().expect("never poisoned");
+                if docs
+                    .get(&live.id)
+                    .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), live))
+                {
+                    docs.remove(&live.id);
+                }
+            }
+        }
     }
 
     /// The document if `user` may sync it. With `create`, a document nobody
@@ -201,9 +303,16 @@ impl DocumentHub {
         let owner = match meta {
             Some(meta) if meta.owner == user && meta.deleted_at.is_none() => user,
             Some(_) => return Ok(None),
-            None if create => match self.store.claim_document(id, user, now)? {
+            None if create => match self
+                .store
+                .claim_document(id, user, now, &self.limits.quota)?
+            {
                 Claim::Owned(_) => user,
                 Claim::Unavailable => return Ok(None),
+                Claim::OverQuota(exceeded) => {
+                    Metrics::bump(&self.metrics.quota_refusals);
+                    return Err(exceeded.into());
+                }
             },
             None => return Ok(None),
         };
@@ -214,12 +323,17 @@ impl DocumentHub {
         Ok(Some(Arc::clone(entry)))
     }
 
+    /// How many connections are subscribed to a document.
+    pub fn subscriber_count(&self, live: &LiveDocument) -> usize {
+        live.subscribers.lock().expect("never poisoned").len()
+    }
+
     /// Registers a connection for change notices on a document.
-    pub fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, notices: NoticeSender) {
+    pub fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, mailbox: Arc<Mailbox>) {
         live.subscribers
             .lock()
             .expect("never poisoned")
-            .insert(conn, notices);
+            .insert(conn, mailbox);
     }
 
     /// Removes a connection from a document's notices.
@@ -236,14 +350,14 @@ impl DocumentHub {
         id: DocumentId,
         user: UserId,
         conn: ConnectionId,
-        notices: NoticeSender,
+        mailbox: Arc<Mailbox>,
     ) {
         self.waiting
             .lock()
             .expect("never poisoned")
             .entry(id)
             .or_default()
-            .insert(conn, (user, notices));
+            .insert(conn, (user, mailbox));
     }
 
     /// Forgets every wait of a connection.
@@ -262,8 +376,20 @@ impl DocumentHub {
         live: &LiveDocument,
         state: &mut sync::State,
     ) -> Result<Option<sync::Message>, HubError> {
-        let guard = self.lock_durable(live).await?;
-        Ok(guard.doc.generate_sync_message(state))
+        let mut guard = self.lock_durable(live).await?;
+        // The peer's bloom filters and heads, kept in `state`, steer this.
+        let generated = contained("generating a sync message", || {
+            guard.doc.generate_sync_message(state)
+        });
+        if generated.is_err() {
+            self.contained_panic(live, &mut guard);
+        }
+        generated
+    }
+
+    fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
+        Metrics::bump(&self.metrics.sync_panics_contained);
+        self.reload(live, state);
     }
 
     /// Locks a document once every change applied to it is on disk. Changes
@@ -276,6 +402,7 @@ impl DocumentHub {
     ) -> Result<tokio::sync::MutexGuard<'a, DocState>, HubError> {
         loop {
             let guard = live.state.lock().await;
+            live.check_loaded()?;
             if self.store.is_durable(guard.needs_durable) {
                 return Ok(guard);
             }
@@ -313,12 +440,62 @@ impl DocumentHub {
     ) -> Result<u64, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
+        live.check_loaded()?;
         if live.is_deleted() {
             return Err(HubError::Deleted);
         }
+        let changed = match self.apply_locked(live, &mut guard, state, message, author, now) {
+            Ok(changed) => changed,
+            Err(e) => {
+                // Automerge may have taken some of the message's changes
+                // before it failed, and none of them is in the log: put the
+                // document back to what the log holds, so that nothing
+                // unlogged ever reaches another peer.
+                if matches!(e, HubError::Panicked(_)) {
+                    self.contained_panic(live, &mut guard);
+                } else if !matches!(e, HubError::Deleted) {
+                    self.reload(live, &mut guard);
+                }
+                return Err(e);
+            }
+        };
+        let ticket = guard.needs_durable;
+        drop(guard);
+        if changed {
+            // Other connections generate their messages only once the ticket
+            // is durable, so telling them now reveals nothing early.
+            self.notify_changed(live, Some(from));
+        }
+        Ok(ticket)
+    }
+
+    /// [`DocumentHub::apply`] under the document's lock. Returns whether the
+    /// document changed. On error the document may hold changes that are
+    /// not in the log; the caller reloads it.
+    fn apply_locked(
+        &self,
+        live: &LiveDocument,
+        guard: &mut DocState,
+        state: &mut sync::State,
+        message: sync::Message,
+        author: Author,
+        now: DateTime<Utc>,
+    ) -> Result<bool, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
-        guard.doc.receive_sync_message(state, message)?;
+        contained("applying a sync message", || {
+            guard.doc.receive_sync_message(state, message)
+        })??;
+        let (queued_changes, queued_bytes) =
+            (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
+        if queued_changes > self.limits.max_queued_changes
+            || queued_bytes > self.limits.max_queued_bytes
+        {
+            return Err(HubError::MissingDependencies {
+                changes: queued_changes,
+                bytes: queued_bytes,
+            });
+        }
         // Automerge takes a message without changes whose heads equal ours
         // as if we had sent those heads ourselves, and then has nothing to
         // say. Here replies are generated later and coalesced, so the peer
@@ -330,29 +507,23 @@ impl DocumentHub {
         }
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
-        let changes: Vec<Vec<u8>> = if guard.doc.get_heads() == before {
-            Vec::new()
-        } else {
+        if guard.doc.get_heads() == before {
+            return Ok(false);
+        }
+        let changes: Vec<Vec<u8>> = contained("listing new changes", || {
             guard
                 .doc
                 .get_changes(&before)
                 .iter()
                 .map(|c| c.raw_bytes().to_vec())
                 .collect()
-        };
-        let changed = !changes.is_empty();
+        })?;
         tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
-        if changed {
-            self.record(live, &mut guard, &changes, author, now)?;
+        if changes.is_empty() {
+            return Ok(false);
         }
-        let ticket = guard.needs_durable;
-        drop(guard);
-        if changed {
-            // Other connections generate their messages only once the ticket
-            // is durable, so telling them now reveals nothing early.
-            self.notify_changed(live, Some(from));
-        }
-        Ok(ticket)
+        self.record(live, guard, &changes, author, now)?;
+        Ok(true)
     }
 
     /// Appends changes to the log and updates the index; the caller waits for
@@ -366,13 +537,27 @@ impl DocumentHub {
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
         self.store
-            .append_events(live.id, author.user, author.session, now, changes)
+            .append_events(
+                live.id,
+                author.user,
+                author.session,
+                now,
+                changes,
+                &self.limits.quota,
+            )
             .map_err(|e| match e {
                 StoreError::DocumentDeleted => HubError::Deleted,
+                StoreError::QuotaExceeded(exceeded) => {
+                    Metrics::bump(&self.metrics.quota_refusals);
+                    HubError::Quota(exceeded)
+                }
                 other => HubError::Store(other),
             })?;
         state.events += changes.len() as u64;
-        if let Ok(task) = task_document::read_task(&state.doc) {
+        state.needs_durable = self.store.durability_ticket();
+        // The changes are logged: from here on a failure must not undo them
+        // in memory, so index and snapshot problems are logged, not returned.
+        if let Ok(Ok(task)) = contained("reading a task", || task_document::read_task(&state.doc)) {
             let view = TaskView::new(live.id, &task);
             // Most changes to a busy document leave its summary as it was
             // (edits outside the task fields, or repeated values): write the
@@ -387,11 +572,15 @@ impl DocumentHub {
             }
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
-            self.store
-                .write_snapshot(live.id, state.events, &state.doc.save())?;
-            state.snapshot_covers = state.events;
+            match contained("saving a snapshot", || state.doc.save()) {
+                Ok(bytes) => {
+                    self.store.write_snapshot(live.id, state.events, &bytes)?;
+                    state.snapshot_covers = state.events;
+                    state.needs_durable = self.store.durability_ticket();
+                }
+                Err(e) => tracing::error!(error = ?e, doc = %live.id, "cannot save a snapshot"),
+            }
         }
-        state.needs_durable = self.store.durability_ticket();
         Ok(())
     }
 
@@ -399,9 +588,9 @@ impl DocumentHub {
     /// this document) that it changed.
     pub fn notify_changed(&self, live: &LiveDocument, except: Option<ConnectionId>) {
         let subscribers = live.subscribers.lock().expect("never poisoned");
-        for (conn, tx) in subscribers.iter() {
+        for (conn, mailbox) in subscribers.iter() {
             if Some(*conn) != except {
-                let _ = tx.send(Notice::Changed(live.id));
+                mailbox.changed(live.id);
             }
         }
         drop(subscribers);
@@ -410,24 +599,26 @@ impl DocumentHub {
             .lock()
             .expect("never poisoned")
             .remove(&live.id);
-        for (conn, (user, tx)) in waiting.into_iter().flatten() {
+        for (conn, (user, mailbox)) in waiting.into_iter().flatten() {
             if user == live.owner && Some(conn) != except {
-                let _ = tx.send(Notice::Changed(live.id));
+                mailbox.changed(live.id);
             }
         }
     }
 
-    /// Forwards an ephemeral message to the document's other peers.
+    /// Forwards an ephemeral message of `bytes` payload bytes to the
+    /// document's other peers.
     pub fn forward_ephemeral(
         &self,
         live: &LiveDocument,
         from: ConnectionId,
         message: Arc<codeedex_schema::wire::Message>,
+        bytes: usize,
     ) {
         let subscribers = live.subscribers.lock().expect("never poisoned");
-        for (conn, tx) in subscribers.iter() {
+        for (conn, mailbox) in subscribers.iter() {
             if *conn != from {
-                let _ = tx.send(Notice::Ephemeral(Arc::clone(&message)));
+                mailbox.ephemeral(Arc::clone(&message), bytes);
             }
         }
     }
@@ -446,6 +637,7 @@ impl DocumentHub {
     {
         live.touch();
         let mut guard = live.state.lock().await;
+        live.check_loaded()?;
         if live.is_deleted() {
             return Err(HubError::Deleted);
         }
@@ -465,7 +657,14 @@ impl DocumentHub {
         if changes.is_empty() {
             return Ok(false);
         }
-        self.record(live, &mut guard, &changes, author, now)?;
+        if let Err(e) = self.record(live, &mut guard, &changes, author, now) {
+            // The edit is in memory but not in the log (over quota, or the
+            // store failed): take it back out.
+            if !matches!(e, HubError::Deleted) {
+                self.reload(live, &mut guard);
+            }
+            return Err(e);
+        }
         let ticket = guard.needs_durable;
         drop(guard);
         self.store.wait_durable(ticket).await?;
@@ -495,8 +694,7 @@ impl DocumentHub {
         let removed = match &live {
             Some(live) => {
                 let _guard = live.state.lock().await;
-                live.deleted
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                live.deleted.store(true, Ordering::SeqCst);
                 self.store.tombstone_document(id, now)?
             }
             None => self.store.tombstone_document(id, now)?,
@@ -567,5 +765,119 @@ impl DocumentHub {
             !(unused && unwatched && Arc::strong_count(doc) == 1)
         });
         before - live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ObjType, ROOT};
+
+    use super::*;
+
+    fn hub(dir: &std::path::Path, quota: Quota) -> DocumentHub {
+        DocumentHub::new(
+            Store::open(dir).unwrap(),
+            ActorId::from(vec![9u8; 16]),
+            HubLimits {
+                quota,
+                ..HubLimits::default()
+            },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// The message a device sends once the server said what it has: it
+    /// carries every change of `doc`.
+    async fn push_all(
+        hub: &DocumentHub,
+        live: &Arc<LiveDocument>,
+        doc: &mut AutoCommit,
+        user: UserId,
+    ) -> Result<u64, HubError> {
+        let (mut ours, mut theirs) = (sync::State::new(), sync::State::new());
+        let author = Author {
+            user,
+            session: None,
+        };
+        let hello = doc.sync().generate_sync_message(&mut ours).unwrap();
+        hub.apply(live, &mut theirs, hello, author, 1, Utc::now())
+            .await?;
+        let answer = hub.generate(live, &mut theirs).await?.unwrap();
+        doc.sync().receive_sync_message(&mut ours, answer).unwrap();
+        let changes = doc.sync().generate_sync_message(&mut ours).unwrap();
+        hub.apply(live, &mut theirs, changes, author, 1, Utc::now())
+            .await
+    }
+
+    #[tokio::test]
+    async fn changes_the_store_refuses_are_taken_back_out_of_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(
+            dir.path(),
+            Quota {
+                bytes_per_document: 2_000,
+                ..Quota::default()
+            },
+        );
+        let user = UserId::from_random_bytes([1; 16]);
+        let id = DocumentId::from_random_bytes([2; 16]);
+        let live = hub.open(id, user, true, Utc::now()).unwrap().unwrap();
+        let mut device = AutoCommit::new();
+        device.put(ROOT, "title", "small").unwrap();
+        push_all(&hub, &live, &mut device, user).await.unwrap();
+        let accepted = hub.heads(&live).await.unwrap();
+        assert_eq!(accepted, device.get_heads());
+
+        let notes = device.put_object(ROOT, "notes", ObjType::Text).unwrap();
+        device
+            .splice_text(&notes, 0, 0, &"x".repeat(4_000))
+            .unwrap();
+        let refused = push_all(&hub, &live, &mut device, user).await;
+        assert!(
+            matches!(
+                refused,
+                Err(HubError::Quota(QuotaExceeded::DocumentBytes { .. }))
+            ),
+            "{refused:?}"
+        );
+        // Automerge had taken the changes; the log did not. Nothing that is
+        // not in the log may stay in memory, where it would reach peers.
+        assert_eq!(hub.heads(&live).await.unwrap(), accepted);
+        assert_eq!(hub.store().load_document(id).unwrap().changes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_contained_panic_is_an_error_and_the_document_is_reloaded_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), Quota::default());
+        let user = UserId::from_random_bytes([1; 16]);
+        let id = DocumentId::from_random_bytes([2; 16]);
+        let live = hub.open(id, user, true, Utc::now()).unwrap().unwrap();
+        let mut device = AutoCommit::new();
+        device.put(ROOT, "title", "kept").unwrap();
+        push_all(&hub, &live, &mut device, user).await.unwrap();
+        let logged = hub.heads(&live).await.unwrap();
+
+        let mut guard = live.state.lock().await;
+        let panicked = contained("testing", || {
+            // What a panic half-way through applying a message leaves
+            // behind: a change in memory that the log never got.
+            let mut tx = guard.doc.transaction();
+            tx.put(ROOT, "half-applied", true).unwrap();
+            tx.commit();
+            panic!("automerge gave up half-way");
+        });
+        assert!(matches!(panicked, Err(HubError::Panicked("testing"))));
+        assert_ne!(guard.doc.get_heads(), logged);
+        hub.contained_panic(&live, &mut guard);
+        assert_eq!(guard.doc.get_heads(), logged);
+        drop(guard);
+        assert_eq!(
+            hub.metrics
+                .sync_panics_contained
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }

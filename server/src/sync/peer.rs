@@ -8,10 +8,17 @@
 //! not exist.
 //!
 //! Close codes (sent with an `error` message first, so a client can tell):
-//! 1000 normal, 1002 protocol error, 1003 text frame, 1008 handshake timeout,
-//! 1009 frame too large, 4001 access token expired, 4003 session ended,
-//! 4008 a limit was exceeded, 4009 peer id in use by another account,
-//! 4010 replaced by a newer connection with the same peer id.
+//! 1000 normal, 1002 protocol error (including a sync message Automerge
+//! could not apply), 1003 text frame, 1008 handshake timeout, 1009 frame too
+//! large, 4001 access token expired, 4003 session ended, 4008 a limit was
+//! exceeded (rate, documents, message contents, changes waiting for missing
+//! dependencies, a peer that does not read), 4009 peer id in use by another
+//! account, 4010 replaced by a newer connection with the same peer id,
+//! 4011 the user's storage quota is exhausted.
+//!
+//! Every sync message is checked by [`admission`] against explicit limits
+//! before Automerge sees any of its bytes; the hub contains whatever slips
+//! through.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,13 +26,16 @@ use std::time::{Duration, Instant};
 
 use automerge::sync;
 use chrono::{DateTime, Utc};
+use codeedex_schema::admission::{self, InputLimits};
 use codeedex_schema::id::{DocumentId, PeerId, SessionId, UserId};
 use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata};
 use tokio::sync::oneshot;
 
-use super::hub::{Author, ConnectionId, DocumentHub, LiveDocument, Notice, NoticeSender};
+use super::hub::{Author, ConnectionId, DocumentHub, HubError, LiveDocument};
+use super::mailbox::{Mailbox, MailboxLimits, Notices};
 use super::registry::{Bind, PeerRegistry};
 use crate::auth::{Auth, AuthenticateError};
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 
 /// The extension message types this server understands.
@@ -53,6 +63,8 @@ pub mod close {
     pub const PEER_ID_TAKEN: u16 = 4009;
     /// A newer connection of the same user joined with the same peer id.
     pub const REPLACED: u16 = 4010;
+    /// The user's document or storage quota is exhausted.
+    pub const QUOTA: u16 = 4011;
 }
 
 /// Limits of one connection.
@@ -70,17 +82,31 @@ pub struct SyncLimits {
     pub max_connections_per_user: usize,
     /// Time allowed between upgrade and join.
     pub handshake_timeout: Duration,
+    /// What one sync message may contain.
+    pub input: InputLimits,
+    /// Relayed traffic waiting for a connection.
+    pub mailbox: MailboxLimits,
+    /// How long one frame may take to go out before the peer is taken to
+    /// have stopped reading, and is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for SyncLimits {
     fn default() -> Self {
+        let max_frame_bytes = 16 * 1024 * 1024;
         Self {
-            max_frame_bytes: 16 * 1024 * 1024,
+            max_frame_bytes,
             messages_per_second: 500,
             message_burst: 5_000,
             max_documents: 20_000,
             max_connections_per_user: 32,
             handshake_timeout: Duration::from_secs(10),
+            input: InputLimits {
+                max_message_bytes: max_frame_bytes,
+                ..InputLimits::default()
+            },
+            mailbox: MailboxLimits::default(),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -127,6 +153,8 @@ pub struct PeerContext {
     pub server_storage_id: String,
     /// Limits.
     pub limits: SyncLimits,
+    /// Counters for refusals and what the hub contained.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for PeerContext {
@@ -143,7 +171,7 @@ pub struct PeerConnection {
     conn: ConnectionId,
     user: UserId,
     session: SessionId,
-    notices: NoticeSender,
+    mailbox: Arc<Mailbox>,
     joined: Option<Joined>,
     replaced: Option<oneshot::Receiver<()>>,
     docs: HashMap<DocumentId, PeerDoc>,
@@ -195,16 +223,16 @@ impl PeerConnection {
         user: UserId,
         session: SessionId,
         token_expires_at: i64,
-        notices: NoticeSender,
         now: Instant,
     ) -> Self {
         let burst = f64::from(ctx.limits.message_burst);
+        let mailbox = Arc::new(Mailbox::new(ctx.limits.mailbox, Arc::clone(&ctx.metrics)));
         Self {
             ctx,
             conn,
             user,
             session,
-            notices,
+            mailbox,
             joined: None,
             replaced: None,
             docs: HashMap::new(),
@@ -217,6 +245,21 @@ impl PeerConnection {
             owed_ticket: 0,
             token_expires_at,
         }
+    }
+
+    /// The connection's inbox of hub notices; the driver waits on it.
+    pub fn mailbox(&self) -> Arc<Mailbox> {
+        Arc::clone(&self.mailbox)
+    }
+
+    /// The user this connection belongs to.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// The connection's number, as logged.
+    pub fn id(&self) -> ConnectionId {
+        self.conn
     }
 
     /// The session this connection belongs to.
@@ -316,8 +359,10 @@ impl PeerConnection {
                 ref document_id,
                 ref session_id,
                 count,
+                ref data,
                 ..
             } => {
+                let bytes = data.len();
                 let key = (peer_id.clone(), session_id.clone(), count);
                 let Ok(doc) = document_id.parse::<DocumentId>() else {
                     return Vec::new();
@@ -327,17 +372,24 @@ impl PeerConnection {
                 }
                 self.remember_ephemeral(key);
                 if let Some(peer_doc) = self.docs.get(&doc) {
-                    self.ctx
-                        .hub
-                        .forward_ephemeral(&peer_doc.live, self.conn, Arc::new(message));
+                    self.ctx.hub.forward_ephemeral(
+                        &peer_doc.live,
+                        self.conn,
+                        Arc::new(message),
+                        bytes,
+                    );
                 }
                 Vec::new()
             }
             Message::AuthRefresh { access_token, .. } if self.supports("codeedex/auth-refresh") => {
                 match self.ctx.auth.authenticate(&access_token, wall) {
-                    Ok(who) if who.user_id == self.user => {
+                    // The refreshed token must be of this connection's own
+                    // session: the socket belongs to that session, and ends
+                    // when it is logged out or revoked. A token of another
+                    // session, even the same user's, would move the socket
+                    // out of reach of that logout.
+                    Ok(who) if who.user_id == self.user && who.session_id == self.session => {
                         self.token_expires_at = who.expires_at;
-                        self.session = who.session_id;
                         vec![frame(&Message::AuthAccepted {
                             sender_id: self.ctx.server_peer_id.clone(),
                             target_id: peer_id,
@@ -464,8 +516,15 @@ impl PeerConnection {
         })
     }
 
-    fn sync_frame(&self, doc: DocumentId, message: sync::Message) -> Output {
+    fn sync_frame(&self, doc: DocumentId, mut message: sync::Message) -> Output {
         let joined = self.joined.as_ref().expect("only called after the join");
+        // The flags section tells the peer that we take sync v2 messages,
+        // which may carry a whole compressed document. We take only lists of
+        // uncompressed changes, whose every byte the admission check can see
+        // before Automerge does; without the flags, conforming peers (the
+        // stock JavaScript client included) send nothing else. We still send
+        // v2 to peers that announce it.
+        message.flags = None;
         frame(&Message::Sync {
             sender_id: self.ctx.server_peer_id.clone(),
             target_id: joined.peer_id.clone(),
@@ -502,19 +561,14 @@ impl PeerConnection {
         }
         match self.ctx.hub.open(doc, self.user, create, wall) {
             Ok(Some(live)) => {
-                self.ctx
-                    .hub
-                    .subscribe(&live, self.conn, self.notices.clone());
+                self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
                 let state = self.initial_state(doc);
                 self.docs.insert(doc, PeerDoc { live, state });
                 self.waiting.remove(&doc);
                 Ok(Some(()))
             }
             Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::error!(error = ?e, %doc, "cannot open document");
-                Err(fail(close::PROTOCOL_ERROR, "internal server error"))
-            }
+            Err(e) => Err(self.hub_failure(doc, e)),
         }
     }
 
@@ -528,9 +582,18 @@ impl PeerConnection {
         let Ok(doc) = document_id.parse::<DocumentId>() else {
             return vec![self.unavailable(document_id)];
         };
-        let message = match sync::Message::decode(data) {
-            Ok(m) => m,
-            Err(_) => return fail(close::PROTOCOL_ERROR, "malformed automerge sync message"),
+        let message = match admission::admit_sync_message(data, &self.ctx.limits.input) {
+            Ok(admitted) => admitted.into_message(),
+            Err(refusal) => {
+                Metrics::bump(&self.ctx.metrics.sync_messages_refused);
+                tracing::warn!(conn = self.conn, user = %self.user, %doc, reason = %refusal, "refused a sync message");
+                let code = if refusal.is_limit() {
+                    close::LIMIT
+                } else {
+                    close::PROTOCOL_ERROR
+                };
+                return fail(code, &format!("sync message refused: {refusal}"));
+            }
         };
         match self.attach(doc, is_sync, wall) {
             Err(outputs) => return outputs,
@@ -538,7 +601,7 @@ impl PeerConnection {
                 if !is_sync && self.waiting.insert(doc) {
                     self.ctx
                         .hub
-                        .wait_for(doc, self.user, self.conn, self.notices.clone());
+                        .wait_for(doc, self.user, self.conn, self.mailbox());
                 }
                 return vec![self.unavailable(document_id)];
             }
@@ -548,7 +611,9 @@ impl PeerConnection {
             user: self.user,
             session: Some(self.session),
         };
-        let peer_doc = self.docs.get_mut(&doc).expect("attached above");
+        let Some(peer_doc) = self.docs.get_mut(&doc) else {
+            return vec![self.unavailable(document_id)];
+        };
         let live = Arc::clone(&peer_doc.live);
         match self
             .ctx
@@ -560,21 +625,38 @@ impl PeerConnection {
                 self.owe(doc, ticket);
                 Vec::new()
             }
-            Err(super::hub::HubError::Deleted) => {
+            Err(HubError::Deleted) => {
                 if let Some(old) = self.docs.remove(&doc) {
                     self.ctx.hub.unsubscribe(&old.live, self.conn);
                 }
                 vec![self.unavailable(document_id)]
             }
-            Err(super::hub::HubError::Automerge(e)) => fail(
-                close::PROTOCOL_ERROR,
-                &format!("the sync message could not be applied: {e}"),
-            ),
-            Err(e) => {
-                tracing::error!(error = ?e, %doc, "cannot apply a sync message");
-                fail(close::PROTOCOL_ERROR, "internal server error")
-            }
+            Err(e) => self.hub_failure(doc, e),
         }
+    }
+
+    /// The answer to a hub failure on `doc`: the protocol's `error` message
+    /// and a close code that says whose fault it was. What the peer sent
+    /// is logged where an operator sees it.
+    fn hub_failure(&self, doc: DocumentId, e: HubError) -> Vec<Output> {
+        let (code, message) = match &e {
+            HubError::Quota(exceeded) => (close::QUOTA, exceeded.to_string()),
+            HubError::MissingDependencies { .. } => (close::LIMIT, e.to_string()),
+            HubError::Automerge(cause) => (
+                close::PROTOCOL_ERROR,
+                format!("the sync message could not be applied: {cause}"),
+            ),
+            HubError::Panicked(_) => (
+                close::PROTOCOL_ERROR,
+                "the sync message could not be applied".to_owned(),
+            ),
+            HubError::Store(_) | HubError::Task(_) | HubError::Deleted | HubError::Unloaded => {
+                tracing::error!(error = ?e, conn = self.conn, %doc, "sync connection failed");
+                return fail(close::PROTOCOL_ERROR, "internal server error");
+            }
+        };
+        tracing::warn!(conn = self.conn, user = %self.user, %doc, error = %e, "refused a sync message");
+        fail(code, &message)
     }
 
     /// Notes that `doc` has something to tell this peer once `ticket` is
@@ -631,8 +713,7 @@ impl PeerConnection {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(error = ?e, %doc, "cannot generate a sync message");
-                    outputs.extend(fail(close::PROTOCOL_ERROR, "internal server error"));
+                    outputs.extend(self.hub_failure(doc, e));
                     return outputs;
                 }
             }
@@ -640,71 +721,87 @@ impl PeerConnection {
         outputs
     }
 
-    /// Handles a notice from the hub.
-    pub async fn handle_notice(&mut self, notice: Notice, wall: DateTime<Utc>) -> Vec<Output> {
+    /// Handles what the hub posted to this connection's mailbox.
+    pub async fn handle_notices(&mut self, notices: Notices, wall: DateTime<Utc>) -> Vec<Output> {
         let Some(joined) = &self.joined else {
             return Vec::new();
         };
-        match notice {
-            Notice::Ephemeral(message) => {
-                let Message::Ephemeral {
+        let mut outputs: Vec<Output> = notices
+            .ephemeral
+            .iter()
+            .filter_map(|message| match message.as_ref() {
+                Message::Ephemeral {
                     sender_id,
                     document_id,
                     count,
                     session_id,
                     data,
                     ..
-                } = message.as_ref()
-                else {
-                    return Vec::new();
-                };
-                vec![frame(&Message::Ephemeral {
+                } => Some(frame(&Message::Ephemeral {
                     sender_id: sender_id.clone(),
                     target_id: joined.peer_id.clone(),
                     document_id: document_id.clone(),
                     count: *count,
                     session_id: session_id.clone(),
                     data: data.clone(),
-                })]
-            }
-            Notice::Changed(doc) => {
-                // The document may have been deleted, or may be one this
-                // peer asked for before anyone had it.
-                match self.ctx.hub.open(doc, self.user, false, wall) {
-                    Ok(Some(live))
-                        if self
-                            .docs
-                            .get(&doc)
-                            .is_some_and(|d| Arc::ptr_eq(&d.live, &live)) => {}
-                    Ok(Some(_)) if !self.docs.contains_key(&doc) => {
-                        match self.attach(doc, false, wall) {
-                            Ok(Some(())) => {}
-                            Ok(None) => return Vec::new(),
-                            Err(outputs) => return outputs,
-                        }
-                    }
-                    Ok(_) => {
-                        if let Some(old) = self.docs.remove(&doc) {
-                            self.ctx.hub.unsubscribe(&old.live, self.conn);
-                            return vec![self.unavailable(&doc.to_string())];
-                        }
-                        return Vec::new();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = ?e, %doc, "cannot reopen document");
-                        return Vec::new();
-                    }
-                }
-                // The change that caused the notice was recorded before it
-                // was sent, so the newest ticket covers it.
-                self.owe(doc, self.ctx.hub.store().latest_ticket());
-                Vec::new()
+                })),
+                _ => None,
+            })
+            .collect();
+        for doc in notices.changed {
+            let done = self.document_changed(doc, wall, &mut outputs);
+            if done {
+                break;
             }
         }
+        outputs
+    }
+
+    /// Handles a change notice for `doc`. Returns true when the connection
+    /// must close (the outputs then end with the close).
+    fn document_changed(
+        &mut self,
+        doc: DocumentId,
+        wall: DateTime<Utc>,
+        outputs: &mut Vec<Output>,
+    ) -> bool {
+        // The document may have been deleted, or may be one this peer asked
+        // for before anyone had it.
+        match self.ctx.hub.open(doc, self.user, false, wall) {
+            Ok(Some(live))
+                if self
+                    .docs
+                    .get(&doc)
+                    .is_some_and(|d| Arc::ptr_eq(&d.live, &live)) => {}
+            Ok(Some(_)) if !self.docs.contains_key(&doc) => match self.attach(doc, false, wall) {
+                Ok(Some(())) => {}
+                Ok(None) => return false,
+                Err(closing) => {
+                    outputs.extend(closing);
+                    return true;
+                }
+            },
+            Ok(_) => {
+                if let Some(old) = self.docs.remove(&doc) {
+                    self.ctx.hub.unsubscribe(&old.live, self.conn);
+                    outputs.push(self.unavailable(&doc.to_string()));
+                }
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, %doc, "cannot reopen document");
+                return false;
+            }
+        }
+        // The change that caused the notice was recorded before it was
+        // posted, so the newest ticket covers it.
+        self.owe(doc, self.ctx.hub.store().latest_ticket());
+        false
     }
 
     /// Ends the connection: saves sync states, drops subscriptions and the
-    /// peer-id binding.
+    /// peer-id binding. Idempotent; dropping the connection calls it too, so
+    /// that a connection task that ends in any way leaves nothing behind.
     pub fn finish(&mut self) {
         let storage = self
             .joined
@@ -723,8 +820,15 @@ impl PeerConnection {
             }
         }
         self.ctx.hub.stop_waiting(self.conn);
+        self.waiting.clear();
         if let Some(joined) = &self.joined {
             self.ctx.registry.unbind(&joined.peer_id, self.conn);
         }
+    }
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

@@ -7,7 +7,7 @@
 //! reference server does after a reconnect).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use codeedex_schema::id::UserId;
 use tokio::sync::oneshot;
@@ -37,20 +37,46 @@ pub struct PeerRegistry {
     connections: Mutex<HashMap<UserId, usize>>,
 }
 
+/// A connection counted against its user's limit, for as long as it lives:
+/// dropping it releases the slot, however the connection ends.
+#[derive(Debug)]
+pub struct Admission {
+    registry: Arc<PeerRegistry>,
+    user: UserId,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.registry.release(self.user);
+    }
+}
+
 impl PeerRegistry {
     /// Counts a new connection for `user`, unless the user already has `max`.
-    pub fn admit(&self, user: UserId, max: usize) -> bool {
+    pub fn admit(self: &Arc<Self>, user: UserId, max: usize) -> Option<Admission> {
         let mut counts = self.connections.lock().expect("never poisoned");
         let count = counts.entry(user).or_default();
         if *count >= max {
-            return false;
+            return None;
         }
         *count += 1;
-        true
+        Some(Admission {
+            registry: Arc::clone(self),
+            user,
+        })
     }
 
-    /// Forgets a connection counted by [`Self::admit`].
-    pub fn release(&self, user: UserId) {
+    /// How many connections `user` holds.
+    pub fn connections_of(&self, user: UserId) -> usize {
+        self.connections
+            .lock()
+            .expect("never poisoned")
+            .get(&user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn release(&self, user: UserId) {
         let mut counts = self.connections.lock().expect("never poisoned");
         if let Some(count) = counts.get_mut(&user) {
             *count = count.saturating_sub(1);
@@ -137,13 +163,28 @@ mod tests {
     }
 
     #[test]
-    fn connections_per_user_are_capped() {
-        let r = PeerRegistry::default();
+    fn connections_per_user_are_capped_and_released_when_dropped() {
+        let r = Arc::new(PeerRegistry::default());
         let ann = UserId::from_random_bytes([1; 16]);
-        assert!(r.admit(ann, 2));
-        assert!(r.admit(ann, 2));
-        assert!(!r.admit(ann, 2));
-        r.release(ann);
-        assert!(r.admit(ann, 2));
+        let first = r.admit(ann, 2).expect("room for one");
+        let _second = r.admit(ann, 2).expect("room for two");
+        assert!(r.admit(ann, 2).is_none());
+        drop(first);
+        assert_eq!(r.connections_of(ann), 1);
+        assert!(r.admit(ann, 2).is_some());
+    }
+
+    #[test]
+    fn a_connection_task_that_panics_still_releases_its_slot() {
+        let r = Arc::new(PeerRegistry::default());
+        let ann = UserId::from_random_bytes([1; 16]);
+        let admission = r.admit(ann, 1).expect("room");
+        let crashed = std::thread::spawn(move || {
+            let _held = admission;
+            panic!("a connection task dies");
+        })
+        .join();
+        assert!(crashed.is_err());
+        assert_eq!(r.connections_of(ann), 0);
     }
 }

@@ -17,9 +17,8 @@ use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
 use chrono::{TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire::{self, Message, PeerMetadata};
-use tokio::sync::mpsc;
 
-use super::hub::{DocumentHub, Notice};
+use super::hub::{DocumentHub, HubLimits};
 use super::peer::{Output, PeerConnection, PeerContext, SyncLimits};
 use super::registry::PeerRegistry;
 use crate::auth::Auth;
@@ -48,7 +47,6 @@ impl Rng {
 struct Device {
     peer_id: String,
     conn: PeerConnection,
-    notices: mpsc::UnboundedReceiver<Notice>,
     replica: AutoCommit,
     state: sync::State,
     to_server: VecDeque<Vec<u8>>,
@@ -95,9 +93,9 @@ impl World {
     }
 
     async fn deliver_notices(&mut self, i: usize) {
-        while let Ok(notice) = self.devices[i].notices.try_recv() {
+        while let Some(notices) = self.devices[i].conn.mailbox().try_next() {
             let wall = self.wall;
-            let outputs = self.devices[i].conn.handle_notice(notice, wall).await;
+            let outputs = self.devices[i].conn.handle_notices(notices, wall).await;
             self.route(i, outputs);
         }
         let owed = self.devices[i].conn.send_owed().await;
@@ -168,9 +166,12 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             root_document_id: None,
         })
         .unwrap();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let hub = Arc::new(DocumentHub::new(
         store.clone(),
         automerge::ActorId::from(vec![9u8; 16]),
+        HubLimits::default(),
+        Arc::clone(&metrics),
     ));
     let ctx = PeerContext {
         hub: Arc::clone(&hub),
@@ -179,6 +180,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
         server_peer_id: "server".into(),
         server_storage_id: "server-storage".into(),
         limits: SyncLimits::default(),
+        metrics,
     };
     let doc = DocumentId::from_random_bytes([4; 16]);
     // One device creates the skeleton; the others start from a fork of it,
@@ -199,9 +201,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             rotated_at: wall,
         };
         store.insert_session(&record, &[i as u8; 32]).unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut conn =
-            PeerConnection::new(ctx.clone(), i as u64, user, session, i64::MAX, tx, clock);
+        let mut conn = PeerConnection::new(ctx.clone(), i as u64, user, session, i64::MAX, clock);
         let peer_id = format!("device-{i}");
         let join = wire::encode(&Message::Join {
             sender_id: peer_id.clone(),
@@ -222,7 +222,6 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
         list.push(Device {
             peer_id,
             conn,
-            notices: rx,
             replica,
             state: sync::State::new(),
             to_server: VecDeque::new(),
@@ -337,4 +336,36 @@ async fn three_devices_converge_under_seeded_interleavings_and_outages() {
     for seed in [1, 7, 42, 1234, 99991] {
         run(seed).await;
     }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_leaves_no_subscription_and_saves_its_sync_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = build_world(dir.path(), 2).await;
+    world.edit(0, 0);
+    world.device_sends(0);
+    world.deliver_to_server(0).await;
+    let live = world
+        .hub
+        .open(
+            world.doc,
+            UserId::from_random_bytes([3; 16]),
+            false,
+            world.wall,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(world.hub.subscriber_count(&live), 1);
+    // However its task ends (a panic unwinding through it included), a
+    // dropped connection runs `finish`.
+    drop(world.devices.remove(0));
+    assert_eq!(world.hub.subscriber_count(&live), 0);
+    assert!(
+        world
+            .hub
+            .store()
+            .sync_state(world.doc, "storage-0")
+            .unwrap()
+            .is_some()
+    );
 }
