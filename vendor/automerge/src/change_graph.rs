@@ -975,9 +975,31 @@ impl ChangeGraphCols {
             return Err(LoadError::InvalidColumnLength(MESSAGE_COL_SPEC));
         }
 
+        // Patched: the extra bytes must lie within their column, as the change iterators slice it
+        // without checking.
+        if extra_bytes_meta.len() != len {
+            return Err(LoadError::InvalidColumnLength(EXTRA_META_COL_SPEC));
+        }
+        if let Some(last) = len.checked_sub(1).and_then(|i| extra_bytes_meta.get(i)) {
+            if last.total() as usize > extra_bytes_raw.len() {
+                return Err(LoadError::InvalidExtraBytes);
+            }
+        }
+
+        // Patched: each actor's changes must be seq 1, 2, 3... in document order (a document
+        // stores its changes in causal order), which the change graph assumes when it adds
+        // changes later or looks a change up by actor and seq.
         let mut seq_index = vec![vec![]; num_actors];
         for (i, actor) in actors.iter().enumerate() {
             let actor = actor.0 as usize;
+            let expected = seq_index[actor].len() + 1;
+            if seq[i] as usize != expected {
+                return Err(LoadError::InvalidSeq {
+                    change: i,
+                    seq: seq[i],
+                    expected,
+                });
+            }
             seq_index[actor].push(NodeIdx(i as u32));
         }
 
@@ -986,6 +1008,11 @@ impl ChangeGraphCols {
 
         let deps_count: Vec<u32> = hexane::decoder::<u32>(deps_count_bytes).collect();
         let mut deps_val_iter = hexane::DeltaDecoder::<u32>::new(deps_val_bytes);
+
+        // Patched: checked before indexing `max_ops` by change (was checked after the loop).
+        if deps_count.len() != len {
+            return Err(LoadError::InvalidColumnLength(DEPS_COUNT_COL_SPEC));
+        }
 
         let mut num_ops_vec = Vec::with_capacity(len);
         for (i, d) in deps_count.iter().enumerate() {
@@ -1002,6 +1029,10 @@ impl ChangeGraphCols {
                 let dep = deps_val_iter
                     .next()
                     .ok_or(LoadError::InvalidColumnLength(DEPS_VAL_COL_SPEC))?;
+                // Patched: a dependency must be a change of this document.
+                if dep as usize >= len {
+                    return Err(LoadError::InvalidDep { change: i, dep });
+                }
                 let target = NodeIdx(dep);
                 let next = EdgeIdx::new(edges.len() + 1);
                 let next = if e + 1 == d { None } else { Some(next) };

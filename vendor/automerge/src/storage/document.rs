@@ -407,6 +407,19 @@ pub(crate) enum ReconstructError {
     InvalidColumnLength(ColumnSpec),
     #[error("max_op is lower than start_op")]
     InvalidMaxOp,
+    /// Patched: a change's dependency is not a change of the document.
+    #[error("change {change} depends on change index {dep}, not in the document")]
+    InvalidDep { change: usize, dep: u32 },
+    /// Patched: an actor's changes are not seq 1, 2, 3... in document order.
+    #[error("change {change} has seq {seq} for its actor, expected {expected}")]
+    InvalidSeq {
+        change: usize,
+        seq: u32,
+        expected: usize,
+    },
+    /// Patched: the extra bytes column claims more bytes than it has.
+    #[error("change metadata refers to extra bytes beyond the column")]
+    InvalidExtraBytes,
     #[error("invalid mark operation order: {error_message}")]
     InvalidMarkOrderDoc {
         doc: Box<Automerge>,

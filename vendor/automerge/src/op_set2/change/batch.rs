@@ -1157,7 +1157,10 @@ impl Automerge {
             } else if let Some(unknown) = change.actors().skip(1).find(|a| {
                 *a != actor && self.ops.lookup_actor(a).is_none() && !new_actors.contains(*a)
             }) {
-                Some(format!("it lists actor {} which is not in the document", unknown))
+                Some(format!(
+                    "it lists actor {} which is not in the document",
+                    unknown
+                ))
             } else {
                 None
             };
@@ -1326,11 +1329,16 @@ mod tests {
     fn unknown_other_actor_is_refused() {
         let mut doc = doc_with_one_change();
         let heads = doc.get_heads();
-        let mut change = crafted_change(&[1; 16], 2, &heads, &[]).raw_bytes().to_vec();
+        let mut change = crafted_change(&[1; 16], 2, &heads, &[])
+            .raw_bytes()
+            .to_vec();
         // list one other actor, which the document has never seen: rebuild the chunk
         let mut data = change.split_off(10); // magic, checksum, type, one byte length
         let other_actors_at = data.len() - 2;
-        data.splice(other_actors_at..other_actors_at + 1, [1, 16].into_iter().chain([5; 16]));
+        data.splice(
+            other_actors_at..other_actors_at + 1,
+            [1, 16].into_iter().chain([5; 16]),
+        );
         let header = crate::storage::Header::new(crate::storage::ChunkType::Change, &data);
         let mut bytes = Vec::new();
         header.write(&mut bytes);

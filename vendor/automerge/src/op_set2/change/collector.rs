@@ -38,11 +38,34 @@ pub(crate) struct IndexedChangeCollector<'a> {
 impl<'a> IndexedChangeCollector<'a> {
     pub(crate) fn process_ops(&mut self, op_set: &'a OpSet) -> Result<(), ReadOpError> {
         let mut iter = op_set.iter();
+        let num_actors = op_set.actors.len();
 
         while let Some(op) = iter.try_next()? {
             let op_id = op.id;
             let op_is_counter = op.is_counter();
             let op_succ = op.succ();
+
+            // Patched: a document's op columns may name actors by any index; refuse those past
+            // the document's actor table, which the collector indexes without checking.
+            let key_actor = match op.elemid_or_key() {
+                crate::op_set2::types::KeyRef::Seq(e) => e.actor().map(usize::from),
+                crate::op_set2::types::KeyRef::Map(_) => None,
+            };
+            let max_actor = [
+                Some(op_id.actor()),
+                op.obj.actor().map(usize::from),
+                key_actor,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(op_succ.clone().map(|id| id.actor()))
+            .max()
+            .unwrap_or(0);
+            if max_actor >= num_actors {
+                return Err(ReadOpError::InvalidOpId(format!(
+                    "actor index {max_actor} but the document has {num_actors} actors"
+                )));
+            }
 
             self.process_op(op);
 
