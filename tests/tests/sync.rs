@@ -130,6 +130,8 @@ mod auth;
 mod documents;
 #[path = "sync/limits.rs"]
 mod limits;
+#[path = "sync/schema.rs"]
+mod schema;
 #[path = "sync/stories.rs"]
 mod stories;
 #[path = "sync/wire.rs"]

@@ -372,18 +372,41 @@ impl DocumentHub {
                 other => HubError::Store(other),
             })?;
         state.events += changes.len() as u64;
-        if let Ok(task) = task_document::read_task(&state.doc) {
-            let view = TaskView::new(live.id, &task);
-            // Most changes to a busy document leave its summary as it was
-            // (edits outside the task fields, or repeated values): write the
-            // index only when the summary differs from the last one written.
-            if state.last_summary.as_ref() != Some(&view) {
-                self.store.put_task_summary(
-                    live.owner,
-                    live.id,
-                    &serde_json::to_value(&view).expect("serialisable"),
-                )?;
-                state.last_summary = Some(view);
+        // The task list shows what REST reads: every document that reads as
+        // a task (leniently: fields of the wrong type read as absent), so a
+        // listed task can always be read and deleted. A document that stops
+        // being a task leaves the list, and the root never enters it,
+        // whatever a device wrote into it.
+        match task_document::read_task(&state.doc) {
+            Ok(task) => {
+                let view = TaskView::new(live.id, &task);
+                // Most changes to a busy document leave its summary as it was
+                // (edits outside the task fields, or repeated values): write
+                // the index only when the summary differs from the last one
+                // written. Whether the document is the root is asked before
+                // its first summary only; once one is written, it is not.
+                if state.last_summary.as_ref() != Some(&view) {
+                    let is_root = state.last_summary.is_none()
+                        && self
+                            .store
+                            .user(live.owner)?
+                            .and_then(|u| u.root_document_id)
+                            == Some(live.id);
+                    if is_root {
+                        self.store.remove_task_summary(live.owner, live.id)?;
+                    } else {
+                        self.store.put_task_summary(
+                            live.owner,
+                            live.id,
+                            &serde_json::to_value(&view).expect("serialisable"),
+                        )?;
+                        state.last_summary = Some(view);
+                    }
+                }
+            }
+            Err(_) => {
+                state.last_summary = None;
+                self.store.remove_task_summary(live.owner, live.id)?;
             }
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
