@@ -354,13 +354,14 @@ pub struct TokenPolicy {
 /// Every duration setting has an upper bound, checked at start-up, because
 /// each one is added to a date or an instant somewhere, and a value beyond
 /// the calendar (`session_max_secs = 18446744073709551615`) would make that
-/// addition fail on every request. The bounds are far above any sensible
-/// value; `--help` states them next to each flag.
+/// addition fail on every request. The bounds sit well above the defaults,
+/// where a longer value would only weaken a rule; `--help` states them next
+/// to each flag.
 #[derive(Debug, Clone, Copy)]
 pub struct SecondsSetting {
     /// The setting's name, as in the file.
     pub name: &'static str,
-    /// The smallest and largest accepted values.
+    /// The smallest accepted value.
     pub min: u64,
     /// The largest accepted value.
     pub max: u64,
