@@ -16,8 +16,11 @@
 //! tags at once both keep theirs. Readers are lenient: a JavaScript client may
 //! write a plain string where we write text, or leave a field out, and a
 //! document written by another client is read as well as it can be rather
-//! than refused. Writers only touch the fields that change, so that edits of
-//! different fields on different devices never conflict.
+//! than refused. A document is a task when it has a `title` of any type; a
+//! field of the wrong type (a number for the title, a string for `done`)
+//! reads as absent, and a title that cannot be read as `(untitled)`.
+//! Writers only touch the fields that change, so that edits of different
+//! fields on different devices never conflict.
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
@@ -29,7 +32,8 @@ use crate::task::{Notes, Priority, Tag, Tags, Task, Title};
 /// Why a document cannot be read or written as a task.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskDocumentError {
-    /// The document has no title: it is not a task (or not yet synced).
+    /// The document has no title at all, of any type: it is not a task (or
+    /// not yet synced).
     #[error("the document is not a task (it has no title)")]
     NotATask,
     /// Automerge refused an operation.
@@ -112,7 +116,7 @@ pub fn apply_patch<T: Transactable>(
     patch: &TaskPatch,
     now: DateTime<Utc>,
 ) -> Result<(), TaskDocumentError> {
-    if read_string(tx, "title").is_none() {
+    if !has_title(tx) {
         return Err(TaskDocumentError::NotATask);
     }
     if let Some(title) = &patch.title {
@@ -155,6 +159,14 @@ pub fn apply_patch<T: Transactable>(
     Ok(())
 }
 
+/// Whether the document has a title of any type, readable or not: what makes
+/// a document a task. Deciding by the key rather than by its value keeps a
+/// task that one client wrote with the wrong type a task that every reader
+/// lists, shows and can delete.
+fn has_title<R: ReadDoc>(doc: &R) -> bool {
+    matches!(doc.get(ROOT, "title"), Ok(Some(_)))
+}
+
 fn read_string<R: ReadDoc>(doc: &R, key: &str) -> Option<String> {
     match doc.get(ROOT, key).ok()?? {
         (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
@@ -184,10 +196,15 @@ fn read_time<R: ReadDoc>(doc: &R, key: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Reads a task leniently. Values out of limits are clamped (an overlong
-/// title is cut, unknown priorities read as none, invalid tags are skipped),
-/// so that one odd client cannot make a task unreadable for everyone.
+/// title is cut, unknown priorities read as none, invalid tags are skipped)
+/// and values of the wrong type read as absent (a title that is not text
+/// reads as `(untitled)`), so that one odd client cannot make a task
+/// unreadable for everyone. Only a document without any title is refused.
 pub fn read_task<R: ReadDoc>(doc: &R) -> Result<Task, TaskDocumentError> {
-    let raw_title = read_string(doc, "title").ok_or(TaskDocumentError::NotATask)?;
+    if !has_title(doc) {
+        return Err(TaskDocumentError::NotATask);
+    }
+    let raw_title = read_string(doc, "title").unwrap_or_default();
     let clean: String = raw_title
         .chars()
         .filter(|c| !c.is_control())
@@ -403,9 +420,66 @@ mod tests {
     }
 
     #[test]
+    fn fields_of_the_wrong_type_read_as_absent_and_the_task_stays_a_task() {
+        let mut doc = AutoCommit::new();
+        write_new_task(&mut doc, &task("typed")).unwrap();
+        doc.put(ROOT, "title", 42_i64).unwrap();
+        doc.put(ROOT, "notes", true).unwrap();
+        doc.put(ROOT, "done", "yes").unwrap();
+        doc.put(ROOT, "due", 20261201_i64).unwrap();
+        doc.put_object(ROOT, "priority", ObjType::Map).unwrap();
+        doc.put(ROOT, "tags", "home").unwrap();
+        doc.put(ROOT, "createdAt", "yesterday").unwrap();
+        let t = read_task(&doc).unwrap();
+        assert_eq!(t.title.as_str(), "(untitled)");
+        assert_eq!(t.notes.as_str(), "");
+        assert!(!t.done);
+        assert_eq!(t.due, None);
+        assert_eq!(t.priority, Priority::None);
+        assert_eq!(t.tags, Tags::default());
+        assert_eq!(t.created_at.timestamp_millis(), 0);
+    }
+
+    #[test]
+    fn a_title_that_is_an_object_other_than_text_reads_as_untitled() {
+        for kind in [ObjType::Map, ObjType::List] {
+            let mut doc = AutoCommit::new();
+            doc.put_object(ROOT, "title", kind).unwrap();
+            assert_eq!(read_task(&doc).unwrap().title.as_str(), "(untitled)");
+        }
+    }
+
+    #[test]
+    fn a_patch_replaces_a_title_of_the_wrong_type_with_text() {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, "title", 42_i64).unwrap();
+        apply_patch(
+            &mut doc,
+            &TaskPatch {
+                title: Some(Title::parse("readable").unwrap()),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(read_task(&doc).unwrap().title.as_str(), "readable");
+        assert!(matches!(
+            doc.get(ROOT, "title").unwrap(),
+            Some((Value::Object(ObjType::Text), _))
+        ));
+    }
+
+    #[test]
     fn a_document_without_a_title_is_not_a_task() {
         assert!(matches!(
             read_task(&AutoCommit::new()),
+            Err(TaskDocumentError::NotATask)
+        ));
+        let mut root = AutoCommit::new();
+        init_root(&mut root).unwrap();
+        assert!(matches!(read_task(&root), Err(TaskDocumentError::NotATask)));
+        assert!(matches!(
+            apply_patch(&mut root, &TaskPatch::default(), Utc::now()),
             Err(TaskDocumentError::NotATask)
         ));
     }

@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod otp;
 pub mod rate_limit;
+pub mod span;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -443,8 +444,8 @@ impl Auth {
     }
 
     fn is_live(&self, session: &SessionRecord, now: DateTime<Utc>) -> bool {
-        let idle = chrono::Duration::from_std(self.token_policy.session_idle).expect("fits");
-        let max = chrono::Duration::from_std(self.token_policy.session_max).expect("fits");
+        let idle = span::delta(self.token_policy.session_idle);
+        let max = span::delta(self.token_policy.session_max);
         now - session.last_used_at < idle && now - session.created_at < max
     }
 
@@ -475,7 +476,7 @@ impl Auth {
             self.end_session(session.id)?;
             return Err(RefreshError::Invalid);
         }
-        let grace = chrono::Duration::from_std(self.token_policy.refresh_grace).expect("fits");
+        let grace = span::delta(self.token_policy.refresh_grace);
         if entry.generation + 1 == session.generation && now - session.rotated_at <= grace {
             let recent = {
                 let recent = self
@@ -542,7 +543,7 @@ impl Auth {
                 .recent_rotations
                 .lock()
                 .expect("lock holders never panic");
-            let grace = chrono::Duration::from_std(self.token_policy.refresh_grace).expect("fits");
+            let grace = span::delta(self.token_policy.refresh_grace);
             recent.retain(|_, r| now - r.at <= grace);
             recent.insert(
                 session.id,
@@ -650,8 +651,8 @@ impl Auth {
         who: &Authenticated,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionView>, StoreError> {
-        let idle = chrono::Duration::from_std(self.token_policy.session_idle).expect("fits");
-        let max = chrono::Duration::from_std(self.token_policy.session_max).expect("fits");
+        let idle = span::delta(self.token_policy.session_idle);
+        let max = span::delta(self.token_policy.session_max);
         let mut sessions: Vec<SessionView> = self
             .store
             .sessions_of(who.user_id)?
@@ -662,7 +663,7 @@ impl Auth {
                 device_name: s.device_name.clone(),
                 created_at: s.created_at,
                 last_used_at: s.last_used_at,
-                expires_at: (s.last_used_at + idle).min(s.created_at + max),
+                expires_at: span::after(s.last_used_at, idle).min(span::after(s.created_at, max)),
                 current: s.id == who.session_id,
             })
             .collect();

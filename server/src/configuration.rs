@@ -6,6 +6,7 @@
 //! in the file. Secrets are held in [`SecretString`], which never prints.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -144,13 +145,13 @@ pub struct Overrides {
     /// Digits in a code, 6 to 10 [default: 6].
     #[arg(long, env = "CODEEDEX_OTP_DIGITS")]
     pub otp_digits: Option<u32>,
-    /// How long a code is valid, at most 600 [default: 600].
+    /// How long a code is valid, 1 to 600 [default: 600].
     #[arg(long, env = "CODEEDEX_OTP_TTL_SECS")]
     pub otp_ttl_secs: Option<u64>,
     /// Wrong attempts that kill a code [default: 5].
     #[arg(long, env = "CODEEDEX_OTP_MAX_ATTEMPTS")]
     pub otp_max_attempts: Option<u32>,
-    /// Seconds before another code may be sent to the same identifier [default: 60].
+    /// Seconds before another code may be sent to the same identifier, at most 86400 [default: 60].
     #[arg(long, env = "CODEEDEX_OTP_RESEND_COOLDOWN_SECS")]
     pub otp_resend_cooldown_secs: Option<u64>,
     /// Codes per identifier per hour [default: 5].
@@ -171,10 +172,10 @@ pub struct Overrides {
     /// Token refreshes per client IP per window [default: 150].
     #[arg(long, env = "CODEEDEX_IP_REFRESH_LIMIT")]
     pub ip_refresh_limit: Option<u32>,
-    /// The per-IP window in seconds [default: 300].
+    /// The per-IP window in seconds, 1 to 86400 [default: 300].
     #[arg(long, env = "CODEEDEX_IP_LIMIT_WINDOW_SECS")]
     pub ip_limit_window_secs: Option<u64>,
-    /// Access token lifetime in seconds [default: 900].
+    /// Access token lifetime in seconds, 1 to 86400 [default: 900].
     #[arg(long, env = "CODEEDEX_ACCESS_TOKEN_TTL_SECS")]
     pub access_token_ttl_secs: Option<u64>,
     /// The `iss` of access tokens [default: codeedex].
@@ -183,13 +184,13 @@ pub struct Overrides {
     /// The `aud` of access tokens [default: codeedex-api].
     #[arg(long, env = "CODEEDEX_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Seconds in which the previous refresh token returns the current pair [default: 10].
+    /// Seconds in which the previous refresh token returns the current pair, at most 300 [default: 10].
     #[arg(long, env = "CODEEDEX_REFRESH_GRACE_SECS")]
     pub refresh_grace_secs: Option<u64>,
-    /// A session unused this long ends [default: 2592000, 30 days].
+    /// A session unused this long ends, 1 to 34560000 (400 days) [default: 2592000, 30 days].
     #[arg(long, env = "CODEEDEX_SESSION_IDLE_SECS")]
     pub session_idle_secs: Option<u64>,
-    /// A session ends this long after sign-in, however used [default: 7776000, 90 days].
+    /// A session ends this long after sign-in, however used, at most 34560000 (400 days) [default: 7776000, 90 days].
     #[arg(long, env = "CODEEDEX_SESSION_MAX_SECS")]
     pub session_max_secs: Option<u64>,
     /// Origins allowed to open sync WebSockets, comma-separated [default: any].
@@ -210,10 +211,10 @@ pub struct Overrides {
     /// Sync connections per user [default: 32].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_CONNECTIONS_PER_USER")]
     pub sync_max_connections_per_user: Option<usize>,
-    /// Seconds a client has to send its join after connecting [default: 10].
+    /// Seconds a client has to send its join after connecting, 1 to 300 [default: 10].
     #[arg(long, env = "CODEEDEX_SYNC_HANDSHAKE_TIMEOUT_SECS")]
     pub sync_handshake_timeout_secs: Option<u64>,
-    /// Seconds an unused document stays in memory [default: 60].
+    /// Seconds an unused document stays in memory, at most 86400 [default: 60].
     #[arg(long, env = "CODEEDEX_DOCUMENT_IDLE_SECS")]
     pub document_idle_secs: Option<u64>,
     /// Largest Automerge change a peer may send, in bytes; beyond it the
@@ -237,7 +238,7 @@ pub struct Overrides {
     #[arg(long, env = "CODEEDEX_SYNC_MAX_EPHEMERAL_QUEUED")]
     pub sync_max_ephemeral_queued: Option<usize>,
     /// Seconds one outgoing frame may wait for a peer that does not read,
-    /// before the connection closes with 4008 [default: 30].
+    /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub sync_write_timeout_secs: Option<u64>,
     /// Live documents per user; beyond it uploads close with 4011 and REST
@@ -388,6 +389,137 @@ pub struct TokenPolicy {
     pub session_max: Duration,
 }
 
+/// A setting in whole seconds and the range it must be in.
+///
+/// Every duration setting has an upper bound, checked at start-up, because
+/// each one is added to a date or an instant somewhere, and a value beyond
+/// the calendar (`session_max_secs = 18446744073709551615`) would make that
+/// addition fail on every request. The bounds sit well above the defaults,
+/// where a longer value would only weaken a rule; `--help` states them next
+/// to each flag.
+#[derive(Debug, Clone, Copy)]
+pub struct SecondsSetting {
+    /// The setting's name, as in the file.
+    pub name: &'static str,
+    /// The smallest accepted value.
+    pub min: u64,
+    /// The largest accepted value.
+    pub max: u64,
+    /// Why the bound is where it is.
+    pub why: &'static str,
+}
+
+/// The longest any session may live, idle or not: 400 days, the longest
+/// lifetime browsers give a cookie (RFC 6265bis).
+const SESSION_SECS_MAX: u64 = 400 * 24 * 3600;
+
+impl SecondsSetting {
+    /// `otp_ttl_secs`.
+    pub const OTP_TTL: Self = Self {
+        name: "otp_ttl_secs",
+        min: 1,
+        max: 600,
+        why: "NIST SP 800-63B allows at most 10 minutes",
+    };
+    /// `otp_resend_cooldown_secs`.
+    pub const OTP_RESEND_COOLDOWN: Self = Self {
+        name: "otp_resend_cooldown_secs",
+        min: 0,
+        max: 24 * 3600,
+        why: "a day, the longest window of the send caps",
+    };
+    /// `ip_limit_window_secs`.
+    pub const IP_LIMIT_WINDOW: Self = Self {
+        name: "ip_limit_window_secs",
+        min: 1,
+        max: 24 * 3600,
+        why: "a day",
+    };
+    /// `access_token_ttl_secs`.
+    pub const ACCESS_TOKEN_TTL: Self = Self {
+        name: "access_token_ttl_secs",
+        min: 1,
+        max: 24 * 3600,
+        why: "a day; access tokens are meant to be short-lived",
+    };
+    /// `refresh_grace_secs`.
+    pub const REFRESH_GRACE: Self = Self {
+        name: "refresh_grace_secs",
+        min: 0,
+        max: 300,
+        why: "five minutes; a longer grace lets an old refresh token through",
+    };
+    /// `session_idle_secs`.
+    pub const SESSION_IDLE: Self = Self {
+        name: "session_idle_secs",
+        min: 1,
+        max: SESSION_SECS_MAX,
+        why: "400 days",
+    };
+    /// `session_max_secs`.
+    pub const SESSION_MAX: Self = Self {
+        name: "session_max_secs",
+        min: 1,
+        max: SESSION_SECS_MAX,
+        why: "400 days",
+    };
+    /// `sync_handshake_timeout_secs`.
+    pub const SYNC_HANDSHAKE_TIMEOUT: Self = Self {
+        name: "sync_handshake_timeout_secs",
+        min: 1,
+        max: 300,
+        why: "five minutes",
+    };
+    /// `sync_write_timeout_secs`.
+    pub const SYNC_WRITE_TIMEOUT: Self = Self {
+        name: "sync_write_timeout_secs",
+        min: 1,
+        max: 300,
+        why: "five minutes; longer keeps a peer that stopped reading, and what it holds, alive",
+    };
+    /// `document_idle_secs`.
+    pub const DOCUMENT_IDLE: Self = Self {
+        name: "document_idle_secs",
+        min: 0,
+        max: 24 * 3600,
+        why: "a day",
+    };
+
+    /// Every duration setting, for the tests that keep the bounds and the
+    /// help text together.
+    pub const ALL: [Self; 10] = [
+        Self::OTP_TTL,
+        Self::OTP_RESEND_COOLDOWN,
+        Self::IP_LIMIT_WINDOW,
+        Self::ACCESS_TOKEN_TTL,
+        Self::REFRESH_GRACE,
+        Self::SESSION_IDLE,
+        Self::SESSION_MAX,
+        Self::SYNC_HANDSHAKE_TIMEOUT,
+        Self::SYNC_WRITE_TIMEOUT,
+        Self::DOCUMENT_IDLE,
+    ];
+
+    /// The accepted values.
+    pub fn range(&self) -> RangeInclusive<u64> {
+        self.min..=self.max
+    }
+
+    /// The value as a duration, or why it is refused.
+    pub fn check(&self, secs: u64) -> anyhow::Result<Duration> {
+        if !self.range().contains(&secs) {
+            bail!(
+                "{} must be at least {} and at most {} seconds ({}), not {secs}",
+                self.name,
+                self.min,
+                self.max,
+                self.why
+            );
+        }
+        Ok(Duration::from_secs(secs))
+    }
+}
+
 impl Settings {
     /// Reads flags and environment, then the file they name, and validates
     /// the result. `today` decides whether fixed test codes have expired.
@@ -448,20 +580,16 @@ impl Settings {
         }
         let otp = OtpPolicy {
             digits: pick!(otp_digits, 6),
-            ttl: Duration::from_secs(pick!(otp_ttl_secs, 600)),
+            ttl: SecondsSetting::OTP_TTL.check(pick!(otp_ttl_secs, 600))?,
             max_attempts: pick!(otp_max_attempts, 5),
-            resend_cooldown: Duration::from_secs(pick!(otp_resend_cooldown_secs, 60)),
+            resend_cooldown: SecondsSetting::OTP_RESEND_COOLDOWN
+                .check(pick!(otp_resend_cooldown_secs, 60))?,
             hourly_cap: pick!(otp_hourly_cap, 5),
             daily_cap: pick!(otp_daily_cap, 10),
             failure_cap: pick!(otp_failure_cap, 20),
         };
         if !(6..=10).contains(&otp.digits) {
             bail!("otp_digits must be between 6 and 10");
-        }
-        if otp.ttl.is_zero() || otp.ttl > Duration::from_secs(600) {
-            bail!(
-                "otp_ttl_secs must be between 1 and 600 (NIST SP 800-63B allows at most 10 minutes)"
-            );
         }
         if otp.max_attempts == 0 || otp.max_attempts > 10 {
             bail!("otp_max_attempts must be between 1 and 10");
@@ -476,28 +604,24 @@ impl Settings {
             send: pick!(ip_send_limit, 30),
             verify: pick!(ip_verify_limit, 30),
             refresh: pick!(ip_refresh_limit, 150),
-            window: Duration::from_secs(pick!(ip_limit_window_secs, 300)),
+            window: SecondsSetting::IP_LIMIT_WINDOW.check(pick!(ip_limit_window_secs, 300))?,
         };
-        if ip_limits.send == 0
-            || ip_limits.verify == 0
-            || ip_limits.refresh == 0
-            || ip_limits.window.is_zero()
-        {
+        if ip_limits.send == 0 || ip_limits.verify == 0 || ip_limits.refresh == 0 {
             bail!("per-IP limits and their window must be positive");
         }
         let tokens = TokenPolicy {
-            access_ttl: Duration::from_secs(pick!(access_token_ttl_secs, 900)),
+            access_ttl: SecondsSetting::ACCESS_TOKEN_TTL
+                .check(pick!(access_token_ttl_secs, 900))?,
             issuer: pick!(jwt_issuer, "codeedex".to_owned()),
             audience: pick!(jwt_audience, "codeedex-api".to_owned()),
-            refresh_grace: Duration::from_secs(pick!(refresh_grace_secs, 10)),
-            session_idle: Duration::from_secs(pick!(session_idle_secs, 30 * 24 * 3600)),
-            session_max: Duration::from_secs(pick!(session_max_secs, 90 * 24 * 3600)),
+            refresh_grace: SecondsSetting::REFRESH_GRACE.check(pick!(refresh_grace_secs, 10))?,
+            session_idle: SecondsSetting::SESSION_IDLE
+                .check(pick!(session_idle_secs, 30 * 24 * 3600))?,
+            session_max: SecondsSetting::SESSION_MAX
+                .check(pick!(session_max_secs, 90 * 24 * 3600))?,
         };
-        if tokens.access_ttl.is_zero() || tokens.access_ttl > Duration::from_secs(24 * 3600) {
-            bail!("access_token_ttl_secs must be between 1 and 86400");
-        }
-        if tokens.session_idle.is_zero() || tokens.session_max < tokens.session_idle {
-            bail!("session_idle_secs must be positive and at most session_max_secs");
+        if tokens.session_max < tokens.session_idle {
+            bail!("session_idle_secs must be at most session_max_secs");
         }
         let mut warnings = Vec::new();
         let test_codes = parse_test_codes(
@@ -530,10 +654,10 @@ impl Settings {
                 sync_max_connections_per_user,
                 defaults.max_connections_per_user
             ),
-            handshake_timeout: Duration::from_secs(pick!(
+            handshake_timeout: SecondsSetting::SYNC_HANDSHAKE_TIMEOUT.check(pick!(
                 sync_handshake_timeout_secs,
                 defaults.handshake_timeout.as_secs()
-            )),
+            ))?,
             input: InputLimits {
                 max_message_bytes: pick!(sync_max_frame_bytes, defaults.max_frame_bytes),
                 max_change_bytes: pick!(sync_max_change_bytes, defaults.input.max_change_bytes),
@@ -548,22 +672,20 @@ impl Settings {
                 max_ephemeral: pick!(sync_max_ephemeral_queued, defaults.mailbox.max_ephemeral),
                 ..defaults.mailbox
             },
-            write_timeout: Duration::from_secs(pick!(
+            write_timeout: SecondsSetting::SYNC_WRITE_TIMEOUT.check(pick!(
                 sync_write_timeout_secs,
                 defaults.write_timeout.as_secs()
-            )),
+            ))?,
         };
         if sync_limits.max_frame_bytes < 1024
             || sync_limits.messages_per_second == 0
             || sync_limits.message_burst == 0
             || sync_limits.max_documents == 0
             || sync_limits.max_connections_per_user == 0
-            || sync_limits.handshake_timeout.is_zero()
             || sync_limits.input.max_change_bytes == 0
             || sync_limits.input.max_ops_per_change == 0
             || sync_limits.input.max_changes == 0
             || sync_limits.mailbox.max_ephemeral == 0
-            || sync_limits.write_timeout.is_zero()
         {
             bail!("sync limits must be positive (and frames at least 1024 bytes)");
         }
@@ -593,7 +715,7 @@ impl Settings {
             allowed_origins: pick!(allowed_origins, Vec::new()),
             sync_limits,
             hub_limits,
-            document_idle: Duration::from_secs(pick!(document_idle_secs, 60)),
+            document_idle: SecondsSetting::DOCUMENT_IDLE.check(pick!(document_idle_secs, 60))?,
             warnings,
             listen: pick!(
                 listen,
@@ -773,6 +895,108 @@ mod tests {
     fn otp_lifetime_is_capped_at_ten_minutes() {
         assert!(load(&["--otp-ttl-secs", "601"]).is_err());
         assert!(load(&["--otp-digits", "5"]).is_err());
+    }
+
+    /// The flag of a setting, as on the command line.
+    fn flag(setting: &SecondsSetting) -> String {
+        format!("--{}", setting.name.replace('_', "-"))
+    }
+
+    /// Loads with one setting at `secs`. The session limits must also keep
+    /// idle at most max, so the other one is put at the end of its range
+    /// that lets this one reach both of its bounds.
+    fn load_with(setting: &SecondsSetting, secs: u64) -> anyhow::Result<Settings> {
+        let other = if setting.name == SecondsSetting::SESSION_MAX.name {
+            ("--session-idle-secs", SecondsSetting::SESSION_IDLE.min)
+        } else {
+            ("--session-max-secs", SecondsSetting::SESSION_MAX.max)
+        };
+        let args = [
+            other.0.to_owned(),
+            other.1.to_string(),
+            flag(setting),
+            secs.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        load(&args)
+    }
+
+    #[test]
+    fn every_duration_setting_accepts_its_bounds_and_refuses_one_past_them() {
+        for setting in SecondsSetting::ALL {
+            for secs in [setting.min, setting.max] {
+                if let Err(e) = load_with(&setting, secs) {
+                    panic!("{} = {secs} refused: {e:#}", setting.name);
+                }
+            }
+            let err = load_with(&setting, setting.max + 1)
+                .map(|_| ())
+                .expect_err(setting.name);
+            let message = format!("{err:#}");
+            assert!(
+                message.contains(setting.name) && message.contains("at most"),
+                "{message}"
+            );
+            if setting.min > 0 {
+                assert!(
+                    load_with(&setting, setting.min - 1).is_err(),
+                    "{}",
+                    setting.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_number_of_seconds_is_refused_for_every_duration_setting() {
+        for setting in SecondsSetting::ALL {
+            let err = load_with(&setting, u64::MAX)
+                .map(|_| ())
+                .expect_err(setting.name);
+            assert!(format!("{err:#}").contains(setting.name), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn the_bounds_keep_date_arithmetic_in_range() {
+        // Each bounded duration converts to a chrono delta and can be added
+        // to any time of this millennium and the next.
+        let far = chrono::DateTime::parse_from_rfc3339("2999-12-31T23:59:59Z")
+            .unwrap()
+            .to_utc();
+        for setting in SecondsSetting::ALL {
+            let delta = chrono::TimeDelta::from_std(Duration::from_secs(setting.max)).unwrap();
+            assert!(far.checked_add_signed(delta).is_some(), "{}", setting.name);
+        }
+    }
+
+    #[test]
+    fn help_states_every_duration_bound() {
+        let command = <Overrides as clap::CommandFactory>::command();
+        for setting in SecondsSetting::ALL {
+            let long = setting.name.replace('_', "-");
+            let help = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(long.as_str()))
+                .and_then(|arg| arg.get_help())
+                .unwrap_or_else(|| panic!("--{long} has no help"))
+                .to_string();
+            let bound = format!("at most {}", setting.max);
+            let range = format!("{} to {}", setting.min, setting.max);
+            assert!(
+                help.contains(&bound) || help.contains(&range),
+                "--help does not state the bound of {}: {help}",
+                setting.name
+            );
+        }
+    }
+
+    #[test]
+    fn session_idle_may_not_exceed_session_max() {
+        let err = load(&["--session-idle-secs", "100", "--session-max-secs", "99"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("session_idle_secs"), "{err:#}");
     }
 
     #[test]

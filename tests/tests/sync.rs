@@ -132,6 +132,8 @@ mod documents;
 mod hostile;
 #[path = "sync/limits.rs"]
 mod limits;
+#[path = "sync/schema.rs"]
+mod schema;
 #[path = "sync/stories.rs"]
 mod stories;
 #[path = "sync/wire.rs"]

@@ -5,6 +5,11 @@
 //! proxies, and the first other address is the client. A client cannot spoof
 //! its address by sending the header itself, because only the entries added
 //! by trusted proxies are believed.
+//!
+//! The header may arrive as several lines: a client sends its own and a proxy
+//! appends another rather than extending it. RFC 9110 §5.3 makes those lines
+//! one list, in order, so every line is read; reading only the first would
+//! let the client's line stand for the proxy's.
 
 use std::future::{Ready, ready};
 use std::net::IpAddr;
@@ -18,21 +23,22 @@ use crate::auth::ClientContext;
 #[derive(Debug, Clone)]
 pub struct Client(pub ClientContext);
 
-/// Resolves the client address from the peer and the forwarding header.
+/// Resolves the client address from the peer and the forwarding header,
+/// given as its lines in the order they arrived.
 pub fn resolve_client_ip(
     peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
+    forwarded_for: &[&str],
     trusted: &[IpAddr],
 ) -> Option<IpAddr> {
     let peer = peer?;
     if !trusted.contains(&peer) {
         return Some(peer);
     }
-    let Some(chain) = forwarded_for else {
-        return Some(peer);
-    };
+    // The lines are one comma-separated list: the last entry of the last
+    // line is the newest hop.
+    let hops = forwarded_for.iter().rev().flat_map(|line| line.rsplit(','));
     let mut last_trusted = peer;
-    for hop in chain.rsplit(',') {
+    for hop in hops {
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) if trusted.contains(&ip) => last_trusted = ip,
             Ok(ip) => return Some(ip),
@@ -53,11 +59,15 @@ impl FromRequest for Client {
             .app_data::<web::Data<AppState>>()
             .map(|s| s.trusted_proxies.as_slice())
             .unwrap_or_default();
-        let forwarded = req
+        // A line that is not visible ASCII holds no address we could believe;
+        // it stays in its place as an entry that does not parse, so that the
+        // chain is believed only up to it.
+        let forwarded: Vec<&str> = req
             .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let ip = resolve_client_ip(req.peer_addr().map(|a| a.ip()), forwarded, trusted);
+            .get_all("x-forwarded-for")
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        let ip = resolve_client_ip(req.peer_addr().map(|a| a.ip()), &forwarded, trusted);
         let user_agent = req
             .headers()
             .get(header::USER_AGENT)
@@ -79,7 +89,7 @@ mod tests {
     fn the_header_is_ignored_from_untrusted_peers() {
         let got = resolve_client_ip(
             Some(ip("203.0.113.9")),
-            Some("198.51.100.1"),
+            &["198.51.100.1"],
             &[ip("10.0.0.1")],
         );
         assert_eq!(got, Some(ip("203.0.113.9")));
@@ -90,7 +100,7 @@ mod tests {
         let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
         let got = resolve_client_ip(
             Some(ip("10.0.0.1")),
-            Some("6.6.6.6, 198.51.100.7, 10.0.0.2"),
+            &["6.6.6.6, 198.51.100.7, 10.0.0.2"],
             &trusted,
         );
         assert_eq!(
@@ -102,7 +112,37 @@ mod tests {
 
     #[test]
     fn a_garbled_header_falls_back_to_the_last_trusted_hop() {
-        let got = resolve_client_ip(Some(ip("10.0.0.1")), Some("nonsense"), &[ip("10.0.0.1")]);
+        let got = resolve_client_ip(Some(ip("10.0.0.1")), &["nonsense"], &[ip("10.0.0.1")]);
         assert_eq!(got, Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn without_the_header_a_trusted_peer_is_the_client() {
+        let got = resolve_client_ip(Some(ip("10.0.0.1")), &[], &[ip("10.0.0.1")]);
+        assert_eq!(got, Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn several_header_lines_are_one_list_read_from_the_last_line() {
+        let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // The client sent its own line; the proxy appended one of its own.
+        let got = resolve_client_ip(Some(ip("10.0.0.1")), &["6.6.6.6", "198.51.100.7"], &trusted);
+        assert_eq!(got, Some(ip("198.51.100.7")), "the client's line won");
+        // Trusted hops on the last line are skipped into the earlier ones.
+        let got = resolve_client_ip(
+            Some(ip("10.0.0.1")),
+            &["6.6.6.6, 198.51.100.8", "10.0.0.2"],
+            &trusted,
+        );
+        assert_eq!(got, Some(ip("198.51.100.8")));
+    }
+
+    #[test]
+    fn an_unreadable_line_ends_the_chain_at_its_place() {
+        let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
+        let got = resolve_client_ip(Some(ip("10.0.0.1")), &["6.6.6.6", "", "10.0.0.2"], &trusted);
+        assert_eq!(got, Some(ip("10.0.0.2")));
+        let got = resolve_client_ip(Some(ip("10.0.0.1")), &["", "198.51.100.9"], &trusted);
+        assert_eq!(got, Some(ip("198.51.100.9")));
     }
 }

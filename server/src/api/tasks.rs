@@ -14,7 +14,7 @@ use chrono::{NaiveDate, Utc};
 use codeedex_schema::api::tasks::{
     CreateTask, HistoryEntry, TaskHistory, TaskPage, TaskView, UpdateTask,
 };
-use codeedex_schema::id::DocumentId;
+use codeedex_schema::id::{DocumentId, UserId};
 use codeedex_schema::problem::{ErrorCode, Problem};
 use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
 use codeedex_schema::task_document;
@@ -129,6 +129,31 @@ fn open(
         .ok_or(TaskApiError::NotFound)
 }
 
+/// The user's root document, if it was made yet.
+fn root_of(state: &AppState, user: UserId) -> Result<Option<DocumentId>, TaskApiError> {
+    Ok(state
+        .sync
+        .hub
+        .store()
+        .user(user)
+        .map_err(|e| TaskApiError::Unexpected(e.into()))?
+        .and_then(|u| u.root_document_id))
+}
+
+/// Opens one of the caller's tasks. The root document is never a task,
+/// whatever a device wrote into it: it is answered like any other document
+/// that is not one, so that it can be neither patched nor deleted here.
+fn open_task(
+    state: &AppState,
+    who: &Authenticated,
+    id: DocumentId,
+) -> Result<std::sync::Arc<LiveDocument>, TaskApiError> {
+    if root_of(state, who.user_id)? == Some(id) {
+        return Err(TaskApiError::NotFound);
+    }
+    open(state, who, id)
+}
+
 async fn view(state: &AppState, live: &LiveDocument) -> Result<TaskView, TaskApiError> {
     let task = state
         .sync
@@ -183,9 +208,15 @@ pub async fn list(
         .store()
         .task_summaries(caller.0.user_id)
         .map_err(|e| TaskApiError::Unexpected(e.into()))?;
+    // The index never takes the root, but one written before that rule may
+    // still hold it.
+    let root = root_of(&state, caller.0.user_id)?;
     let mut tasks = Vec::new();
     let mut next = None;
     for (id, summary) in summaries {
+        if Some(id) == root {
+            continue;
+        }
         if query
             .after
             .is_some_and(|after| id.as_bytes() <= after.as_bytes())
@@ -283,7 +314,7 @@ pub async fn get(
     caller: Caller,
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let live = open(&state, &caller.0, *id)?;
+    let live = open_task(&state, &caller.0, *id)?;
     Ok(HttpResponse::Ok().json(view(&state, &live).await?))
 }
 
@@ -298,7 +329,7 @@ pub async fn update(
     body: JsonBody<UpdateTask>,
 ) -> Result<HttpResponse, TaskApiError> {
     let patch = body.to_patch().map_err(TaskApiError::Invalid)?;
-    let live = open(&state, &caller.0, *id)?;
+    let live = open_task(&state, &caller.0, *id)?;
     if !patch.is_empty() {
         state
             .sync
@@ -321,7 +352,7 @@ pub async fn delete(
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
     let id = *id;
-    let live = open(&state, &caller.0, id)?;
+    let live = open_task(&state, &caller.0, id)?;
     view(&state, &live).await?;
     drop(live);
     let hub = &state.sync.hub;
@@ -350,7 +381,7 @@ pub async fn history(
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
     // Opening proves ownership; the history itself comes from the log.
-    open(&state, &caller.0, *id)?;
+    open_task(&state, &caller.0, *id)?;
     let events = state
         .sync
         .hub

@@ -9,6 +9,7 @@ use rand::Rng;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 
+use super::span;
 use crate::configuration::OtpPolicy;
 use crate::store::{OtpRecord, PendingCode};
 
@@ -88,13 +89,13 @@ pub fn record_send(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), Err(SendRefusal::Locked { retry_after }));
     }
-    let cooldown = TimeDelta::from_std(policy.resend_cooldown).expect("cooldown fits");
+    let cooldown = span::delta(policy.resend_cooldown);
     let mut sends = record.sends.clone();
     sends.sort();
     if let Some(last) = sends.last()
         && now - *last < cooldown
     {
-        let retry_after = seconds_until(now, *last + cooldown);
+        let retry_after = seconds_until(now, span::after(*last, cooldown));
         return (Some(record), Err(SendRefusal::RateLimited { retry_after }));
     }
     let in_last_hour: Vec<_> = sends
@@ -142,7 +143,7 @@ pub fn record_attempt(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), VerifyOutcome::Locked { retry_after });
     }
-    let ttl = TimeDelta::from_std(policy.ttl).expect("ttl fits");
+    let ttl = span::delta(policy.ttl);
     let live = record.pending.as_ref().filter(|p| {
         now - p.issued_at < ttl && now >= p.issued_at && p.attempts < policy.max_attempts
     });
@@ -299,6 +300,23 @@ mod tests {
                 retry_after: 3600 - 300
             })
         );
+    }
+
+    #[test]
+    fn durations_past_the_calendar_do_not_panic() {
+        // The settings refuse such durations; the rules must not panic on
+        // them anyway.
+        let policy = OtpPolicy {
+            ttl: Duration::MAX,
+            resend_cooldown: Duration::MAX,
+            ..policy()
+        };
+        let (record, sent) = record_send(None, &RIGHT, t0(), &policy);
+        assert!(sent.is_ok());
+        let (record, again) = record_send(record, &WRONG, t0(), &policy);
+        assert!(matches!(again, Err(SendRefusal::RateLimited { .. })));
+        let (_, outcome) = record_attempt(record, &RIGHT, t0(), &policy);
+        assert!(matches!(outcome, VerifyOutcome::Accepted));
     }
 
     #[test]

@@ -83,8 +83,11 @@ impl IpRateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_second);
-            Err(wait.as_secs().max(1))
+            // A wait too long for a Duration (a window no setting allows)
+            // is as good as forever.
+            let wait = Duration::try_from_secs_f64((1.0 - bucket.tokens) / per_second)
+                .map_or(u64::MAX, |wait| wait.as_secs());
+            Err(wait.max(1))
         }
     }
 }

@@ -17,6 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use super::keys::{ServerKeys, random_bytes};
+use super::span;
 use crate::configuration::TokenPolicy;
 
 /// The JOSE `typ` of our access tokens (RFC 9068).
@@ -107,7 +108,7 @@ impl AccessTokens {
     pub fn issue(&self, user: UserId, session: SessionId, now: DateTime<Utc>) -> IssuedAccessToken {
         // JWT times are whole seconds; the expiry told to the client is the
         // same instant, so it never outlives the token it describes.
-        let exp = now + chrono::Duration::from_std(self.ttl).expect("ttl fits");
+        let exp = span::after(now, span::delta(self.ttl));
         let exp = DateTime::from_timestamp(exp.timestamp(), 0)
             .expect("a time that was valid stays valid");
         let claims = AccessClaims {
@@ -209,6 +210,26 @@ mod tests {
         assert_eq!((claims.sub, claims.sid), (u, s));
         let later = now + chrono::Duration::seconds(900 + LEEWAY_SECS as i64);
         assert_eq!(t.verify(&issued.token, later), Err(TokenRejection::Expired));
+    }
+
+    #[test]
+    fn a_lifetime_past_the_calendar_does_not_panic() {
+        // The settings refuse such a lifetime; the rule must not panic on
+        // one anyway.
+        let policy = TokenPolicy {
+            access_ttl: Duration::MAX,
+            issuer: "codeedex".into(),
+            audience: "codeedex-api".into(),
+            refresh_grace: Duration::MAX,
+            session_idle: Duration::MAX,
+            session_max: Duration::MAX,
+        };
+        let t = AccessTokens::new(&ServerKeys::from_bytes([7; 32], [8; 32]), &policy);
+        let (u, s) = ids();
+        let now = Utc::now();
+        let issued = t.issue(u, s, now);
+        assert!(issued.expires_at > now);
+        assert!(t.verify(&issued.token, now).is_ok());
     }
 
     #[test]

@@ -428,6 +428,13 @@ impl Store {
         Ok(())
     }
 
+    /// Drops a document's summary from the task list, if it has one.
+    pub fn remove_task_summary(&self, user: UserId, doc: DocumentId) -> Result<(), StoreError> {
+        self.task_index
+            .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
+        Ok(())
+    }
+
     /// Every task summary of a user, ordered by document id.
     pub fn task_summaries(
         &self,

@@ -555,20 +555,41 @@ impl DocumentHub {
             })?;
         state.events += changes.len() as u64;
         state.needs_durable = self.store.durability_ticket();
-        // The changes are logged: from here on a failure must not undo them
-        // in memory, so index and snapshot problems are logged, not returned.
-        if let Ok(Ok(task)) = contained("reading a task", || task_document::read_task(&state.doc)) {
-            let view = TaskView::new(live.id, &task);
-            // Most changes to a busy document leave its summary as it was
-            // (edits outside the task fields, or repeated values): write the
-            // index only when the summary differs from the last one written.
-            if state.last_summary.as_ref() != Some(&view) {
-                self.store.put_task_summary(
-                    live.owner,
-                    live.id,
-                    &serde_json::to_value(&view).expect("serialisable"),
-                )?;
-                state.last_summary = Some(view);
+        // The task list shows what REST reads: every document that reads as
+        // a task (leniently: fields of the wrong type read as absent), so a
+        // listed task can always be read and deleted. A document that stops
+        // being a task leaves the list, and the root never enters it,
+        // whatever a device wrote into it.
+        match contained("reading a task", || task_document::read_task(&state.doc)) {
+            Ok(Ok(task)) => {
+                let view = TaskView::new(live.id, &task);
+                // Most changes to a busy document leave its summary as it was
+                // (edits outside the task fields, or repeated values): write
+                // the index only when the summary differs from the last one
+                // written. Whether the document is the root is asked before
+                // its first summary only; once one is written, it is not.
+                if state.last_summary.as_ref() != Some(&view) {
+                    let is_root = state.last_summary.is_none()
+                        && self
+                            .store
+                            .user(live.owner)?
+                            .and_then(|u| u.root_document_id)
+                            == Some(live.id);
+                    if is_root {
+                        self.store.remove_task_summary(live.owner, live.id)?;
+                    } else {
+                        self.store.put_task_summary(
+                            live.owner,
+                            live.id,
+                            &serde_json::to_value(&view).expect("serialisable"),
+                        )?;
+                        state.last_summary = Some(view);
+                    }
+                }
+            }
+            Ok(Err(_)) | Err(_) => {
+                state.last_summary = None;
+                self.store.remove_task_summary(live.owner, live.id)?;
             }
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {

@@ -674,6 +674,66 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_a_second_forwarding_line_is_read_with_the_first() {
+    let app = spawn_app_with(
+        AppConfig::default()
+            .with("--ip-send-limit", 2)
+            .with("--trusted-proxies", "127.0.0.1"),
+    )
+    .await;
+    // The client sends a line of its own, a new address each time; the proxy
+    // appends a line with the address it saw, which is the client's.
+    for (i, spoofed) in ["6.6.6.1", "6.6.6.2", "6.6.6.3"].into_iter().enumerate() {
+        let response = request_via(
+            &app,
+            &[
+                ("x-forwarded-for", spoofed),
+                ("x-forwarded-for", "198.51.100.20"),
+            ],
+            &format!("lines{i}@example.com"),
+        )
+        .await;
+        if i < 2 {
+            assert_eq!(response.status(), 202, "request {i}");
+        } else {
+            Refusal::from(response)
+                .await
+                .expect_429("rate_limited", 1..=150);
+        }
+    }
+    // The address in the proxy's line is the one limited: the client's own
+    // line, now naming an address with a full bucket, does not help.
+    Refusal::from(
+        request_via(
+            &app,
+            &[
+                ("x-forwarded-for", "198.51.100.21"),
+                ("x-forwarded-for", "198.51.100.20"),
+            ],
+            "lines9@example.com",
+        )
+        .await,
+    )
+    .await
+    .expect_429("rate_limited", 1..=150);
+    // And that address, forwarded on its own line by the proxy, still has
+    // its own bucket.
+    assert_eq!(
+        request_via(
+            &app,
+            &[
+                ("x-forwarded-for", "198.51.100.20"),
+                ("x-forwarded-for", "198.51.100.21"),
+            ],
+            "lines10@example.com",
+        )
+        .await
+        .status(),
+        202
+    );
+}
+
+#[tokio::test]
 async fn spellings_of_one_email_address_reach_one_account() {
     let app = spawn_app().await;
     request_ok(&app, " \tBob@Example.COM \n").await;

@@ -385,6 +385,18 @@ async fn invalid_settings_are_refused_at_startup() {
         ),
         (&["--email-sender", "smtp"][..], "smtp_host"),
         (&["--ip-send-limit", "0"][..], "per-IP limits"),
+        (
+            &["--refresh-grace-secs", "18446744073709551615"][..],
+            "refresh_grace_secs",
+        ),
+        (
+            &["--otp-resend-cooldown-secs", "18446744073709551615"][..],
+            "otp_resend_cooldown_secs",
+        ),
+        (
+            &["--sync-handshake-timeout-secs", "18446744073709551615"][..],
+            "sync_handshake_timeout_secs",
+        ),
         (&["--otp-tll-secs", "60"][..], "--otp-tll-secs"),
         (&["--profile", "staging"][..], "staging"),
     ] {
@@ -392,6 +404,22 @@ async fn invalid_settings_are_refused_at_startup() {
         args.extend(extra);
         expect_refusal(&args, &[expected]).await;
     }
+}
+
+#[tokio::test]
+async fn a_session_limit_too_large_for_date_arithmetic_is_refused_at_startup() {
+    // Accepted, this made every request that checks a session panic.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = dir.path().to_str().expect("a UTF-8 path");
+    let args = [
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--session-max-secs",
+        "18446744073709551615",
+    ];
+    expect_refusal(&args, &["session_max_secs", "at most"]).await;
 }
 
 #[tokio::test]
