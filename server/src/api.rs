@@ -46,6 +46,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Turns true when the server begins to shut down: every sync
+    /// connection then closes with 1001 ("going away, reconnect").
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -75,10 +78,14 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Assembles the HTTP server on an already-bound listener: every route, the
 /// request log (path only, never the query string, which can carry tokens),
 /// request counters, and the timeouts.
+/// The server does not handle signals itself: [`crate::startup`] does, so
+/// that sync connections are told to go away before the HTTP server waits,
+/// at most `shutdown_timeout`, for requests in flight.
 pub fn http_server(
     listener: std::net::TcpListener,
     state: AppState,
     workers: Option<usize>,
+    shutdown_timeout: std::time::Duration,
 ) -> std::io::Result<HttpServerHandle> {
     use actix_web::dev::Service;
     use std::time::{Duration, Instant};
@@ -115,7 +122,8 @@ pub fn http_server(
     })
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(5))
-    .shutdown_timeout(10)
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout.as_secs())
     // Sync traffic is many small frames in both directions. With Nagle's
     // algorithm on, a frame written while an earlier one is unacknowledged
     // waits for the peer's delayed ACK (40 ms on Linux), which under load

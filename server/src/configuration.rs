@@ -234,6 +234,10 @@ pub struct Overrides {
     /// Bytes of such changes per document [default: 8388608].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_QUEUED_BYTES")]
     pub sync_max_queued_bytes: Option<usize>,
+    /// Seconds a clean shutdown may take: sync peers told to go away
+    /// (close 1001), requests in flight finished, 1 to 300 [default: 10].
+    #[arg(long, env = "CODEEDEX_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Relayed ephemeral messages waiting per connection; older ones are dropped [default: 256].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_EPHEMERAL_QUEUED")]
     pub sync_max_ephemeral_queued: Option<usize>,
@@ -292,6 +296,8 @@ pub struct Settings {
     pub sync_limits: SyncLimits,
     /// Quotas and per-document limits of the hub.
     pub hub_limits: HubLimits,
+    /// How long a clean shutdown may take.
+    pub shutdown_timeout: Duration,
     /// How long an unused document stays in memory.
     pub document_idle: Duration,
     /// Things worth a warning that do not stop the server, logged once
@@ -477,6 +483,13 @@ impl SecondsSetting {
         max: 300,
         why: "five minutes; longer keeps a peer that stopped reading, and what it holds, alive",
     };
+    /// `shutdown_timeout_secs`.
+    pub const SHUTDOWN_TIMEOUT: Self = Self {
+        name: "shutdown_timeout_secs",
+        min: 1,
+        max: 300,
+        why: "five minutes; service managers kill a process that takes longer",
+    };
     /// `document_idle_secs`.
     pub const DOCUMENT_IDLE: Self = Self {
         name: "document_idle_secs",
@@ -487,7 +500,7 @@ impl SecondsSetting {
 
     /// Every duration setting, for the tests that keep the bounds and the
     /// help text together.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::OTP_TTL,
         Self::OTP_RESEND_COOLDOWN,
         Self::IP_LIMIT_WINDOW,
@@ -497,6 +510,7 @@ impl SecondsSetting {
         Self::SESSION_MAX,
         Self::SYNC_HANDSHAKE_TIMEOUT,
         Self::SYNC_WRITE_TIMEOUT,
+        Self::SHUTDOWN_TIMEOUT,
         Self::DOCUMENT_IDLE,
     ];
 
@@ -715,6 +729,8 @@ impl Settings {
             allowed_origins: pick!(allowed_origins, Vec::new()),
             sync_limits,
             hub_limits,
+            shutdown_timeout: SecondsSetting::SHUTDOWN_TIMEOUT
+                .check(pick!(shutdown_timeout_secs, 10))?,
             document_idle: SecondsSetting::DOCUMENT_IDLE.check(pick!(document_idle_secs, 60))?,
             warnings,
             listen: pick!(

@@ -2,8 +2,10 @@
 //!
 //! [`Application::build`] opens the store, loads the keys, binds the listener
 //! (port 0 picks a free port, for tests) and assembles the HTTP server.
-//! [`Application::run_until_stopped`] serves until SIGTERM or ctrl-c, lets
-//! in-flight requests finish, and flushes the store.
+//! [`Application::run_until_stopped`] serves until SIGTERM or ctrl-c; then
+//! it tells every sync connection to go away (close 1001, after which each
+//! saves its sync states), stops accepting, lets in-flight requests finish,
+//! and flushes the store, all within the shutdown timeout.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -30,7 +32,10 @@ pub struct Application {
     server: api::HttpServerHandle,
     store: Store,
     hub: Arc<DocumentHub>,
+    registry: Arc<PeerRegistry>,
     document_idle: Duration,
+    shutdown_timeout: Duration,
+    shutting_down: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Application {
@@ -77,15 +82,17 @@ impl Application {
             settings.hub_limits,
             Arc::clone(&metrics),
         ));
+        let registry = Arc::new(PeerRegistry::default());
         let sync = PeerContext {
             hub: Arc::clone(&hub),
-            registry: Arc::new(PeerRegistry::default()),
+            registry: Arc::clone(&registry),
             auth: Arc::clone(&auth),
             server_peer_id: format!("codeedex-server-{}", uuid::Uuid::new_v4()),
             server_storage_id: storage_id,
             limits: settings.sync_limits,
             metrics: Arc::clone(&metrics),
         };
+        let (shutting_down, shutting_down_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             auth,
             sync,
@@ -94,18 +101,23 @@ impl Application {
             store: store.clone(),
             metrics: Arc::clone(&metrics),
             trusted_proxies: settings.trusted_proxies.clone(),
+            shutting_down: shutting_down_rx,
         };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let server = api::http_server(listener, state, settings.workers)?;
+        let server =
+            api::http_server(listener, state, settings.workers, settings.shutdown_timeout)?;
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
         Ok(Self {
             port: address.port(),
             server,
             store,
             hub,
+            registry,
             document_idle: settings.document_idle,
+            shutdown_timeout: settings.shutdown_timeout,
+            shutting_down,
         })
     }
 
@@ -114,7 +126,8 @@ impl Application {
         self.port
     }
 
-    /// Serves until a shutdown signal, then flushes the store.
+    /// Serves until SIGTERM or ctrl-c, then shuts down cleanly (see the
+    /// module documentation).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let hub = Arc::clone(&self.hub);
         let idle = self.document_idle;
@@ -128,15 +141,60 @@ impl Application {
                 }
             }
         });
-        let served = self.server.await.context("the HTTP server failed");
+        let handle = self.server.handle();
+        let mut server = self.server;
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = stop_signal() => {
+                let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+                let open = self.registry.total_connections();
+                tracing::info!(sync_connections = open, "shutting down: telling sync peers to reconnect later");
+                let _ = self.shutting_down.send(true);
+                // Each connection closes with 1001 and saves its sync states
+                // as it ends; wait for them, but not past the deadline.
+                while self.registry.total_connections() > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let left = self.registry.total_connections();
+                if left > 0 {
+                    tracing::warn!(sync_connections = left, "sync connections still open at the shutdown deadline");
+                }
+                // Stop accepting and let requests in flight finish (actix
+                // waits for them up to the same timeout). The server future
+                // must go on being polled for the stop to complete.
+                let ((), served) = tokio::join!(handle.stop(true), server);
+                served
+            }
+        };
         evictor.abort();
-        served?;
+        served.context("the HTTP server failed")?;
         self.store
             .persist()
             .await
             .context("cannot flush the store at shutdown")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Resolves on SIGTERM (how service managers stop a process) or ctrl-c.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the server cleanly");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }
 

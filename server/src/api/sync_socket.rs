@@ -194,6 +194,7 @@ async fn drive(
 ) {
     let mailbox = peer.mailbox();
     let write_timeout = state.sync.limits.write_timeout;
+    let mut shutting_down = state.shutting_down.clone();
     let handshake_deadline = tokio::time::Instant::now() + state.sync.limits.handshake_timeout;
     let mut replaced = None;
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -246,6 +247,12 @@ async fn drive(
                     failure(close::PROTOCOL_ERROR, "internal server error")
                 }
             },
+            // A clean shutdown tells every peer to reconnect later; the
+            // connection then saves its sync states as it ends.
+            Ok(_) = shutting_down.wait_for(|down| *down) => vec![Output::Close {
+                code: close::GOING_AWAY,
+                reason: "the server is shutting down; reconnect".to_owned(),
+            }],
             ended = ends.recv() => match ended {
                 Ok(id) if id == peer.session() => failure(close::SESSION_ENDED, "session ended"),
                 Ok(_) => continue,

@@ -8,7 +8,7 @@
 //! not exist.
 //!
 //! Close codes (sent with an `error` message first, so a client can tell):
-//! 1000 normal, 1002 protocol error (including a sync message Automerge
+//! 1000 normal, 1001 the server is shutting down (reconnect), 1002 protocol error (including a sync message Automerge
 //! could not apply), 1003 text frame, 1008 handshake timeout, 1009 frame too
 //! large, 4001 access token expired, 4003 session ended, 4008 a limit was
 //! exceeded (rate, documents, message contents, changes waiting for missing
@@ -45,6 +45,8 @@ pub const EXTENSIONS: [&str; 2] = ["codeedex/auth-refresh", "codeedex/catch-up-r
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; reconnect (to it, or another node).
+    pub const GOING_AWAY: u16 = 1001;
     /// The peer broke the protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame: the protocol is binary only.

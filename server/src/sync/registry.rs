@@ -76,6 +76,15 @@ impl PeerRegistry {
             .unwrap_or(0)
     }
 
+    /// How many connections are open, over all users.
+    pub fn total_connections(&self) -> usize {
+        self.connections
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .sum()
+    }
+
     fn release(&self, user: UserId) {
         let mut counts = self.connections.lock().expect("never poisoned");
         if let Some(count) = counts.get_mut(&user) {

@@ -342,3 +342,48 @@ async fn a_burst_of_changes_arrives_whole_on_the_other_device_and_is_acknowledge
     let view = rest_task(&app, &ta, id).await;
     assert_eq!(view.notes, expected);
 }
+
+#[tokio::test]
+async fn a_clean_shutdown_tells_peers_to_go_away_and_saves_their_sync_states() {
+    let mut app = spawn_app().await;
+    let mut device = joined(&app, "ann@example.com", "ann-laptop").await;
+    let id = fresh_id();
+    device.create(id, |d| put_title(d, "survives a restart"));
+    device.sync_to_server(id, WAIT).await.unwrap();
+
+    let status = app.terminate();
+    assert!(status.success(), "the server exited with {status}");
+    // The peer was told to reconnect later, not dropped.
+    let (code, reason) = match device.recv(WAIT).await.unwrap() {
+        Received::Closed(Some(frame)) => frame,
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(code, 1001, "{reason}");
+    // Its sync state was saved as the connection ended, so that after the
+    // restart the server knows what this device's storage holds.
+    {
+        let store = codeedex_server::store::Store::open(app.data_dir.path()).unwrap();
+        let saved = store.sync_state(id, "storage-ann-laptop").unwrap();
+        assert!(saved.is_some(), "no sync state was saved at shutdown");
+    }
+    app.start_again();
+    let replicas = SyncPeer::keep_replicas(std::mem::take(&mut device.docs));
+    let token = token_of(&app, "ann@example.com").await;
+    let mut device = SyncPeer::rejoin(
+        app.port,
+        &token,
+        "ann-laptop",
+        Some("storage-ann-laptop"),
+        &[],
+        replicas,
+    )
+    .await
+    .unwrap();
+    device.sync_to_server(id, WAIT).await.unwrap();
+    assert!(
+        app.logs()
+            .iter()
+            .any(|line| line.contains("sync connection closed") && line.contains("1001")),
+        "the close was not logged"
+    );
+}
