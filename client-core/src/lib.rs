@@ -64,6 +64,15 @@ mod tasks;
 mod token_store;
 mod transport;
 
+/// The pure sync protocol machine and the replicas it works on, exposed only
+/// for the fuzz targets in `fuzz/` (feature `fuzzing`): not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::replicas::Replicas;
+    pub use crate::sync::machine::{Effect, SyncMachine, unsynced_documents};
+}
+
 pub use client::{Client, ClientStatus, SignInIdentifier};
 pub use codeedex_schema::api::auth::{LogoutScope, OtpAccepted, SessionView, UserView};
 pub use codeedex_schema::api::tasks::{HistoryEntry, TaskHistory, TaskView, UpdateTask};

@@ -21,7 +21,7 @@ use codeedex_schema::task_document::{self, TaskDocumentError};
 
 /// Every document of this device.
 #[derive(Debug)]
-pub(crate) struct Replicas {
+pub struct Replicas {
     actor: ActorId,
     docs: HashMap<DocumentId, Automerge>,
     root: Option<DocumentId>,

@@ -41,7 +41,7 @@ use crate::replicas::Replicas;
 
 /// Something for the driver to do.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Effect {
+pub enum Effect {
     /// Send this message to the server.
     Send(Message),
     /// Save this document (it changed).
@@ -69,7 +69,7 @@ struct ServerPeer {
 
 /// The client side of the protocol for one device, across connections.
 #[derive(Debug)]
-pub(crate) struct SyncMachine {
+pub struct SyncMachine {
     peer_id: String,
     storage_id: String,
     /// Per document: the sync state with the server. The persisted part
@@ -106,7 +106,7 @@ fn known_synced(doc: &Automerge, state: Option<&sync::State>) -> bool {
 
 /// How many held documents have changes the server is not known to have,
 /// given persisted sync states.
-pub(crate) fn unsynced_documents(replicas: &Replicas, saved: &[(DocumentId, Vec<u8>)]) -> usize {
+pub fn unsynced_documents(replicas: &Replicas, saved: &[(DocumentId, Vec<u8>)]) -> usize {
     let states: HashMap<DocumentId, sync::State> = saved
         .iter()
         .filter_map(|(id, bytes)| Some((*id, sync::State::decode(bytes).ok()?)))
