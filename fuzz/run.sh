@@ -16,7 +16,7 @@ seconds="${1:-60}"
 shift || true
 # Targets CI runs: those expected to find nothing. chunk_load is left out
 # (known panics inside the hexane dependency; see README.md).
-default_targets=(wire_decode rest_bodies client_machine)
+default_targets=(wire_decode rest_bodies client_machine admission sync_frame)
 if (($# > 0)); then
     targets=("$@")
 else
@@ -49,6 +49,9 @@ echo "fuzz: build took $((SECONDS - build_start)) s"
 bin_dir="target/x86_64-unknown-linux-gnu/release"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# sync_frame keeps a store in a temporary directory for the whole run: make
+# it one that goes away with the rest.
+export TMPDIR="$work"
 
 # Per-target input size limit: frames and sync messages can be large, REST
 # bodies cannot (the server caps JSON bodies far below this).
