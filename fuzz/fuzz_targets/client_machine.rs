@@ -367,7 +367,13 @@ fn damage(frame: Message, how: &Damage) -> Message {
 }
 
 fn crafted(server: &Server, doc: &DocRef, c: &CraftedSync) -> Vec<u8> {
-    let hashes = |v: &[[u8; 32]]| v.iter().map(|h| ChangeHash(*h)).collect::<Vec<_>>();
+    // Automerge's encoder requires sorted hash lists (a debug assertion); a
+    // peer's bytes need not be, which `RawSync` covers.
+    let hashes = |v: &[[u8; 32]]| {
+        let mut hashes: Vec<ChangeHash> = v.iter().map(|h| ChangeHash(*h)).collect();
+        hashes.sort();
+        hashes
+    };
     let mut changes = c.changes.clone();
     if c.real_changes
         && let Some(d) = doc.id().and_then(|id| server.docs.get(&id))

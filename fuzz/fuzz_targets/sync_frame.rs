@@ -239,7 +239,7 @@ fuzz_target!(|input: &[u8]| {
     let world = world();
     let n = INPUTS.fetch_add(1, Ordering::Relaxed);
     let doc = document(n / INPUTS_PER_DOCUMENT);
-    let fresh = n % INPUTS_PER_DOCUMENT == 0;
+    let fresh = n.is_multiple_of(INPUTS_PER_DOCUMENT);
     let doc_text = doc.to_string();
     let mut u = Unstructured::new(input);
     world.runtime.block_on(async {
