@@ -41,12 +41,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
+# FUZZ_TARGET_DIR: where to build (default fuzz/target). CI points it
+# outside its fresh clone so that a machine that runs CI again rebuilds only
+# what changed: the cold build is most of the time this script takes.
+target_dir="${FUZZ_TARGET_DIR:-$PWD/target}"
 build_start=$SECONDS
 cargo "${toolchain[@]}" fuzz build --release --debug-assertions \
-    --sanitizer "$sanitizer"
+    --sanitizer "$sanitizer" --target-dir "$target_dir"
 echo "fuzz: build took $((SECONDS - build_start)) s"
 
-bin_dir="target/x86_64-unknown-linux-gnu/release"
+bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # sync_frame keeps a store in a temporary directory for the whole run: make
@@ -93,8 +97,8 @@ for target in "${targets[@]}"; do
         failed+=("$target")
         echo "fuzz: ${target}: FAILED (exit ${status}) after ${execs:-?} executions"
         # The report: libFuzzer's and the sanitizer's, from the first error.
-        grep -n -m1 -E '^==[0-9]+==|panicked|ERROR: libFuzzer|deadly signal' "$log" >/dev/null &&
-            sed -n "$(grep -n -m1 -E '^==[0-9]+==|panicked|ERROR: libFuzzer|deadly signal' "$log" | cut -d: -f1),\$p" "$log" | head -80
+        first=$(grep -n -m1 -E '^==[0-9]+==|panicked|ERROR: libFuzzer|deadly signal' "$log" | cut -d: -f1 || true)
+        sed -n "${first:-1},\$p" "$log" | head -80 || true
         for artifact in "$work/artifacts/$target"/*; do
             [[ -f "$artifact" ]] || continue
             keep="artifacts/$target/$(basename "$artifact")"
@@ -102,7 +106,7 @@ for target in "${targets[@]}"; do
             cp "$artifact" "$keep"
             echo "fuzz: reproducer fuzz/$keep ($(wc -c <"$artifact") bytes), base64:"
             head -c 4096 "$artifact" | base64 -w 100
-            echo "fuzz: replay with: fuzz/$bin_dir/$target fuzz/$keep"
+            echo "fuzz: replay with: $bin_dir/$target fuzz/$keep"
         done
     fi
 done
