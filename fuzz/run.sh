@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 seconds="${1:-60}"
 shift || true
 # Targets CI runs: those expected to find nothing. chunk_load is left out
-# (known panics inside the hexane dependency; see README.md).
+# (panics inside the hexane dependency may remain; see README.md).
 default_targets=(wire_decode rest_bodies client_machine admission sync_frame)
 if (($# > 0)); then
     targets=("$@")
