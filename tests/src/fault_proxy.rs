@@ -23,6 +23,11 @@
 //!   set or the connection opened) have been forwarded: the cut falls at
 //!   exactly that byte, in the middle of whatever frame it is in;
 //! - [`FaultHandle::reset_all`]: resets every current connection now;
+//! - [`FaultHandle::abandon_all`]: resets the client's side of every current
+//!   connection now and leaves the target's side open and silent, as when a
+//!   device's network changes under it (or a NAT forgets the mapping): the
+//!   server learns of it only from its keep-alive, or from the client's
+//!   next connection; what it sends meanwhile is lost;
 //! - [`FaultHandle::refuse_for`] / [`FaultHandle::set_refusing`]: the
 //!   listening socket is closed, so connection attempts get a real
 //!   `ECONNREFUSED`, and reopened on the same port afterwards.
@@ -110,6 +115,11 @@ pub struct Faults {
     pub black_hole_until: Option<Instant>,
     /// Whether the black hole ends in a reset (and the held data is lost).
     pub black_hole_resets: bool,
+    /// Whether the black hole drops what it takes in, leaving the
+    /// connections open. No real network does that to TCP (it delays or
+    /// resets); it stands for a broken middlebox, and shows what a peer does
+    /// with a stream that lost bytes.
+    pub black_hole_drops: bool,
     /// New connections are refused (the listener is closed).
     pub refusing: bool,
 }
@@ -143,6 +153,7 @@ struct Counters {
 
 struct Connection {
     reset: Arc<Notify>,
+    abandon: Arc<Notify>,
     /// Bytes forwarded (both directions) since the reset-after budget started.
     forwarded: Arc<AtomicU64>,
 }
@@ -297,6 +308,20 @@ impl FaultHandle {
         self.modify(|f| {
             f.black_hole_until = Some(Instant::now() + duration);
             f.black_hole_resets = false;
+            f.black_hole_drops = false;
+        });
+    }
+
+    /// Drops all traffic for `duration` (see [`Faults::black_hole_drops`]).
+    pub fn black_hole_dropping(&self, duration: Duration) {
+        bump(&self.shared.counters.black_holes);
+        self.shared
+            .black_hole_generation
+            .fetch_add(1, Ordering::SeqCst);
+        self.modify(|f| {
+            f.black_hole_until = Some(Instant::now() + duration);
+            f.black_hole_resets = false;
+            f.black_hole_drops = true;
         });
     }
 
@@ -313,6 +338,7 @@ impl FaultHandle {
         self.modify(|f| {
             f.black_hole_until = Some(until);
             f.black_hole_resets = true;
+            f.black_hole_drops = false;
         });
         let handle = self.clone();
         tokio::spawn(async move {
@@ -361,6 +387,14 @@ impl FaultHandle {
             tokio::time::sleep(duration).await;
             handle.set_refusing(false);
         });
+    }
+
+    /// Resets the client side of every current connection now; the target
+    /// side stays open, hears nothing more, and what it sends is dropped.
+    pub fn abandon_all(&self) {
+        for connection in self.shared.connections.lock().expect("lock").values() {
+            connection.abandon.notify_one();
+        }
     }
 
     /// Connections open now.
@@ -451,17 +485,19 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     let _ = server.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let reset = Arc::new(Notify::new());
+    let abandon = Arc::new(Notify::new());
     let forwarded = Arc::new(AtomicU64::new(0));
     shared.connections.lock().expect("lock").insert(
         id,
         Connection {
             reset: Arc::clone(&reset),
+            abandon: Arc::clone(&abandon),
             forwarded: Arc::clone(&forwarded),
         },
     );
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let reset_now = {
+    let ending = {
         let shared = &shared;
         let forwarded = &forwarded;
         let up = direction(
@@ -484,30 +520,52 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
             tokio::select! {
                 // A reset wins over data that became due at the same time.
                 biased;
-                () = reset.notified() => break true,
+                () = reset.notified() => break Ending::Reset,
+                () = abandon.notified() => break Ending::Abandon,
                 end = &mut up, if !up_done => match end {
                     End::Eof => up_done = true,
-                    End::Reset => break true,
+                    End::Reset => break Ending::Reset,
                 },
                 end = &mut down, if !down_done => match end {
                     End::Eof => down_done = true,
-                    End::Reset => break true,
+                    End::Reset => break Ending::Reset,
                 },
             }
             if up_done && down_done {
-                break false;
+                break Ending::Clean;
             }
         }
     };
     shared.connections.lock().expect("lock").remove(&id);
-    if reset_now {
-        bump(&shared.counters.resets);
-        let client = client_read.unsplit(client_write);
-        let server = server_read.unsplit(server_write);
-        // SO_LINGER 0: close sends RST and discards unsent data.
-        let _ = client.set_zero_linger();
-        let _ = server.set_zero_linger();
+    if ending == Ending::Clean {
+        return;
     }
+    bump(&shared.counters.resets);
+    let client = client_read.unsplit(client_write);
+    // SO_LINGER 0: close sends RST and discards unsent data.
+    let _ = client.set_zero_linger();
+    drop(client);
+    let server = server_read.unsplit(server_write);
+    if ending == Ending::Abandon {
+        // Nothing reaches the target any more, and what it sends is lost,
+        // until it gives up on the connection.
+        let mut server = server;
+        let mut sink = vec![0u8; 16 * 1024];
+        while let Ok(n) = server.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+        return;
+    }
+    let _ = server.set_zero_linger();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Clean,
+    Reset,
+    Abandon,
 }
 
 /// Moves data from `from` to `to` under the faults in force, until the
@@ -562,6 +620,15 @@ async fn direction(
                 Piece::Data { due, .. } | Piece::Eof { due } => *due,
             };
             tokio::time::sleep_until(due).await;
+            {
+                let f = faults_rx.borrow();
+                let dropping = f.black_hole_drops
+                    && f.black_hole_until
+                        .is_some_and(|until| Instant::now() < until);
+                if dropping && matches!(piece, Piece::Data { .. }) {
+                    continue;
+                }
+            }
             pass_black_hole(&mut faults_rx).await;
             let bytes = match piece {
                 Piece::Eof { .. } => {
@@ -822,6 +889,36 @@ mod tests {
             matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "{read:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn abandon_resets_the_client_and_leaves_the_target_silent() {
+        let (port, task) = sink().await;
+        let proxy = FaultProxy::start(port, 9).await;
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
+        client.write_all(b"x").await.unwrap();
+        while proxy.open_connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.abandon_all();
+        let mut buf = [0u8; 1];
+        let read = client.read(&mut buf).await;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+        // The target hears neither an end nor a reset.
+        let mut task = task;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut task)
+                .await
+                .is_err(),
+            "the target saw its connection end"
+        );
+        drop(proxy);
+        task.abort();
     }
 
     #[tokio::test]
