@@ -115,11 +115,6 @@ pub struct Faults {
     pub black_hole_until: Option<Instant>,
     /// Whether the black hole ends in a reset (and the held data is lost).
     pub black_hole_resets: bool,
-    /// Whether the black hole drops what it takes in, leaving the
-    /// connections open. No real network does that to TCP (it delays or
-    /// resets); it stands for a broken middlebox, and shows what a peer does
-    /// with a stream that lost bytes.
-    pub black_hole_drops: bool,
     /// New connections are refused (the listener is closed).
     pub refusing: bool,
 }
@@ -308,20 +303,6 @@ impl FaultHandle {
         self.modify(|f| {
             f.black_hole_until = Some(Instant::now() + duration);
             f.black_hole_resets = false;
-            f.black_hole_drops = false;
-        });
-    }
-
-    /// Drops all traffic for `duration` (see [`Faults::black_hole_drops`]).
-    pub fn black_hole_dropping(&self, duration: Duration) {
-        bump(&self.shared.counters.black_holes);
-        self.shared
-            .black_hole_generation
-            .fetch_add(1, Ordering::SeqCst);
-        self.modify(|f| {
-            f.black_hole_until = Some(Instant::now() + duration);
-            f.black_hole_resets = false;
-            f.black_hole_drops = true;
         });
     }
 
@@ -338,7 +319,6 @@ impl FaultHandle {
         self.modify(|f| {
             f.black_hole_until = Some(until);
             f.black_hole_resets = true;
-            f.black_hole_drops = false;
         });
         let handle = self.clone();
         tokio::spawn(async move {
@@ -620,15 +600,6 @@ async fn direction(
                 Piece::Data { due, .. } | Piece::Eof { due } => *due,
             };
             tokio::time::sleep_until(due).await;
-            {
-                let f = faults_rx.borrow();
-                let dropping = f.black_hole_drops
-                    && f.black_hole_until
-                        .is_some_and(|until| Instant::now() < until);
-                if dropping && matches!(piece, Piece::Data { .. }) {
-                    continue;
-                }
-            }
             pass_black_hole(&mut faults_rx).await;
             let bytes = match piece {
                 Piece::Eof { .. } => {
