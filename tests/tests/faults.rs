@@ -820,9 +820,9 @@ async fn sync_states_saved_just_before_a_crash_claim_only_what_the_log_kept() {
         doc = peer.docs[&id].0.clone();
         peer.apply(&first).await.expect("apply");
         peer.close().await;
-        // From at once to after sled's own periodic flush (500 ms), so that
-        // some rounds lose the change and some keep it.
-        tokio::time::sleep(Duration::from_millis(50) * round as u32).await;
+        // From at once to well after sled's own periodic flush (every
+        // 500 ms), so that some rounds lose the change and some keep it.
+        tokio::time::sleep(Duration::from_millis(120) * round as u32).await;
         tokio::task::block_in_place(|| app.crash_and_restart());
     }
     eprintln!(
