@@ -193,6 +193,22 @@ adapter.onError = event => {
   if (event?.error?.code === "ECONNREFUSED") return stockOnError(event)
 }
 
+// A reconnect (the adapter's retry timer) takes its listeners off the socket
+// it replaces, which may still be connecting and fail later, for example
+// when the network resets it. A browser ignores an error event nobody
+// listens to; Node's EventEmitter throws it, which would end the process.
+// Give every socket the adapter opens a listener of its own, as a browser
+// would behave.
+const stockConnect = adapter.connect.bind(adapter)
+adapter.connect = (...args) => {
+  const result = stockConnect(...args)
+  const socket = adapter.socket
+  socket?.on?.("error", e => {
+    if (socket !== adapter.socket) diag("error on a replaced socket:", String(e?.message ?? e))
+  })
+  return result
+}
+
 diag("connecting to", redacted, "as", peerId, "storage", storageMode)
 
 const isEphemeral = flags.ephemeral ?? storage === undefined
