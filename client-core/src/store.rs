@@ -18,6 +18,7 @@
 //! operations flush before they return.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use codeedex_schema::id::DocumentId;
 
@@ -80,19 +81,42 @@ fn doc_id(key: &[u8]) -> Result<DocumentId, StoreError> {
     Ok(DocumentId::from_random_bytes(bytes))
 }
 
+/// How long an open waits for a just-closed handle to release the lock.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// True when sled refused to open because another handle holds the lock.
+fn is_lock_refusal(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl LocalStore {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// A store that this process has just closed may keep its file lock for
+    /// a moment (a write job on sled's IO thread pool still holds the file
+    /// after the flush it belongs to completed), so the open waits up to
+    /// [`LOCK_RELEASE_WAIT`] for the lock before answering that the
+    /// directory is in use.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_within(dir, LOCK_RELEASE_WAIT)
+    }
+
+    fn open_within(dir: &Path, lock_wait: Duration) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Sled(format!("cannot create {}: {e}", dir.display())))?;
-        let db = match sled::Config::new().path(dir.join("store")).open() {
-            Ok(db) => db,
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-            {
-                return Err(StoreError::InUse(dir.display().to_string()));
+        let config = sled::Config::new().path(dir.join("store"));
+        let deadline = Instant::now() + lock_wait;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_refusal(&e) => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::InUse(dir.display().to_string()));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         Ok(Self {
             documents: db.open_tree("documents")?,
@@ -210,7 +234,7 @@ mod tests {
             store.put_unlisted(&[id]).unwrap();
             store.flush().unwrap();
             assert!(matches!(
-                LocalStore::open(dir.path()),
+                LocalStore::open_within(dir.path(), Duration::ZERO),
                 Err(StoreError::InUse(_))
             ));
         }

@@ -167,15 +167,43 @@ fn index_refresh_token(
     Ok(())
 }
 
+/// How long an open waits for another handle in this process to let go of
+/// the store's file lock.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens a sled database, waiting briefly while its file lock is held.
+///
+/// Dropping a `sled::Db` does not release the lock at once: a write job on
+/// sled's IO thread pool may still hold the file for a moment after the
+/// flush it belongs to has completed. A store closed and opened again in one
+/// process (a restart in the simulation, a test that reopens) would then be
+/// refused at random, so the open retries for a bounded time. Another
+/// process that keeps the store open is still refused, only later.
+fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled caches up to 1 GiB by default; memory should follow activity,
         // so the page cache is kept small and the OS page cache does the rest.
-        let db = sled::Config::new()
-            .path(dir.join("store"))
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+        let db = open_waiting_for_lock(
+            &sled::Config::new()
+                .path(dir.join("store"))
+                .cache_capacity(64 * 1024 * 1024),
+        )?;
         let meta = db.open_tree("meta")?;
         let usage_was_kept = db.tree_names().iter().any(|name| name.as_ref() == b"usage");
         match meta.get(FORMAT_KEY)? {
@@ -255,7 +283,7 @@ impl Store {
     /// Writes a value to the store's metadata, for the format version test.
     #[doc(hidden)]
     pub fn overwrite_format_version_for_tests(dir: &Path, version: &str) -> Result<(), StoreError> {
-        let db = sled::Config::new().path(dir.join("store")).open()?;
+        let db = open_waiting_for_lock(&sled::Config::new().path(dir.join("store")))?;
         db.open_tree("meta")?
             .insert(FORMAT_KEY, version.as_bytes())?;
         db.flush()?;
