@@ -40,6 +40,9 @@ pub enum ErrorCode {
     DeliveryFailed,
     /// The account's document or storage quota is used up; delete tasks to make room.
     QuotaExceeded,
+    /// The server is busy (many devices reconnecting at once, or full);
+    /// try again after the number of seconds in `Retry-After`.
+    ServerBusy,
     /// Something went wrong on the server; the cause is in its log.
     Internal,
 }
@@ -62,6 +65,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::DeliveryFailed => "delivery_failed",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Internal => "internal",
         }
     }

@@ -49,6 +49,8 @@ pub struct AppState {
     /// Turns true when the server begins to shut down: every sync
     /// connection then closes with 1001 ("going away, reconnect").
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
+    /// Paces new sync connections and caps how many are open.
+    pub connection_gate: std::sync::Mutex<crate::sync::gate::ConnectionGate>,
 }
 
 impl AppState {

@@ -17,6 +17,7 @@ use codeedex_schema::contact::Contact;
 use secrecy::SecretString;
 
 use crate::store::Quota;
+use crate::sync::gate::GateLimits;
 use crate::sync::hub::HubLimits;
 use crate::sync::mailbox::MailboxLimits;
 use crate::sync::peer::SyncLimits;
@@ -245,6 +246,17 @@ pub struct Overrides {
     /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub sync_write_timeout_secs: Option<u64>,
+    /// New sync connections the node opens per second; beyond the rate (and
+    /// the burst) an upgrade answers 503 with a Retry-After [default: 1000].
+    #[arg(long, env = "CODEEDEX_SYNC_CONNECTIONS_PER_SECOND")]
+    pub sync_connections_per_second: Option<u32>,
+    /// New sync connections opened at once above the sustained rate [default: 2000].
+    #[arg(long, env = "CODEEDEX_SYNC_CONNECTION_BURST")]
+    pub sync_connection_burst: Option<u32>,
+    /// Sync connections open on this node; beyond it an upgrade answers 503
+    /// with a Retry-After [default: 20000].
+    #[arg(long, env = "CODEEDEX_SYNC_MAX_CONNECTIONS")]
+    pub sync_max_connections: Option<usize>,
     /// Live documents per user; beyond it uploads close with 4011 and REST
     /// creation answers 403 quota_exceeded [default: 100000].
     #[arg(long, env = "CODEEDEX_QUOTA_DOCUMENTS_PER_USER")]
@@ -296,6 +308,8 @@ pub struct Settings {
     pub sync_limits: SyncLimits,
     /// Quotas and per-document limits of the hub.
     pub hub_limits: HubLimits,
+    /// How fast the node opens new sync connections, and how many it holds.
+    pub gate_limits: GateLimits,
     /// How long a clean shutdown may take.
     pub shutdown_timeout: Duration,
     /// How long an unused document stays in memory.
@@ -703,6 +717,21 @@ impl Settings {
         {
             bail!("sync limits must be positive (and frames at least 1024 bytes)");
         }
+        let gate_defaults = GateLimits::default();
+        let gate_limits = GateLimits {
+            connections_per_second: pick!(
+                sync_connections_per_second,
+                gate_defaults.connections_per_second
+            ),
+            burst: pick!(sync_connection_burst, gate_defaults.burst),
+            max_connections: pick!(sync_max_connections, gate_defaults.max_connections),
+        };
+        if gate_limits.connections_per_second == 0
+            || gate_limits.burst == 0
+            || gate_limits.max_connections == 0
+        {
+            bail!("sync connection limits must be positive");
+        }
         let hub_defaults = HubLimits::default();
         let hub_limits = HubLimits {
             quota: Quota {
@@ -729,6 +758,7 @@ impl Settings {
             allowed_origins: pick!(allowed_origins, Vec::new()),
             sync_limits,
             hub_limits,
+            gate_limits,
             shutdown_timeout: SecondsSetting::SHUTDOWN_TIMEOUT
                 .check(pick!(shutdown_timeout_secs, 10))?,
             document_idle: SecondsSetting::DOCUMENT_IDLE.check(pick!(document_idle_secs, 60))?,

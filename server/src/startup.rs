@@ -21,6 +21,7 @@ use crate::configuration::Settings;
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
 use crate::sync::peer::PeerContext;
 use crate::sync::registry::PeerRegistry;
@@ -102,6 +103,10 @@ impl Application {
             metrics: Arc::clone(&metrics),
             trusted_proxies: settings.trusted_proxies.clone(),
             shutting_down: shutting_down_rx,
+            connection_gate: std::sync::Mutex::new(ConnectionGate::new(
+                settings.gate_limits,
+                std::time::Instant::now(),
+            )),
         };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -7,6 +7,7 @@
 //! limits. It consumes frames and produces frames; the transport (in `api`)
 //! only moves bytes.
 
+pub mod gate;
 pub mod hub;
 pub mod mailbox;
 pub mod peer;

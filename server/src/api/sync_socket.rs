@@ -55,6 +55,9 @@ pub enum SyncSocketError {
     /// The user has too many connections.
     #[error("too many connections")]
     TooManyConnections,
+    /// The node is opening connections at its rate, or holds its maximum.
+    #[error("server busy")]
+    Busy(Duration),
     /// Not a WebSocket handshake.
     #[error("bad handshake")]
     Handshake(String),
@@ -88,6 +91,13 @@ impl SyncSocketError {
             )
             .detail("close another sync connection of this account first")
             .retry_after(5),
+            Self::Busy(retry_after) => ProblemParts::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServerBusy,
+                "Server busy",
+            )
+            .detail("many devices are connecting; try again after Retry-After seconds")
+            .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             Self::Handshake(detail) => ProblemParts::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
@@ -153,6 +163,21 @@ async fn sync_socket(
     else {
         return Err(SyncSocketError::TooManyConnections);
     };
+    // The gate comes after authentication, so that only signed-in devices
+    // spend its tokens, and after the per-user cap, which is cheaper.
+    // The registry already counts this connection.
+    let open = state.sync.registry.total_connections().saturating_sub(1);
+    let gate = state
+        .connection_gate
+        .lock()
+        .map_err(|_| {
+            SyncSocketError::Unexpected(anyhow::anyhow!("the connection gate is poisoned"))
+        })?
+        .admit(open, Instant::now());
+    if let Err(refused) = gate {
+        Metrics::bump(&state.metrics.sync_connections_shed);
+        return Err(SyncSocketError::Busy(refused.retry_after));
+    }
     let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])
         .map_err(|e| SyncSocketError::Handshake(e.to_string()))?;
     let stream = stream

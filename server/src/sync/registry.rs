@@ -7,6 +7,7 @@
 //! reference server does after a reconnect).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use codeedex_schema::id::UserId;
@@ -35,6 +36,9 @@ struct Holder {
 pub struct PeerRegistry {
     peers: Mutex<HashMap<String, Holder>>,
     connections: Mutex<HashMap<UserId, usize>>,
+    /// The sum of `connections`, kept beside it so that the connection gate
+    /// reads it on every upgrade without walking every user.
+    total: AtomicUsize,
 }
 
 /// A connection counted against its user's limit, for as long as it lives:
@@ -60,6 +64,7 @@ impl PeerRegistry {
             return None;
         }
         *count += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
         Some(Admission {
             registry: Arc::clone(self),
             user,
@@ -78,17 +83,14 @@ impl PeerRegistry {
 
     /// How many connections are open, over all users.
     pub fn total_connections(&self) -> usize {
-        self.connections
-            .lock()
-            .expect("never poisoned")
-            .values()
-            .sum()
+        self.total.load(Ordering::Relaxed)
     }
 
     fn release(&self, user: UserId) {
         let mut counts = self.connections.lock().expect("never poisoned");
         if let Some(count) = counts.get_mut(&user) {
             *count = count.saturating_sub(1);
+            self.total.fetch_sub(1, Ordering::Relaxed);
             if *count == 0 {
                 counts.remove(&user);
             }

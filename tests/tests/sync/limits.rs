@@ -243,3 +243,95 @@ async fn a_connection_waiting_for_more_unknown_documents_than_the_limit_is_close
     }
     assert_eq!(a.expect_close(WAIT).await.unwrap(), Some(4008));
 }
+
+fn retry_after_of(error: &tokio_tungstenite::tungstenite::Error) -> Option<u64> {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => response
+            .headers()
+            .get("retry-after")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
+
+fn problem_code_of(error: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body: serde_json::Value = serde_json::from_slice(response.body().as_ref()?).ok()?;
+            Some(body["code"].as_str()?.to_owned())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn upgrades_beyond_the_connection_rate_get_503_with_growing_retry_after() {
+    // One new connection a second with a burst of two: a herd of devices
+    // coming back gets two in, and the rest distinct times to return.
+    let app = spawn_app_with(
+        AppConfig::default()
+            .with("--sync-connections-per-second", 1)
+            .with("--sync-connection-burst", 2),
+    )
+    .await;
+    let token = token_of(&app, "ann@example.com").await;
+    let _one = connect(app.port, Some(&token), TokenIn::Header, None)
+        .await
+        .unwrap();
+    let _two = connect(app.port, Some(&token), TokenIn::Header, None)
+        .await
+        .unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let err = connect(app.port, Some(&token), TokenIn::Header, None)
+            .await
+            .expect_err("beyond the burst, upgrades are refused");
+        assert_eq!(refused_status(&err), Some(503));
+        assert_eq!(problem_code_of(&err).as_deref(), Some("server_busy"));
+        waits.push(retry_after_of(&err).expect("a Retry-After header"));
+    }
+    // Slots one second apart: each refused device is told a later time.
+    assert!(
+        waits.windows(2).all(|w| w[0] < w[1]),
+        "Retry-After should grow: {waits:?}"
+    );
+    assert_eq!(app.metric("codeedex_sync_connections_shed_total").await, 3);
+    // Once the slot comes, the device is let in.
+    tokio::time::sleep(Duration::from_secs(waits[0])).await;
+    connect(app.port, Some(&token), TokenIn::Header, None)
+        .await
+        .expect("admitted at its slot");
+}
+
+#[tokio::test]
+async fn a_full_node_refuses_upgrades_with_503_until_a_connection_closes() {
+    let app = spawn_app_with(AppConfig::default().with("--sync-max-connections", 2)).await;
+    let ann = token_of(&app, "ann@example.com").await;
+    let bob = token_of(&app, "bob@example.com").await;
+    let one = SyncPeer::join(app.port, &ann, "ann-1", None, &[])
+        .await
+        .unwrap();
+    let _two = SyncPeer::join(app.port, &bob, "bob-1", None, &[])
+        .await
+        .unwrap();
+    let err = connect(app.port, Some(&bob), TokenIn::Header, None)
+        .await
+        .expect_err("a full node refuses");
+    assert_eq!(refused_status(&err), Some(503));
+    assert!(retry_after_of(&err).is_some_and(|s| s >= 1));
+
+    one.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(app.port, Some(&bob), TokenIn::Header, None).await {
+            Ok(_) => break,
+            Err(e) if refused_status(&e) == Some(503) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no room after a connection closed: {e}"),
+        }
+    }
+}
