@@ -22,10 +22,16 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    /// The server refused the upgrade with this HTTP status (401: the
-    /// token; 429: too many connections).
-    #[error("the server refused the sync connection with HTTP {0}")]
-    Refused(u16),
+    /// The server refused the upgrade (401: the token; 429: too many
+    /// connections of this account; 503: the server is busy, for example
+    /// with every device reconnecting after a restart).
+    #[error("the server refused the sync connection with HTTP {status}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// How long the server asked us to wait (`Retry-After`, in seconds).
+        retry_after: Option<Duration>,
+    },
     /// No connection.
     #[error("{0}")]
     Network(String),
@@ -87,12 +93,27 @@ pub(crate) async fn connect(
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Network("connecting timed out".to_owned())),
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            Err(ConnectError::Refused(response.status().as_u16()))
-        }
+        Ok(Err(tungstenite::Error::Http(response))) => Err(ConnectError::Refused {
+            status: response.status().as_u16(),
+            retry_after: retry_after(response.headers()),
+        }),
         Ok(Err(e)) => Err(ConnectError::Network(e.to_string())),
         Ok(Ok((socket, _response))) => Ok(Connection { socket }),
     }
+}
+
+/// A `Retry-After` header in seconds (the only form the server sends; an
+/// HTTP date is ignored and the ordinary backoff applies), capped at an hour
+/// so that a broken header cannot park the device for days.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(3_600)))
 }
 
 impl Connection {
@@ -156,6 +177,27 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static(" 7"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("99999999"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3_600)));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
 
     #[test]
     fn the_sync_url_follows_the_scheme() {

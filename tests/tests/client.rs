@@ -14,6 +14,7 @@ use codeedex_client_core::{
 };
 use codeedex_tests::app::{AppConfig, TestApp, spawn_app, spawn_app_with};
 use codeedex_tests::js_client::{JsClient, JsClientOptions, sync_url};
+use codeedex_tests::sync_peer::{TokenIn, connect};
 use serde_json::json;
 
 /// The longest any wait lasts.
@@ -396,5 +397,55 @@ async fn a_restarted_device_resends_nothing_and_picks_up_what_changed_meanwhile(
     assert_eq!(
         find(&a, task.id).expect("still there").notes,
         "while A was off"
+    );
+}
+
+#[tokio::test]
+async fn a_device_refused_by_a_busy_server_comes_back_after_retry_after_and_not_before() {
+    // One new connection a second, burst one. Other devices that were just
+    // refused have taken the next return slots, so this device is told to
+    // wait several seconds; with its own backoff alone it would retry
+    // within a quarter of a second, and again and again.
+    let app = spawn_app_with(
+        AppConfig::default()
+            .with("--sync-connections-per-second", 1)
+            .with("--sync-connection-burst", 1),
+    )
+    .await;
+    let device = signed_in_device(&app, "dee@example.com", "phone").await;
+    let other = app
+        .sign_in_email("dee@example.com")
+        .await
+        .tokens
+        .access_token;
+    let herd = || connect(app.port, Some(&other), TokenIn::Header, None);
+    let _admitted = herd()
+        .await
+        .expect("the first connection takes the one token");
+    for _ in 0..3 {
+        herd().await.expect_err("the herd is refused");
+    }
+    let shed = "codeedex_sync_connections_shed_total";
+    assert_eq!(app.metric(shed).await, 3);
+
+    let started = tokio::time::Instant::now();
+    device.start_sync().await;
+    eventually("the device is refused once", || async {
+        (app.metric(shed).await == 4).then_some(())
+    })
+    .await;
+    // The device was told to come back in four seconds (the fourth slot):
+    // until then it does not knock again.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        app.metric(shed).await,
+        4,
+        "the device retried before its Retry-After"
+    );
+    up_to_date(&device).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the device connected {:?} after starting, before its slot",
+        started.elapsed()
     );
 }

@@ -33,6 +33,21 @@ impl Backoff {
         ceiling / 2 + ceiling.mul_f64(jitter / 2.0)
     }
 
+    /// The delay before the next attempt when the server asked for
+    /// `retry_after`: at least that long, plus up to a second of jitter
+    /// (the header counts whole seconds, so devices given the same number
+    /// spread over the second after it), and never shorter than the
+    /// ordinary backoff.
+    pub fn next_delay_after(&mut self, retry_after: Duration, jitter: f64) -> Duration {
+        let own = self.next_delay(jitter);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        own.max(retry_after + Duration::from_secs(1).mul_f64(jitter))
+    }
+
     /// A connection succeeded: start again from the first delay.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -60,5 +75,19 @@ mod tests {
             Duration::from_millis(187) + Duration::from_micros(500)
         );
         assert_eq!(b.next_delay(f64::NAN), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_retry_after_from_the_server_sets_the_floor_and_still_backs_off() {
+        let mut b = Backoff::default();
+        assert_eq!(
+            b.next_delay_after(Duration::from_secs(3), 0.5),
+            Duration::from_millis(3_500)
+        );
+        // The server's wait is short; the backoff has grown past it.
+        for _ in 0..10 {
+            b.next_delay(0.0);
+        }
+        assert_eq!(b.next_delay_after(Duration::from_secs(1), 0.0), CAP / 2);
     }
 }

@@ -143,15 +143,33 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Ok(connection) => connection,
             Err(e) => {
                 record_failure(&shared, e.to_string());
-                if let ConnectError::Refused(401) = e {
-                    // The token was refused: a refresh tells whether the session lives.
-                    if let Err(ClientError::SessionEnded) = shared.auth.refresh(Some(&token)).await
-                    {
-                        shared.logged_out();
-                        continue;
+                let delay = match e {
+                    ConnectError::Refused { status: 401, .. } => {
+                        // The token was refused: a refresh tells whether the session lives.
+                        if let Err(ClientError::SessionEnded) =
+                            shared.auth.refresh(Some(&token)).await
+                        {
+                            shared.logged_out();
+                            continue;
+                        }
+                        backoff.next_delay(rand::random())
                     }
-                }
-                if pause(&mut stop, backoff.next_delay(rand::random())).await {
+                    // A busy server said when to come back: after a restart
+                    // every device returns at once, and the server hands
+                    // each a different time so that they come back in turn.
+                    ConnectError::Refused {
+                        retry_after: Some(retry_after),
+                        ..
+                    } => {
+                        tracing::info!(
+                            seconds = retry_after.as_secs(),
+                            "the server is busy; reconnecting after its Retry-After"
+                        );
+                        backoff.next_delay_after(retry_after, rand::random())
+                    }
+                    _ => backoff.next_delay(rand::random()),
+                };
+                if pause(&mut stop, delay).await {
                     break;
                 }
                 continue;
