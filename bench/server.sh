@@ -16,6 +16,7 @@ CODEEDEX_TEST_CODES="${codes%,}" "${BIN_DIR:-${CARGO_TARGET_DIR:-./target}/relea
   --otp-resend-cooldown-secs 0 --otp-hourly-cap 100000 --otp-daily-cap 100000 \
   --ip-send-limit 1000000 --ip-verify-limit 1000000 --ip-refresh-limit 1000000 \
   --sync-max-connections-per-user 100000 --sync-messages-per-second 100000 --sync-message-burst 100000 \
+  --sync-max-connections 100000 --sync-connections-per-second 1000000 --sync-connection-burst 1000000 \
   > "$data/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

@@ -158,6 +158,58 @@ enum Scenario {
         #[arg(long, default_value_t = 18401)]
         port: u16,
     },
+    /// Reconnect storm: N devices connected and synced, the server restarted,
+    /// all N reconnecting at once with client-core's backoff and Retry-After.
+    Storm {
+        /// The server binary to start (it is started and restarted by this scenario).
+        #[arg(long)]
+        server_bin: std::path::PathBuf,
+        /// Devices (at most 20,000).
+        #[arg(long, default_value_t = 5_000)]
+        devices: usize,
+        /// Users the devices belong to (at most 1,000).
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// How the server goes away.
+        #[arg(long, value_enum, default_value_t = scenario::storm::Restart::Graceful)]
+        restart: scenario::storm::Restart,
+        /// The server's new connections per second (its gate); unset keeps the server's default.
+        #[arg(long)]
+        connections_per_second: Option<u32>,
+        /// The server's connection burst; unset keeps the server's default.
+        #[arg(long)]
+        connection_burst: Option<u32>,
+        /// Seconds to wait for every device to come back (at most 600).
+        #[arg(long, default_value_t = 120)]
+        deadline: u64,
+        /// Port for the server.
+        #[arg(long, default_value_t = 18402)]
+        port: u16,
+    },
+    /// Soak: mixed load (sign-ins, refreshes, sync edits, REST, reconnects,
+    /// idle sockets) with the server's RSS, fds, threads, disk and latency
+    /// sampled at an interval; fails if any grows without bound. Needs
+    /// --server-pid.
+    Soak {
+        /// Seconds of load (at most 7,200).
+        #[arg(long, default_value_t = 3_600)]
+        seconds: u64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        sample_secs: u64,
+        /// Devices editing over sync, one edit a second each (at most 200).
+        #[arg(long, default_value_t = 20)]
+        editors: usize,
+        /// Idle sockets held open (at most 5,000).
+        #[arg(long, default_value_t = 200)]
+        idle: usize,
+        /// The server's data directory, for its size on disk.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Print the samples but do not judge growth (for runs too short to judge).
+        #[arg(long)]
+        no_verdict: bool,
+    },
     /// The durability floor: one 4 KiB write plus fsync on the disk of a directory.
     Fsync {
         /// The directory (on the disk the server's data directory uses).
@@ -449,6 +501,132 @@ async fn main() -> anyhow::Result<()> {
                 "idle RSS 2 s after start: {} KiB",
                 result.idle_rss_kib.unwrap_or(0)
             );
+            Ok(())
+        }
+        Scenario::Storm {
+            server_bin,
+            devices,
+            users,
+            restart,
+            connections_per_second,
+            connection_burst,
+            deadline,
+            port,
+        } => {
+            let data = server_process::temp_data_dir("storm")?;
+            let mut server_args = Vec::new();
+            // Always pass both gate flags, so that the bench's wide gate is
+            // not applied: the storm measures the server's own pacing.
+            let defaults = (1_000u32, 2_000u32);
+            server_args.extend([
+                "--sync-connections-per-second".to_owned(),
+                connections_per_second.unwrap_or(defaults.0).to_string(),
+                "--sync-connection-burst".to_owned(),
+                connection_burst.unwrap_or(defaults.1).to_string(),
+            ]);
+            let settings = scenario::storm::StormSettings {
+                devices: (*devices).clamp(1, 20_000),
+                users: (*users).clamp(1, 1_000),
+                restart: *restart,
+                server_args,
+                deadline: Duration::from_secs((*deadline).clamp(1, 600)),
+            };
+            let result = scenario::storm::run(server_bin, &data, *port, &settings).await;
+            let _ = std::fs::remove_dir_all(&data);
+            let r = result?;
+            println!(
+                "scenario: reconnect storm, {} devices of {} users, {:?} restart, gate {}",
+                r.devices,
+                settings.users,
+                settings.restart,
+                settings.server_args.join(" ")
+            );
+            println!(
+                "initial connect of all devices: {:.2} s",
+                r.initial.as_secs_f64()
+            );
+            println!(
+                "server down for: {:.2} s (stopping {:.2} s, starting {:.2} s)",
+                r.downtime.as_secs_f64(),
+                r.stop_took.as_secs_f64(),
+                r.start_took.as_secs_f64()
+            );
+            match (r.all_back_after_stop, r.all_back_after_ready) {
+                (Some(stop), Some(ready)) => println!(
+                    "all {} back: {:.2} s after the stop, {:.2} s after the server was ready",
+                    r.back,
+                    stop.as_secs_f64(),
+                    ready.as_secs_f64()
+                ),
+                _ => println!("only {} of {} devices came back", r.back, r.devices),
+            }
+            println!(
+                "reconnections per second after ready: mean {:.0}, busiest second {}",
+                r.mean_per_second, r.peak_per_second
+            );
+            println!(
+                "attempts refused with Retry-After: {}, failed otherwise: {}",
+                r.refused, r.failed
+            );
+            println!(
+                "server RSS with all back: {} KiB; server alive: {}",
+                r.rss_kib.unwrap_or(0),
+                r.server_alive
+            );
+            if r.back < r.devices || !r.server_alive {
+                bail!("the storm did not end with every device back on a live server");
+            }
+            Ok(())
+        }
+        Scenario::Soak {
+            seconds,
+            sample_secs,
+            editors,
+            idle,
+            data_dir,
+            no_verdict,
+        } => {
+            let Some(server_pid) = cli.server_pid else {
+                bail!("the soak samples the server: pass --server-pid");
+            };
+            let settings = scenario::soak::SoakSettings {
+                duration: Duration::from_secs((*seconds).clamp(1, 7_200)),
+                sample_every: Duration::from_secs((*sample_secs).clamp(1, 600)),
+                editors: (*editors).clamp(1, 200),
+                idle: (*idle).min(5_000),
+                server_pid,
+                data_dir: data_dir.clone(),
+            };
+            println!(
+                "scenario: soak, {} s, {} editors, {} idle sockets, a sample every {} s",
+                settings.duration.as_secs(),
+                settings.editors,
+                settings.idle,
+                settings.sample_every.as_secs()
+            );
+            println!("{}", scenario::soak::HEADER);
+            let samples = scenario::soak::run(&cli.server, &ws_url, &settings).await?;
+            let errors: u64 = samples.iter().map(|s| s.errors).sum();
+            if !stats::process_alive(server_pid) {
+                bail!("the server died during the soak");
+            }
+            if *no_verdict {
+                println!(
+                    "verdict: not judged ({} samples), {errors} errors",
+                    samples.len()
+                );
+            } else {
+                match scenario::soak::verdict(&samples) {
+                    Err(why) => bail!(why),
+                    Ok(grew) if !grew.is_empty() => {
+                        bail!("grew without bound: {}", grew.join("; "))
+                    }
+                    Ok(_) => println!("verdict: nothing grew without bound; {errors} errors"),
+                }
+            }
+            if errors > 0 {
+                bail!("{errors} operations failed during the soak");
+            }
             Ok(())
         }
         Scenario::Fsync { dir, rounds } => {

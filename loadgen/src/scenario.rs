@@ -10,3 +10,5 @@ pub mod fanout;
 pub mod fsync;
 pub mod idle;
 pub mod ingest;
+pub mod soak;
+pub mod storm;

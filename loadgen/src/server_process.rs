@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// Connection gate settings that never refuse a benchmark's connections.
+const WIDE_GATE: [&str; 4] = [
+    "--sync-connections-per-second",
+    "1000000",
+    "--sync-connection-burst",
+    "1000000",
+];
+
 /// A server process on loopback with the bench settings.
 pub struct ServerProcess {
     child: Child,
@@ -21,6 +29,19 @@ impl ServerProcess {
         data: &Path,
         port: u16,
         identities: usize,
+    ) -> anyhow::Result<(Self, Duration)> {
+        Self::start_with(binary, data, port, identities, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with `extra` flags. The connection gate
+    /// is opened wide unless `extra` sets it: the other scenarios measure
+    /// the server, not its pacing of new connections.
+    pub async fn start_with(
+        binary: &Path,
+        data: &Path,
+        port: u16,
+        identities: usize,
+        extra: &[String],
     ) -> anyhow::Result<(Self, Duration)> {
         let codes: Vec<String> = (0..identities)
             .map(|i| format!("bench-{i}@example.com=123456"))
@@ -60,6 +81,15 @@ impl ServerProcess {
                 "--sync-max-documents",
                 "200000",
             ])
+            .args(
+                if extra.iter().any(|a| a.starts_with("--sync-connection")) {
+                    &[][..]
+                } else {
+                    &WIDE_GATE[..]
+                },
+            )
+            .args(["--sync-max-connections", "100000"])
+            .args(extra)
             .env("CODEEDEX_TEST_CODES", codes.join(","))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -71,3 +71,8 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // The kernel's USER_HZ is 100 on every Linux this runs on.
     Some(Duration::from_millis(ticks * 10))
 }
+
+/// Whether a process is still there (Linux).
+pub fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
