@@ -40,6 +40,10 @@ pub enum ErrorCode {
     DeliveryFailed,
     /// The account's document or storage quota is used up; delete tasks to make room.
     QuotaExceeded,
+    /// The server's storage is unavailable (its disk failed); nothing was
+    /// changed durably. Retry after `Retry-After` seconds: the server
+    /// recovers by itself.
+    StorageUnavailable,
     /// Something went wrong on the server; the cause is in its log.
     Internal,
 }
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::DeliveryFailed => "delivery_failed",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }

@@ -49,6 +49,8 @@ counters! {
     sync_ephemeral_dropped => "Ephemeral messages dropped because a connection's mailbox was full.",
     sync_slow_readers_closed => "Sync connections closed because the peer stopped reading.",
     quota_refusals => "Writes refused because a user or document quota was exhausted.",
+    store_failures => "Times the store failed (a disk error) and began refusing writes.",
+    store_recoveries => "Times the store reopened itself after a failure and took writes again.",
 }
 
 impl Metrics {
