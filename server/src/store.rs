@@ -14,6 +14,7 @@ mod group_commit;
 mod quota;
 mod records;
 mod recovery;
+mod verify;
 
 use std::path::Path;
 

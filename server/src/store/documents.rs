@@ -129,7 +129,7 @@ pub struct StoredDocument {
     pub changes: Vec<Vec<u8>>,
 }
 
-fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
+pub(crate) fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
     pair_key(doc.as_bytes(), &seq.to_be_bytes())
 }
 
