@@ -144,7 +144,11 @@ macro_rules! endpoint_error {
 
             fn error_response(&self) -> actix_web::HttpResponse {
                 let parts = self.parts().or_storage_unavailable(self);
-                if parts.status.is_server_error() {
+                // A failing disk is logged once, as an error, by the store;
+                // each request it refuses meanwhile is only a warning.
+                if parts.code == codeedex_schema::problem::ErrorCode::StorageUnavailable {
+                    tracing::warn!(error = %self, "request refused: the store is unavailable");
+                } else if parts.status.is_server_error() {
                     tracing::error!(error = ?self, "request failed");
                 }
                 $crate::api::problem::respond(parts.status, parts.code, parts.title, parts.detail, parts.retry_after)
