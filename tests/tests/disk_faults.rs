@@ -246,7 +246,7 @@ async fn a_server_killed_while_snapshotting_reopens_and_keeps_every_acknowledged
     let seed = std::env::var("FAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x05ee_d0f5_a17);
+        .unwrap_or(0x005e_ed0f_5a17);
     let mut rng = codeedex_tests::fault_proxy::Rng::new(seed);
     let mut app = spawn_app_with(AppConfig::default()).await;
     let token = app
