@@ -43,6 +43,10 @@ pub enum ErrorCode {
     /// The server is busy (many devices reconnecting at once, or full);
     /// try again after the number of seconds in `Retry-After`.
     ServerBusy,
+    /// The server's storage is unavailable (its disk failed); nothing was
+    /// changed durably. Retry after `Retry-After` seconds: the server
+    /// recovers by itself.
+    StorageUnavailable,
     /// Something went wrong on the server; the cause is in its log.
     Internal,
 }
@@ -66,6 +70,7 @@ impl ErrorCode {
             ErrorCode::DeliveryFailed => "delivery_failed",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }

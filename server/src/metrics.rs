@@ -50,6 +50,8 @@ counters! {
     sync_slow_readers_closed => "Sync connections closed because the peer stopped reading.",
     sync_connections_shed => "Sync upgrades refused with 503 because the node opened connections at its rate or holds its maximum.",
     quota_refusals => "Writes refused because a user or document quota was exhausted.",
+    store_failures => "Times the store failed (a disk error) and began refusing writes.",
+    store_recoveries => "Times the store reopened itself after a failure and took writes again.",
 }
 
 impl Metrics {

@@ -146,6 +146,12 @@ impl Application {
                 }
             }
         });
+        // The store reports its failures and recoveries; the hub then
+        // forgets documents that may hold changes the disk never took.
+        let follower = tokio::spawn({
+            let hub = Arc::clone(&self.hub);
+            async move { hub.follow_store().await }
+        });
         let handle = self.server.handle();
         let mut server = self.server;
         let served = tokio::select! {
@@ -174,6 +180,7 @@ impl Application {
             }
         };
         evictor.abort();
+        follower.abort();
         served.context("the HTTP server failed")?;
         self.store
             .persist()

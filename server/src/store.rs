@@ -13,6 +13,8 @@ mod documents;
 mod group_commit;
 mod quota;
 mod records;
+mod recovery;
+mod verify;
 
 use std::path::Path;
 
@@ -23,6 +25,7 @@ use sled::{Transactional, Tree};
 pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
 pub use quota::{Quota, QuotaExceeded, Usage};
 pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
+pub use recovery::{StoreHealth, Ticket};
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
 pub const FORMAT_VERSION: u32 = 1;
@@ -51,6 +54,11 @@ pub enum StoreError {
     /// The write would take the user or the document over its quota.
     #[error("{0}")]
     QuotaExceeded(QuotaExceeded),
+    /// The disk failed: the store refuses every operation until it has
+    /// reopened the database and written to it again. Nothing the failed
+    /// operation did can be relied on; the caller answers "try again later".
+    #[error("the store is unavailable after a disk failure; try again later")]
+    Unavailable,
     /// A record could not be decoded.
     #[error("corrupt record in {tree}")]
     Corrupt {
@@ -79,9 +87,14 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-/// The server's persistent state.
-#[derive(Clone)]
-pub struct Store {
+/// One open database: the sled handle, its trees and its flusher. The store
+/// keeps one at a time and replaces it, whole, after the disk failed (see
+/// [`recovery`]).
+pub(crate) struct Engine {
+    /// Which engine this is: 1 for the first one the process opened, one
+    /// more for each reopen. Durability tickets carry it, so that no ticket
+    /// of a failed engine is ever reported durable by its successor.
+    epoch: u64,
     db: sled::Db,
     /// user id → [`UserRecord`].
     users: Tree,
@@ -115,10 +128,24 @@ pub struct Store {
     task_index: Tree,
     /// user id → [`Usage`]: live documents and their stored bytes, for quotas.
     usage: Tree,
-    /// Server-wide values: the server's storage id.
+    /// Server-wide values: the format version, the server's storage id.
     meta: Tree,
     /// Coalesces concurrent [`Store::persist`] calls into shared flushes.
-    group_commit: std::sync::Arc<group_commit::GroupCommit>,
+    group_commit: group_commit::GroupCommit,
+}
+
+/// The server's persistent state: a cheap handle, cloned into every part of
+/// the server, over the engine in use.
+///
+/// When the disk fails, the store refuses every operation with
+/// [`StoreError::Unavailable`] until a fresh engine, reopened from what is
+/// on disk, has proved that it can write and flush again.
+#[derive(Clone)]
+pub struct Store {
+    shared: std::sync::Arc<recovery::Shared>,
+    /// When set, the handle works only while the engine of this epoch is in
+    /// use (see [`Store::pinned`]).
+    pinned: Option<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -194,9 +221,9 @@ fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
-impl Store {
-    /// Opens (or creates) the store in `dir`, checking its format version.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+impl Engine {
+    /// Opens (or creates) the database in `dir`, checking its format version.
+    fn open(dir: &Path, epoch: u64) -> Result<Self, StoreError> {
         // sled caches up to 1 GiB by default; memory should follow activity,
         // so the page cache is kept small and the OS page cache does the rest.
         let db = open_waiting_for_lock(
@@ -220,7 +247,8 @@ impl Store {
                 });
             }
         }
-        let store = Self {
+        let engine = Self {
+            epoch,
             users: db.open_tree("users")?,
             identities: db.open_tree("identities")?,
             otp: db.open_tree("otp")?,
@@ -238,17 +266,86 @@ impl Store {
             task_index: db.open_tree("task_index")?,
             usage: db.open_tree("usage")?,
             meta,
-            group_commit: std::sync::Arc::new(
-                group_commit::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?,
-            ),
+            group_commit: group_commit::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?,
             db,
         };
         // Stores written before quotas existed have documents but no usage:
         // count it once, so that quotas hold for existing users too.
         if !usage_was_kept {
-            store.rebuild_usage()?;
+            engine.rebuild_usage()?;
         }
-        Ok(store)
+        Ok(engine)
+    }
+
+    /// Proves that the disk takes writes again: rewrites the format version
+    /// (the value it already has) and flushes it.
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checking its format version.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let engine = Engine::open(dir, 1)?;
+        Ok(Self {
+            shared: recovery::Shared::new(dir.to_owned(), engine),
+            pinned: None,
+        })
+    }
+
+    /// Runs `op` on the engine in use, or fails at once with
+    /// [`StoreError::Unavailable`] while there is none that works. An IO
+    /// error from sled marks the engine failed (sled refuses every later
+    /// operation on it anyway) and starts the recovery; the caller sees
+    /// `Unavailable`.
+    fn run<T>(&self, op: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let engine = self.engine()?;
+        match op(&engine) {
+            Err(StoreError::Engine(sled::Error::Io(error))) => {
+                self.shared.fail(&engine, &error);
+                Err(StoreError::Unavailable)
+            }
+            other => other,
+        }
+    }
+
+    /// The engine in use, if it works (and is the pinned one, for a pinned
+    /// handle).
+    fn engine(&self) -> Result<std::sync::Arc<Engine>, StoreError> {
+        self.shared
+            .current()
+            .filter(|engine| self.pinned.is_none_or(|epoch| epoch == engine.epoch))
+            .ok_or(StoreError::Unavailable)
+    }
+
+    /// A handle on the engine in use now: every operation through it fails
+    /// with [`StoreError::Unavailable`] once that engine has failed, even
+    /// after a fresh one took over. Whoever keeps state derived from the
+    /// store in memory (the hub's documents) reads and writes through one,
+    /// so that nothing it derived from an engine that lost writes reaches
+    /// the next one.
+    pub fn pinned(&self) -> Result<Store, StoreError> {
+        let engine = self.engine()?;
+        Ok(Self {
+            shared: std::sync::Arc::clone(&self.shared),
+            pinned: Some(engine.epoch),
+        })
+    }
+
+    /// Whether operations through this handle can succeed now: the store
+    /// works, and for a pinned handle, on the engine it was pinned to.
+    pub fn is_current(&self) -> bool {
+        self.engine().is_ok()
+    }
+
+    /// Follows the store's availability: it changes when the disk fails and
+    /// when the store has recovered.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
+        self.shared.health()
     }
 
     /// Waits until every write made so far is on disk.
@@ -258,26 +355,62 @@ impl Store {
     }
 
     /// A ticket for every write made so far: once [`Store::is_durable`]
-    /// says so for it, those writes are on disk.
-    pub fn durability_ticket(&self) -> u64 {
-        self.group_commit.ticket()
+    /// says so for it, those writes are on disk. While the store is
+    /// unavailable, a ticket that never becomes durable.
+    pub fn durability_ticket(&self) -> Ticket {
+        match self.engine() {
+            Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.ticket()),
+            Err(_) => self.unreachable_ticket(),
+        }
     }
 
     /// The newest ticket handed out, without taking a new one: it covers
     /// every write finished before any caller took its ticket.
-    pub fn latest_ticket(&self) -> u64 {
-        self.group_commit.latest()
+    pub fn latest_ticket(&self) -> Ticket {
+        match self.engine() {
+            Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.latest()),
+            Err(_) => self.unreachable_ticket(),
+        }
     }
 
-    /// Whether the writes behind `ticket` are on disk.
-    pub fn is_durable(&self, ticket: u64) -> bool {
-        self.group_commit.is_durable(ticket)
+    fn unreachable_ticket(&self) -> Ticket {
+        Ticket::unreachable(self.pinned.unwrap_or_else(|| self.shared.epoch()))
+    }
+
+    /// Whether the writes behind `ticket` are on disk. A ticket of an
+    /// engine that is no longer in use never is: whatever it covered was
+    /// either flushed and acknowledged back then, or lost with the engine.
+    pub fn is_durable(&self, ticket: Ticket) -> bool {
+        if ticket.is_none() {
+            return true;
+        }
+        self.engine_of(ticket)
+            .is_some_and(|engine| engine.group_commit.is_durable(ticket.sequence()))
+    }
+
+    fn engine_of(&self, ticket: Ticket) -> Option<std::sync::Arc<Engine>> {
+        self.shared
+            .current()
+            .filter(|engine| engine.epoch == ticket.epoch())
     }
 
     /// Waits until the writes behind `ticket` are on disk; one flush covers
-    /// every ticket taken before it started.
-    pub async fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
-        Ok(self.group_commit.wait(ticket).await?)
+    /// every ticket taken before it started. Fails with
+    /// [`StoreError::Unavailable`] when the flush fails, and at once while
+    /// the store is unavailable or when the ticket belongs to an engine
+    /// that is gone.
+    pub async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        if ticket.is_none() {
+            return Ok(());
+        }
+        let engine = self.engine_of(ticket).ok_or(StoreError::Unavailable)?;
+        match engine.group_commit.wait(ticket.sequence()).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.shared.fail(&engine, &error);
+                Err(StoreError::Unavailable)
+            }
+        }
     }
 
     /// Writes a value to the store's metadata, for the format version test.
@@ -292,25 +425,24 @@ impl Store {
 
     /// True when the database answers; for the readiness probe.
     pub fn is_healthy(&self) -> bool {
-        self.db
-            .open_tree("meta")
-            .and_then(|t| t.get(FORMAT_KEY))
-            .is_ok()
+        self.run(|e| Ok(e.meta.get(FORMAT_KEY)?)).is_ok()
     }
 
     // Users and identities.
 
     /// The user with this id.
     pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .get(id.as_bytes())?
-            .map(|v| decode("users", &v))
-            .transpose()
+        self.run(|e| {
+            e.users
+                .get(id.as_bytes())?
+                .map(|v| decode("users", &v))
+                .transpose()
+        })
     }
 
     /// The user who signs in with this contact key, if any.
     pub fn user_by_contact(&self, contact_key: &str) -> Result<Option<UserRecord>, StoreError> {
-        match self.identities.get(contact_key.as_bytes())? {
+        self.run(|e| match e.identities.get(contact_key.as_bytes())? {
             None => Ok(None),
             Some(id) => {
                 let id: [u8; 16] = id.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -319,7 +451,7 @@ impl Store {
                 })?;
                 self.user(UserId::from_bytes(id))
             }
-        }
+        })
     }
 
     /// The user for this contact key, creating `candidate` atomically if there
@@ -328,34 +460,38 @@ impl Store {
         &self,
         candidate: &UserRecord,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let key = candidate.contact_key.as_bytes();
-        let created =
-            (&self.identities, &self.users).transaction(|(identities, users)| -> TxResult<_> {
-                if let Some(existing) = identities.get(key)? {
-                    return Ok(Some(existing));
+        self.run(|e| {
+            let key = candidate.contact_key.as_bytes();
+            let created =
+                (&e.identities, &e.users).transaction(|(identities, users)| -> TxResult<_> {
+                    if let Some(existing) = identities.get(key)? {
+                        return Ok(Some(existing));
+                    }
+                    identities.insert(key, candidate.id.as_bytes())?;
+                    users.insert(candidate.id.as_bytes(), encode(candidate))?;
+                    Ok(None)
+                })?;
+            match created {
+                None => Ok((candidate.clone(), true)),
+                Some(_) => {
+                    let user = self.user_by_contact(&candidate.contact_key)?;
+                    Ok((
+                        user.expect(
+                            "an identity always points at a user written in the same transaction",
+                        ),
+                        false,
+                    ))
                 }
-                identities.insert(key, candidate.id.as_bytes())?;
-                users.insert(candidate.id.as_bytes(), encode(candidate))?;
-                Ok(None)
-            })?;
-        match created {
-            None => Ok((candidate.clone(), true)),
-            Some(_) => {
-                let user = self.user_by_contact(&candidate.contact_key)?;
-                Ok((
-                    user.expect(
-                        "an identity always points at a user written in the same transaction",
-                    ),
-                    false,
-                ))
             }
-        }
+        })
     }
 
     /// Replaces a user record (for example to record its root document).
     pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.users.insert(user.id.as_bytes(), encode(user))?;
-        Ok(())
+        self.run(|e| {
+            e.users.insert(user.id.as_bytes(), encode(user))?;
+            Ok(())
+        })
     }
 
     // One-time codes.
@@ -370,17 +506,19 @@ impl Store {
         contact_key: &str,
         mut change: impl FnMut(Option<OtpRecord>) -> (Option<OtpRecord>, T),
     ) -> Result<T, StoreError> {
-        let key = contact_key.as_bytes();
-        loop {
-            let current = self.otp.get(key)?;
-            let decoded = current.as_deref().map(|v| decode("otp", v)).transpose()?;
-            let (next, outcome) = change(decoded);
-            let next_bytes = next.as_ref().map(encode);
-            match self.otp.compare_and_swap(key, current, next_bytes)? {
-                Ok(()) => return Ok(outcome),
-                Err(_) => continue,
+        self.run(|e| {
+            let key = contact_key.as_bytes();
+            loop {
+                let current = e.otp.get(key)?;
+                let decoded = current.as_deref().map(|v| decode("otp", v)).transpose()?;
+                let (next, outcome) = change(decoded);
+                let next_bytes = next.as_ref().map(encode);
+                match e.otp.compare_and_swap(key, current, next_bytes)? {
+                    Ok(()) => return Ok(outcome),
+                    Err(_) => continue,
+                }
             }
-        }
+        })
     }
 
     // Sessions and refresh tokens.
@@ -391,23 +529,25 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
     ) -> Result<(), StoreError> {
-        (
-            &self.sessions,
-            &self.user_sessions,
-            &self.refresh_tokens,
-            &self.session_tokens,
-        )
-            .transaction(
-                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
-                    sessions.insert(session.id.as_bytes(), encode(session))?;
-                    user_sessions.insert(
-                        pair_key(session.user_id.as_bytes(), session.id.as_bytes()),
-                        &[],
-                    )?;
-                    index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)
-                },
-            )?;
-        Ok(())
+        self.run(|e| {
+            (
+                &e.sessions,
+                &e.user_sessions,
+                &e.refresh_tokens,
+                &e.session_tokens,
+            )
+                .transaction(
+                    |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<()> {
+                        sessions.insert(session.id.as_bytes(), encode(session))?;
+                        user_sessions.insert(
+                            pair_key(session.user_id.as_bytes(), session.id.as_bytes()),
+                            &[],
+                        )?;
+                        index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)
+                    },
+                )?;
+            Ok(())
+        })
     }
 
     /// Stores a rotated session and its new refresh token, in one transaction.
@@ -417,116 +557,131 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
-        let expected_generation = session.generation - 1;
-        let sessions = &self.sessions;
-        let ok = (sessions, &self.refresh_tokens, &self.session_tokens).transaction(
-            |(sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
-                let Some(current) = sessions.get(session.id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let current: SessionRecord =
-                    decode("sessions", &current).map_err(ConflictableTransactionError::Abort)?;
-                if current.generation != expected_generation {
-                    return Ok(false);
-                }
-                sessions.insert(session.id.as_bytes(), encode(session))?;
-                index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)?;
-                Ok(true)
-            },
-        )?;
-        Ok(ok)
+        self.run(|e| {
+            let expected_generation = session.generation - 1;
+            let sessions = &e.sessions;
+            let ok = (sessions, &e.refresh_tokens, &e.session_tokens).transaction(
+                |(sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
+                    let Some(current) = sessions.get(session.id.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let current: SessionRecord = decode("sessions", &current)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if current.generation != expected_generation {
+                        return Ok(false);
+                    }
+                    sessions.insert(session.id.as_bytes(), encode(session))?;
+                    index_refresh_token(refresh_tokens, session_tokens, session, refresh_hash)?;
+                    Ok(true)
+                },
+            )?;
+            Ok(ok)
+        })
     }
 
     /// Records that a session was used, without touching its tokens.
     pub fn touch_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(session.id.as_bytes(), encode(session))?;
-        Ok(())
+        self.run(|e| {
+            e.sessions.insert(session.id.as_bytes(), encode(session))?;
+            Ok(())
+        })
     }
 
     /// The session with this id.
     pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions
-            .get(id.as_bytes())?
-            .map(|v| decode("sessions", &v))
-            .transpose()
+        self.run(|e| {
+            e.sessions
+                .get(id.as_bytes())?
+                .map(|v| decode("sessions", &v))
+                .transpose()
+        })
     }
 
     /// What a refresh-token hash belongs to.
     pub fn refresh_entry(&self, hash: &[u8; 32]) -> Result<Option<RefreshEntry>, StoreError> {
-        self.refresh_tokens
-            .get(&hash[..])?
-            .map(|v| decode("refresh_tokens", &v))
-            .transpose()
+        self.run(|e| {
+            e.refresh_tokens
+                .get(&hash[..])?
+                .map(|v| decode("refresh_tokens", &v))
+                .transpose()
+        })
     }
 
     /// The live and expired-but-not-yet-removed sessions of a user.
     pub fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.user_sessions.scan_prefix(user.as_bytes()) {
-            let (key, _) = item?;
-            let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
-                tree: "user_sessions",
-                source: serde::de::Error::custom("key is not two ids"),
-            })?;
-            if let Some(session) = self.session(SessionId::from_bytes(id))? {
-                out.push(session);
+        self.run(|e| {
+            let mut out = Vec::new();
+            for item in e.user_sessions.scan_prefix(user.as_bytes()) {
+                let (key, _) = item?;
+                let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "user_sessions",
+                    source: serde::de::Error::custom("key is not two ids"),
+                })?;
+                if let Some(session) = self.session(SessionId::from_bytes(id))? {
+                    out.push(session);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Deletes a session and its whole refresh-token chain. Returns whether it existed.
     pub fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
-        let chain: Vec<(sled::IVec, sled::IVec)> = self
-            .session_tokens
-            .scan_prefix(id.as_bytes())
-            .collect::<Result<_, _>>()?;
-        let existed = (
-            &self.sessions,
-            &self.user_sessions,
-            &self.refresh_tokens,
-            &self.session_tokens,
-        )
-            .transaction(
-                |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
-                    let Some(old) = sessions.remove(id.as_bytes())? else {
-                        return Ok(false);
-                    };
-                    let old: SessionRecord =
-                        decode("sessions", &old).map_err(ConflictableTransactionError::Abort)?;
-                    user_sessions.remove(pair_key(old.user_id.as_bytes(), id.as_bytes()))?;
-                    for (chain_key, hash) in &chain {
-                        refresh_tokens.remove(hash)?;
-                        session_tokens.remove(chain_key)?;
-                    }
-                    Ok(true)
-                },
-            )?;
-        Ok(existed)
+        self.run(|e| {
+            let chain: Vec<(sled::IVec, sled::IVec)> = e
+                .session_tokens
+                .scan_prefix(id.as_bytes())
+                .collect::<Result<_, _>>()?;
+            let existed = (
+                &e.sessions,
+                &e.user_sessions,
+                &e.refresh_tokens,
+                &e.session_tokens,
+            )
+                .transaction(
+                    |(sessions, user_sessions, refresh_tokens, session_tokens)| -> TxResult<bool> {
+                        let Some(old) = sessions.remove(id.as_bytes())? else {
+                            return Ok(false);
+                        };
+                        let old: SessionRecord = decode("sessions", &old)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        user_sessions.remove(pair_key(old.user_id.as_bytes(), id.as_bytes()))?;
+                        for (chain_key, hash) in &chain {
+                            refresh_tokens.remove(hash)?;
+                            session_tokens.remove(chain_key)?;
+                        }
+                        Ok(true)
+                    },
+                )?;
+            Ok(existed)
+        })
     }
 
     // Audit events.
 
     /// Appends an event to a user's audit trail.
     pub fn append_audit(&self, user: UserId, event: &AuditRecord) -> Result<(), StoreError> {
-        let seq = self.db.generate_id()?;
-        self.audit
-            .insert(pair_key(user.as_bytes(), &seq.to_be_bytes()), encode(event))?;
-        Ok(())
+        self.run(|e| {
+            let seq = e.db.generate_id()?;
+            e.audit
+                .insert(pair_key(user.as_bytes(), &seq.to_be_bytes()), encode(event))?;
+            Ok(())
+        })
     }
 
     /// The newest `limit` events of a user, newest first.
     pub fn audit_of(&self, user: UserId, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit
-            .scan_prefix(user.as_bytes())
-            .rev()
-            .take(limit)
-            .map(|item| {
-                let (_, v) = item?;
-                decode("audit", &v)
-            })
-            .collect()
+        self.run(|e| {
+            e.audit
+                .scan_prefix(user.as_bytes())
+                .rev()
+                .take(limit)
+                .map(|item| {
+                    let (_, v) = item?;
+                    decode("audit", &v)
+                })
+                .collect()
+        })
     }
 }
 

@@ -48,6 +48,7 @@ pub struct TestApp {
     /// The server's data directory.
     pub data_dir: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     process: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
     secrets: Mutex<Vec<String>>,
@@ -58,12 +59,21 @@ pub struct TestApp {
 pub struct AppConfig {
     /// Flags added after the harness's defaults (later flags win in clap).
     pub args: Vec<(String, String)>,
+    /// Environment variables of the server process, at every start (for
+    /// example, to preload libfiu: see [`crate::disk_faults`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl AppConfig {
     /// Adds one setting.
     pub fn with(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push((flag.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Sets an environment variable of the server process.
+    pub fn with_env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_owned(), value.to_string()));
         self
     }
 }
@@ -105,6 +115,7 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
     .into_iter()
     .flat_map(|(k, v)| [k.to_owned(), v])
     .collect();
+    let env = config.env;
     for (k, v) in config.args {
         args.push(k);
         args.push(v);
@@ -120,6 +131,7 @@ pub async fn spawn_app_with(config: AppConfig) -> TestApp {
         sms,
         data_dir,
         args,
+        env,
         process: None,
         logs: Arc::new(Mutex::new(Vec::new())),
         secrets: Mutex::new(Vec::new()),
@@ -143,6 +155,7 @@ impl TestApp {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
@@ -197,6 +210,11 @@ impl TestApp {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|kib| kib.parse().ok())
             .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the server is running").id()
     }
 
     /// Whether the server process is still running (it has not exited or

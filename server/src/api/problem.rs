@@ -7,6 +7,10 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, error::JsonPayloadError, web};
 use codeedex_schema::problem::{ErrorCode, PROBLEM_CONTENT_TYPE, Problem};
 
+/// Seconds a client waits before retrying while the store is unavailable:
+/// the store tries to reopen itself about twice a second.
+const STORAGE_RETRY_AFTER_SECS: u64 = 1;
+
 /// Builds a problem response, with `Retry-After` when given.
 pub fn respond(
     status: StatusCode,
@@ -73,6 +77,33 @@ impl ProblemParts {
         )
     }
 
+    /// The store is unavailable after a disk failure: nothing was changed
+    /// durably, and the server recovers by itself.
+    pub fn storage_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageUnavailable,
+            "Storage unavailable",
+        )
+        .detail("the server's storage is unavailable; nothing was saved, try again later")
+        .retry_after(STORAGE_RETRY_AFTER_SECS)
+    }
+
+    /// These parts, or [`ProblemParts::storage_unavailable`] when the store
+    /// was unavailable anywhere in `error`'s chain of causes: whatever an
+    /// endpoint makes of storage errors, a failing disk is "try again
+    /// later", never an internal error.
+    pub fn or_storage_unavailable(self, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(crate::store::StoreError::Unavailable) = e.downcast_ref() {
+                return Self::storage_unavailable();
+            }
+            cause = e.source();
+        }
+        self
+    }
+
     /// Too many requests.
     pub fn rate_limited(retry_after: u64) -> Self {
         Self::new(
@@ -108,12 +139,16 @@ macro_rules! endpoint_error {
 
         impl actix_web::ResponseError for $ty {
             fn status_code(&self) -> actix_web::http::StatusCode {
-                self.parts().status
+                self.parts().or_storage_unavailable(self).status
             }
 
             fn error_response(&self) -> actix_web::HttpResponse {
-                let parts = self.parts();
-                if parts.status.is_server_error() {
+                let parts = self.parts().or_storage_unavailable(self);
+                // A failing disk is logged once, as an error, by the store;
+                // each request it refuses meanwhile is only a warning.
+                if parts.code == codeedex_schema::problem::ErrorCode::StorageUnavailable {
+                    tracing::warn!(error = %self, "request refused: the store is unavailable");
+                } else if parts.status.is_server_error() {
                     tracing::error!(error = ?self, "request failed");
                 }
                 $crate::api::problem::respond(parts.status, parts.code, parts.title, parts.detail, parts.retry_after)

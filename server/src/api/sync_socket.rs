@@ -265,12 +265,9 @@ async fn drive(
             // Replies and relayed changes go out once the group commit has
             // made what they reveal durable; meanwhile the branches above go
             // on applying this peer's frames.
-            durable = state.store.wait_durable(peer.owed_ticket().unwrap_or(0)), if peer.owed_ticket().is_some() => match durable {
+            durable = state.store.wait_durable(peer.owed_ticket().unwrap_or_default()), if peer.owed_ticket().is_some() => match durable {
                 Ok(()) => peer.send_owed().await,
-                Err(e) => {
-                    tracing::error!(error = ?e, "the store cannot make changes durable");
-                    failure(close::PROTOCOL_ERROR, "internal server error")
-                }
+                Err(e) => peer.store_failed(e),
             },
             // A clean shutdown tells every peer to reconnect later; the
             // connection then saves its sync states as it ends.

@@ -12,7 +12,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::quota::{Quota, QuotaExceeded, decode_usage};
-use super::{Store, StoreError, TxResult, decode, encode, pair_key};
+use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key};
 
 /// What the store knows about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,17 +129,19 @@ pub struct StoredDocument {
     pub changes: Vec<Vec<u8>>,
 }
 
-fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
+pub(crate) fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
     pair_key(doc.as_bytes(), &seq.to_be_bytes())
 }
 
 impl Store {
     /// What the store knows about a document.
     pub fn document_meta(&self, doc: DocumentId) -> Result<Option<DocumentMeta>, StoreError> {
-        self.documents
-            .get(doc.as_bytes())?
-            .map(|v| decode("documents", &v))
-            .transpose()
+        self.run(|e| {
+            e.documents
+                .get(doc.as_bytes())?
+                .map(|v| decode("documents", &v))
+                .transpose()
+        })
     }
 
     /// Records `user` as the owner of `doc` unless someone already owns it
@@ -151,34 +153,36 @@ impl Store {
         now: DateTime<Utc>,
         quota: &Quota,
     ) -> Result<Claim, StoreError> {
-        let claim = (&self.documents, &self.usage).transaction(|(documents, usage)| {
-            if let Some(bytes) = documents.get(doc.as_bytes())? {
-                let meta: DocumentMeta =
-                    decode("documents", &bytes).map_err(ConflictableTransactionError::Abort)?;
-                return Ok(if meta.owner == user && meta.deleted_at.is_none() {
-                    Claim::Owned(meta)
-                } else {
-                    Claim::Unavailable
-                });
-            }
-            let used = decode_usage(usage.get(user.as_bytes())?)
-                .map_err(ConflictableTransactionError::Abort)?;
-            let used = match used.add_document(quota) {
-                Ok(used) => used,
-                Err(exceeded) => return Ok(Claim::OverQuota(exceeded)),
-            };
-            let meta = DocumentMeta {
-                owner: user,
-                created_at: now,
-                next_seq: 0,
-                deleted_at: None,
-                bytes: 0,
-            };
-            documents.insert(doc.as_bytes(), encode(&meta))?;
-            usage.insert(user.as_bytes(), encode(&used))?;
-            Ok(Claim::Owned(meta))
-        })?;
-        Ok(claim)
+        self.run(|e| {
+            let claim = (&e.documents, &e.usage).transaction(|(documents, usage)| {
+                if let Some(bytes) = documents.get(doc.as_bytes())? {
+                    let meta: DocumentMeta =
+                        decode("documents", &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    return Ok(if meta.owner == user && meta.deleted_at.is_none() {
+                        Claim::Owned(meta)
+                    } else {
+                        Claim::Unavailable
+                    });
+                }
+                let used = decode_usage(usage.get(user.as_bytes())?)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                let used = match used.add_document(quota) {
+                    Ok(used) => used,
+                    Err(exceeded) => return Ok(Claim::OverQuota(exceeded)),
+                };
+                let meta = DocumentMeta {
+                    owner: user,
+                    created_at: now,
+                    next_seq: 0,
+                    deleted_at: None,
+                    bytes: 0,
+                };
+                documents.insert(doc.as_bytes(), encode(&meta))?;
+                usage.insert(user.as_bytes(), encode(&used))?;
+                Ok(Claim::Owned(meta))
+            })?;
+            Ok(claim)
+        })
     }
 
     /// Appends changes to a document's log and moves the document to the
@@ -194,100 +198,105 @@ impl Store {
         changes: &[Vec<u8>],
         quota: &Quota,
     ) -> Result<u64, StoreError> {
-        let feed_seq = self.db.generate_id()?;
-        let added: u64 = changes.iter().map(|c| c.len() as u64).sum();
-        (
-            &self.documents,
-            &self.events,
-            &self.user_feed,
-            &self.user_feed_position,
-            &self.usage,
-        )
-            .transaction(
-                |(documents, events, feed, positions, usage)| -> TxResult<u64> {
-                    let Some(meta) = documents.get(doc.as_bytes())? else {
-                        return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                            tree: "documents",
-                            source: serde::de::Error::custom(
-                                "appending to a document nobody claimed",
-                            ),
-                        }));
-                    };
-                    let mut meta: DocumentMeta =
-                        decode("documents", &meta).map_err(ConflictableTransactionError::Abort)?;
-                    if meta.deleted_at.is_some() {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::DocumentDeleted,
-                        ));
-                    }
-                    let used = decode_usage(usage.get(meta.owner.as_bytes())?)
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    let (used, document_bytes) =
-                        used.grow(meta.bytes, added, quota).map_err(|e| {
-                            ConflictableTransactionError::Abort(StoreError::QuotaExceeded(e))
-                        })?;
-                    usage.insert(meta.owner.as_bytes(), encode(&used))?;
-                    meta.bytes = document_bytes;
-                    for change in changes {
-                        let record = EventRecord {
-                            seq: meta.next_seq,
-                            user,
-                            session,
-                            at,
-                            change: change.clone(),
+        self.run(|e| {
+            let feed_seq = e.db.generate_id()?;
+            let added: u64 = changes.iter().map(|c| c.len() as u64).sum();
+            (
+                &e.documents,
+                &e.events,
+                &e.user_feed,
+                &e.user_feed_position,
+                &e.usage,
+            )
+                .transaction(
+                    |(documents, events, feed, positions, usage)| -> TxResult<u64> {
+                        let Some(meta) = documents.get(doc.as_bytes())? else {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                tree: "documents",
+                                source: serde::de::Error::custom(
+                                    "appending to a document nobody claimed",
+                                ),
+                            }));
                         };
-                        events.insert(seq_key(doc, meta.next_seq), record.encode())?;
-                        meta.next_seq += 1;
-                    }
-                    documents.insert(doc.as_bytes(), encode(&meta))?;
-                    let owner = meta.owner;
-                    let position_key = pair_key(owner.as_bytes(), doc.as_bytes());
-                    if let Some(old) = positions.get(&position_key)? {
-                        feed.remove(pair_key(owner.as_bytes(), &old))?;
-                    }
-                    positions.insert(position_key, &feed_seq.to_be_bytes())?;
-                    feed.insert(
-                        pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
-                        doc.as_bytes(),
-                    )?;
-                    Ok(feed_seq)
-                },
-            )?;
-        Ok(feed_seq)
+                        let mut meta: DocumentMeta = decode("documents", &meta)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        if meta.deleted_at.is_some() {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::DocumentDeleted,
+                            ));
+                        }
+                        let used = decode_usage(usage.get(meta.owner.as_bytes())?)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        let (used, document_bytes) =
+                            used.grow(meta.bytes, added, quota).map_err(|e| {
+                                ConflictableTransactionError::Abort(StoreError::QuotaExceeded(e))
+                            })?;
+                        usage.insert(meta.owner.as_bytes(), encode(&used))?;
+                        meta.bytes = document_bytes;
+                        for change in changes {
+                            let record = EventRecord {
+                                seq: meta.next_seq,
+                                user,
+                                session,
+                                at,
+                                change: change.clone(),
+                            };
+                            events.insert(seq_key(doc, meta.next_seq), record.encode())?;
+                            meta.next_seq += 1;
+                        }
+                        documents.insert(doc.as_bytes(), encode(&meta))?;
+                        let owner = meta.owner;
+                        let position_key = pair_key(owner.as_bytes(), doc.as_bytes());
+                        if let Some(old) = positions.get(&position_key)? {
+                            feed.remove(pair_key(owner.as_bytes(), &old))?;
+                        }
+                        positions.insert(position_key, &feed_seq.to_be_bytes())?;
+                        feed.insert(
+                            pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
+                            doc.as_bytes(),
+                        )?;
+                        Ok(feed_seq)
+                    },
+                )?;
+            Ok(feed_seq)
+        })
     }
 
     /// The document's snapshot and the changes after it.
     pub fn load_document(&self, doc: DocumentId) -> Result<StoredDocument, StoreError> {
-        let mut stored = StoredDocument::default();
-        if let Some(snapshot) = self.snapshots.get(doc.as_bytes())? {
-            if snapshot.len() < 8 {
-                return Err(StoreError::Corrupt {
-                    tree: "snapshots",
-                    source: serde::de::Error::custom("too short"),
-                });
+        self.run(|e| {
+            let mut stored = StoredDocument::default();
+            if let Some(snapshot) = e.snapshots.get(doc.as_bytes())? {
+                if snapshot.len() < 8 {
+                    return Err(StoreError::Corrupt {
+                        tree: "snapshots",
+                        source: serde::de::Error::custom("too short"),
+                    });
+                }
+                stored.snapshot_covers = u64::from_be_bytes(
+                    snapshot[..8]
+                        .try_into()
+                        .expect("8 bytes by the length check"),
+                );
+                stored.snapshot = Some(snapshot[8..].to_vec());
             }
-            stored.snapshot_covers = u64::from_be_bytes(
-                snapshot[..8]
-                    .try_into()
-                    .expect("8 bytes by the length check"),
-            );
-            stored.snapshot = Some(snapshot[8..].to_vec());
-        }
-        for item in self
-            .events
-            .range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX))
-        {
-            let (key, value) = item?;
-            let seq =
-                u64::from_be_bytes(key[16..24].try_into().map_err(|_| StoreError::Corrupt {
-                    tree: "events",
-                    source: serde::de::Error::custom("key is not document ‖ sequence"),
+            for item in e
+                .events
+                .range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX))
+            {
+                let (key, value) = item?;
+                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "events",
+                        source: serde::de::Error::custom("key is not document ‖ sequence"),
+                    }
                 })?);
-            stored
-                .changes
-                .push(EventRecord::decode(seq, &value)?.change);
-        }
-        Ok(stored)
+                stored
+                    .changes
+                    .push(EventRecord::decode(seq, &value)?.change);
+            }
+            Ok(stored)
+        })
     }
 
     /// Stores a snapshot covering the first `covers` events. Events are kept:
@@ -298,15 +307,192 @@ impl Store {
         covers: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(8 + bytes.len());
-        value.extend_from_slice(&covers.to_be_bytes());
-        value.extend_from_slice(bytes);
-        self.snapshots.insert(doc.as_bytes(), value)?;
-        Ok(())
+        self.run(|e| {
+            let mut value = Vec::with_capacity(8 + bytes.len());
+            value.extend_from_slice(&covers.to_be_bytes());
+            value.extend_from_slice(bytes);
+            e.snapshots.insert(doc.as_bytes(), value)?;
+            Ok(())
+        })
     }
 
     /// Every event of a document, oldest first.
     pub fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+        self.run(|e| e.events_of(doc))
+    }
+
+    /// The user's documents that changed after feed position `cursor`, oldest
+    /// change first, at most `limit`, and the position to ask from next time.
+    pub fn changed_since(
+        &self,
+        user: UserId,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<DocumentId>, u64), StoreError> {
+        self.run(|e| {
+            let start = pair_key(user.as_bytes(), &cursor.saturating_add(1).to_be_bytes());
+            let end = pair_key(user.as_bytes(), &u64::MAX.to_be_bytes());
+            let mut docs = Vec::new();
+            let mut last = cursor;
+            for item in e.user_feed.range(start..end).take(limit) {
+                let (key, value) = item?;
+                last = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "user_feed",
+                        source: serde::de::Error::custom("key is not user ‖ sequence"),
+                    }
+                })?);
+                let bytes: [u8; 16] =
+                    value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        tree: "user_feed",
+                        source: serde::de::Error::custom("value is not a document id"),
+                    })?;
+                docs.push(DocumentId::from_random_bytes(bytes));
+            }
+            Ok((docs, last))
+        })
+    }
+
+    /// The newest feed position of a user (0 when nothing changed yet).
+    pub fn feed_head(&self, user: UserId) -> Result<u64, StoreError> {
+        self.run(
+            |e| match e.user_feed.scan_prefix(user.as_bytes()).next_back() {
+                Some(item) => {
+                    let (key, _) = item?;
+                    Ok(u64::from_be_bytes(key[16..24].try_into().unwrap_or([0; 8])))
+                }
+                None => Ok(0),
+            },
+        )
+    }
+
+    /// Marks a document deleted and gives its bytes back to the owner's
+    /// quota. It keeps its log (for history) but never syncs again.
+    pub fn tombstone_document(
+        &self,
+        doc: DocumentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.run(|e| {
+            let removed = (&e.documents, &e.usage, &e.task_index).transaction(
+                |(documents, usage, task_index)| -> TxResult<bool> {
+                    let Some(current) = documents.get(doc.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let mut meta: DocumentMeta = decode("documents", &current)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if meta.deleted_at.is_some() {
+                        return Ok(false);
+                    }
+                    meta.deleted_at = Some(at);
+                    documents.insert(doc.as_bytes(), encode(&meta))?;
+                    let used = decode_usage(usage.get(meta.owner.as_bytes())?)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    usage.insert(
+                        meta.owner.as_bytes(),
+                        encode(&used.remove_document(meta.bytes)),
+                    )?;
+                    task_index.remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
+                    Ok(true)
+                },
+            )?;
+            Ok(removed)
+        })
+    }
+
+    /// The persisted sync state of a document with a peer's storage.
+    pub fn sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(|e| {
+            Ok(e.sync_states
+                .get(pair_key(doc.as_bytes(), storage_id.as_bytes()))?
+                .map(|v| v.to_vec()))
+        })
+    }
+
+    /// Persists the sync state of a document with a peer's storage.
+    pub fn put_sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.run(|e| {
+            e.sync_states
+                .insert(pair_key(doc.as_bytes(), storage_id.as_bytes()), state)?;
+            Ok(())
+        })
+    }
+
+    /// Records a task's summary for listing.
+    pub fn put_task_summary(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+        summary: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.run(|e| {
+            e.task_index
+                .insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
+            Ok(())
+        })
+    }
+
+    /// Drops a document's summary from the task list, if it has one.
+    pub fn remove_task_summary(&self, user: UserId, doc: DocumentId) -> Result<(), StoreError> {
+        self.run(|e| {
+            e.task_index
+                .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
+            Ok(())
+        })
+    }
+
+    /// Every task summary of a user, ordered by document id.
+    pub fn task_summaries(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
+        self.run(|e| {
+            e.task_index
+                .scan_prefix(user.as_bytes())
+                .map(|item| {
+                    let (key, value) = item?;
+                    let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
+                        tree: "task_index",
+                        source: serde::de::Error::custom("key is not user ‖ document"),
+                    })?;
+                    Ok((
+                        DocumentId::from_random_bytes(id),
+                        decode("task_index", &value)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// The server's storage id, created on first use.
+    pub fn server_storage_id(&self, fresh: impl FnOnce() -> String) -> Result<String, StoreError> {
+        self.run(|e| {
+            let _ = e.meta.compare_and_swap(
+                b"storage_id",
+                None as Option<&[u8]>,
+                Some(fresh().as_bytes()),
+            )?;
+            let value = e
+                .meta
+                .get(b"storage_id")?
+                .expect("written just above if it was missing");
+            Ok(String::from_utf8_lossy(&value).into_owned())
+        })
+    }
+}
+
+impl Engine {
+    /// Every event of a document, oldest first.
+    pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
         self.events
             .scan_prefix(doc.as_bytes())
             .map(|item| {
@@ -320,154 +506,6 @@ impl Store {
                 EventRecord::decode(seq, &value)
             })
             .collect()
-    }
-
-    /// The user's documents that changed after feed position `cursor`, oldest
-    /// change first, at most `limit`, and the position to ask from next time.
-    pub fn changed_since(
-        &self,
-        user: UserId,
-        cursor: u64,
-        limit: usize,
-    ) -> Result<(Vec<DocumentId>, u64), StoreError> {
-        let start = pair_key(user.as_bytes(), &cursor.saturating_add(1).to_be_bytes());
-        let end = pair_key(user.as_bytes(), &u64::MAX.to_be_bytes());
-        let mut docs = Vec::new();
-        let mut last = cursor;
-        for item in self.user_feed.range(start..end).take(limit) {
-            let (key, value) = item?;
-            last = u64::from_be_bytes(key[16..24].try_into().map_err(|_| StoreError::Corrupt {
-                tree: "user_feed",
-                source: serde::de::Error::custom("key is not user ‖ sequence"),
-            })?);
-            let bytes: [u8; 16] = value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                tree: "user_feed",
-                source: serde::de::Error::custom("value is not a document id"),
-            })?;
-            docs.push(DocumentId::from_random_bytes(bytes));
-        }
-        Ok((docs, last))
-    }
-
-    /// The newest feed position of a user (0 when nothing changed yet).
-    pub fn feed_head(&self, user: UserId) -> Result<u64, StoreError> {
-        match self.user_feed.scan_prefix(user.as_bytes()).next_back() {
-            Some(item) => {
-                let (key, _) = item?;
-                Ok(u64::from_be_bytes(key[16..24].try_into().unwrap_or([0; 8])))
-            }
-            None => Ok(0),
-        }
-    }
-
-    /// Marks a document deleted and gives its bytes back to the owner's
-    /// quota. It keeps its log (for history) but never syncs again.
-    pub fn tombstone_document(
-        &self,
-        doc: DocumentId,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let removed = (&self.documents, &self.usage, &self.task_index).transaction(
-            |(documents, usage, task_index)| -> TxResult<bool> {
-                let Some(current) = documents.get(doc.as_bytes())? else {
-                    return Ok(false);
-                };
-                let mut meta: DocumentMeta =
-                    decode("documents", &current).map_err(ConflictableTransactionError::Abort)?;
-                if meta.deleted_at.is_some() {
-                    return Ok(false);
-                }
-                meta.deleted_at = Some(at);
-                documents.insert(doc.as_bytes(), encode(&meta))?;
-                let used = decode_usage(usage.get(meta.owner.as_bytes())?)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                usage.insert(
-                    meta.owner.as_bytes(),
-                    encode(&used.remove_document(meta.bytes)),
-                )?;
-                task_index.remove(pair_key(meta.owner.as_bytes(), doc.as_bytes()))?;
-                Ok(true)
-            },
-        )?;
-        Ok(removed)
-    }
-
-    /// The persisted sync state of a document with a peer's storage.
-    pub fn sync_state(
-        &self,
-        doc: DocumentId,
-        storage_id: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .sync_states
-            .get(pair_key(doc.as_bytes(), storage_id.as_bytes()))?
-            .map(|v| v.to_vec()))
-    }
-
-    /// Persists the sync state of a document with a peer's storage.
-    pub fn put_sync_state(
-        &self,
-        doc: DocumentId,
-        storage_id: &str,
-        state: &[u8],
-    ) -> Result<(), StoreError> {
-        self.sync_states
-            .insert(pair_key(doc.as_bytes(), storage_id.as_bytes()), state)?;
-        Ok(())
-    }
-
-    /// Records a task's summary for listing.
-    pub fn put_task_summary(
-        &self,
-        user: UserId,
-        doc: DocumentId,
-        summary: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.task_index
-            .insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
-        Ok(())
-    }
-
-    /// Drops a document's summary from the task list, if it has one.
-    pub fn remove_task_summary(&self, user: UserId, doc: DocumentId) -> Result<(), StoreError> {
-        self.task_index
-            .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
-        Ok(())
-    }
-
-    /// Every task summary of a user, ordered by document id.
-    pub fn task_summaries(
-        &self,
-        user: UserId,
-    ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
-        self.task_index
-            .scan_prefix(user.as_bytes())
-            .map(|item| {
-                let (key, value) = item?;
-                let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
-                    tree: "task_index",
-                    source: serde::de::Error::custom("key is not user ‖ document"),
-                })?;
-                Ok((
-                    DocumentId::from_random_bytes(id),
-                    decode("task_index", &value)?,
-                ))
-            })
-            .collect()
-    }
-
-    /// The server's storage id, created on first use.
-    pub fn server_storage_id(&self, fresh: impl FnOnce() -> String) -> Result<String, StoreError> {
-        let _ = self.meta.compare_and_swap(
-            b"storage_id",
-            None as Option<&[u8]>,
-            Some(fresh().as_bytes()),
-        )?;
-        let value = self
-            .meta
-            .get(b"storage_id")?
-            .expect("written just above if it was missing");
-        Ok(String::from_utf8_lossy(&value).into_owned())
     }
 }
 
@@ -669,11 +707,13 @@ mod tests {
             let mut meta = store.document_meta(d1).unwrap().unwrap();
             meta.bytes = 0;
             store
-                .documents
-                .insert(d1.as_bytes(), encode(&meta))
+                .run(|e| {
+                    e.documents.insert(d1.as_bytes(), encode(&meta))?;
+                    e.db.drop_tree("usage")?;
+                    e.db.flush()?;
+                    Ok(())
+                })
                 .unwrap();
-            store.db.drop_tree("usage").unwrap();
-            store.db.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let usage = store.usage(ann).unwrap();

@@ -10,7 +10,7 @@
 use codeedex_schema::id::{DocumentId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, documents::DocumentMeta};
+use super::{Engine, Store, StoreError, decode, documents::DocumentMeta};
 
 /// The limits. Defaults are generous for a task manager and finite for an
 /// abuser.
@@ -125,9 +125,11 @@ pub(crate) fn decode_usage(bytes: Option<sled::IVec>) -> Result<Usage, StoreErro
 impl Store {
     /// What a user uses now.
     pub fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
-        decode_usage(self.usage.get(user.as_bytes())?)
+        self.run(|e| decode_usage(e.usage.get(user.as_bytes())?))
     }
+}
 
+impl Engine {
     /// Counts every user's usage from the documents and their logs.
     pub(crate) fn rebuild_usage(&self) -> Result<(), StoreError> {
         let mut totals = std::collections::HashMap::<UserId, Usage>::new();

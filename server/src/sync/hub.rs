@@ -24,7 +24,7 @@ use codeedex_schema::task_document::{self, TaskDocumentError};
 
 use super::mailbox::Mailbox;
 use crate::metrics::Metrics;
-use crate::store::{Claim, Quota, QuotaExceeded, Store, StoreError};
+use crate::store::{Claim, Quota, QuotaExceeded, Store, StoreError, Ticket};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -103,6 +103,14 @@ pub enum HubError {
     Unloaded,
 }
 
+impl HubError {
+    /// Whether the store was unavailable (the disk failed): nothing was
+    /// acknowledged, and the same request may succeed later.
+    pub fn is_storage_unavailable(&self) -> bool {
+        matches!(self, HubError::Store(StoreError::Unavailable))
+    }
+}
+
 /// Runs Automerge code on bytes a peer chose. Automerge was written for
 /// trusted input and panics on some inconsistent input; a panic must cost the
 /// peer its message, never the process or the other users of the document.
@@ -121,7 +129,7 @@ struct DocState {
     last_summary: Option<TaskView>,
     /// The store's durability ticket for the newest change applied to `doc`:
     /// nothing generated from `doc` may be sent before it is durable.
-    needs_durable: u64,
+    needs_durable: Ticket,
 }
 
 impl DocState {
@@ -131,7 +139,7 @@ impl DocState {
             events,
             snapshot_covers,
             last_summary: None,
-            needs_durable: 0,
+            needs_durable: Ticket::NONE,
         }
     }
 }
@@ -142,6 +150,11 @@ pub struct LiveDocument {
     pub id: DocumentId,
     /// Its owner: the only user who may sync it.
     pub owner: UserId,
+    /// The store, pinned to the engine the document was loaded from: once
+    /// that engine has failed, this copy may hold changes that never became
+    /// durable, so it reads and writes nothing more (see
+    /// [`DocumentHub::forget_stale`]).
+    store: Store,
     state: tokio::sync::Mutex<DocState>,
     subscribers: Mutex<HashMap<ConnectionId, Arc<Mailbox>>>,
     last_used: Mutex<Instant>,
@@ -167,9 +180,18 @@ impl LiveDocument {
         self.deleted.load(Ordering::SeqCst)
     }
 
-    /// Refuses use of a copy that was unloaded after a failure.
+    /// Whether this copy can still be used: it was not unloaded, and the
+    /// store engine it was loaded from is still the one in use.
+    pub fn is_current(&self) -> bool {
+        self.store.is_current() && !self.unloaded.load(Ordering::SeqCst)
+    }
+
+    /// Refuses use of a copy that was unloaded after a failure, or loaded
+    /// from a store engine that failed since.
     fn check_loaded(&self) -> Result<(), HubError> {
-        if self.unloaded.load(Ordering::SeqCst) {
+        if !self.store.is_current() {
+            Err(HubError::Store(StoreError::Unavailable))
+        } else if self.unloaded.load(Ordering::SeqCst) {
             Err(HubError::Unloaded)
         } else {
             Ok(())
@@ -228,8 +250,8 @@ impl DocumentHub {
     /// Loads a document from its snapshot and the events after it. The log
     /// holds only changes that Automerge accepted, but loading is contained
     /// all the same: one bad document must not take the server down.
-    fn load_state(&self, id: DocumentId) -> Result<DocState, HubError> {
-        let stored = self.store.load_document(id)?;
+    fn load_state(&self, store: &Store, id: DocumentId) -> Result<DocState, HubError> {
+        let stored = store.load_document(id)?;
         let mut doc = contained("loading a stored document", || {
             let mut doc = match &stored.snapshot {
                 Some(bytes) => Automerge::load(bytes)?,
@@ -246,10 +268,12 @@ impl DocumentHub {
     }
 
     fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
+        let store = self.store.pinned()?;
         Ok(Arc::new(LiveDocument {
             id,
             owner,
-            state: tokio::sync::Mutex::new(self.load_state(id)?),
+            state: tokio::sync::Mutex::new(self.load_state(&store, id)?),
+            store,
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
             deleted: AtomicBool::new(false),
@@ -264,7 +288,7 @@ impl DocumentHub {
     /// memory, and the next to open the document loads it afresh.
     fn reload(&self, live: &LiveDocument, state: &mut DocState) {
         Metrics::bump(&self.metrics.sync_documents_reloaded);
-        match self.load_state(live.id) {
+        match self.load_state(&live.store, live.id) {
             Ok(fresh) => {
                 let needs_durable = state.needs_durable;
                 *state = fresh;
@@ -295,9 +319,19 @@ impl DocumentHub {
         create: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<LiveDocument>>, HubError> {
-        if let Some(live) = self.live.lock().expect("never poisoned").get(&id) {
-            live.touch();
-            return Ok((live.owner == user).then(|| Arc::clone(live)));
+        {
+            let mut docs = self.live.lock().expect("never poisoned");
+            match docs.get(&id) {
+                Some(live) if live.store.is_current() => {
+                    live.touch();
+                    return Ok((live.owner == user).then(|| Arc::clone(live)));
+                }
+                // Loaded from a store engine that failed since: load afresh.
+                Some(_) => {
+                    docs.remove(&id);
+                }
+                None => {}
+            }
         }
         let meta = self.store.document_meta(id)?;
         let owner = match meta {
@@ -318,8 +352,16 @@ impl DocumentHub {
         };
         let loaded = self.load(id, owner)?;
         let mut live = self.live.lock().expect("never poisoned");
-        // Another connection may have loaded it meanwhile; keep the first.
-        let entry = live.entry(id).or_insert(loaded);
+        // Another connection may have loaded it meanwhile; keep the first,
+        // unless it came from a store engine that failed since.
+        let entry = live
+            .entry(id)
+            .and_modify(|current| {
+                if !current.store.is_current() {
+                    *current = Arc::clone(&loaded);
+                }
+            })
+            .or_insert(loaded);
         Ok(Some(Arc::clone(entry)))
     }
 
@@ -414,7 +456,7 @@ impl DocumentHub {
 
     /// The durability ticket of the newest change applied to the document:
     /// nothing generated from it can be sent before that ticket is durable.
-    pub async fn pending_ticket(&self, live: &LiveDocument) -> u64 {
+    pub async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
         live.state.lock().await.needs_durable
     }
 
@@ -437,7 +479,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<u64, HubError> {
+    ) -> Result<Ticket, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         live.check_loaded()?;
@@ -536,7 +578,7 @@ impl DocumentHub {
         author: Author,
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
-        self.store
+        live.store
             .append_events(
                 live.id,
                 author.user,
@@ -554,7 +596,7 @@ impl DocumentHub {
                 other => HubError::Store(other),
             })?;
         state.events += changes.len() as u64;
-        state.needs_durable = self.store.durability_ticket();
+        state.needs_durable = live.store.durability_ticket();
         // The task list shows what REST reads: every document that reads as
         // a task (leniently: fields of the wrong type read as absent), so a
         // listed task can always be read and deleted. A document that stops
@@ -570,15 +612,15 @@ impl DocumentHub {
                 // its first summary only; once one is written, it is not.
                 if state.last_summary.as_ref() != Some(&view) {
                     let is_root = state.last_summary.is_none()
-                        && self
+                        && live
                             .store
                             .user(live.owner)?
                             .and_then(|u| u.root_document_id)
                             == Some(live.id);
                     if is_root {
-                        self.store.remove_task_summary(live.owner, live.id)?;
+                        live.store.remove_task_summary(live.owner, live.id)?;
                     } else {
-                        self.store.put_task_summary(
+                        live.store.put_task_summary(
                             live.owner,
                             live.id,
                             &serde_json::to_value(&view).expect("serialisable"),
@@ -589,15 +631,15 @@ impl DocumentHub {
             }
             Ok(Err(_)) | Err(_) => {
                 state.last_summary = None;
-                self.store.remove_task_summary(live.owner, live.id)?;
+                live.store.remove_task_summary(live.owner, live.id)?;
             }
         }
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             match contained("saving a snapshot", || state.doc.save()) {
                 Ok(bytes) => {
-                    self.store.write_snapshot(live.id, state.events, &bytes)?;
+                    live.store.write_snapshot(live.id, state.events, &bytes)?;
                     state.snapshot_covers = state.events;
-                    state.needs_durable = self.store.durability_ticket();
+                    state.needs_durable = live.store.durability_ticket();
                 }
                 Err(e) => tracing::error!(error = ?e, doc = %live.id, "cannot save a snapshot"),
             }
@@ -773,6 +815,55 @@ impl DocumentHub {
         Ok(fresh_id)
     }
 
+    /// Drops every document loaded from a store engine that has failed, and
+    /// tells the connections that sync them, which then close (see
+    /// [`super::peer::close::STORAGE_UNAVAILABLE`]): such a copy may hold
+    /// changes that never became durable. The next to open a document loads
+    /// it from the recovered store. Returns how many were dropped.
+    pub fn forget_stale(&self) -> usize {
+        let stale: Vec<Arc<LiveDocument>> = {
+            let mut live = self.live.lock().expect("never poisoned");
+            let stale = live
+                .values()
+                .filter(|doc| !doc.store.is_current())
+                .map(Arc::clone)
+                .collect();
+            live.retain(|_, doc| doc.store.is_current());
+            stale
+        };
+        for doc in &stale {
+            self.notify_changed(doc, None);
+        }
+        stale.len()
+    }
+
+    /// Follows the store's health for as long as the store lives: counts
+    /// its failures and recoveries, and forgets documents loaded before a
+    /// failure.
+    pub async fn follow_store(&self) {
+        let mut health = self.store.health();
+        let mut seen = *health.borrow_and_update();
+        while health.changed().await.is_ok() {
+            let now = *health.borrow_and_update();
+            self.metrics.store_failures.fetch_add(
+                now.failures - seen.failures,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.metrics.store_recoveries.fetch_add(
+                now.recoveries - seen.recoveries,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            seen = now;
+            let forgotten = self.forget_stale();
+            if forgotten > 0 {
+                tracing::warn!(
+                    documents = forgotten,
+                    "forgot documents loaded before the store failed; their connections close"
+                );
+            }
+        }
+    }
+
     /// Drops documents that no connection syncs and nobody used for `idle`,
     /// so that memory follows activity rather than the number of stored
     /// documents. Returns how many were dropped.
@@ -815,7 +906,7 @@ mod tests {
         live: &Arc<LiveDocument>,
         doc: &mut AutoCommit,
         user: UserId,
-    ) -> Result<u64, HubError> {
+    ) -> Result<Ticket, HubError> {
         let (mut ours, mut theirs) = (sync::State::new(), sync::State::new());
         let author = Author {
             user,

@@ -14,7 +14,9 @@
 //! exceeded (rate, documents, message contents, changes waiting for missing
 //! dependencies, a peer that does not read), 4009 peer id in use by another
 //! account, 4010 replaced by a newer connection with the same peer id,
-//! 4011 the user's storage quota is exhausted.
+//! 4011 the user's storage quota is exhausted, 4013 the server's storage is
+//! unavailable (its disk failed; nothing since the last acknowledgement was
+//! kept): reconnect later, with a fresh sync state, and send again.
 //!
 //! Every sync message is checked by [`admission`] against explicit limits
 //! before Automerge sees any of its bytes; the hub contains whatever slips
@@ -36,7 +38,7 @@ use super::mailbox::{Mailbox, MailboxLimits, Notices};
 use super::registry::{Bind, PeerRegistry};
 use crate::auth::{Auth, AuthenticateError};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::{StoreError, Ticket};
 
 /// The extension message types this server understands.
 pub const EXTENSIONS: [&str; 2] = ["codeedex/auth-refresh", "codeedex/catch-up-request"];
@@ -67,6 +69,10 @@ pub mod close {
     pub const REPLACED: u16 = 4010;
     /// The user's document or storage quota is exhausted.
     pub const QUOTA: u16 = 4011;
+    /// The server's storage is unavailable: its disk failed, and changes
+    /// it had not acknowledged are lost. Reconnect later (the server
+    /// recovers by itself) and sync afresh; like 1013, "try again later".
+    pub const STORAGE_UNAVAILABLE: u16 = 4013;
 }
 
 /// Limits of one connection.
@@ -189,7 +195,7 @@ pub struct PeerConnection {
     /// durability ticket to wait for before generating them (see
     /// [`PeerConnection::owed_ticket`]).
     owed: BTreeSet<DocumentId>,
-    owed_ticket: u64,
+    owed_ticket: Ticket,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -203,6 +209,14 @@ impl std::fmt::Debug for PeerConnection {
 
 fn frame(message: &Message) -> Output {
     Output::Frame(wire::encode(message))
+}
+
+/// The close for a connection whose changes the store may have lost.
+fn storage_unavailable() -> Vec<Output> {
+    fail(
+        close::STORAGE_UNAVAILABLE,
+        "server storage unavailable; reconnect later",
+    )
 }
 
 fn fail(code: u16, message: &str) -> Vec<Output> {
@@ -244,7 +258,7 @@ impl PeerConnection {
             seen_ephemeral: HashSet::new(),
             seen_order: VecDeque::new(),
             owed: BTreeSet::new(),
-            owed_ticket: 0,
+            owed_ticket: Ticket::NONE,
             token_expires_at,
         }
     }
@@ -441,7 +455,17 @@ impl PeerConnection {
         }
     }
 
+    /// The outputs for a store failure: 4013 when the store is unavailable
+    /// (the disk failed), else an internal error.
+    pub fn store_failed(&self, e: StoreError) -> Vec<Output> {
+        self.internal(e)
+    }
+
     fn internal(&self, e: StoreError) -> Vec<Output> {
+        if let StoreError::Unavailable = e {
+            tracing::warn!(conn = self.conn, user = %self.user, "closing a sync connection: the store is unavailable");
+            return storage_unavailable();
+        }
         tracing::error!(error = ?e, "sync connection failed");
         fail(close::PROTOCOL_ERROR, "internal server error")
     }
@@ -641,6 +665,10 @@ impl PeerConnection {
     /// and a close code that says whose fault it was. What the peer sent
     /// is logged where an operator sees it.
     fn hub_failure(&self, doc: DocumentId, e: HubError) -> Vec<Output> {
+        if e.is_storage_unavailable() {
+            tracing::warn!(conn = self.conn, user = %self.user, %doc, "closing a sync connection: the store is unavailable");
+            return storage_unavailable();
+        }
         let (code, message) = match &e {
             HubError::Quota(exceeded) => (close::QUOTA, exceeded.to_string()),
             HubError::MissingDependencies { .. } => (close::LIMIT, e.to_string()),
@@ -664,7 +692,7 @@ impl PeerConnection {
     /// Notes that `doc` has something to tell this peer once `ticket` is
     /// durable. Several messages and notices for one document before then
     /// are answered with one generated message.
-    fn owe(&mut self, doc: DocumentId, ticket: u64) {
+    fn owe(&mut self, doc: DocumentId, ticket: Ticket) {
         // The driver wakes when the earliest owed ticket is durable, not the
         // newest: a peer that streams changes moves the newest ticket on with
         // every frame, and waiting for it would hold back every reply and
@@ -682,7 +710,7 @@ impl PeerConnection {
     /// The driver keeps handling frames and notices while it waits, so one
     /// connection's messages share flushes instead of queueing behind one
     /// flush each.
-    pub fn owed_ticket(&self) -> Option<u64> {
+    pub fn owed_ticket(&self) -> Option<Ticket> {
         (!self.owed.is_empty()).then_some(self.owed_ticket)
     }
 
@@ -693,15 +721,14 @@ impl PeerConnection {
         // generating them below rarely waits again: waiting document by
         // document could cost a flush each while other peers keep changing
         // them.
-        let mut newest = 0;
+        let mut newest = Ticket::NONE;
         for doc in &self.owed {
             if let Some(peer_doc) = self.docs.get(doc) {
                 newest = newest.max(self.ctx.hub.pending_ticket(&peer_doc.live).await);
             }
         }
         if let Err(e) = self.ctx.hub.store().wait_durable(newest).await {
-            tracing::error!(error = ?e, "the store cannot make changes durable");
-            return fail(close::PROTOCOL_ERROR, "internal server error");
+            return self.internal(e);
         }
         for doc in std::mem::take(&mut self.owed) {
             let Some(peer_doc) = self.docs.get_mut(&doc) else {
@@ -767,6 +794,13 @@ impl PeerConnection {
         wall: DateTime<Utc>,
         outputs: &mut Vec<Output>,
     ) -> bool {
+        // The copy this peer synced was loaded before the store failed: it
+        // may have told the peer of changes that are lost now.
+        if self.docs.get(&doc).is_some_and(|d| !d.live.is_current()) {
+            tracing::warn!(conn = self.conn, user = %self.user, %doc, "closing a sync connection: the store failed under it");
+            outputs.extend(storage_unavailable());
+            return true;
+        }
         // The document may have been deleted, or may be one this peer asked
         // for before anyone had it.
         match self.ctx.hub.open(doc, self.user, false, wall) {
@@ -790,6 +824,10 @@ impl PeerConnection {
                 }
                 return false;
             }
+            Err(e) if e.is_storage_unavailable() => {
+                outputs.extend(self.hub_failure(doc, e));
+                return true;
+            }
             Err(e) => {
                 tracing::error!(error = ?e, %doc, "cannot reopen document");
                 return false;
@@ -811,7 +849,10 @@ impl PeerConnection {
             .and_then(|j| (!j.ephemeral).then(|| j.storage_id.clone()).flatten());
         for (doc, peer_doc) in self.docs.drain() {
             self.ctx.hub.unsubscribe(&peer_doc.live, self.conn);
+            // A sync state of a copy loaded before the store failed may
+            // name changes that are lost: the peer starts afresh instead.
             if let Some(storage) = &storage
+                && peer_doc.live.is_current()
                 && let Err(e) =
                     self.ctx
                         .hub

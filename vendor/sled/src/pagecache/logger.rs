@@ -464,7 +464,9 @@ impl Drop for Log {
         }
 
         if !self.config.temporary {
-            self.config.file.sync_all().unwrap();
+            if let Err(e) = self.config.file.sync_all() {
+                error!("failed to fsync from IoBufs::drop: {}", e);
+            }
         }
 
         debug!("IoBufs dropped");
