@@ -20,6 +20,9 @@ on saturation --users 1 --devices 2 --tasks 3 --start-rate 5 --steps 2 --seconds
 on idle --connections 50 --users 2 --concurrency 8 --hold 1
 on catchup --tasks 50 --edits 3
 on ingest --devices 4 --users 2 --batch 4 --seconds 2
+# The soak for one minute, sampled every 5 s; bench/soak.sh runs the hour.
+on soak --seconds 60 --sample-secs 5 --editors 4 --idle 20 --data-dir "$DATA"
 lg crash --server-bin "$BIN_DIR/codeedex-server" --cycles 2 --writers 2 --port $((PORT + 1))
 lg coldstart --server-bin "$BIN_DIR/codeedex-server" --documents 300 --connections 2 --port $((PORT + 2))
+lg storm --server-bin "$BIN_DIR/codeedex-server" --devices 200 --users 4 --connection-burst 50 --port $((PORT + 3))
 echo "smoke: every scenario ran"

@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 use automerge::sync;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
+use codeedex_schema::api::auth::{
+    LogoutRequest, LogoutScope, RefreshRequest, SignInResponse, TokenPair,
+};
 use codeedex_schema::id::DocumentId;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::account;
@@ -127,15 +131,30 @@ pub async fn run(
         .access_token;
     let mut idle = Vec::with_capacity(settings.idle);
     for i in 0..settings.idle {
-        idle.push(
-            peer::join(
-                ws_url,
-                Some(&idle_token),
-                &format!("soak-idle-{i}-{}", std::process::id()),
-                &[],
-            )
-            .await?,
-        );
+        let peer = peer::join(
+            ws_url,
+            Some(&idle_token),
+            &format!("soak-idle-{i}-{}", std::process::id()),
+            &[],
+        )
+        .await?;
+        // An idle device still reads: that is what answers the server's
+        // keep-alive pings (tungstenite replies while reading). A socket
+        // that never reads is closed by the server after 45 s of silence.
+        let (shared, sink, mut stream) = (Arc::clone(&shared), peer.sink, peer.stream);
+        idle.push(tokio::spawn(async move {
+            // Dropping the sending half would not close the socket, but it
+            // is kept with its reader for clarity.
+            let _sink = sink;
+            while let Some(frame) = stream.next().await {
+                if frame.is_err() || shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            if !shared.stop.load(Ordering::Relaxed) {
+                shared.error("idle socket", "closed by the server");
+            }
+        }));
     }
 
     // Editors: bench-1.. each with its own task document.
@@ -196,7 +215,9 @@ pub async fn run(
     for worker in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
     }
-    drop(idle);
+    for socket in idle {
+        socket.abort();
+    }
     Ok(samples)
 }
 
@@ -293,38 +314,30 @@ async fn sessions(server: String, client: reqwest::Client, shared: Arc<Shared>) 
         i += 1;
         let email = format!("bench-{}@example.com", 10 + i % 40);
         let outcome: anyhow::Result<()> = async {
-            let verified: serde_json::Value = {
-                let sent = client
-                    .post(format!("{server}/v1/auth/otp"))
-                    .json(&json!({ "email": email }))
-                    .send()
-                    .await?;
-                anyhow::ensure!(sent.status() == 202, "otp answered {}", sent.status());
-                let verified = client
-                    .post(format!("{server}/v1/auth/verify"))
-                    .json(&json!({ "email": email, "code": "123456", "device_name": "soak" }))
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    verified.status() == 200,
-                    "verify answered {}",
-                    verified.status()
-                );
-                verified.json().await?
-            };
+            let sent = client
+                .post(format!("{server}/v1/auth/otp"))
+                .json(&json!({ "email": email }))
+                .send()
+                .await?;
+            anyhow::ensure!(sent.status() == 202, "otp answered {}", sent.status());
+            let verified = client
+                .post(format!("{server}/v1/auth/verify"))
+                .json(&json!({ "email": email, "code": "123456", "device_name": "soak" }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                verified.status() == 200,
+                "verify answered {}",
+                verified.status()
+            );
+            let mut pair = verified.json::<SignInResponse>().await?.tokens;
             shared.sign_ins.fetch_add(1, Ordering::Relaxed);
-            let mut refresh = verified["tokens"]["refresh_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let mut access = verified["tokens"]["access_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
             for _ in 0..3 {
                 let answered = client
                     .post(format!("{server}/v1/auth/refresh"))
-                    .json(&json!({ "refresh_token": refresh }))
+                    .json(&RefreshRequest {
+                        refresh_token: pair.refresh_token.clone(),
+                    })
                     .send()
                     .await?;
                 anyhow::ensure!(
@@ -332,18 +345,15 @@ async fn sessions(server: String, client: reqwest::Client, shared: Arc<Shared>) 
                     "refresh answered {}",
                     answered.status()
                 );
-                let pair: serde_json::Value = answered.json().await?;
-                refresh = pair["refresh_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                access = pair["access_token"].as_str().unwrap_or_default().to_owned();
+                pair = answered.json::<TokenPair>().await?;
                 shared.refreshes.fetch_add(1, Ordering::Relaxed);
             }
             let out = client
                 .post(format!("{server}/v1/auth/logout"))
-                .bearer_auth(&access)
-                .json(&json!({ "scope": "this_device" }))
+                .bearer_auth(&pair.access_token)
+                .json(&LogoutRequest {
+                    scope: LogoutScope::This,
+                })
                 .send()
                 .await?;
             anyhow::ensure!(
