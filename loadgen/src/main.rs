@@ -516,8 +516,9 @@ async fn main() -> anyhow::Result<()> {
             let data = server_process::temp_data_dir("storm")?;
             let mut server_args = Vec::new();
             // Always pass both gate flags, so that the bench's wide gate is
-            // not applied: the storm measures the server's own pacing.
-            let defaults = (1_000u32, 2_000u32);
+            // not applied: the storm measures the server's own pacing (these
+            // are the server's defaults).
+            let defaults = (2_000u32, 5_000u32);
             server_args.extend([
                 "--sync-connections-per-second".to_owned(),
                 connections_per_second.unwrap_or(defaults.0).to_string(),

@@ -247,10 +247,10 @@ pub struct Overrides {
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub sync_write_timeout_secs: Option<u64>,
     /// New sync connections the node opens per second; beyond the rate (and
-    /// the burst) an upgrade answers 503 with a Retry-After [default: 1000].
+    /// the burst) an upgrade answers 503 with a Retry-After [default: 2000].
     #[arg(long, env = "CODEEDEX_SYNC_CONNECTIONS_PER_SECOND")]
     pub sync_connections_per_second: Option<u32>,
-    /// New sync connections opened at once above the sustained rate [default: 2000].
+    /// New sync connections opened at once above the sustained rate [default: 5000].
     #[arg(long, env = "CODEEDEX_SYNC_CONNECTION_BURST")]
     pub sync_connection_burst: Option<u32>,
     /// Sync connections open on this node; beyond it an upgrade answers 503

@@ -55,6 +55,9 @@ pub enum SyncSocketError {
     /// The user has too many connections.
     #[error("too many connections")]
     TooManyConnections,
+    /// The server is shutting down: come back to the restarted one.
+    #[error("shutting down")]
+    ShuttingDown,
     /// The node is opening connections at its rate, or holds its maximum.
     #[error("server busy")]
     Busy(Duration),
@@ -98,6 +101,13 @@ impl SyncSocketError {
             )
             .detail("many devices are connecting; try again after Retry-After seconds")
             .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::ShuttingDown => ProblemParts::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServerBusy,
+                "Server shutting down",
+            )
+            .detail("the server is restarting; reconnect after Retry-After seconds")
+            .retry_after(1),
             Self::Handshake(detail) => ProblemParts::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
@@ -145,6 +155,12 @@ async fn sync_socket(
         if origin.is_some_and(|o| !state.allowed_origins.iter().any(|allowed| allowed == o)) {
             return Err(SyncSocketError::Origin);
         }
+    }
+    // A connection accepted now would be told to go away at once, and its
+    // device would come straight back: while the server drains, devices
+    // that reconnect early would keep it from ever finishing.
+    if *state.shutting_down.borrow() {
+        return Err(SyncSocketError::ShuttingDown);
     }
     let token = token_from(&req).ok_or(SyncSocketError::Unauthorized)?;
     let who = state

@@ -25,11 +25,15 @@ pub struct GateLimits {
     pub max_connections: usize,
 }
 
+/// The defaults: a node here re-admitted 5,000 devices (one document each)
+/// in under a second with no gate at all, so the burst lets a storm of that
+/// size straight in, and the rate paces larger ones, whose devices may each
+/// hold many documents to sync (see BENCHMARKS.md, reconnect storms).
 impl Default for GateLimits {
     fn default() -> Self {
         Self {
-            connections_per_second: 1_000,
-            burst: 2_000,
+            connections_per_second: 2_000,
+            burst: 5_000,
             max_connections: 20_000,
         }
     }

@@ -1,7 +1,8 @@
 //! Devices going offline, the server crashing, REST edits, catching up.
 
 use codeedex_schema::api::tasks::TaskView;
-use codeedex_tests::sync_peer::Replicas;
+use codeedex_tests::app::{AppConfig, spawn_app_with};
+use codeedex_tests::sync_peer::{Replicas, TokenIn, connect, refused_status};
 use serde_json::json;
 
 use super::*;
@@ -386,4 +387,77 @@ async fn a_clean_shutdown_tells_peers_to_go_away_and_saves_their_sync_states() {
             .any(|line| line.contains("sync connection closed") && line.contains("1001")),
         "the close was not logged"
     );
+}
+
+#[tokio::test]
+async fn while_the_server_drains_for_a_shutdown_new_sync_connections_get_503_not_a_socket() {
+    // A device that stops reading keeps the drain going until its write
+    // times out; that is the window in which other devices, told to go
+    // away, come straight back.
+    let mut app = spawn_app_with(AppConfig::default().with("--sync-write-timeout-secs", 5)).await;
+    let mut talker = joined(&app, "ann@example.com", "ann-talker").await;
+    let id = fresh_id();
+    talker.create(id, |d| put_title(d, "shared"));
+    talker.sync_to_server(id, WAIT).await.unwrap();
+    let mut silent = joined(&app, "ann@example.com", "ann-silent").await;
+    silent.track(id);
+    silent.push(id, true).await.unwrap();
+    silent
+        .sync_until(id, WAIT, |d| read_string(d, "title").is_some())
+        .await
+        .unwrap();
+    // Fill the silent device's socket buffers so that its connection is
+    // stuck writing.
+    let payload = vec![7u8; 32 * 1024];
+    for count in 0..512u64 {
+        talker
+            .send(&Message::Ephemeral {
+                sender_id: talker.peer_id.clone(),
+                target_id: talker.server_peer_id.clone(),
+                document_id: id.to_string(),
+                count,
+                session_id: "cursor".into(),
+                data: payload.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(talker.quiet_ping("flooded", WAIT).await.unwrap().is_empty());
+    let token = token_of(&app, "ann@example.com").await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The talker is told to go away: the drain has begun.
+    loop {
+        match talker.recv(WAIT).await.unwrap() {
+            Received::Closed(Some((code, _))) => {
+                assert_eq!(code, 1001);
+                break;
+            }
+            Received::Closed(None) => panic!("closed without a close frame"),
+            _ => {}
+        }
+    }
+    // The silent device still holds the drain open; a device coming back
+    // now is refused with a clear answer rather than given a socket that
+    // would be closed again at once.
+    let refused = connect(app.port, Some(&token), TokenIn::Header, None)
+        .await
+        .expect_err("no new sync connection while shutting down");
+    assert_eq!(refused_status(&refused), Some(503));
+    match &refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert!(response.headers().contains_key("retry-after"));
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["code"], "server_busy");
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+    drop(silent);
+    let status = app.terminate();
+    assert!(status.success(), "the server exited with {status}");
 }
