@@ -27,6 +27,14 @@ fn seed_or(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A number from the environment, or `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Panics with the seed in the message when `ok` is false.
 macro_rules! check {
     ($seed:expr, $ok:expr, $($arg:tt)+) => {
@@ -732,7 +740,10 @@ async fn convergence(seed: u64, core: usize, js: usize, seconds: u64, crashes: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_core_and_js_devices_converge_under_random_faults_and_crashes() {
-    convergence(seed_or(1), 2, 2, 20, 2).await;
+    // bench/faults.sh runs longer rounds with more crashes.
+    let seconds = env_or("FAULTS_SECONDS", 20).clamp(5, 600);
+    let crashes = env_or("FAULTS_CRASH_COUNT", 2).clamp(0, 20) as usize;
+    convergence(seed_or(1), 2, 2, seconds, crashes).await;
 }
 
 /// A device's sync state that the server saved when a connection ended,
