@@ -27,7 +27,6 @@ use codeedex_schema::id::DocumentId;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::account;
 use crate::peer::{self, Peer, Replicas};
 use crate::stats::{Summary, rss_kib};
 
@@ -114,6 +113,82 @@ impl Shared {
     }
 }
 
+/// A signed-in session whose access token is refreshed before it expires,
+/// as a real device's is: the soak outlives the 15-minute tokens.
+struct Session {
+    server: String,
+    client: reqwest::Client,
+    pair: tokio::sync::Mutex<TokenPair>,
+}
+
+impl Session {
+    async fn sign_in(
+        server: &str,
+        client: &reqwest::Client,
+        email: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        let pair = sign_in(server, client, email).await?.tokens;
+        Ok(Arc::new(Self {
+            server: server.to_owned(),
+            client: client.clone(),
+            pair: tokio::sync::Mutex::new(pair),
+        }))
+    }
+
+    /// An access token valid for at least two more minutes.
+    async fn access_token(&self) -> anyhow::Result<String> {
+        let mut pair = self.pair.lock().await;
+        if pair.expires_at - chrono::Utc::now() < chrono::TimeDelta::minutes(2) {
+            *pair = refresh(&self.server, &self.client, &pair.refresh_token).await?;
+        }
+        Ok(pair.access_token.clone())
+    }
+}
+
+async fn sign_in(
+    server: &str,
+    client: &reqwest::Client,
+    email: &str,
+) -> anyhow::Result<SignInResponse> {
+    let sent = client
+        .post(format!("{server}/v1/auth/otp"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await?;
+    anyhow::ensure!(sent.status() == 202, "otp answered {}", sent.status());
+    let verified = client
+        .post(format!("{server}/v1/auth/verify"))
+        .json(&json!({ "email": email, "code": "123456", "device_name": "soak" }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        verified.status() == 200,
+        "verify answered {}",
+        verified.status()
+    );
+    Ok(verified.json().await?)
+}
+
+async fn refresh(
+    server: &str,
+    client: &reqwest::Client,
+    refresh_token: &str,
+) -> anyhow::Result<TokenPair> {
+    let answered = client
+        .post(format!("{server}/v1/auth/refresh"))
+        .json(&RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        })
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answered.status() == 200,
+        "refresh answered {}",
+        answered.status()
+    );
+    Ok(answered.json().await?)
+}
+
 /// Runs the soak against a server on `server` (http) and `ws_url`; returns
 /// the samples.
 pub async fn run(
@@ -125,47 +200,31 @@ pub async fn run(
     let client = reqwest::Client::new();
     let mut workers = Vec::new();
 
-    // Idle sockets: one user, held for the whole run.
-    let idle_token = account::sign_in(&client, server, "bench-0@example.com", "123456")
-        .await?
-        .access_token;
+    // Idle sockets: one user, held for the whole run; a socket closed at
+    // its token's expiry joins again with a fresh token.
+    let idle_session = Session::sign_in(server, &client, "bench-0@example.com").await?;
     let mut idle = Vec::with_capacity(settings.idle);
     for i in 0..settings.idle {
-        let peer = peer::join(
-            ws_url,
-            Some(&idle_token),
-            &format!("soak-idle-{i}-{}", std::process::id()),
-            &[],
-        )
-        .await?;
-        // An idle device still reads: that is what answers the server's
-        // keep-alive pings (tungstenite replies while reading). A socket
-        // that never reads is closed by the server after 45 s of silence.
-        let (shared, sink, mut stream) = (Arc::clone(&shared), peer.sink, peer.stream);
+        let token = idle_session.access_token().await?;
+        let peer_id = format!("soak-idle-{i}-{}", std::process::id());
+        let peer = peer::join(ws_url, Some(&token), &peer_id, &[]).await?;
+        let (shared, session, ws) = (
+            Arc::clone(&shared),
+            Arc::clone(&idle_session),
+            ws_url.to_owned(),
+        );
         idle.push(tokio::spawn(async move {
-            // Dropping the sending half would not close the socket, but it
-            // is kept with its reader for clarity.
-            let _sink = sink;
-            while let Some(frame) = stream.next().await {
-                if frame.is_err() || shared.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            if !shared.stop.load(Ordering::Relaxed) {
-                shared.error("idle socket", "closed by the server");
-            }
+            idle_socket(peer, peer_id, ws, session, shared).await
         }));
     }
 
     // Editors: bench-1.. each with its own task document.
     for e in 0..settings.editors {
         let email = format!("bench-{}@example.com", 1 + e % 8);
-        let token = account::sign_in(&client, server, &email, "123456")
-            .await?
-            .access_token;
+        let session = Session::sign_in(server, &client, &email).await?;
         let (ws, shared) = (ws_url.to_owned(), Arc::clone(&shared));
         workers.push(tokio::spawn(
-            async move { editor(e, ws, token, shared).await },
+            async move { editor(e, ws, session, shared).await },
         ));
     }
     // Sessions: sign in, refresh a few times, log out; over and over.
@@ -177,12 +236,10 @@ pub async fn run(
     }
     // REST.
     {
-        let token = account::sign_in(&client, server, "bench-9@example.com", "123456")
-            .await?
-            .access_token;
+        let session = Session::sign_in(server, &client, "bench-9@example.com").await?;
         let (server, shared, client) = (server.to_owned(), Arc::clone(&shared), client.clone());
         workers.push(tokio::spawn(async move {
-            rest(server, client, token, shared).await
+            rest(server, client, session, shared).await
         }));
     }
 
@@ -250,7 +307,7 @@ fn ms(d: Duration) -> f64 {
 
 /// One device: one edit a second on its own document, acknowledged; every
 /// thirtieth edit it drops the socket and joins again.
-async fn editor(e: usize, ws: String, token: String, shared: Arc<Shared>) {
+async fn editor(e: usize, ws: String, session: Arc<Session>, shared: Arc<Shared>) {
     let mut seed = [0u8; 16];
     seed[..8].copy_from_slice(&(e as u64).to_le_bytes());
     seed[8..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
@@ -261,13 +318,28 @@ async fn editor(e: usize, ws: String, token: String, shared: Arc<Shared>) {
         .docs
         .insert(id, (AutoCommit::new(), sync::State::new()));
     let mut peer: Option<Peer> = None;
+    let mut peer_token = String::new();
     let mut n = 0i64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !shared.stop.load(Ordering::Relaxed) {
         tick.tick().await;
+        let token = match session.access_token().await {
+            Ok(token) => token,
+            Err(err) => {
+                shared.error("refresh", err);
+                continue;
+            }
+        };
+        // The server closes a socket when its token expires; a device
+        // reconnects with the refreshed one first.
+        if peer.is_some() && token != peer_token {
+            peer = None;
+            shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
         if peer.is_none() {
             match peer::join(&ws, Some(&token), &peer_id, &[]).await {
                 Ok(joined) => {
+                    peer_token = token;
                     // A new connection starts a new sync state.
                     if let Some((_, state)) = replicas.docs.get_mut(&id) {
                         *state = sync::State::new();
@@ -307,6 +379,42 @@ async fn editor(e: usize, ws: String, token: String, shared: Arc<Shared>) {
     }
 }
 
+/// Holds an idle socket open, reading (which answers the server's
+/// keep-alive pings); when the server closes it at its token's expiry, it
+/// joins again with a fresh token.
+async fn idle_socket(
+    mut peer: Peer,
+    peer_id: String,
+    ws: String,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        while let Some(Ok(_)) = peer.stream.next().await {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        let joined = async {
+            let token = session.access_token().await?;
+            peer::join(&ws, Some(&token), &peer_id, &[]).await
+        }
+        .await;
+        match joined {
+            Ok(again) => peer = again,
+            Err(err) => {
+                shared.error("idle socket", err);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        }
+    }
+}
+
 /// Sign in, refresh three times, log out, every two seconds.
 async fn sessions(server: String, client: reqwest::Client, shared: Arc<Shared>) {
     let mut i = 0usize;
@@ -314,38 +422,10 @@ async fn sessions(server: String, client: reqwest::Client, shared: Arc<Shared>) 
         i += 1;
         let email = format!("bench-{}@example.com", 10 + i % 40);
         let outcome: anyhow::Result<()> = async {
-            let sent = client
-                .post(format!("{server}/v1/auth/otp"))
-                .json(&json!({ "email": email }))
-                .send()
-                .await?;
-            anyhow::ensure!(sent.status() == 202, "otp answered {}", sent.status());
-            let verified = client
-                .post(format!("{server}/v1/auth/verify"))
-                .json(&json!({ "email": email, "code": "123456", "device_name": "soak" }))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                verified.status() == 200,
-                "verify answered {}",
-                verified.status()
-            );
-            let mut pair = verified.json::<SignInResponse>().await?.tokens;
+            let mut pair = sign_in(&server, &client, &email).await?.tokens;
             shared.sign_ins.fetch_add(1, Ordering::Relaxed);
             for _ in 0..3 {
-                let answered = client
-                    .post(format!("{server}/v1/auth/refresh"))
-                    .json(&RefreshRequest {
-                        refresh_token: pair.refresh_token.clone(),
-                    })
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    answered.status() == 200,
-                    "refresh answered {}",
-                    answered.status()
-                );
-                pair = answered.json::<TokenPair>().await?;
+                pair = refresh(&server, &client, &pair.refresh_token).await?;
                 shared.refreshes.fetch_add(1, Ordering::Relaxed);
             }
             let out = client
@@ -373,7 +453,7 @@ async fn sessions(server: String, client: reqwest::Client, shared: Arc<Shared>) 
 
 /// Five REST requests a second: create a task, update it, list, read;
 /// tasks are deleted again so the list stays short.
-async fn rest(server: String, client: reqwest::Client, token: String, shared: Arc<Shared>) {
+async fn rest(server: String, client: reqwest::Client, session: Arc<Session>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut live: std::collections::VecDeque<String> = Default::default();
     let mut i = 0u64;
@@ -382,6 +462,7 @@ async fn rest(server: String, client: reqwest::Client, token: String, shared: Ar
         i += 1;
         let started = Instant::now();
         let outcome: anyhow::Result<()> = async {
+            let token = session.access_token().await?;
             match i % 5 {
                 0 | 1 => {
                     let created = client
