@@ -4,7 +4,9 @@
 //! The mix, all at once for the whole run:
 //! - sign-ins, each followed by refreshes and a logout (sessions churn);
 //! - devices editing their own task documents over sync, each edit timed
-//!   from the change to the server's acknowledgement;
+//!   from the change to the server's acknowledgement, each device moving
+//!   on to a new document every 300 edits (so the live data stays the same
+//!   size and memory must stay flat);
 //! - REST: list, create and update tasks;
 //! - reconnects: a device drops its socket and joins again;
 //! - idle sockets held open throughout.
@@ -308,10 +310,20 @@ fn ms(d: Duration) -> f64 {
 /// One device: one edit a second on its own document, acknowledged; every
 /// thirtieth edit it drops the socket and joins again.
 async fn editor(e: usize, ws: String, session: Arc<Session>, shared: Arc<Shared>) {
-    let mut seed = [0u8; 16];
-    seed[..8].copy_from_slice(&(e as u64).to_le_bytes());
-    seed[8..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
-    let id = DocumentId::from_random_bytes(seed);
+    // A user's work moves on: every EDITS_PER_DOCUMENT edits the device
+    // starts a new task, so that the live set of documents (and the
+    // history each holds in memory) stays the same size for the whole run,
+    // and a server that keeps nothing it should not stays flat. Documents
+    // left behind are evicted once idle.
+    const EDITS_PER_DOCUMENT: i64 = 300;
+    let document = |generation: i64| {
+        let mut seed = [0u8; 16];
+        seed[..4].copy_from_slice(&(e as u32).to_le_bytes());
+        seed[4..8].copy_from_slice(&(generation as u32).to_le_bytes());
+        seed[8..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+        DocumentId::from_random_bytes(seed)
+    };
+    let mut id = document(0);
     let peer_id = format!("soak-editor-{e}-{}", std::process::id());
     let mut replicas = Replicas::default();
     replicas
@@ -356,6 +368,13 @@ async fn editor(e: usize, ws: String, session: Arc<Session>, shared: Arc<Shared>
             continue;
         };
         n += 1;
+        if n % EDITS_PER_DOCUMENT == 0 {
+            replicas.docs.remove(&id);
+            id = document(n / EDITS_PER_DOCUMENT);
+            replicas
+                .docs
+                .insert(id, (AutoCommit::new(), sync::State::new()));
+        }
         if let Some((doc, _)) = replicas.docs.get_mut(&id) {
             let _ = doc.put(ROOT, "n", n);
             let _ = doc.put(ROOT, "title", format!("soak task {e}, edit {n}"));
