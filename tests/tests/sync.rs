@@ -186,6 +186,24 @@ async fn joined(app: &TestApp, email: &str, peer_id: &str) -> SyncPeer {
     .unwrap_or_else(|e| panic!("{peer_id} cannot join: {e:#}"))
 }
 
+/// Sends `count` ephemeral messages of 32 KiB about `id` from `peer`, for
+/// the server to relay to the document's other subscribers.
+async fn flood_ephemeral(peer: &mut SyncPeer, id: DocumentId, count: u64) {
+    let payload = vec![7u8; 32 * 1024];
+    for count in 0..count {
+        peer.send(&Message::Ephemeral {
+            sender_id: peer.peer_id.clone(),
+            target_id: peer.server_peer_id.clone(),
+            document_id: id.to_string(),
+            count,
+            session_id: "cursor".into(),
+            data: payload.clone(),
+        })
+        .await
+        .unwrap();
+    }
+}
+
 /// A task-shaped replica: title and notes as collaborative text.
 fn task(doc: &mut AutoCommit, title: &str, notes: &str) {
     put_title(doc, title);

@@ -308,19 +308,7 @@ async fn a_device_that_stops_reading_does_not_make_the_server_buffer_what_others
         .unwrap();
     let before = app.rss_kib();
     // 64 MiB of ephemeral messages relayed towards the silent device.
-    let payload = vec![7u8; 32 * 1024];
-    for count in 0..2048u64 {
-        ann.send(&Message::Ephemeral {
-            sender_id: ann.peer_id.clone(),
-            target_id: ann.server_peer_id.clone(),
-            document_id: id.to_string(),
-            count,
-            session_id: "cursor".into(),
-            data: payload.clone(),
-        })
-        .await
-        .unwrap();
-    }
+    flood_ephemeral(&mut ann, id, 2048).await;
     // The talker is unaffected and everything it sent was handled.
     assert!(ann.quiet_ping("done", WAIT).await.unwrap().is_empty());
     let grown = app.rss_kib().saturating_sub(before);

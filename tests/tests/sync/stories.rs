@@ -408,20 +408,7 @@ async fn while_the_server_drains_for_a_shutdown_new_sync_connections_get_503_not
         .unwrap();
     // Fill the silent device's socket buffers so that its connection is
     // stuck writing.
-    let payload = vec![7u8; 32 * 1024];
-    for count in 0..512u64 {
-        talker
-            .send(&Message::Ephemeral {
-                sender_id: talker.peer_id.clone(),
-                target_id: talker.server_peer_id.clone(),
-                document_id: id.to_string(),
-                count,
-                session_id: "cursor".into(),
-                data: payload.clone(),
-            })
-            .await
-            .unwrap();
-    }
+    flood_ephemeral(&mut talker, id, 512).await;
     assert!(talker.quiet_ping("flooded", WAIT).await.unwrap().is_empty());
     let token = token_of(&app, "ann@example.com").await;
 
