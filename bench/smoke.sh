@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -p codeedex-server -p codeedex-loadgen
-export BIN_DIR=${CARGO_TARGET_DIR:-./target}/debug PORT=${PORT:-18191} IDENTITIES=8 DATA=$(mktemp -d)
+export BIN_DIR=${CARGO_TARGET_DIR:-./target}/debug PORT=${PORT:-18191} IDENTITIES=64 DATA=$(mktemp -d)
 pid=$(bench/server.sh)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 lg() { "$BIN_DIR/codeedex-loadgen" "$@"; }

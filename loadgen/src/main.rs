@@ -189,7 +189,8 @@ enum Scenario {
     /// Soak: mixed load (sign-ins, refreshes, sync edits, REST, reconnects,
     /// idle sockets) with the server's RSS, fds, threads, disk and latency
     /// sampled at an interval; fails if any grows without bound. Needs
-    /// --server-pid.
+    /// --server-pid, and fixed codes for bench-0 to bench-49 (the identities
+    /// it signs in).
     Soak {
         /// Seconds of load (at most 7,200).
         #[arg(long, default_value_t = 3_600)]
