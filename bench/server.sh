@@ -12,7 +12,7 @@ mkdir -p "$data"
 codes=$(for i in $(seq 0 $((identities - 1))); do printf 'bench-%d@example.com=123456,' "$i"; done)
 CODEEDEX_TEST_CODES="${codes%,}" "${BIN_DIR:-${CARGO_TARGET_DIR:-./target}/release}/codeedex-server" \
   --listen "127.0.0.1:$port" --data-dir "$data" --log warn \
-  --test-codes-expire "$(date -u -d '+1 day' +%F)" \
+  --allow-test-codes --test-codes-expire "$(date -u -d '+1 day' +%F)" \
   --otp-resend-cooldown-secs 0 --otp-hourly-cap 100000 --otp-daily-cap 100000 \
   --ip-send-limit 1000000 --ip-verify-limit 1000000 --ip-refresh-limit 1000000 \
   --sync-max-connections-per-user 100000 --sync-messages-per-second 100000 --sync-message-burst 100000 \
