@@ -338,6 +338,16 @@ async fn main() -> anyhow::Result<()> {
                     stats::rss_kib(pid).unwrap_or(0)
                 );
             }
+            if result.edits == 0 {
+                bail!("no device made an edit");
+            }
+            if result.missing > 0 {
+                bail!(
+                    "{} of {} deliveries were missing at the end",
+                    result.missing,
+                    result.edits * (*devices as u64 - 1)
+                );
+            }
             Ok(())
         }
         Scenario::Saturation {
@@ -374,6 +384,9 @@ async fn main() -> anyhow::Result<()> {
                     result.latency.p99.as_secs_f64() * 1e3,
                     result.missing
                 );
+                if result.edits == 0 || result.delivered_per_second == 0.0 {
+                    bail!("rate {rate}/s/device: nothing was delivered");
+                }
                 if result.delivered_per_second < best * 1.05 && knee.is_none() {
                     knee = Some(best);
                 }
@@ -439,6 +452,9 @@ async fn main() -> anyhow::Result<()> {
                 result.elapsed.as_secs_f64(),
                 result.changes as f64 / result.elapsed.as_secs_f64()
             );
+            if result.changes == 0 {
+                bail!("the server acknowledged no change");
+            }
             Ok(())
         }
         Scenario::Crash {
@@ -472,6 +488,9 @@ async fn main() -> anyhow::Result<()> {
             );
             if result.lost > 0 {
                 bail!("{} acknowledged changes were lost", result.lost);
+            }
+            if result.acknowledged == 0 {
+                bail!("the server acknowledged no change, so nothing was tested");
             }
             Ok(())
         }

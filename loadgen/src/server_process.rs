@@ -52,7 +52,13 @@ impl ServerProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data)
-            .args(["--log", "warn", "--test-codes-expire", &expire])
+            .args([
+                "--log",
+                "warn",
+                "--allow-test-codes",
+                "--test-codes-expire",
+                &expire,
+            ])
             .args([
                 "--otp-resend-cooldown-secs",
                 "0",

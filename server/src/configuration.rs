@@ -267,9 +267,19 @@ pub struct Overrides {
     /// Bytes of change log per document [default: 67108864].
     #[arg(long, env = "CODEEDEX_QUOTA_BYTES_PER_DOCUMENT")]
     pub quota_bytes_per_document: Option<u64>,
-    /// Fixed codes for test accounts, "identifier=code" comma-separated. Needs --test-codes-expire.
+    /// Fixed codes for test accounts, "identifier=code" comma-separated.
+    /// Needs --test-codes-expire and --allow-test-codes.
     #[arg(long, env = "CODEEDEX_TEST_CODES", hide_env_values = true)]
     pub test_codes: Option<String>,
+    /// The explicit opt-in that fixed test codes need besides their list, so
+    /// that a stray CODEEDEX_TEST_CODES cannot turn them on by accident.
+    #[arg(
+        long,
+        env = "CODEEDEX_ALLOW_TEST_CODES",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_test_codes: Option<bool>,
     /// The last day (UTC, YYYY-MM-DD) on which the fixed test codes work.
     #[arg(long, env = "CODEEDEX_TEST_CODES_EXPIRE")]
     pub test_codes_expire: Option<NaiveDate>,
@@ -654,6 +664,9 @@ impl Settings {
         let mut warnings = Vec::new();
         let test_codes = parse_test_codes(
             cli.test_codes.as_deref().or(file.test_codes.as_deref()),
+            cli.allow_test_codes
+                .or(file.allow_test_codes)
+                .unwrap_or(false),
             cli.test_codes_expire.or(file.test_codes_expire),
             today,
             otp.digits,
@@ -793,8 +806,13 @@ fn read_file(path: &Path) -> anyhow::Result<Overrides> {
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
+/// Fixed test codes need their list, the explicit opt-in `allowed` and an
+/// expiry date. A list without the opt-in is refused rather than ignored: it
+/// most likely comes from a stray environment variable, and a server that
+/// starts anyway would hide that from its operator.
 fn parse_test_codes(
     spec: Option<&str>,
+    allowed: bool,
     expire: Option<NaiveDate>,
     today: NaiveDate,
     digits: u32,
@@ -803,6 +821,12 @@ fn parse_test_codes(
     let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
         return Ok(Vec::new());
     };
+    if !allowed {
+        bail!(
+            "test_codes is set but allow_test_codes is not: fixed test codes need the explicit opt-in \
+             --allow-test-codes (CODEEDEX_ALLOW_TEST_CODES=true); unset CODEEDEX_TEST_CODES if they are not meant"
+        );
+    }
     let Some(expire) = expire else {
         bail!(
             "test_codes needs test_codes_expire (YYYY-MM-DD), so that fixed codes cannot outlive their purpose"
@@ -834,6 +858,11 @@ fn parse_test_codes(
         }
         codes.push((contact, SecretString::from(code.to_owned())));
     }
+    warnings.push(format!(
+        "FIXED TEST CODES ARE ACTIVE for {} identifiers until the end of {expire} (UTC): \
+         anyone who knows them signs in as those accounts; never allow them on a server with real users",
+        codes.len()
+    ));
     Ok(codes)
 }
 
@@ -897,6 +926,7 @@ mod tests {
             "AC1",
             "--sms-from",
             "+15005550006",
+            "--allow-test-codes",
             "--test-codes",
             "a@example.com=123456",
             "--test-codes-expire",
@@ -909,8 +939,9 @@ mod tests {
 
     #[test]
     fn test_codes_need_an_expiry_and_expire() {
-        assert!(load(&["--test-codes", "a@example.com=123456"]).is_err());
+        assert!(load(&["--allow-test-codes", "--test-codes", "a@example.com=123456"]).is_err());
         let live = load(&[
+            "--allow-test-codes",
             "--test-codes",
             "a@example.com=123456",
             "--test-codes-expire",
@@ -919,6 +950,7 @@ mod tests {
         .unwrap();
         assert_eq!(live.test_codes.len(), 1);
         let dead = load(&[
+            "--allow-test-codes",
             "--test-codes",
             "a@example.com=123456",
             "--test-codes-expire",
@@ -928,6 +960,7 @@ mod tests {
         assert!(dead.test_codes.is_empty());
         assert!(
             load(&[
+                "--allow-test-codes",
                 "--test-codes",
                 "a@example.com=12345",
                 "--test-codes-expire",
@@ -935,6 +968,60 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn test_codes_without_the_opt_in_are_refused() {
+        let list = [
+            "--test-codes",
+            "a@example.com=123456,b@example.com=654321",
+            "--test-codes-expire",
+            "2026-12-01",
+        ];
+        let err = load(&list).unwrap_err().to_string();
+        assert!(err.contains("allow_test_codes"), "{err}");
+        assert!(!err.contains("123456"), "the refusal prints a code: {err}");
+        let off = [&["--allow-test-codes", "false"][..], &list].concat();
+        assert!(load(&off).is_err());
+        // The list from the config file is no different.
+        let file: Overrides = toml::from_str(
+            "test_codes = \"a@example.com=123456\"\ntest_codes_expire = \"2026-12-01\"",
+        )
+        .unwrap();
+        assert!(Settings::from_layers(Overrides::default(), file, today()).is_err());
+        // The opt-in alone changes nothing.
+        assert!(load(&["--allow-test-codes"]).unwrap().test_codes.is_empty());
+    }
+
+    #[test]
+    fn test_codes_with_the_opt_in_work_and_warn_naming_how_many() {
+        for opt_in in [&["--allow-test-codes"][..], &["--allow-test-codes", "true"]] {
+            let args = [
+                opt_in,
+                &[
+                    "--test-codes",
+                    "a@example.com=123456,+15005550006=654321",
+                    "--test-codes-expire",
+                    "2026-12-01",
+                ],
+            ]
+            .concat();
+            let s = load(&args).unwrap();
+            assert_eq!(s.test_codes.len(), 2);
+            assert!(
+                s.warnings
+                    .iter()
+                    .any(|w| w.contains("TEST CODES ARE ACTIVE for 2 identifiers")),
+                "{:?}",
+                s.warnings
+            );
+        }
+        let file: Overrides = toml::from_str(
+            "allow_test_codes = true\ntest_codes = \"a@example.com=123456\"\ntest_codes_expire = \"2026-12-01\"",
+        )
+        .unwrap();
+        let s = Settings::from_layers(Overrides::default(), file, today()).unwrap();
+        assert_eq!(s.test_codes.len(), 1);
     }
 
     #[test]

@@ -449,3 +449,53 @@ async fn a_device_refused_by_a_busy_server_comes_back_after_retry_after_and_not_
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn with_the_default_token_storage_a_restarted_device_stays_signed_in_until_it_logs_out() {
+    // Every other test here forces the file store; devices run with the
+    // default, which picks the OS keyring when it takes the tokens.
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = || ClientConfig::new(dir.path(), &app.address);
+    assert_eq!(config().token_storage, TokenStorage::Auto);
+    let token_file = dir.path().join("tokens.json");
+    let task = {
+        let a = Client::open(config()).expect("opens");
+        let who = SignInIdentifier::Email("auto@example.com".into());
+        a.request_code(&who).await.expect("sent");
+        let code = app.next_email_code("auto@example.com").await;
+        a.verify_code(&who, &code).await.expect("signed in");
+        a.create_task(&NewTask::titled("before the restart"))
+            .expect("created")
+    };
+
+    // Restarted: still signed in, from wherever the tokens went, and the
+    // server takes them.
+    let a = Client::open(config()).expect("reopens");
+    assert!(matches!(a.auth_status(), AuthStatus::LoggedIn { .. }));
+    let place = a.status().token_storage;
+    assert_eq!(
+        place,
+        if token_file.exists() {
+            "file"
+        } else {
+            "keyring"
+        },
+        "the status names another place than the one holding the tokens"
+    );
+    a.sync_once(WAIT)
+        .await
+        .expect("synced with the restored tokens");
+    assert_eq!(a.status().unsynced_documents, 0);
+    assert!(find(&a, task.id).is_some());
+
+    // Logged out: a restart finds no tokens in either place.
+    a.logout(LogoutScope::This).await.expect("logged out");
+    drop(a);
+    assert!(!token_file.exists(), "the token file outlived the logout");
+    let a = Client::open(config()).expect("reopens");
+    assert!(
+        !matches!(a.auth_status(), AuthStatus::LoggedIn { .. }),
+        "still signed in after logging out ({place})"
+    );
+}

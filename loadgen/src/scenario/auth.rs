@@ -81,5 +81,32 @@ pub async fn run(
         n as f64 / elapsed.as_secs_f64()
     );
     println!("verify latency: {}", Summary::of(&mut latencies));
+    judge(n, failures.load(Ordering::Relaxed))
+}
+
+/// The run fails unless it signed in at least once and nothing failed: a
+/// benchmark whose every sign-in was refused measures nothing.
+fn judge(sign_ins: u64, failures: u64) -> anyhow::Result<()> {
+    if sign_ins == 0 {
+        anyhow::bail!(
+            "no sign-in succeeded ({failures} failures): wrong --code, or no test codes on the server?"
+        );
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} sign-in steps failed ({sign_ins} succeeded)");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::judge;
+
+    #[test]
+    fn a_run_without_sign_ins_or_with_failures_fails() {
+        assert!(judge(0, 0).is_err());
+        assert!(judge(0, 10).is_err());
+        assert!(judge(100, 1).is_err());
+        assert!(judge(100, 0).is_ok());
+    }
 }

@@ -7,4 +7,5 @@ mod refresh;
 mod server;
 mod sessions;
 mod sign_in;
+mod tasks;
 mod tokens;

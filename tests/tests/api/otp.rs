@@ -856,6 +856,7 @@ async fn malformed_identifiers_are_refused_with_invalid_identifier() {
 async fn a_fixed_test_code_works_until_its_expiry_date() {
     let app = spawn_app_with(
         AppConfig::default()
+            .with("--allow-test-codes", "true")
             .with("--test-codes", "tester@example.com=123456")
             .with("--test-codes-expire", "2999-12-31"),
     )
@@ -872,13 +873,38 @@ async fn a_fixed_test_code_works_until_its_expiry_date() {
             .await
             .expect(400, "invalid_code");
     }
+    // The operator is told, loudly, that fixed codes are on and for how many.
+    let logs = app.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("WARN")
+                && l.contains("FIXED TEST CODES ARE ACTIVE for 1 identifiers")),
+        "the server does not warn that fixed test codes are active:\n{}",
+        logs.join("\n")
+    );
     app.assert_no_secrets_in_logs();
+}
+
+#[tokio::test]
+async fn the_opt_in_from_the_environment_enables_fixed_test_codes() {
+    let app = spawn_app_with(
+        AppConfig::default()
+            .with_env("CODEEDEX_ALLOW_TEST_CODES", "true")
+            .with_env("CODEEDEX_TEST_CODES", "tester@example.com=123456")
+            .with_env("CODEEDEX_TEST_CODES_EXPIRE", "2999-12-31"),
+    )
+    .await;
+    app.remember_secret("123456");
+    request_ok(&app, "tester@example.com").await;
+    app.expect_signed_in(app.verify_email("tester@example.com", "123456").await)
+        .await;
 }
 
 #[tokio::test]
 async fn an_expired_fixed_test_code_no_longer_works() {
     let app = spawn_app_with(
         AppConfig::default()
+            .with("--allow-test-codes", "true")
             .with("--test-codes", "tester@example.com=123456")
             .with("--test-codes-expire", "2000-01-01"),
     )

@@ -323,6 +323,7 @@ async fn the_production_profile_refuses_unsafe_settings() {
     ];
     let tls = ["--smtp-tls", "starttls"];
     let test_codes = [
+        "--allow-test-codes",
         "--test-codes",
         "a@example.com=123456",
         "--test-codes-expire",
@@ -371,11 +372,12 @@ async fn invalid_settings_are_refused_at_startup() {
         (&["--otp-failure-cap", "101"][..], "otp_failure_cap"),
         (&["--otp-max-attempts", "0"][..], "otp_max_attempts"),
         (
-            &["--test-codes", "a@example.com=123456"][..],
+            &["--allow-test-codes", "--test-codes", "a@example.com=123456"][..],
             "test_codes_expire",
         ),
         (
             &[
+                "--allow-test-codes",
                 "--test-codes",
                 "a@example.com=12345",
                 "--test-codes-expire",
@@ -404,6 +406,35 @@ async fn invalid_settings_are_refused_at_startup() {
         args.extend(extra);
         expect_refusal(&args, &[expected]).await;
     }
+}
+
+#[tokio::test]
+async fn a_stray_test_codes_variable_without_the_opt_in_stops_the_server() {
+    // Fixed codes once came on with the list alone: a CODEEDEX_TEST_CODES
+    // left in a shell or unit file opened test accounts on any server not
+    // started with the production profile.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = dir.path().to_str().expect("a UTF-8 path");
+    let args = ["--data-dir", data_dir, "--listen", "127.0.0.1:0"];
+    let child = server_command(&args)
+        .env("CODEEDEX_TEST_CODES", "stray@example.com=123456")
+        .env("CODEEDEX_TEST_CODES_EXPIRE", "2999-12-31")
+        .spawn()
+        .expect("the server binary starts");
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the server exits within 20 s")
+        .expect("the server's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the server started with a test code list and no opt-in; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("allow_test_codes") && stderr.contains("--allow-test-codes"),
+        "the refusal does not name the opt-in:\n{stderr}"
+    );
+    assert!(!stderr.contains("123456"), "the refusal prints the code");
 }
 
 #[tokio::test]
@@ -479,6 +510,11 @@ async fn help_lists_every_setting_with_its_environment_variable() {
             "{env} is not in --help:\n{help}"
         );
     }
+    // The opt-in for fixed test codes takes an optional value.
+    assert!(
+        help.contains("--allow-test-codes [<") && help.contains("[env: CODEEDEX_ALLOW_TEST_CODES"),
+        "--allow-test-codes is not in --help:\n{help}"
+    );
     // Defaults are documented next to the flags.
     for default in [
         "[default: 600]",
