@@ -92,6 +92,10 @@ pub struct Overrides {
     /// Directory for the store and the generated keys [default: ./data].
     #[arg(long, env = "CODEEDEX_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// MiB of database pages the store keeps in memory, 1 to 65536; the
+    /// operating system's page cache holds the rest [default: 64].
+    #[arg(long, env = "CODEEDEX_STORE_CACHE_MIB")]
+    pub store_cache_mib: Option<u64>,
     /// development or production [default: development].
     #[arg(long, env = "CODEEDEX_PROFILE")]
     pub profile: Option<Profile>,
@@ -292,6 +296,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where the store and keys live.
     pub data_dir: PathBuf,
+    /// Bytes of database pages the store keeps in memory.
+    pub store_cache_bytes: u64,
     /// Development or production.
     pub profile: Profile,
     /// Log line format.
@@ -781,6 +787,13 @@ impl Settings {
                 "127.0.0.1:8080".parse().expect("a valid literal address")
             ),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
+            store_cache_bytes: {
+                let mib = pick!(store_cache_mib, 64);
+                if !(1..=65_536).contains(&mib) {
+                    bail!("store_cache_mib must be between 1 and 65536, not {mib}");
+                }
+                mib * 1024 * 1024
+            },
             profile,
             log_format: pick!(log_format, LogFormat::Text),
             log: pick!(log, "info".to_owned()),
@@ -892,6 +905,17 @@ mod tests {
         assert_eq!(s.otp.ttl, Duration::from_secs(600));
         assert_eq!(s.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(s.delivery.email, EmailSenderKind::Log);
+        assert_eq!(s.store_cache_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_store_cache_is_bounded_and_given_in_mib() {
+        assert_eq!(
+            load(&["--store-cache-mib", "8"]).unwrap().store_cache_bytes,
+            8 * 1024 * 1024
+        );
+        assert!(load(&["--store-cache-mib", "0"]).is_err());
+        assert!(load(&["--store-cache-mib", "65537"]).is_err());
     }
 
     #[test]

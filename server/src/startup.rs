@@ -20,7 +20,7 @@ use crate::auth::keys::ServerKeys;
 use crate::configuration::Settings;
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
 use crate::sync::peer::PeerContext;
@@ -56,8 +56,11 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        let store = Store::open(&settings.data_dir)
-            .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+        let store = Store::open_with(StoreOptions {
+            dir: settings.data_dir.clone(),
+            cache_bytes: settings.store_cache_bytes,
+        })
+        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
         let keys = ServerKeys::load_or_create(&settings.data_dir)?;
         let metrics = Arc::new(Metrics::default());
         let delivery = CodeDelivery::from_settings(

@@ -16,7 +16,7 @@ mod records;
 mod recovery;
 mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -221,15 +221,38 @@ fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// Where a store lives and how much memory its engine may cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The data directory; the database is its `store` subdirectory.
+    pub dir: PathBuf,
+    /// Bytes of pages sled keeps in memory. sled caches up to 1 GiB by
+    /// default; memory should follow activity, so the cache is kept small
+    /// and the operating system's page cache does the rest.
+    pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    /// The default cache size, 64 MiB.
+    pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+    /// The store in `dir` with the default cache.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            cache_bytes: Self::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 impl Engine {
-    /// Opens (or creates) the database in `dir`, checking its format version.
-    fn open(dir: &Path, epoch: u64) -> Result<Self, StoreError> {
-        // sled caches up to 1 GiB by default; memory should follow activity,
-        // so the page cache is kept small and the OS page cache does the rest.
+    /// Opens (or creates) the database, checking its format version.
+    fn open(options: &StoreOptions, epoch: u64) -> Result<Self, StoreError> {
+        let dir = options.dir.as_path();
         let db = open_waiting_for_lock(
             &sled::Config::new()
                 .path(dir.join("store"))
-                .cache_capacity(64 * 1024 * 1024),
+                .cache_capacity(options.cache_bytes),
         )?;
         let meta = db.open_tree("meta")?;
         let usage_was_kept = db.tree_names().iter().any(|name| name.as_ref() == b"usage");
@@ -288,11 +311,17 @@ impl Engine {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checking its format version.
+    /// Opens (or creates) the store in `dir` with the default cache,
+    /// checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let engine = Engine::open(dir, 1)?;
+        Self::open_with(StoreOptions::new(dir))
+    }
+
+    /// Opens (or creates) the store as `options` say.
+    pub fn open_with(options: StoreOptions) -> Result<Self, StoreError> {
+        let engine = Engine::open(&options, 1)?;
         Ok(Self {
-            shared: recovery::Shared::new(dir.to_owned(), engine),
+            shared: recovery::Shared::new(options, engine),
             pinned: None,
         })
     }

@@ -14,14 +14,13 @@
 //! engine's epoch, so no ticket of the failed engine is ever reported
 //! durable by its successor.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Engine, StoreError};
+use super::{Engine, StoreError, StoreOptions};
 
 /// How long the recovery thread waits between attempts to reopen the store.
 pub(crate) const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
@@ -83,7 +82,7 @@ pub struct StoreHealth {
 
 /// What every handle of one store shares.
 pub(crate) struct Shared {
-    dir: PathBuf,
+    options: StoreOptions,
     /// The engine in use; `None` while a failed one is being replaced.
     engine: RwLock<Option<Arc<Engine>>>,
     /// The epoch of the newest engine opened.
@@ -94,9 +93,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(dir: PathBuf, engine: Engine) -> Arc<Self> {
+    pub(crate) fn new(options: StoreOptions, engine: Engine) -> Arc<Self> {
         Arc::new(Self {
-            dir,
+            options,
             epoch: AtomicU64::new(engine.epoch),
             engine: RwLock::new(Some(Arc::new(engine))),
             failed: AtomicBool::new(false),
@@ -172,7 +171,7 @@ fn recover(shared: &Weak<Shared>) {
         .write()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
-    let dir = strong.dir.clone();
+    let options = strong.options.clone();
     drop(strong);
     drop(retired);
     let mut attempts: u64 = 0;
@@ -183,7 +182,7 @@ fn recover(shared: &Weak<Shared>) {
         };
         attempts += 1;
         let epoch = strong.epoch() + 1;
-        match Engine::open(&dir, epoch).and_then(|engine| {
+        match Engine::open(&options, epoch).and_then(|engine| {
             engine.check_writable()?;
             Ok(engine)
         }) {
