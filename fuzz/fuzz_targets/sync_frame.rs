@@ -36,12 +36,13 @@ use codeedex_schema::task_document;
 use codeedex_schema::wire::{self, Message, PeerMetadata};
 use codeedex_server::auth::Auth;
 use codeedex_server::auth::keys::ServerKeys;
+use codeedex_server::configuration::limits::{HubLimits, Quota, SyncLimits};
 use codeedex_server::configuration::{Overrides, Settings};
 use codeedex_server::delivery::CodeDelivery;
 use codeedex_server::metrics::Metrics;
-use codeedex_server::store::{Quota, SessionRecord, Store, UserRecord};
-use codeedex_server::sync::hub::{DocumentHub, HubLimits};
-use codeedex_server::sync::peer::{Output, PeerConnection, PeerContext, SyncLimits};
+use codeedex_server::store::{SessionRecord, Store, UserRecord};
+use codeedex_server::sync::hub::DocumentHub;
+use codeedex_server::sync::peer::{Output, PeerConnection, PeerContext};
 use codeedex_server::sync::registry::PeerRegistry;
 use libfuzzer_sys::fuzz_target;
 

@@ -16,13 +16,12 @@ use clap::{Parser, ValueEnum};
 use codeedex_schema::contact::Contact;
 use secrecy::SecretString;
 
-use crate::store::Quota;
-use crate::sync::gate::GateLimits;
-use crate::sync::hub::HubLimits;
-use crate::sync::mailbox::MailboxLimits;
-use crate::sync::peer::SyncLimits;
 use codeedex_schema::admission::InputLimits;
 use serde::{Deserialize, Serialize};
+
+pub mod limits;
+
+use limits::{GateLimits, HubLimits, MailboxLimits, Quota, SyncLimits};
 
 /// Development prints codes to the log; production refuses anything unsafe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
-pub use quota::{Quota, QuotaExceeded, Usage};
+pub use quota::{QuotaExceeded, Usage};
 pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
 pub use recovery::{StoreHealth, Ticket};
 

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::quota::{Quota, QuotaExceeded, decode_usage};
+use super::quota::{QuotaExceeded, decode_usage};
 use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key};
+use crate::configuration::limits::Quota;
 
 /// What the store knows about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

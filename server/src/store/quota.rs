@@ -10,29 +10,9 @@
 use codeedex_schema::id::{DocumentId, UserId};
 use serde::{Deserialize, Serialize};
 
+use crate::configuration::limits::Quota;
+
 use super::{Engine, Store, StoreError, decode, documents::DocumentMeta};
-
-/// The limits. Defaults are generous for a task manager and finite for an
-/// abuser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Live documents per user, the root document included.
-    pub documents_per_user: u64,
-    /// Bytes of change log per user, over their live documents.
-    pub bytes_per_user: u64,
-    /// Bytes of change log per document.
-    pub bytes_per_document: u64,
-}
-
-impl Default for Quota {
-    fn default() -> Self {
-        Self {
-            documents_per_user: 100_000,
-            bytes_per_user: 1024 * 1024 * 1024,
-            bytes_per_document: 64 * 1024 * 1024,
-        }
-    }
-}
 
 /// Which limit a write would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -23,8 +23,9 @@ use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task_document::{self, TaskDocumentError};
 
 use super::mailbox::Mailbox;
+use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
-use crate::store::{Claim, Quota, QuotaExceeded, Store, StoreError, Ticket};
+use crate::store::{Claim, QuotaExceeded, Store, StoreError, Ticket};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -34,29 +35,6 @@ pub type ConnectionId = u64;
 
 /// Connections waiting for a document, with the user each belongs to.
 type Waiters = HashMap<ConnectionId, (UserId, Arc<Mailbox>)>;
-
-/// What the hub holds a document and its users to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HubLimits {
-    /// Documents and bytes per user, bytes per document.
-    pub quota: Quota,
-    /// Changes a document may hold back while their dependencies are
-    /// missing. Automerge keeps them in memory until the dependencies
-    /// arrive; a peer must not be able to fill memory with orphans.
-    pub max_queued_changes: usize,
-    /// Bytes of such changes.
-    pub max_queued_bytes: usize,
-}
-
-impl Default for HubLimits {
-    fn default() -> Self {
-        Self {
-            quota: Quota::default(),
-            max_queued_changes: 1_000,
-            max_queued_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
 
 /// Who made a change.
 #[derive(Debug, Clone, Copy)]
@@ -886,6 +864,7 @@ mod tests {
     use automerge::{AutoCommit, ObjType, ROOT};
 
     use super::*;
+    use crate::configuration::limits::Quota;
 
     fn hub(dir: &std::path::Path, quota: Quota) -> DocumentHub {
         DocumentHub::new(

@@ -24,19 +24,20 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use automerge::sync;
 use chrono::{DateTime, Utc};
-use codeedex_schema::admission::{self, InputLimits};
+use codeedex_schema::admission;
 use codeedex_schema::id::{DocumentId, PeerId, SessionId, UserId};
 use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata};
 use tokio::sync::oneshot;
 
 use super::hub::{Author, ConnectionId, DocumentHub, HubError, LiveDocument};
-use super::mailbox::{Mailbox, MailboxLimits, Notices};
+use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use crate::auth::{Auth, AuthenticateError};
+use crate::configuration::limits::SyncLimits;
 use crate::metrics::Metrics;
 use crate::store::{StoreError, Ticket};
 
@@ -73,50 +74,6 @@ pub mod close {
     /// it had not acknowledged are lost. Reconnect later (the server
     /// recovers by itself) and sync afresh; like 1013, "try again later".
     pub const STORAGE_UNAVAILABLE: u16 = 4013;
-}
-
-/// Limits of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct SyncLimits {
-    /// Largest frame accepted, in bytes.
-    pub max_frame_bytes: usize,
-    /// Sustained messages per second.
-    pub messages_per_second: u32,
-    /// Messages accepted in a burst above the sustained rate.
-    pub message_burst: u32,
-    /// Documents one connection may sync.
-    pub max_documents: usize,
-    /// Connections one user may hold.
-    pub max_connections_per_user: usize,
-    /// Time allowed between upgrade and join.
-    pub handshake_timeout: Duration,
-    /// What one sync message may contain.
-    pub input: InputLimits,
-    /// Relayed traffic waiting for a connection.
-    pub mailbox: MailboxLimits,
-    /// How long one frame may take to go out before the peer is taken to
-    /// have stopped reading, and is closed.
-    pub write_timeout: Duration,
-}
-
-impl Default for SyncLimits {
-    fn default() -> Self {
-        let max_frame_bytes = 16 * 1024 * 1024;
-        Self {
-            max_frame_bytes,
-            messages_per_second: 500,
-            message_burst: 5_000,
-            max_documents: 20_000,
-            max_connections_per_user: 32,
-            handshake_timeout: Duration::from_secs(10),
-            input: InputLimits {
-                max_message_bytes: max_frame_bytes,
-                ..InputLimits::default()
-            },
-            mailbox: MailboxLimits::default(),
-            write_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 /// What the transport should do.
