@@ -795,7 +795,7 @@ impl DocumentHub {
 
     /// Drops every document loaded from a store engine that has failed, and
     /// tells the connections that sync them, which then close (see
-    /// [`super::peer::close::STORAGE_UNAVAILABLE`]): such a copy may hold
+    /// [`codeedex_schema::wire::close::STORAGE_UNAVAILABLE`]): such a copy may hold
     /// changes that never became durable. The next to open a document loads
     /// it from the recovered store. Returns how many were dropped.
     pub fn forget_stale(&self) -> usize {

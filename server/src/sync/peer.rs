@@ -7,16 +7,9 @@
 //! user may not see is answered `doc-unavailable`, exactly like one that does
 //! not exist.
 //!
-//! Close codes (sent with an `error` message first, so a client can tell):
-//! 1000 normal, 1001 the server is shutting down (reconnect), 1002 protocol error (including a sync message Automerge
-//! could not apply), 1003 text frame, 1008 handshake timeout, 1009 frame too
-//! large, 4001 access token expired, 4003 session ended, 4008 a limit was
-//! exceeded (rate, documents, message contents, changes waiting for missing
-//! dependencies, a peer that does not read), 4009 peer id in use by another
-//! account, 4010 replaced by a newer connection with the same peer id,
-//! 4011 the user's storage quota is exhausted, 4013 the server's storage is
-//! unavailable (its disk failed; nothing since the last acknowledgement was
-//! kept): reconnect later, with a fresh sync state, and send again.
+//! A connection the server ends gets an `error` message first, then a close
+//! code from [`codeedex_schema::wire::close`], which says what each code
+//! means and what a client should do.
 //!
 //! Every sync message is checked by [`admission`] against explicit limits
 //! before Automerge sees any of its bytes; the hub contains whatever slips
@@ -30,7 +23,7 @@ use automerge::sync;
 use chrono::{DateTime, Utc};
 use codeedex_schema::admission;
 use codeedex_schema::id::{DocumentId, PeerId, SessionId, UserId};
-use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata};
+use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata, close, message_type};
 use tokio::sync::oneshot;
 
 use super::hub::{Author, ConnectionId, DocumentHub, HubError, LiveDocument};
@@ -42,39 +35,7 @@ use crate::metrics::Metrics;
 use crate::store::{StoreError, Ticket};
 
 /// The extension message types this server understands.
-pub const EXTENSIONS: [&str; 2] = ["codeedex/auth-refresh", "codeedex/catch-up-request"];
-
-/// Close codes. See the module documentation.
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down; reconnect (to it, or another node).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A text frame: the protocol is binary only.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// No join within the handshake timeout.
-    pub const POLICY: u16 = 1008;
-    /// A frame above the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The access token expired and was not refreshed in place.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The session was logged out or revoked.
-    pub const SESSION_ENDED: u16 = 4003;
-    /// A rate, document or connection limit was exceeded.
-    pub const LIMIT: u16 = 4008;
-    /// The peer id is bound to another account.
-    pub const PEER_ID_TAKEN: u16 = 4009;
-    /// A newer connection of the same user joined with the same peer id.
-    pub const REPLACED: u16 = 4010;
-    /// The user's document or storage quota is exhausted.
-    pub const QUOTA: u16 = 4011;
-    /// The server's storage is unavailable: its disk failed, and changes
-    /// it had not acknowledged are lost. Reconnect later (the server
-    /// recovers by itself) and sync afresh; like 1013, "try again later".
-    pub const STORAGE_UNAVAILABLE: u16 = 4013;
-}
+pub const EXTENSIONS: [&str; 2] = [message_type::AUTH_REFRESH, message_type::CATCH_UP_REQUEST];
 
 /// What the transport should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
