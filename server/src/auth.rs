@@ -5,10 +5,10 @@
 //! renders answers; this module decides. Time is passed in as `now`.
 
 pub mod keys;
-pub mod otp;
-pub mod rate_limit;
-pub mod span;
-pub mod tokens;
+pub(crate) mod otp;
+pub(crate) mod rate_limit;
+pub(crate) mod span;
+pub(crate) mod tokens;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -220,11 +220,6 @@ impl Auth {
     /// that live connections of an ended session can be closed.
     pub fn session_ends(&self) -> broadcast::Receiver<SessionId> {
         self.revocations.subscribe()
-    }
-
-    /// The access-token verifier, for the sync endpoint.
-    pub fn access_tokens(&self) -> &AccessTokens {
-        &self.tokens
     }
 
     fn limit(&self, action: LimitedAction, ctx: &ClientContext) -> Result<(), u64> {

@@ -523,7 +523,8 @@ impl SecondsSetting {
 
     /// Every duration setting, for the tests that keep the bounds and the
     /// help text together.
-    pub const ALL: [Self; 11] = [
+    #[cfg(test)]
+    const ALL: [Self; 11] = [
         Self::OTP_TTL,
         Self::OTP_RESEND_COOLDOWN,
         Self::IP_LIMIT_WINDOW,

@@ -13,7 +13,7 @@
 #[cfg(all(panic = "abort", not(fuzzing)))]
 compile_error!("codeedex-server must be built with panic = \"unwind\" (see sync::hub)");
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
 pub mod configuration;
 pub mod delivery;
@@ -21,4 +21,4 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod sync;
-pub mod telemetry;
+pub(crate) mod telemetry;

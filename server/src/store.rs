@@ -22,8 +22,8 @@ use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
-pub use quota::{QuotaExceeded, Usage};
+pub use documents::{Claim, StoredDocument};
+pub use quota::QuotaExceeded;
 pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
 pub use recovery::{StoreHealth, Ticket};
 
@@ -112,9 +112,9 @@ pub(crate) struct Engine {
     session_tokens: Tree,
     /// user id ‖ sequence → [`AuditRecord`].
     audit: Tree,
-    /// document id → [`DocumentMeta`]: owner, tombstone, log position.
+    /// document id → [`DocumentMeta`](documents::DocumentMeta): owner, tombstone, log position.
     documents: Tree,
-    /// document id ‖ sequence → [`EventRecord`]: the append-only change log.
+    /// document id ‖ sequence → [`EventRecord`](documents::EventRecord): the append-only change log.
     events: Tree,
     /// document id → snapshot (`u64` sequence the snapshot covers, then Automerge bytes).
     snapshots: Tree,
@@ -126,7 +126,7 @@ pub(crate) struct Engine {
     sync_states: Tree,
     /// user id ‖ document id → task summary (JSON), for listing without loading documents.
     task_index: Tree,
-    /// user id → [`Usage`]: live documents and their stored bytes, for quotas.
+    /// user id → [`Usage`](quota::Usage): live documents and their stored bytes, for quotas.
     usage: Tree,
     /// Server-wide values: the format version, the server's storage id.
     meta: Tree,
@@ -576,14 +576,6 @@ impl Store {
                 },
             )?;
             Ok(ok)
-        })
-    }
-
-    /// Records that a session was used, without touching its tokens.
-    pub fn touch_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.sessions.insert(session.id.as_bytes(), encode(session))?;
-            Ok(())
         })
     }
 

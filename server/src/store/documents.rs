@@ -354,19 +354,6 @@ impl Store {
         })
     }
 
-    /// The newest feed position of a user (0 when nothing changed yet).
-    pub fn feed_head(&self, user: UserId) -> Result<u64, StoreError> {
-        self.run(
-            |e| match e.user_feed.scan_prefix(user.as_bytes()).next_back() {
-                Some(item) => {
-                    let (key, _) = item?;
-                    Ok(u64::from_be_bytes(key[16..24].try_into().unwrap_or([0; 8])))
-                }
-                None => Ok(0),
-            },
-        )
-    }
-
     /// Marks a document deleted and gives its bytes back to the owner's
     /// quota. It keeps its log (for history) but never syncs again.
     pub fn tombstone_document(
@@ -679,13 +666,16 @@ mod tests {
         );
         assert_eq!(
             store.usage(ann).unwrap(),
-            super::super::Usage {
+            crate::store::quota::Usage {
                 documents: 1,
                 bytes: 6
             }
         );
         store.tombstone_document(d1, Utc::now()).unwrap();
-        assert_eq!(store.usage(ann).unwrap(), super::super::Usage::default());
+        assert_eq!(
+            store.usage(ann).unwrap(),
+            crate::store::quota::Usage::default()
+        );
         assert!(matches!(
             store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
             Claim::Owned(_)

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::configuration::limits::Quota;
 
-use super::{Engine, Store, StoreError, decode, documents::DocumentMeta};
+use super::{Engine, StoreError, decode, documents::DocumentMeta};
 
 /// Which limit a write would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -102,9 +102,10 @@ pub(crate) fn decode_usage(bytes: Option<sled::IVec>) -> Result<Usage, StoreErro
     bytes.map_or(Ok(Usage::default()), |b| decode("usage", &b))
 }
 
-impl Store {
+#[cfg(test)]
+impl super::Store {
     /// What a user uses now.
-    pub fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
+    pub(crate) fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
         self.run(|e| decode_usage(e.usage.get(user.as_bytes())?))
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge};
 use chrono::{DateTime, Utc};
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
@@ -344,7 +344,8 @@ impl DocumentHub {
     }
 
     /// How many connections are subscribed to a document.
-    pub fn subscriber_count(&self, live: &LiveDocument) -> usize {
+    #[cfg(test)]
+    pub(crate) fn subscriber_count(&self, live: &LiveDocument) -> usize {
         live.subscribers.lock().expect("never poisoned").len()
     }
 
@@ -439,7 +440,11 @@ impl DocumentHub {
     }
 
     /// The document's current heads.
-    pub async fn heads(&self, live: &LiveDocument) -> Result<Vec<ChangeHash>, HubError> {
+    #[cfg(test)]
+    pub(crate) async fn heads(
+        &self,
+        live: &LiveDocument,
+    ) -> Result<Vec<automerge::ChangeHash>, HubError> {
         Ok(self.lock_durable(live).await?.doc.get_heads())
     }
 

@@ -72,7 +72,8 @@ impl PeerRegistry {
     }
 
     /// How many connections `user` holds.
-    pub fn connections_of(&self, user: UserId) -> usize {
+    #[cfg(test)]
+    pub(crate) fn connections_of(&self, user: UserId) -> usize {
         self.connections
             .lock()
             .expect("never poisoned")
