@@ -39,11 +39,11 @@ pub enum QuotaExceeded {
 
 /// What a user uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Live (not deleted) documents.
-    pub documents: u64,
+    pub(crate) documents: u64,
     /// Bytes of change log of the live documents.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Usage {

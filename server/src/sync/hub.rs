@@ -38,16 +38,16 @@ type Waiters = HashMap<ConnectionId, (UserId, Arc<Mailbox>)>;
 
 /// Who made a change.
 #[derive(Debug, Clone, Copy)]
-pub struct Author {
+pub(crate) struct Author {
     /// The user.
-    pub user: UserId,
+    pub(crate) user: UserId,
     /// The session (device), when the change came from one.
-    pub session: Option<SessionId>,
+    pub(crate) session: Option<SessionId>,
 }
 
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     /// The store failed.
     #[error("storage failed")]
     Store(#[from] StoreError),
@@ -84,7 +84,7 @@ pub enum HubError {
 impl HubError {
     /// Whether the store was unavailable (the disk failed): nothing was
     /// acknowledged, and the same request may succeed later.
-    pub fn is_storage_unavailable(&self) -> bool {
+    pub(crate) fn is_storage_unavailable(&self) -> bool {
         matches!(self, HubError::Store(StoreError::Unavailable))
     }
 }
@@ -123,11 +123,11 @@ impl DocState {
 }
 
 /// A document loaded in memory.
-pub struct LiveDocument {
+pub(crate) struct LiveDocument {
     /// Its id.
-    pub id: DocumentId,
+    pub(crate) id: DocumentId,
     /// Its owner: the only user who may sync it.
-    pub owner: UserId,
+    pub(crate) owner: UserId,
     /// The store, pinned to the engine the document was loaded from: once
     /// that engine has failed, this copy may hold changes that never became
     /// durable, so it reads and writes nothing more (see
@@ -154,13 +154,13 @@ impl std::fmt::Debug for LiveDocument {
 
 impl LiveDocument {
     /// Whether the document was deleted.
-    pub fn is_deleted(&self) -> bool {
+    pub(crate) fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }
 
     /// Whether this copy can still be used: it was not unloaded, and the
     /// store engine it was loaded from is still the one in use.
-    pub fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         self.store.is_current() && !self.unloaded.load(Ordering::SeqCst)
     }
 
@@ -216,12 +216,12 @@ impl DocumentHub {
     }
 
     /// The store behind the hub.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// How many documents are in memory.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.live.lock().expect("never poisoned").len()
     }
 
@@ -290,7 +290,7 @@ impl DocumentHub {
     /// has seen is claimed for `user` (that is how devices upload new
     /// documents). `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         id: DocumentId,
         user: UserId,
@@ -350,7 +350,7 @@ impl DocumentHub {
     }
 
     /// Registers a connection for change notices on a document.
-    pub fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, mailbox: Arc<Mailbox>) {
+    pub(crate) fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, mailbox: Arc<Mailbox>) {
         live.subscribers
             .lock()
             .expect("never poisoned")
@@ -358,7 +358,7 @@ impl DocumentHub {
     }
 
     /// Removes a connection from a document's notices.
-    pub fn unsubscribe(&self, live: &LiveDocument, conn: ConnectionId) {
+    pub(crate) fn unsubscribe(&self, live: &LiveDocument, conn: ConnectionId) {
         live.subscribers
             .lock()
             .expect("never poisoned")
@@ -366,7 +366,7 @@ impl DocumentHub {
     }
 
     /// Remembers that a connection asked for a document nobody had.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         id: DocumentId,
         user: UserId,
@@ -382,7 +382,7 @@ impl DocumentHub {
     }
 
     /// Forgets every wait of a connection.
-    pub fn stop_waiting(&self, conn: ConnectionId) {
+    pub(crate) fn stop_waiting(&self, conn: ConnectionId) {
         let mut waiting = self.waiting.lock().expect("never poisoned");
         waiting.retain(|_, conns| {
             conns.remove(&conn);
@@ -392,7 +392,7 @@ impl DocumentHub {
 
     /// Generates the next sync message for a peer, if there is one, once
     /// every change applied to the document is durable.
-    pub async fn generate(
+    pub(crate) async fn generate(
         &self,
         live: &LiveDocument,
         state: &mut sync::State,
@@ -435,7 +435,7 @@ impl DocumentHub {
 
     /// The durability ticket of the newest change applied to the document:
     /// nothing generated from it can be sent before that ticket is durable.
-    pub async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
+    pub(crate) async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
         live.state.lock().await.needs_durable
     }
 
@@ -454,7 +454,7 @@ impl DocumentHub {
     /// the reply to this peer is generated later, with [`DocumentHub::generate`],
     /// so that a connection can go on applying messages while the group
     /// commit flushes.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &self,
         live: &Arc<LiveDocument>,
         state: &mut sync::State,
@@ -632,7 +632,7 @@ impl DocumentHub {
 
     /// Tells every subscriber except `except` (and any connection waiting for
     /// this document) that it changed.
-    pub fn notify_changed(&self, live: &LiveDocument, except: Option<ConnectionId>) {
+    pub(crate) fn notify_changed(&self, live: &LiveDocument, except: Option<ConnectionId>) {
         let subscribers = live.subscribers.lock().expect("never poisoned");
         for (conn, mailbox) in subscribers.iter() {
             if Some(*conn) != except {
@@ -654,7 +654,7 @@ impl DocumentHub {
 
     /// Forwards an ephemeral message of `bytes` payload bytes to the
     /// document's other peers.
-    pub fn forward_ephemeral(
+    pub(crate) fn forward_ephemeral(
         &self,
         live: &LiveDocument,
         from: ConnectionId,
@@ -671,7 +671,7 @@ impl DocumentHub {
 
     /// Makes a change on the server's behalf (REST edits), durably, and tells
     /// every peer of the document.
-    pub async fn change<F>(
+    pub(crate) async fn change<F>(
         &self,
         live: &Arc<LiveDocument>,
         author: Author,
@@ -719,7 +719,7 @@ impl DocumentHub {
     }
 
     /// Reads a document under its lock.
-    pub async fn read<T>(
+    pub(crate) async fn read<T>(
         &self,
         live: &LiveDocument,
         read: impl FnOnce(&Automerge) -> T,
@@ -735,7 +735,11 @@ impl DocumentHub {
     /// The flag is set under the document's lock, so a change that is being
     /// applied finishes first and every later one is refused: nothing can be
     /// appended to the log of a deleted document.
-    pub async fn tombstone(&self, id: DocumentId, now: DateTime<Utc>) -> Result<bool, HubError> {
+    pub(crate) async fn tombstone(
+        &self,
+        id: DocumentId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, HubError> {
         let live = self.live.lock().expect("never poisoned").get(&id).cloned();
         let removed = match &live {
             Some(live) => {
@@ -754,7 +758,7 @@ impl DocumentHub {
 
     /// The user's root document, created once, on first use, by the server:
     /// devices never create it, so two offline devices cannot make two.
-    pub async fn ensure_root(
+    pub(crate) async fn ensure_root(
         &self,
         user: UserId,
         fresh_id: DocumentId,
@@ -803,7 +807,7 @@ impl DocumentHub {
     /// [`codeedex_schema::wire::close::STORAGE_UNAVAILABLE`]): such a copy may hold
     /// changes that never became durable. The next to open a document loads
     /// it from the recovered store. Returns how many were dropped.
-    pub fn forget_stale(&self) -> usize {
+    pub(crate) fn forget_stale(&self) -> usize {
         let stale: Vec<Arc<LiveDocument>> = {
             let mut live = self.live.lock().expect("never poisoned");
             let stale = live
@@ -823,7 +827,7 @@ impl DocumentHub {
     /// Follows the store's health for as long as the store lives: counts
     /// its failures and recoveries, and forgets documents loaded before a
     /// failure.
-    pub async fn follow_store(&self) {
+    pub(crate) async fn follow_store(&self) {
         let mut health = self.store.health();
         let mut seen = *health.borrow_and_update();
         while health.changed().await.is_ok() {

@@ -35,7 +35,8 @@ use crate::metrics::Metrics;
 use crate::store::{StoreError, Ticket};
 
 /// The extension message types this server understands.
-pub const EXTENSIONS: [&str; 2] = [message_type::AUTH_REFRESH, message_type::CATCH_UP_REQUEST];
+pub(crate) const EXTENSIONS: [&str; 2] =
+    [message_type::AUTH_REFRESH, message_type::CATCH_UP_REQUEST];
 
 /// What the transport should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,32 +188,32 @@ impl PeerConnection {
     }
 
     /// The user this connection belongs to.
-    pub fn user(&self) -> UserId {
+    pub(crate) fn user(&self) -> UserId {
         self.user
     }
 
     /// The connection's number, as logged.
-    pub fn id(&self) -> ConnectionId {
+    pub(crate) fn id(&self) -> ConnectionId {
         self.conn
     }
 
     /// The session this connection belongs to.
-    pub fn session(&self) -> SessionId {
+    pub(crate) fn session(&self) -> SessionId {
         self.session
     }
 
     /// When the access token behind this connection expires (seconds since the epoch).
-    pub fn token_expires_at(&self) -> i64 {
+    pub(crate) fn token_expires_at(&self) -> i64 {
         self.token_expires_at
     }
 
     /// Whether the join has happened.
-    pub fn has_joined(&self) -> bool {
+    pub(crate) fn has_joined(&self) -> bool {
         self.joined.is_some()
     }
 
     /// Resolves when a newer connection takes this one's peer id over.
-    pub fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+    pub(crate) fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
         self.replaced.take()
     }
 
@@ -237,7 +238,7 @@ impl PeerConnection {
     }
 
     /// The outputs for an access token that expired on the open socket.
-    pub fn token_expired(&self) -> Vec<Output> {
+    pub(crate) fn token_expired(&self) -> Vec<Output> {
         fail(close::TOKEN_EXPIRED, "access token expired")
     }
 
@@ -375,7 +376,7 @@ impl PeerConnection {
 
     /// The outputs for a store failure: 4013 when the store is unavailable
     /// (the disk failed), else an internal error.
-    pub fn store_failed(&self, e: StoreError) -> Vec<Output> {
+    pub(crate) fn store_failed(&self, e: StoreError) -> Vec<Output> {
         self.internal(e)
     }
 
@@ -628,7 +629,7 @@ impl PeerConnection {
     /// The driver keeps handling frames and notices while it waits, so one
     /// connection's messages share flushes instead of queueing behind one
     /// flush each.
-    pub fn owed_ticket(&self) -> Option<Ticket> {
+    pub(crate) fn owed_ticket(&self) -> Option<Ticket> {
         (!self.owed.is_empty()).then_some(self.owed_ticket)
     }
 
