@@ -1,21 +1,22 @@
 //! WebSocket close codes of the sync connection, as the server sends them.
 //!
-//! The server sends an `error` message first (its text says what went
-//! wrong), then closes with one of these codes. 1000 to 1011 are the
-//! standard codes of RFC 6455; 4000 to 4999 are ours. Each constant says
-//! what the code means and what a client should do about it.
+//! When the server ends a connection because something is wrong, it sends
+//! an `error` message first (its text says what), then closes with one of
+//! these codes. Codes below 4000 are the standard ones (RFC 6455); 4000 to
+//! 4999 are ours. Each constant says what the code means and what a client
+//! should do about it.
 
-/// Normal closure: the peer said `leave`, or the server ended a connection
-/// it had no complaint about. Reconnect when there is something to sync.
+/// Normal closure: the peer said `leave` or sent an `error` of its own.
+/// Nothing to do; reconnect when there is something to sync.
 pub const NORMAL: u16 = 1000;
 
 /// The server is shutting down (each connection saved its sync states
 /// first). Reconnect with backoff, to it or to another node.
 pub const GOING_AWAY: u16 = 1001;
 
-/// The peer broke the protocol: a malformed or unexpected message, or a
-/// sync message Automerge could not apply. A client bug; reconnecting sends
-/// the same thing again, so back off.
+/// The peer broke the protocol (a malformed or unexpected message, a sync
+/// message Automerge could not apply), or the server failed to handle a
+/// message. Reconnect with backoff: the same message is likely refused again.
 pub const PROTOCOL_ERROR: u16 = 1002;
 
 /// A text frame: the protocol is binary only. A client bug.
@@ -25,8 +26,8 @@ pub const UNSUPPORTED_DATA: u16 = 1003;
 /// heard within the keep-alive limit. Reconnect with backoff.
 pub const POLICY: u16 = 1008;
 
-/// A frame above the size limit. Sending it again fails again: split the
-/// data or give the document up.
+/// A frame above the size limit. The same frame is refused again; reconnect
+/// with backoff.
 pub const TOO_BIG: u16 = 1009;
 
 /// The access token expired and was not refreshed in place
@@ -42,11 +43,14 @@ pub const SESSION_ENDED: u16 = 4003;
 /// a peer that does not read. Reconnect with backoff, sending less.
 pub const LIMIT: u16 = 4008;
 
-/// The peer id is bound to another account. Pick a new peer id.
+/// The peer id is bound to another account. It is refused again for this
+/// account, so reconnect with a different peer id.
 pub const PEER_ID_TAKEN: u16 = 4009;
 
-/// A newer connection of the same user joined with the same peer id. Do not
-/// reconnect from this connection: the newer one is in charge.
+/// A newer connection of the same user joined with the same peer id (usually
+/// the same device, reconnecting before the server noticed that its old
+/// connection was gone). The newer connection carries on; this one has
+/// nothing left to do.
 pub const REPLACED: u16 = 4010;
 
 /// The user's document or storage quota is exhausted. Reconnecting helps

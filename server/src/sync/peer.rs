@@ -7,9 +7,9 @@
 //! user may not see is answered `doc-unavailable`, exactly like one that does
 //! not exist.
 //!
-//! A connection the server ends gets an `error` message first, then a close
-//! code from [`codeedex_schema::wire::close`], which says what each code
-//! means and what a client should do.
+//! A connection the server ends for something wrong gets an `error` message
+//! first, then a close code from [`codeedex_schema::wire::close`], which says
+//! what each code means and what a client should do.
 //!
 //! Every sync message is checked by [`admission`] against explicit limits
 //! before Automerge sees any of its bytes; the hub contains whatever slips
