@@ -316,7 +316,9 @@ impl PeerConnection {
                 }
                 Vec::new()
             }
-            Message::AuthRefresh { access_token, .. } if self.supports("codeedex/auth-refresh") => {
+            Message::AuthRefresh { access_token, .. }
+                if self.supports(message_type::AUTH_REFRESH) =>
+            {
                 match self.ctx.auth.authenticate(&access_token, wall) {
                     // The refreshed token must be of this connection's own
                     // session: the socket belongs to that session, and ends
@@ -341,7 +343,7 @@ impl PeerConnection {
                 }
             }
             Message::CatchUpRequest { cursor, .. }
-                if self.supports("codeedex/catch-up-request") =>
+                if self.supports(message_type::CATCH_UP_REQUEST) =>
             {
                 match self
                     .ctx
