@@ -33,15 +33,16 @@ use chrono::{DateTime, TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task::{Task, Title};
 use codeedex_schema::task_document;
-use codeedex_schema::wire::{self, Message, PeerMetadata};
+use codeedex_schema::wire::{self, Message, PeerMetadata, message_type};
 use codeedex_server::auth::Auth;
 use codeedex_server::auth::keys::ServerKeys;
+use codeedex_server::configuration::limits::{HubLimits, Quota, SyncLimits};
 use codeedex_server::configuration::{Overrides, Settings};
 use codeedex_server::delivery::CodeDelivery;
 use codeedex_server::metrics::Metrics;
-use codeedex_server::store::{Quota, SessionRecord, Store, UserRecord};
-use codeedex_server::sync::hub::{DocumentHub, HubLimits};
-use codeedex_server::sync::peer::{Output, PeerConnection, PeerContext, SyncLimits};
+use codeedex_server::store::{SessionRecord, Store, UserRecord};
+use codeedex_server::sync::hub::DocumentHub;
+use codeedex_server::sync::peer::{Output, PeerConnection, PeerContext};
 use codeedex_server::sync::registry::PeerRegistry;
 use libfuzzer_sys::fuzz_target;
 
@@ -272,8 +273,8 @@ fuzz_target!(|input: &[u8]| {
                 storage_id: Some("fuzz-storage".into()),
                 is_ephemeral: false,
                 extensions: vec![
-                    "codeedex/auth-refresh".into(),
-                    "codeedex/catch-up-request".into(),
+                    message_type::AUTH_REFRESH.into(),
+                    message_type::CATCH_UP_REQUEST.into(),
                 ],
             }),
         });

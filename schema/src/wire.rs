@@ -44,6 +44,11 @@
 //! An unknown `type` is reported as [`DecodeError::UnknownType`], apart from
 //! the other errors, so a caller may ignore such frames instead of failing.
 //!
+//! # Close codes
+//!
+//! [`close`] names the WebSocket close codes of the sync connection, what
+//! each means and what a client should do about it.
+//!
 //! # Extensions
 //!
 //! The `codeedex/...` message types are ours. A peer announces the ones it
@@ -52,6 +57,7 @@
 //! stock clients and samod reject unknown types. [`encode`] does not enforce
 //! this; see [`PeerMetadata::supports`].
 
+pub mod close;
 mod decode;
 mod encode;
 mod message;

@@ -11,7 +11,7 @@ mod client;
 mod health;
 mod json_body;
 mod openapi;
-pub mod problem;
+pub(crate) mod problem;
 mod sync_socket;
 mod tasks;
 

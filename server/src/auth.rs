@@ -5,10 +5,10 @@
 //! renders answers; this module decides. Time is passed in as `now`.
 
 pub mod keys;
-pub mod otp;
-pub mod rate_limit;
-pub mod span;
-pub mod tokens;
+pub(crate) mod otp;
+pub(crate) mod rate_limit;
+pub(crate) mod span;
+pub(crate) mod tokens;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,27 +41,27 @@ const REFRESH_PREFIX: &str = "cdxr_";
 
 /// Who is asking, for rate limits and the audit trail.
 #[derive(Debug, Clone, Default)]
-pub struct ClientContext {
+pub(crate) struct ClientContext {
     /// The client's address, after trusted-proxy resolution.
-    pub ip: Option<IpAddr>,
+    pub(crate) ip: Option<IpAddr>,
     /// The User-Agent header, truncated.
-    pub user_agent: Option<String>,
+    pub(crate) user_agent: Option<String>,
 }
 
 /// An access token that passed every check, including that its session lives.
 #[derive(Debug, Clone)]
-pub struct Authenticated {
+pub(crate) struct Authenticated {
     /// The user.
-    pub user_id: UserId,
+    pub(crate) user_id: UserId,
     /// The session the token belongs to.
-    pub session_id: SessionId,
+    pub(crate) session_id: SessionId,
     /// The token's expiry, seconds since the epoch.
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
 }
 
 /// Why a code request was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestCodeError {
+pub(crate) enum RequestCodeError {
     /// Per-IP limit, cooldown or send cap.
     #[error("too many code requests")]
     RateLimited {
@@ -81,7 +81,7 @@ pub enum RequestCodeError {
 
 /// Why a verification failed.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     /// Wrong, expired, used or never-issued code: one answer for all.
     #[error("invalid code")]
     InvalidCode,
@@ -104,7 +104,7 @@ pub enum VerifyError {
 
 /// Why a refresh failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     /// Unknown, expired, revoked or reused token: one answer for all.
     #[error("invalid refresh token")]
     Invalid,
@@ -121,7 +121,7 @@ pub enum RefreshError {
 
 /// Why an access token was refused, for the HTTP layer.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthenticateError {
+pub(crate) enum AuthenticateError {
     /// Valid but expired: the client should refresh.
     #[error("access token expired")]
     Expired,
@@ -135,22 +135,22 @@ pub enum AuthenticateError {
 
 /// The outcome of a successful sign-in.
 #[derive(Debug)]
-pub struct SignIn {
+pub(crate) struct SignIn {
     /// The new tokens.
-    pub tokens: TokenPair,
+    pub(crate) tokens: TokenPair,
     /// The user.
-    pub user: UserView,
+    pub(crate) user: UserView,
     /// Whether this sign-in created the account.
-    pub new_user: bool,
+    pub(crate) new_user: bool,
 }
 
 /// What a code request promises the client.
 #[derive(Debug, Clone, Copy)]
-pub struct CodeRequested {
+pub(crate) struct CodeRequested {
     /// Seconds the code is valid.
-    pub expires_in: u64,
+    pub(crate) expires_in: u64,
     /// Seconds before another code can be requested.
-    pub resend_after: u64,
+    pub(crate) resend_after: u64,
 }
 
 /// The refresh token most recently issued for a session, kept in memory for
@@ -218,13 +218,8 @@ impl Auth {
 
     /// Subscribes to session ends (logout, revocation, reuse detection), so
     /// that live connections of an ended session can be closed.
-    pub fn session_ends(&self) -> broadcast::Receiver<SessionId> {
+    pub(crate) fn session_ends(&self) -> broadcast::Receiver<SessionId> {
         self.revocations.subscribe()
-    }
-
-    /// The access-token verifier, for the sync endpoint.
-    pub fn access_tokens(&self) -> &AccessTokens {
-        &self.tokens
     }
 
     fn limit(&self, action: LimitedAction, ctx: &ClientContext) -> Result<(), u64> {
@@ -265,7 +260,7 @@ impl Auth {
 
     /// Sends a code to `contact`. The answer and its timing are the same
     /// whether or not an account exists: delivery happens in the background.
-    pub async fn request_code(
+    pub(crate) async fn request_code(
         &self,
         contact: &Contact,
         ctx: &ClientContext,
@@ -337,7 +332,7 @@ impl Auth {
 
     /// Verifies a code and, if right, signs the user in on a new session,
     /// creating the account on first sign-in.
-    pub async fn verify_code(
+    pub(crate) async fn verify_code(
         &self,
         contact: &Contact,
         code: &str,
@@ -452,7 +447,7 @@ impl Auth {
     /// Rotates a refresh token. Concurrent refreshes of one session are
     /// serialised: the first rotates, the others (presenting the token that
     /// was current a moment ago) get the same new pair.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         token: &str,
         ctx: &ClientContext,
@@ -569,7 +564,7 @@ impl Auth {
     }
 
     /// Checks an access token: signature, claims, and that its session lives.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         token: &str,
         now: DateTime<Utc>,
@@ -592,7 +587,7 @@ impl Auth {
     }
 
     /// Ends sessions of the caller's user. Returns how many ended.
-    pub async fn logout(
+    pub(crate) async fn logout(
         &self,
         who: &Authenticated,
         scope: LogoutScope,
@@ -622,7 +617,7 @@ impl Auth {
 
     /// Revokes one of the caller's sessions. `Ok(false)` if it is not theirs
     /// or does not exist (one answer for both).
-    pub async fn revoke_session(
+    pub(crate) async fn revoke_session(
         &self,
         who: &Authenticated,
         id: SessionId,
@@ -641,12 +636,12 @@ impl Auth {
     }
 
     /// The caller's account.
-    pub fn me(&self, who: &Authenticated) -> Result<Option<UserView>, StoreError> {
+    pub(crate) fn me(&self, who: &Authenticated) -> Result<Option<UserView>, StoreError> {
         Ok(self.store.user(who.user_id)?.map(|u| user_view(&u)))
     }
 
     /// The caller's live sessions, newest first.
-    pub fn sessions(
+    pub(crate) fn sessions(
         &self,
         who: &Authenticated,
         now: DateTime<Utc>,
@@ -672,7 +667,10 @@ impl Auth {
     }
 
     /// The caller's newest audit events.
-    pub fn audit_events(&self, who: &Authenticated) -> Result<Vec<AuditEventView>, StoreError> {
+    pub(crate) fn audit_events(
+        &self,
+        who: &Authenticated,
+    ) -> Result<Vec<AuditEventView>, StoreError> {
         Ok(self
             .store
             .audit_of(who.user_id, 200)?

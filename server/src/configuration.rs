@@ -16,18 +16,17 @@ use clap::{Parser, ValueEnum};
 use codeedex_schema::contact::Contact;
 use secrecy::SecretString;
 
-use crate::store::Quota;
-use crate::sync::gate::GateLimits;
-use crate::sync::hub::HubLimits;
-use crate::sync::mailbox::MailboxLimits;
-use crate::sync::peer::SyncLimits;
 use codeedex_schema::admission::InputLimits;
 use serde::{Deserialize, Serialize};
+
+pub mod limits;
+
+use limits::{GateLimits, HubLimits, MailboxLimits, Quota, SyncLimits};
 
 /// Development prints codes to the log; production refuses anything unsafe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Profile {
+pub(crate) enum Profile {
     /// Local use: the log sender and test codes are allowed.
     Development,
     /// Refuses to start with the log sender or fixed test codes.
@@ -37,7 +36,7 @@ pub enum Profile {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -47,7 +46,7 @@ pub enum LogFormat {
 /// Where codes for email addresses go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EmailSenderKind {
+pub(crate) enum EmailSenderKind {
     /// Print the address and the code to the log (development only).
     Log,
     /// Send mail over SMTP.
@@ -57,7 +56,7 @@ pub enum EmailSenderKind {
 /// Where codes for phone numbers go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PhoneSenderKind {
+pub(crate) enum PhoneSenderKind {
     /// Print the number and the code to the log (development only).
     Log,
     /// Send SMS through a Twilio-style HTTPS API.
@@ -67,7 +66,7 @@ pub enum PhoneSenderKind {
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
+pub(crate) enum SmtpTls {
     /// Plain text. Only for a relay on the same host or in tests.
     None,
     /// Upgrade with STARTTLS, and refuse to send if the server does not offer it.
@@ -85,196 +84,196 @@ pub struct Overrides {
     /// A TOML file with settings (same names as the flags, with underscores).
     #[arg(long, env = "CODEEDEX_CONFIG")]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Address and port to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "CODEEDEX_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Directory for the store and the generated keys [default: ./data].
     #[arg(long, env = "CODEEDEX_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// MiB of database pages the store keeps in memory, 1 to 65536; the
     /// operating system's page cache holds the rest [default: 64].
     #[arg(long, env = "CODEEDEX_STORE_CACHE_MIB")]
-    pub store_cache_mib: Option<u64>,
+    pub(crate) store_cache_mib: Option<u64>,
     /// development or production [default: development].
     #[arg(long, env = "CODEEDEX_PROFILE")]
-    pub profile: Option<Profile>,
+    pub(crate) profile: Option<Profile>,
     /// text or json [default: text].
     #[arg(long, env = "CODEEDEX_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    pub(crate) log_format: Option<LogFormat>,
     /// A tracing filter, such as "info" or "codeedex_server=debug" [default: info].
     #[arg(long, env = "CODEEDEX_LOG")]
-    pub log: Option<String>,
+    pub(crate) log: Option<String>,
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "CODEEDEX_WORKERS")]
-    pub workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     /// Where email codes go: log or smtp [default: log].
     #[arg(long, env = "CODEEDEX_EMAIL_SENDER")]
-    pub email_sender: Option<EmailSenderKind>,
+    pub(crate) email_sender: Option<EmailSenderKind>,
     /// Where phone codes go: log or sms [default: log].
     #[arg(long, env = "CODEEDEX_PHONE_SENDER")]
-    pub phone_sender: Option<PhoneSenderKind>,
+    pub(crate) phone_sender: Option<PhoneSenderKind>,
     /// SMTP server host name.
     #[arg(long, env = "CODEEDEX_SMTP_HOST")]
-    pub smtp_host: Option<String>,
+    pub(crate) smtp_host: Option<String>,
     /// SMTP server port [default: 587].
     #[arg(long, env = "CODEEDEX_SMTP_PORT")]
-    pub smtp_port: Option<u16>,
+    pub(crate) smtp_port: Option<u16>,
     /// SMTP security: none, starttls or tls [default: starttls].
     #[arg(long, env = "CODEEDEX_SMTP_TLS")]
-    pub smtp_tls: Option<SmtpTls>,
+    pub(crate) smtp_tls: Option<SmtpTls>,
     /// SMTP user name (omit for no authentication).
     #[arg(long, env = "CODEEDEX_SMTP_USERNAME")]
-    pub smtp_username: Option<String>,
+    pub(crate) smtp_username: Option<String>,
     /// SMTP password.
     #[arg(long, env = "CODEEDEX_SMTP_PASSWORD", hide_env_values = true)]
-    pub smtp_password: Option<SecretString>,
+    pub(crate) smtp_password: Option<SecretString>,
     /// The From header of code mails [default: CodeeDex <no-reply@codeedex.invalid>].
     #[arg(long, env = "CODEEDEX_SMTP_FROM")]
-    pub smtp_from: Option<String>,
+    pub(crate) smtp_from: Option<String>,
     /// Base URL of the Twilio-style SMS API [default: https://api.twilio.com].
     #[arg(long, env = "CODEEDEX_SMS_API_BASE")]
-    pub sms_api_base: Option<String>,
+    pub(crate) sms_api_base: Option<String>,
     /// SMS account id (user name for the API).
     #[arg(long, env = "CODEEDEX_SMS_ACCOUNT_SID")]
-    pub sms_account_sid: Option<String>,
+    pub(crate) sms_account_sid: Option<String>,
     /// SMS API token.
     #[arg(long, env = "CODEEDEX_SMS_AUTH_TOKEN", hide_env_values = true)]
-    pub sms_auth_token: Option<SecretString>,
+    pub(crate) sms_auth_token: Option<SecretString>,
     /// The sender number or id of code messages.
     #[arg(long, env = "CODEEDEX_SMS_FROM")]
-    pub sms_from: Option<String>,
+    pub(crate) sms_from: Option<String>,
     /// Proxies whose X-Forwarded-For is believed, comma-separated IPs [default: none].
     #[arg(long, env = "CODEEDEX_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Option<Vec<IpAddr>>,
+    pub(crate) trusted_proxies: Option<Vec<IpAddr>>,
     /// Digits in a code, 6 to 10 [default: 6].
     #[arg(long, env = "CODEEDEX_OTP_DIGITS")]
-    pub otp_digits: Option<u32>,
+    pub(crate) otp_digits: Option<u32>,
     /// How long a code is valid, 1 to 600 [default: 600].
     #[arg(long, env = "CODEEDEX_OTP_TTL_SECS")]
-    pub otp_ttl_secs: Option<u64>,
+    pub(crate) otp_ttl_secs: Option<u64>,
     /// Wrong attempts that kill a code [default: 5].
     #[arg(long, env = "CODEEDEX_OTP_MAX_ATTEMPTS")]
-    pub otp_max_attempts: Option<u32>,
+    pub(crate) otp_max_attempts: Option<u32>,
     /// Seconds before another code may be sent to the same identifier, at most 86400 [default: 60].
     #[arg(long, env = "CODEEDEX_OTP_RESEND_COOLDOWN_SECS")]
-    pub otp_resend_cooldown_secs: Option<u64>,
+    pub(crate) otp_resend_cooldown_secs: Option<u64>,
     /// Codes per identifier per hour [default: 5].
     #[arg(long, env = "CODEEDEX_OTP_HOURLY_CAP")]
-    pub otp_hourly_cap: Option<u32>,
+    pub(crate) otp_hourly_cap: Option<u32>,
     /// Codes per identifier per day [default: 10].
     #[arg(long, env = "CODEEDEX_OTP_DAILY_CAP")]
-    pub otp_daily_cap: Option<u32>,
+    pub(crate) otp_daily_cap: Option<u32>,
     /// Wrong codes per identifier per 24 hours before it is locked, across resends [default: 20].
     #[arg(long, env = "CODEEDEX_OTP_FAILURE_CAP")]
-    pub otp_failure_cap: Option<u32>,
+    pub(crate) otp_failure_cap: Option<u32>,
     /// Code requests per client IP per window [default: 30].
     #[arg(long, env = "CODEEDEX_IP_SEND_LIMIT")]
-    pub ip_send_limit: Option<u32>,
+    pub(crate) ip_send_limit: Option<u32>,
     /// Code verifications per client IP per window [default: 30].
     #[arg(long, env = "CODEEDEX_IP_VERIFY_LIMIT")]
-    pub ip_verify_limit: Option<u32>,
+    pub(crate) ip_verify_limit: Option<u32>,
     /// Token refreshes per client IP per window [default: 150].
     #[arg(long, env = "CODEEDEX_IP_REFRESH_LIMIT")]
-    pub ip_refresh_limit: Option<u32>,
+    pub(crate) ip_refresh_limit: Option<u32>,
     /// The per-IP window in seconds, 1 to 86400 [default: 300].
     #[arg(long, env = "CODEEDEX_IP_LIMIT_WINDOW_SECS")]
-    pub ip_limit_window_secs: Option<u64>,
+    pub(crate) ip_limit_window_secs: Option<u64>,
     /// Access token lifetime in seconds, 1 to 86400 [default: 900].
     #[arg(long, env = "CODEEDEX_ACCESS_TOKEN_TTL_SECS")]
-    pub access_token_ttl_secs: Option<u64>,
+    pub(crate) access_token_ttl_secs: Option<u64>,
     /// The `iss` of access tokens [default: codeedex].
     #[arg(long, env = "CODEEDEX_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
     /// The `aud` of access tokens [default: codeedex-api].
     #[arg(long, env = "CODEEDEX_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
     /// Seconds in which the previous refresh token returns the current pair, at most 300 [default: 10].
     #[arg(long, env = "CODEEDEX_REFRESH_GRACE_SECS")]
-    pub refresh_grace_secs: Option<u64>,
+    pub(crate) refresh_grace_secs: Option<u64>,
     /// A session unused this long ends, 1 to 34560000 (400 days) [default: 2592000, 30 days].
     #[arg(long, env = "CODEEDEX_SESSION_IDLE_SECS")]
-    pub session_idle_secs: Option<u64>,
+    pub(crate) session_idle_secs: Option<u64>,
     /// A session ends this long after sign-in, however used, at most 34560000 (400 days) [default: 7776000, 90 days].
     #[arg(long, env = "CODEEDEX_SESSION_MAX_SECS")]
-    pub session_max_secs: Option<u64>,
+    pub(crate) session_max_secs: Option<u64>,
     /// Origins allowed to open sync WebSockets, comma-separated [default: any].
     #[arg(long, env = "CODEEDEX_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Option<Vec<String>>,
+    pub(crate) allowed_origins: Option<Vec<String>>,
     /// Largest sync frame in bytes [default: 16777216].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_FRAME_BYTES")]
-    pub sync_max_frame_bytes: Option<usize>,
+    pub(crate) sync_max_frame_bytes: Option<usize>,
     /// Sustained sync messages per second per connection [default: 500].
     #[arg(long, env = "CODEEDEX_SYNC_MESSAGES_PER_SECOND")]
-    pub sync_messages_per_second: Option<u32>,
+    pub(crate) sync_messages_per_second: Option<u32>,
     /// Sync messages accepted in a burst per connection [default: 5000].
     #[arg(long, env = "CODEEDEX_SYNC_MESSAGE_BURST")]
-    pub sync_message_burst: Option<u32>,
+    pub(crate) sync_message_burst: Option<u32>,
     /// Documents one sync connection may sync [default: 20000].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_DOCUMENTS")]
-    pub sync_max_documents: Option<usize>,
+    pub(crate) sync_max_documents: Option<usize>,
     /// Sync connections per user [default: 32].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_CONNECTIONS_PER_USER")]
-    pub sync_max_connections_per_user: Option<usize>,
+    pub(crate) sync_max_connections_per_user: Option<usize>,
     /// Seconds a client has to send its join after connecting, 1 to 300 [default: 10].
     #[arg(long, env = "CODEEDEX_SYNC_HANDSHAKE_TIMEOUT_SECS")]
-    pub sync_handshake_timeout_secs: Option<u64>,
+    pub(crate) sync_handshake_timeout_secs: Option<u64>,
     /// Seconds an unused document stays in memory, at most 86400 [default: 60].
     #[arg(long, env = "CODEEDEX_DOCUMENT_IDLE_SECS")]
-    pub document_idle_secs: Option<u64>,
+    pub(crate) document_idle_secs: Option<u64>,
     /// Largest Automerge change a peer may send, in bytes; beyond it the
     /// connection closes with 4008 [default: 1048576].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_CHANGE_BYTES")]
-    pub sync_max_change_bytes: Option<usize>,
+    pub(crate) sync_max_change_bytes: Option<usize>,
     /// Most operations in one change; beyond it the connection closes with 4008 [default: 100000].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_OPS_PER_CHANGE")]
-    pub sync_max_ops_per_change: Option<u64>,
+    pub(crate) sync_max_ops_per_change: Option<u64>,
     /// Most changes in one sync message; beyond it the connection closes with 4008 [default: 10000].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_CHANGES_PER_MESSAGE")]
-    pub sync_max_changes_per_message: Option<usize>,
+    pub(crate) sync_max_changes_per_message: Option<usize>,
     /// Changes a document may hold while their dependencies are missing;
     /// beyond it the connection closes with 4008 [default: 1000].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_QUEUED_CHANGES")]
-    pub sync_max_queued_changes: Option<usize>,
+    pub(crate) sync_max_queued_changes: Option<usize>,
     /// Bytes of such changes per document [default: 8388608].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_QUEUED_BYTES")]
-    pub sync_max_queued_bytes: Option<usize>,
+    pub(crate) sync_max_queued_bytes: Option<usize>,
     /// Seconds a clean shutdown may take: sync peers told to go away
     /// (close 1001), requests in flight finished, 1 to 300 [default: 10].
     #[arg(long, env = "CODEEDEX_SHUTDOWN_TIMEOUT_SECS")]
-    pub shutdown_timeout_secs: Option<u64>,
+    pub(crate) shutdown_timeout_secs: Option<u64>,
     /// Relayed ephemeral messages waiting per connection; older ones are dropped [default: 256].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_EPHEMERAL_QUEUED")]
-    pub sync_max_ephemeral_queued: Option<usize>,
+    pub(crate) sync_max_ephemeral_queued: Option<usize>,
     /// Seconds one outgoing frame may wait for a peer that does not read,
     /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
-    pub sync_write_timeout_secs: Option<u64>,
+    pub(crate) sync_write_timeout_secs: Option<u64>,
     /// New sync connections the node opens per second; beyond the rate (and
     /// the burst) an upgrade answers 503 with a Retry-After [default: 2000].
     #[arg(long, env = "CODEEDEX_SYNC_CONNECTIONS_PER_SECOND")]
-    pub sync_connections_per_second: Option<u32>,
+    pub(crate) sync_connections_per_second: Option<u32>,
     /// New sync connections opened at once above the sustained rate [default: 5000].
     #[arg(long, env = "CODEEDEX_SYNC_CONNECTION_BURST")]
-    pub sync_connection_burst: Option<u32>,
+    pub(crate) sync_connection_burst: Option<u32>,
     /// Sync connections open on this node; beyond it an upgrade answers 503
     /// with a Retry-After [default: 20000].
     #[arg(long, env = "CODEEDEX_SYNC_MAX_CONNECTIONS")]
-    pub sync_max_connections: Option<usize>,
+    pub(crate) sync_max_connections: Option<usize>,
     /// Live documents per user; beyond it uploads close with 4011 and REST
     /// creation answers 403 quota_exceeded [default: 100000].
     #[arg(long, env = "CODEEDEX_QUOTA_DOCUMENTS_PER_USER")]
-    pub quota_documents_per_user: Option<u64>,
+    pub(crate) quota_documents_per_user: Option<u64>,
     /// Bytes of change log per user [default: 1073741824].
     #[arg(long, env = "CODEEDEX_QUOTA_BYTES_PER_USER")]
-    pub quota_bytes_per_user: Option<u64>,
+    pub(crate) quota_bytes_per_user: Option<u64>,
     /// Bytes of change log per document [default: 67108864].
     #[arg(long, env = "CODEEDEX_QUOTA_BYTES_PER_DOCUMENT")]
-    pub quota_bytes_per_document: Option<u64>,
+    pub(crate) quota_bytes_per_document: Option<u64>,
     /// Fixed codes for test accounts, "identifier=code" comma-separated.
     /// Needs --test-codes-expire and --allow-test-codes.
     #[arg(long, env = "CODEEDEX_TEST_CODES", hide_env_values = true)]
-    pub test_codes: Option<String>,
+    pub(crate) test_codes: Option<String>,
     /// The explicit opt-in that fixed test codes need besides their list, so
     /// that a stray CODEEDEX_TEST_CODES cannot turn them on by accident.
     #[arg(
@@ -283,146 +282,146 @@ pub struct Overrides {
         num_args = 0..=1,
         default_missing_value = "true"
     )]
-    pub allow_test_codes: Option<bool>,
+    pub(crate) allow_test_codes: Option<bool>,
     /// The last day (UTC, YYYY-MM-DD) on which the fixed test codes work.
     #[arg(long, env = "CODEEDEX_TEST_CODES_EXPIRE")]
-    pub test_codes_expire: Option<NaiveDate>,
+    pub(crate) test_codes_expire: Option<NaiveDate>,
 }
 
 /// The settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where to listen.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Where the store and keys live.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Bytes of database pages the store keeps in memory.
-    pub store_cache_bytes: u64,
+    pub(crate) store_cache_bytes: u64,
     /// Development or production.
-    pub profile: Profile,
+    pub(crate) profile: Profile,
     /// Log line format.
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Log filter.
-    pub log: String,
+    pub(crate) log: String,
     /// HTTP worker threads; `None` for one per core.
-    pub workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     /// Code delivery.
     pub delivery: DeliverySettings,
     /// Which peers may set X-Forwarded-For.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
     /// One-time code rules.
-    pub otp: OtpPolicy,
+    pub(crate) otp: OtpPolicy,
     /// Per-IP limits.
-    pub ip_limits: IpLimits,
+    pub(crate) ip_limits: IpLimits,
     /// Token and session rules.
-    pub tokens: TokenPolicy,
+    pub(crate) tokens: TokenPolicy,
     /// Fixed codes for named identifiers, if configured and not expired.
-    pub test_codes: Vec<(Contact, SecretString)>,
+    pub(crate) test_codes: Vec<(Contact, SecretString)>,
     /// Origins allowed to open sync sockets; empty allows any.
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Per-connection sync limits.
-    pub sync_limits: SyncLimits,
+    pub(crate) sync_limits: SyncLimits,
     /// Quotas and per-document limits of the hub.
-    pub hub_limits: HubLimits,
+    pub(crate) hub_limits: HubLimits,
     /// How fast the node opens new sync connections, and how many it holds.
-    pub gate_limits: GateLimits,
+    pub(crate) gate_limits: GateLimits,
     /// How long a clean shutdown may take.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// How long an unused document stays in memory.
-    pub document_idle: Duration,
+    pub(crate) document_idle: Duration,
     /// Things worth a warning that do not stop the server, logged once
     /// logging is set up.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Delivery settings for both kinds of identifier.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
     /// Email codes go here.
-    pub email: EmailSenderKind,
+    pub(crate) email: EmailSenderKind,
     /// Phone codes go here.
-    pub phone: PhoneSenderKind,
+    pub(crate) phone: PhoneSenderKind,
     /// SMTP settings, used when `email` is smtp.
-    pub smtp: SmtpSettings,
+    pub(crate) smtp: SmtpSettings,
     /// SMS settings, used when `phone` is sms.
-    pub sms: SmsSettings,
+    pub(crate) sms: SmsSettings,
 }
 
 /// How to reach the SMTP server.
 #[derive(Debug, Clone)]
-pub struct SmtpSettings {
+pub(crate) struct SmtpSettings {
     /// Host name.
-    pub host: String,
+    pub(crate) host: String,
     /// Port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Transport security.
-    pub tls: SmtpTls,
+    pub(crate) tls: SmtpTls,
     /// Credentials, if the server wants them.
-    pub credentials: Option<(String, SecretString)>,
+    pub(crate) credentials: Option<(String, SecretString)>,
     /// The From header.
-    pub from: String,
+    pub(crate) from: String,
 }
 
 /// How to reach the SMS provider.
 #[derive(Debug, Clone)]
-pub struct SmsSettings {
+pub(crate) struct SmsSettings {
     /// The API's base URL.
-    pub api_base: String,
+    pub(crate) api_base: String,
     /// Account id.
-    pub account_sid: String,
+    pub(crate) account_sid: String,
     /// API token.
-    pub auth_token: SecretString,
+    pub(crate) auth_token: SecretString,
     /// Sender number.
-    pub from: String,
+    pub(crate) from: String,
 }
 
 /// The rules for one-time codes.
 #[derive(Debug, Clone, Copy)]
-pub struct OtpPolicy {
+pub(crate) struct OtpPolicy {
     /// Digits per code.
-    pub digits: u32,
+    pub(crate) digits: u32,
     /// Lifetime.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     /// Wrong attempts that kill one code.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Minimum time between two sends to one identifier.
-    pub resend_cooldown: Duration,
+    pub(crate) resend_cooldown: Duration,
     /// Sends per identifier per hour.
-    pub hourly_cap: u32,
+    pub(crate) hourly_cap: u32,
     /// Sends per identifier per day.
-    pub daily_cap: u32,
+    pub(crate) daily_cap: u32,
     /// Wrong codes per identifier per 24 hours.
-    pub failure_cap: u32,
+    pub(crate) failure_cap: u32,
 }
 
 /// Per-client-IP token buckets.
 #[derive(Debug, Clone, Copy)]
-pub struct IpLimits {
+pub(crate) struct IpLimits {
     /// Code requests per window.
-    pub send: u32,
+    pub(crate) send: u32,
     /// Verifications per window.
-    pub verify: u32,
+    pub(crate) verify: u32,
     /// Refreshes per window.
-    pub refresh: u32,
+    pub(crate) refresh: u32,
     /// The window over which a bucket refills completely.
-    pub window: Duration,
+    pub(crate) window: Duration,
 }
 
 /// Access-token and session rules.
 #[derive(Debug, Clone)]
-pub struct TokenPolicy {
+pub(crate) struct TokenPolicy {
     /// Access token lifetime.
-    pub access_ttl: Duration,
+    pub(crate) access_ttl: Duration,
     /// The `iss` claim.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// The `aud` claim.
-    pub audience: String,
+    pub(crate) audience: String,
     /// How long the previous refresh token still returns the current pair.
-    pub refresh_grace: Duration,
+    pub(crate) refresh_grace: Duration,
     /// Inactivity limit of a session.
-    pub session_idle: Duration,
+    pub(crate) session_idle: Duration,
     /// Absolute limit of a session.
-    pub session_max: Duration,
+    pub(crate) session_max: Duration,
 }
 
 /// A setting in whole seconds and the range it must be in.
@@ -434,15 +433,15 @@ pub struct TokenPolicy {
 /// where a longer value would only weaken a rule; `--help` states them next
 /// to each flag.
 #[derive(Debug, Clone, Copy)]
-pub struct SecondsSetting {
+pub(crate) struct SecondsSetting {
     /// The setting's name, as in the file.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The smallest accepted value.
-    pub min: u64,
+    pub(crate) min: u64,
     /// The largest accepted value.
-    pub max: u64,
+    pub(crate) max: u64,
     /// Why the bound is where it is.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
 }
 
 /// The longest any session may live, idle or not: 400 days, the longest
@@ -451,77 +450,77 @@ const SESSION_SECS_MAX: u64 = 400 * 24 * 3600;
 
 impl SecondsSetting {
     /// `otp_ttl_secs`.
-    pub const OTP_TTL: Self = Self {
+    pub(crate) const OTP_TTL: Self = Self {
         name: "otp_ttl_secs",
         min: 1,
         max: 600,
         why: "NIST SP 800-63B allows at most 10 minutes",
     };
     /// `otp_resend_cooldown_secs`.
-    pub const OTP_RESEND_COOLDOWN: Self = Self {
+    pub(crate) const OTP_RESEND_COOLDOWN: Self = Self {
         name: "otp_resend_cooldown_secs",
         min: 0,
         max: 24 * 3600,
         why: "a day, the longest window of the send caps",
     };
     /// `ip_limit_window_secs`.
-    pub const IP_LIMIT_WINDOW: Self = Self {
+    pub(crate) const IP_LIMIT_WINDOW: Self = Self {
         name: "ip_limit_window_secs",
         min: 1,
         max: 24 * 3600,
         why: "a day",
     };
     /// `access_token_ttl_secs`.
-    pub const ACCESS_TOKEN_TTL: Self = Self {
+    pub(crate) const ACCESS_TOKEN_TTL: Self = Self {
         name: "access_token_ttl_secs",
         min: 1,
         max: 24 * 3600,
         why: "a day; access tokens are meant to be short-lived",
     };
     /// `refresh_grace_secs`.
-    pub const REFRESH_GRACE: Self = Self {
+    pub(crate) const REFRESH_GRACE: Self = Self {
         name: "refresh_grace_secs",
         min: 0,
         max: 300,
         why: "five minutes; a longer grace lets an old refresh token through",
     };
     /// `session_idle_secs`.
-    pub const SESSION_IDLE: Self = Self {
+    pub(crate) const SESSION_IDLE: Self = Self {
         name: "session_idle_secs",
         min: 1,
         max: SESSION_SECS_MAX,
         why: "400 days",
     };
     /// `session_max_secs`.
-    pub const SESSION_MAX: Self = Self {
+    pub(crate) const SESSION_MAX: Self = Self {
         name: "session_max_secs",
         min: 1,
         max: SESSION_SECS_MAX,
         why: "400 days",
     };
     /// `sync_handshake_timeout_secs`.
-    pub const SYNC_HANDSHAKE_TIMEOUT: Self = Self {
+    pub(crate) const SYNC_HANDSHAKE_TIMEOUT: Self = Self {
         name: "sync_handshake_timeout_secs",
         min: 1,
         max: 300,
         why: "five minutes",
     };
     /// `sync_write_timeout_secs`.
-    pub const SYNC_WRITE_TIMEOUT: Self = Self {
+    pub(crate) const SYNC_WRITE_TIMEOUT: Self = Self {
         name: "sync_write_timeout_secs",
         min: 1,
         max: 300,
         why: "five minutes; longer keeps a peer that stopped reading, and what it holds, alive",
     };
     /// `shutdown_timeout_secs`.
-    pub const SHUTDOWN_TIMEOUT: Self = Self {
+    pub(crate) const SHUTDOWN_TIMEOUT: Self = Self {
         name: "shutdown_timeout_secs",
         min: 1,
         max: 300,
         why: "five minutes; service managers kill a process that takes longer",
     };
     /// `document_idle_secs`.
-    pub const DOCUMENT_IDLE: Self = Self {
+    pub(crate) const DOCUMENT_IDLE: Self = Self {
         name: "document_idle_secs",
         min: 0,
         max: 24 * 3600,
@@ -530,7 +529,8 @@ impl SecondsSetting {
 
     /// Every duration setting, for the tests that keep the bounds and the
     /// help text together.
-    pub const ALL: [Self; 11] = [
+    #[cfg(test)]
+    const ALL: [Self; 11] = [
         Self::OTP_TTL,
         Self::OTP_RESEND_COOLDOWN,
         Self::IP_LIMIT_WINDOW,
@@ -545,12 +545,12 @@ impl SecondsSetting {
     ];
 
     /// The accepted values.
-    pub fn range(&self) -> RangeInclusive<u64> {
+    pub(crate) fn range(&self) -> RangeInclusive<u64> {
         self.min..=self.max
     }
 
     /// The value as a duration, or why it is refused.
-    pub fn check(&self, secs: u64) -> anyhow::Result<Duration> {
+    pub(crate) fn check(&self, secs: u64) -> anyhow::Result<Duration> {
         if !self.range().contains(&secs) {
             bail!(
                 "{} must be at least {} and at most {} seconds ({}), not {secs}",
@@ -567,7 +567,10 @@ impl SecondsSetting {
 impl Settings {
     /// Reads flags and environment, then the file they name, and validates
     /// the result. `today` decides whether fixed test codes have expired.
-    pub fn load(args: impl IntoIterator<Item = String>, today: NaiveDate) -> anyhow::Result<Self> {
+    pub(crate) fn load(
+        args: impl IntoIterator<Item = String>,
+        today: NaiveDate,
+    ) -> anyhow::Result<Self> {
         let cli = Overrides::try_parse_from(args)?;
         let file = match &cli.config {
             Some(path) => read_file(path)?,

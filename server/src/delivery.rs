@@ -1,6 +1,6 @@
 //! Delivery of one-time codes, behind one interface.
 //!
-//! [`CodeDelivery::deliver`] routes by identifier kind: email goes to the log
+//! `CodeDelivery::deliver` routes by identifier kind: email goes to the log
 //! sender or to SMTP, phone numbers to the log sender or to an SMS provider's
 //! HTTPS API. The code is a [`SecretString`] all the way to the transport.
 
@@ -13,13 +13,13 @@ use secrecy::SecretString;
 
 use crate::configuration::{DeliverySettings, EmailSenderKind, PhoneSenderKind};
 
-pub use log_sender::LogSender;
-pub use sms::SmsSender;
-pub use smtp::SmtpSender;
+pub(crate) use log_sender::LogSender;
+pub(crate) use sms::SmsSender;
+pub(crate) use smtp::SmtpSender;
 
 /// Why a code could not be handed to its transport.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     /// The SMTP conversation failed.
     #[error("SMTP delivery failed")]
     Smtp(#[source] anyhow::Error),
@@ -72,7 +72,7 @@ impl CodeDelivery {
     }
 
     /// Sends `code` to `contact`.
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         contact: &Contact,
         code: &SecretString,

@@ -16,7 +16,7 @@ macro_rules! counters {
 
         impl Metrics {
             /// Renders every counter in the Prometheus text exposition format.
-            pub fn render(&self) -> String {
+            pub(crate) fn render(&self) -> String {
                 let mut out = String::new();
                 $(
                     let name = concat!("codeedex_", stringify!($name), "_total");
@@ -56,7 +56,7 @@ counters! {
 
 impl Metrics {
     /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

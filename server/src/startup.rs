@@ -1,8 +1,8 @@
 //! Building and running the application.
 //!
-//! [`Application::build`] opens the store, loads the keys, binds the listener
+//! `Application::build` opens the store, loads the keys, binds the listener
 //! (port 0 picks a free port, for tests) and assembles the HTTP server.
-//! [`Application::run_until_stopped`] serves until SIGTERM or ctrl-c; then
+//! `Application::run_until_stopped` serves until SIGTERM or ctrl-c; then
 //! it tells every sync connection to go away (close 1001, after which each
 //! saves its sync states), stops accepting, lets in-flight requests finish,
 //! and flushes the store, all within the shutdown timeout.
@@ -28,7 +28,7 @@ use crate::sync::registry::PeerRegistry;
 use crate::telemetry;
 
 /// A built server, bound and ready to run.
-pub struct Application {
+pub(crate) struct Application {
     port: u16,
     server: api::HttpServerHandle,
     store: Store,
@@ -49,7 +49,7 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Opens the store, loads keys and binds the listener.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub(crate) async fn build(settings: Settings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "cannot create data directory {}",
@@ -129,14 +129,9 @@ impl Application {
         })
     }
 
-    /// The port the server listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Serves until SIGTERM or ctrl-c, then shuts down cleanly (see the
     /// module documentation).
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    pub(crate) async fn run_until_stopped(self) -> anyhow::Result<()> {
         let hub = Arc::clone(&self.hub);
         let idle = self.document_idle;
         let evictor = tokio::spawn(async move {

@@ -5,7 +5,7 @@
 //! store with a sled shell; keys are fixed-width bytes so that prefix scans
 //! never match a longer neighbouring key.
 //!
-//! sled writes to disk in the background; [`Store::persist`] waits until
+//! sled writes to disk in the background; `Store::persist` waits until
 //! every write made so far is on disk. Callers await it before answering a
 //! request whose effect must survive a crash.
 
@@ -22,13 +22,15 @@ use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-pub use documents::{Claim, DocumentMeta, EventRecord, StoredDocument};
-pub use quota::{Quota, QuotaExceeded, Usage};
-pub use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry, SessionRecord, UserRecord};
-pub use recovery::{StoreHealth, Ticket};
+pub(crate) use documents::Claim;
+pub use documents::StoredDocument;
+pub use quota::QuotaExceeded;
+pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
+pub use records::{SessionRecord, UserRecord};
+pub(crate) use recovery::{StoreHealth, Ticket};
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 
@@ -112,9 +114,9 @@ pub(crate) struct Engine {
     session_tokens: Tree,
     /// user id ‖ sequence → [`AuditRecord`].
     audit: Tree,
-    /// document id → [`DocumentMeta`]: owner, tombstone, log position.
+    /// document id → [`DocumentMeta`](documents::DocumentMeta): owner, tombstone, log position.
     documents: Tree,
-    /// document id ‖ sequence → [`EventRecord`]: the append-only change log.
+    /// document id ‖ sequence → [`EventRecord`](documents::EventRecord): the append-only change log.
     events: Tree,
     /// document id → snapshot (`u64` sequence the snapshot covers, then Automerge bytes).
     snapshots: Tree,
@@ -126,7 +128,7 @@ pub(crate) struct Engine {
     sync_states: Tree,
     /// user id ‖ document id → task summary (JSON), for listing without loading documents.
     task_index: Tree,
-    /// user id → [`Usage`]: live documents and their stored bytes, for quotas.
+    /// user id → [`Usage`](quota::Usage): live documents and their stored bytes, for quotas.
     usage: Tree,
     /// Server-wide values: the format version, the server's storage id.
     meta: Tree,
@@ -357,7 +359,7 @@ impl Store {
     /// store in memory (the hub's documents) reads and writes through one,
     /// so that nothing it derived from an engine that lost writes reaches
     /// the next one.
-    pub fn pinned(&self) -> Result<Store, StoreError> {
+    pub(crate) fn pinned(&self) -> Result<Store, StoreError> {
         let engine = self.engine()?;
         Ok(Self {
             shared: std::sync::Arc::clone(&self.shared),
@@ -367,18 +369,18 @@ impl Store {
 
     /// Whether operations through this handle can succeed now: the store
     /// works, and for a pinned handle, on the engine it was pinned to.
-    pub fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         self.engine().is_ok()
     }
 
     /// Follows the store's availability: it changes when the disk fails and
     /// when the store has recovered.
-    pub fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
+    pub(crate) fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
         self.shared.health()
     }
 
     /// Waits until every write made so far is on disk.
-    pub async fn persist(&self) -> Result<(), StoreError> {
+    pub(crate) async fn persist(&self) -> Result<(), StoreError> {
         let ticket = self.durability_ticket();
         self.wait_durable(ticket).await
     }
@@ -386,7 +388,7 @@ impl Store {
     /// A ticket for every write made so far: once [`Store::is_durable`]
     /// says so for it, those writes are on disk. While the store is
     /// unavailable, a ticket that never becomes durable.
-    pub fn durability_ticket(&self) -> Ticket {
+    pub(crate) fn durability_ticket(&self) -> Ticket {
         match self.engine() {
             Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.ticket()),
             Err(_) => self.unreachable_ticket(),
@@ -395,7 +397,7 @@ impl Store {
 
     /// The newest ticket handed out, without taking a new one: it covers
     /// every write finished before any caller took its ticket.
-    pub fn latest_ticket(&self) -> Ticket {
+    pub(crate) fn latest_ticket(&self) -> Ticket {
         match self.engine() {
             Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.latest()),
             Err(_) => self.unreachable_ticket(),
@@ -409,7 +411,7 @@ impl Store {
     /// Whether the writes behind `ticket` are on disk. A ticket of an
     /// engine that is no longer in use never is: whatever it covered was
     /// either flushed and acknowledged back then, or lost with the engine.
-    pub fn is_durable(&self, ticket: Ticket) -> bool {
+    pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
         if ticket.is_none() {
             return true;
         }
@@ -428,7 +430,7 @@ impl Store {
     /// [`StoreError::Unavailable`] when the flush fails, and at once while
     /// the store is unavailable or when the ticket belongs to an engine
     /// that is gone.
-    pub async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+    pub(crate) async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         if ticket.is_none() {
             return Ok(());
         }
@@ -453,14 +455,14 @@ impl Store {
     }
 
     /// True when the database answers; for the readiness probe.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.run(|e| Ok(e.meta.get(FORMAT_KEY)?)).is_ok()
     }
 
     // Users and identities.
 
     /// The user with this id.
-    pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+    pub(crate) fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.run(|e| {
             e.users
                 .get(id.as_bytes())?
@@ -470,7 +472,10 @@ impl Store {
     }
 
     /// The user who signs in with this contact key, if any.
-    pub fn user_by_contact(&self, contact_key: &str) -> Result<Option<UserRecord>, StoreError> {
+    pub(crate) fn user_by_contact(
+        &self,
+        contact_key: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
         self.run(|e| match e.identities.get(contact_key.as_bytes())? {
             None => Ok(None),
             Some(id) => {
@@ -516,7 +521,7 @@ impl Store {
     }
 
     /// Replaces a user record (for example to record its root document).
-    pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+    pub(crate) fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         self.run(|e| {
             e.users.insert(user.id.as_bytes(), encode(user))?;
             Ok(())
@@ -530,7 +535,7 @@ impl Store {
     /// `change` may run more than once when another request changes the same
     /// record at the same time; only its last run takes effect, so it must be
     /// a pure function of its input.
-    pub fn update_otp<T>(
+    pub(crate) fn update_otp<T>(
         &self,
         contact_key: &str,
         mut change: impl FnMut(Option<OtpRecord>) -> (Option<OtpRecord>, T),
@@ -581,7 +586,7 @@ impl Store {
 
     /// Stores a rotated session and its new refresh token, in one transaction.
     /// Fails with `Ok(false)` if the session is gone or was rotated meanwhile.
-    pub fn rotate_session(
+    pub(crate) fn rotate_session(
         &self,
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
@@ -608,16 +613,8 @@ impl Store {
         })
     }
 
-    /// Records that a session was used, without touching its tokens.
-    pub fn touch_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.sessions.insert(session.id.as_bytes(), encode(session))?;
-            Ok(())
-        })
-    }
-
     /// The session with this id.
-    pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+    pub(crate) fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         self.run(|e| {
             e.sessions
                 .get(id.as_bytes())?
@@ -627,7 +624,10 @@ impl Store {
     }
 
     /// What a refresh-token hash belongs to.
-    pub fn refresh_entry(&self, hash: &[u8; 32]) -> Result<Option<RefreshEntry>, StoreError> {
+    pub(crate) fn refresh_entry(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<RefreshEntry>, StoreError> {
         self.run(|e| {
             e.refresh_tokens
                 .get(&hash[..])?
@@ -637,7 +637,7 @@ impl Store {
     }
 
     /// The live and expired-but-not-yet-removed sessions of a user.
-    pub fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+    pub(crate) fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
         self.run(|e| {
             let mut out = Vec::new();
             for item in e.user_sessions.scan_prefix(user.as_bytes()) {
@@ -655,7 +655,7 @@ impl Store {
     }
 
     /// Deletes a session and its whole refresh-token chain. Returns whether it existed.
-    pub fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
+    pub(crate) fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
         self.run(|e| {
             let chain: Vec<(sled::IVec, sled::IVec)> = e
                 .session_tokens
@@ -689,7 +689,7 @@ impl Store {
     // Audit events.
 
     /// Appends an event to a user's audit trail.
-    pub fn append_audit(&self, user: UserId, event: &AuditRecord) -> Result<(), StoreError> {
+    pub(crate) fn append_audit(&self, user: UserId, event: &AuditRecord) -> Result<(), StoreError> {
         self.run(|e| {
             let seq = e.db.generate_id()?;
             e.audit
@@ -699,7 +699,11 @@ impl Store {
     }
 
     /// The newest `limit` events of a user, newest first.
-    pub fn audit_of(&self, user: UserId, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    pub(crate) fn audit_of(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         self.run(|e| {
             e.audit
                 .scan_prefix(user.as_bytes())

@@ -7,9 +7,9 @@
 //! limits. It consumes frames and produces frames; the transport (in `api`)
 //! only moves bytes.
 
-pub mod gate;
+pub(crate) mod gate;
 pub mod hub;
-pub mod mailbox;
+pub(crate) mod mailbox;
 pub mod peer;
 pub mod registry;
 

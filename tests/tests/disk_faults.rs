@@ -16,15 +16,13 @@ use automerge::{AutoCommit, ChangeHash, ObjType, ROOT, sync};
 use codeedex_schema::api::tasks::{TaskPage, TaskView};
 use codeedex_schema::id::DocumentId;
 use codeedex_schema::wire::Message;
+use codeedex_schema::wire::close::STORAGE_UNAVAILABLE;
 use codeedex_tests::app::{AppConfig, TestApp, problem_code, spawn_app_with};
 use codeedex_tests::disk_faults::DiskFaults;
 use codeedex_tests::sync_peer::SyncPeer;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The close code for "server storage unavailable, reconnect later".
-const STORAGE_UNAVAILABLE: u16 = 4013;
 
 fn fresh_id() -> DocumentId {
     let nanos = std::time::SystemTime::now()

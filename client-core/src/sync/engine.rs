@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use codeedex_schema::wire::close;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,14 +30,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait before retrying a refresh that failed for lack of network.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
-
-/// Close codes of the server (see the server's `sync::peer::close`).
-mod close {
-    /// The access token expired and was not refreshed in place.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The session was logged out or revoked.
-    pub const SESSION_ENDED: u16 = 4003;
-}
 
 /// A running engine.
 #[derive(Debug)]

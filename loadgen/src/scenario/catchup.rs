@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
 use codeedex_schema::id::DocumentId;
-use codeedex_schema::wire::{self, Message};
+use codeedex_schema::wire::{self, Message, message_type};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
@@ -96,7 +96,7 @@ pub async fn run(
     // The returning device.
     let started = Instant::now();
     let extensions: &[&str] = if use_extension {
-        &["codeedex/catch-up-request"]
+        &[message_type::CATCH_UP_REQUEST]
     } else {
         &[]
     };

@@ -20,6 +20,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use chrono::Utc;
 use codeedex_schema::problem::ErrorCode;
+use codeedex_schema::wire::close;
 use tokio::sync::broadcast;
 
 use super::AppState;
@@ -28,7 +29,7 @@ use super::problem::{ProblemParts, endpoint_error};
 use crate::auth::AuthenticateError;
 use crate::auth::tokens::LEEWAY_SECS;
 use crate::metrics::Metrics;
-use crate::sync::peer::{Output, PeerConnection, close};
+use crate::sync::peer::{Output, PeerConnection};
 
 /// The subprotocol the server selects.
 pub const SUBPROTOCOL: &str = "codeedex.v1";

@@ -34,7 +34,7 @@ impl std::fmt::Debug for ServerKeys {
 /// What a keyed hash is for. Binding the purpose into the hash means a value
 /// hashed for one purpose can never match a value stored for another.
 #[derive(Debug, Clone, Copy)]
-pub enum HashPurpose {
+pub(crate) enum HashPurpose {
     /// A one-time code, bound to its identifier.
     OneTimeCode,
     /// A refresh token.
@@ -43,7 +43,7 @@ pub enum HashPurpose {
 
 impl ServerKeys {
     /// Loads the keys from `dir/secrets`, creating them on first start.
-    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
         let secrets = dir.join("secrets");
         fs::create_dir_all(&secrets)
             .with_context(|| format!("cannot create {}", secrets.display()))?;
@@ -65,18 +65,18 @@ impl ServerKeys {
     }
 
     /// The HS256 signing key.
-    pub fn jwt_key(&self) -> &[u8; KEY_LEN] {
+    pub(crate) fn jwt_key(&self) -> &[u8; KEY_LEN] {
         &self.jwt
     }
 
     /// The id of the signing key, sent as the JWT `kid`.
-    pub fn jwt_kid(&self) -> &str {
+    pub(crate) fn jwt_kid(&self) -> &str {
         &self.jwt_kid
     }
 
     /// HMAC-SHA256 of `parts` under the hashing key, bound to `purpose`.
     /// Parts are length-prefixed so that ("ab","c") and ("a","bc") differ.
-    pub fn keyed_hash(&self, purpose: HashPurpose, parts: &[&[u8]]) -> [u8; 32] {
+    pub(crate) fn keyed_hash(&self, purpose: HashPurpose, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.hashing).expect("HMAC takes keys of any length");
         let label: &[u8] = match purpose {
@@ -93,12 +93,12 @@ impl ServerKeys {
 }
 
 /// Compares two hashes in constant time.
-pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// Fills a buffer from the operating system's CSPRNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     OsRng
         .try_fill_bytes(&mut out)

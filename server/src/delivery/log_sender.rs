@@ -8,11 +8,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Prints codes to the log.
 #[derive(Debug, Clone, Copy)]
-pub struct LogSender;
+pub(crate) struct LogSender;
 
 impl LogSender {
     /// Writes one line naming the identifier and the code.
-    pub fn send(&self, contact: &Contact, code: &SecretString) {
+    pub(crate) fn send(&self, contact: &Contact, code: &SecretString) {
         tracing::warn!(
             target: "codeedex_server::dev_otp",
             "development sign-in code for {contact}: {}",

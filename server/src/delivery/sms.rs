@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::configuration::SmsSettings;
 
 /// Sends code messages through the provider. `Debug` omits the token.
-pub struct SmsSender {
+pub(crate) struct SmsSender {
     client: reqwest::Client,
     url: String,
     account_sid: String,
@@ -29,7 +29,7 @@ impl std::fmt::Debug for SmsSender {
 
 impl SmsSender {
     /// Builds the HTTP client.
-    pub fn new(settings: &SmsSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: &SmsSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -50,7 +50,7 @@ impl SmsSender {
     }
 
     /// Sends one code message.
-    pub async fn send(&self, to: &PhoneNumber, code: &SecretString) -> anyhow::Result<()> {
+    pub(crate) async fn send(&self, to: &PhoneNumber, code: &SecretString) -> anyhow::Result<()> {
         let body = format!(
             "Your CodeeDex code is {}. It expires in {} minutes.",
             code.expose_secret(),

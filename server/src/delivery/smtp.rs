@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::configuration::{SmtpSettings, SmtpTls};
 
 /// Sends code mails through one SMTP relay.
-pub struct SmtpSender {
+pub(crate) struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     ttl_minutes: u64,
@@ -28,7 +28,7 @@ impl std::fmt::Debug for SmtpSender {
 
 impl SmtpSender {
     /// Builds the transport; connections are opened per message, from a pool.
-    pub fn new(settings: &SmtpSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: &SmtpSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
         let builder = match settings.tls {
             SmtpTls::None => {
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
@@ -61,7 +61,7 @@ impl SmtpSender {
     }
 
     /// Sends one code mail.
-    pub async fn send(&self, to: &EmailAddress, code: &SecretString) -> anyhow::Result<()> {
+    pub(crate) async fn send(&self, to: &EmailAddress, code: &SecretString) -> anyhow::Result<()> {
         let to: Mailbox = to.as_str().parse().context("recipient is not a mailbox")?;
         let body = format!(
             "Your CodeeDex sign-in code is {code}\n\n\

@@ -11,29 +11,30 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::quota::{Quota, QuotaExceeded, decode_usage};
+use super::quota::{QuotaExceeded, decode_usage};
 use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key};
+use crate::configuration::limits::Quota;
 
 /// What the store knows about a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DocumentMeta {
+pub(crate) struct DocumentMeta {
     /// The user whose document it is: the first to push it.
-    pub owner: UserId,
+    pub(crate) owner: UserId,
     /// When the server first saw it.
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     /// The sequence number the next event gets.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
     /// Set when the document was deleted; it then never syncs again.
-    pub deleted_at: Option<DateTime<Utc>>,
+    pub(crate) deleted_at: Option<DateTime<Utc>>,
     /// Bytes of change log, counted against the owner's quota. Records
     /// written before quotas have 0 here until the store counts them.
     #[serde(default)]
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// The outcome of claiming a document for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The user owns it (already, or from now on).
     Owned(DocumentMeta),
     /// Another user owns it, or it was deleted: treat as unavailable.
@@ -44,17 +45,17 @@ pub enum Claim {
 
 /// One accepted change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
+pub(crate) struct EventRecord {
     /// Position in the document's log.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Who made it.
-    pub user: UserId,
+    pub(crate) user: UserId,
     /// From which session, if it came from a device.
-    pub session: Option<SessionId>,
+    pub(crate) session: Option<SessionId>,
     /// When the server accepted it.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// The Automerge change, as bytes.
-    pub change: Vec<u8>,
+    pub(crate) change: Vec<u8>,
 }
 
 const EVENT_FORMAT: u8 = 1;
@@ -135,7 +136,10 @@ pub(crate) fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
 
 impl Store {
     /// What the store knows about a document.
-    pub fn document_meta(&self, doc: DocumentId) -> Result<Option<DocumentMeta>, StoreError> {
+    pub(crate) fn document_meta(
+        &self,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentMeta>, StoreError> {
         self.run(|e| {
             e.documents
                 .get(doc.as_bytes())?
@@ -146,7 +150,7 @@ impl Store {
 
     /// Records `user` as the owner of `doc` unless someone already owns it
     /// or the user has as many documents as `quota` allows.
-    pub fn claim_document(
+    pub(crate) fn claim_document(
         &self,
         doc: DocumentId,
         user: UserId,
@@ -189,7 +193,7 @@ impl Store {
     /// front of its owner's feed, in one transaction, unless that would take
     /// the document or its owner over `quota`. Returns the feed position.
     /// The caller makes it durable with [`Store::persist`].
-    pub fn append_events(
+    pub(crate) fn append_events(
         &self,
         doc: DocumentId,
         user: UserId,
@@ -301,7 +305,7 @@ impl Store {
 
     /// Stores a snapshot covering the first `covers` events. Events are kept:
     /// the snapshot only makes loading faster.
-    pub fn write_snapshot(
+    pub(crate) fn write_snapshot(
         &self,
         doc: DocumentId,
         covers: u64,
@@ -317,13 +321,13 @@ impl Store {
     }
 
     /// Every event of a document, oldest first.
-    pub fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+    pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
         self.run(|e| e.events_of(doc))
     }
 
     /// The user's documents that changed after feed position `cursor`, oldest
     /// change first, at most `limit`, and the position to ask from next time.
-    pub fn changed_since(
+    pub(crate) fn changed_since(
         &self,
         user: UserId,
         cursor: u64,
@@ -353,22 +357,9 @@ impl Store {
         })
     }
 
-    /// The newest feed position of a user (0 when nothing changed yet).
-    pub fn feed_head(&self, user: UserId) -> Result<u64, StoreError> {
-        self.run(
-            |e| match e.user_feed.scan_prefix(user.as_bytes()).next_back() {
-                Some(item) => {
-                    let (key, _) = item?;
-                    Ok(u64::from_be_bytes(key[16..24].try_into().unwrap_or([0; 8])))
-                }
-                None => Ok(0),
-            },
-        )
-    }
-
     /// Marks a document deleted and gives its bytes back to the owner's
     /// quota. It keeps its log (for history) but never syncs again.
-    pub fn tombstone_document(
+    pub(crate) fn tombstone_document(
         &self,
         doc: DocumentId,
         at: DateTime<Utc>,
@@ -414,7 +405,7 @@ impl Store {
     }
 
     /// Persists the sync state of a document with a peer's storage.
-    pub fn put_sync_state(
+    pub(crate) fn put_sync_state(
         &self,
         doc: DocumentId,
         storage_id: &str,
@@ -428,7 +419,7 @@ impl Store {
     }
 
     /// Records a task's summary for listing.
-    pub fn put_task_summary(
+    pub(crate) fn put_task_summary(
         &self,
         user: UserId,
         doc: DocumentId,
@@ -442,7 +433,11 @@ impl Store {
     }
 
     /// Drops a document's summary from the task list, if it has one.
-    pub fn remove_task_summary(&self, user: UserId, doc: DocumentId) -> Result<(), StoreError> {
+    pub(crate) fn remove_task_summary(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+    ) -> Result<(), StoreError> {
         self.run(|e| {
             e.task_index
                 .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
@@ -451,7 +446,7 @@ impl Store {
     }
 
     /// Every task summary of a user, ordered by document id.
-    pub fn task_summaries(
+    pub(crate) fn task_summaries(
         &self,
         user: UserId,
     ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
@@ -474,7 +469,10 @@ impl Store {
     }
 
     /// The server's storage id, created on first use.
-    pub fn server_storage_id(&self, fresh: impl FnOnce() -> String) -> Result<String, StoreError> {
+    pub(crate) fn server_storage_id(
+        &self,
+        fresh: impl FnOnce() -> String,
+    ) -> Result<String, StoreError> {
         self.run(|e| {
             let _ = e.meta.compare_and_swap(
                 b"storage_id",
@@ -678,13 +676,16 @@ mod tests {
         );
         assert_eq!(
             store.usage(ann).unwrap(),
-            super::super::Usage {
+            crate::store::quota::Usage {
                 documents: 1,
                 bytes: 6
             }
         );
         store.tombstone_document(d1, Utc::now()).unwrap();
-        assert_eq!(store.usage(ann).unwrap(), super::super::Usage::default());
+        assert_eq!(
+            store.usage(ann).unwrap(),
+            crate::store::quota::Usage::default()
+        );
         assert!(matches!(
             store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
             Claim::Owned(_)

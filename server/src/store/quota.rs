@@ -10,29 +10,9 @@
 use codeedex_schema::id::{DocumentId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, Store, StoreError, decode, documents::DocumentMeta};
+use crate::configuration::limits::Quota;
 
-/// The limits. Defaults are generous for a task manager and finite for an
-/// abuser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Live documents per user, the root document included.
-    pub documents_per_user: u64,
-    /// Bytes of change log per user, over their live documents.
-    pub bytes_per_user: u64,
-    /// Bytes of change log per document.
-    pub bytes_per_document: u64,
-}
-
-impl Default for Quota {
-    fn default() -> Self {
-        Self {
-            documents_per_user: 100_000,
-            bytes_per_user: 1024 * 1024 * 1024,
-            bytes_per_document: 64 * 1024 * 1024,
-        }
-    }
-}
+use super::{Engine, StoreError, decode, documents::DocumentMeta};
 
 /// Which limit a write would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,11 +39,11 @@ pub enum QuotaExceeded {
 
 /// What a user uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Live (not deleted) documents.
-    pub documents: u64,
+    pub(crate) documents: u64,
     /// Bytes of change log of the live documents.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Usage {
@@ -122,9 +102,10 @@ pub(crate) fn decode_usage(bytes: Option<sled::IVec>) -> Result<Usage, StoreErro
     bytes.map_or(Ok(Usage::default()), |b| decode("usage", &b))
 }
 
-impl Store {
+#[cfg(test)]
+impl super::Store {
     /// What a user uses now.
-    pub fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
+    pub(crate) fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
         self.run(|e| decode_usage(e.usage.get(user.as_bytes())?))
     }
 }

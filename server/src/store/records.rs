@@ -22,24 +22,24 @@ pub struct UserRecord {
 
 /// The code state of one identifier.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OtpRecord {
+pub(crate) struct OtpRecord {
     /// The live code, if any.
-    pub pending: Option<PendingCode>,
+    pub(crate) pending: Option<PendingCode>,
     /// When codes were sent in the last 24 hours (for cooldown and caps).
-    pub sends: Vec<DateTime<Utc>>,
+    pub(crate) sends: Vec<DateTime<Utc>>,
     /// When wrong codes were entered in the last 24 hours, across resends.
-    pub failures: Vec<DateTime<Utc>>,
+    pub(crate) failures: Vec<DateTime<Utc>>,
 }
 
 /// A code waiting to be entered. Only its keyed hash is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingCode {
+pub(crate) struct PendingCode {
     /// HMAC-SHA256 of the code, bound to its purpose and identifier, in hex.
-    pub hash: String,
+    pub(crate) hash: String,
     /// When it was issued.
-    pub issued_at: DateTime<Utc>,
+    pub(crate) issued_at: DateTime<Utc>,
     /// Wrong attempts against this code.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 /// One signed-in device.
@@ -63,24 +63,24 @@ pub struct SessionRecord {
 
 /// What a refresh-token hash belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefreshEntry {
+pub(crate) struct RefreshEntry {
     /// The session.
-    pub session_id: SessionId,
+    pub(crate) session_id: SessionId,
     /// Which generation of the chain this token was.
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 /// One audit event. Holds no secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
+pub(crate) struct AuditRecord {
     /// When.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// What.
-    pub kind: AuditKind,
+    pub(crate) kind: AuditKind,
     /// Which session, if any.
-    pub session_id: Option<SessionId>,
+    pub(crate) session_id: Option<SessionId>,
     /// The client address.
-    pub ip: Option<String>,
+    pub(crate) ip: Option<String>,
     /// The client's User-Agent, truncated to 200 characters.
-    pub user_agent: Option<String>,
+    pub(crate) user_agent: Option<String>,
 }

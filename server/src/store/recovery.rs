@@ -30,14 +30,14 @@ pub(crate) const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 /// sequence; [`Ticket::NONE`] (the default) covers nothing and is always
 /// durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     epoch: u64,
     sequence: u64,
 }
 
 impl Ticket {
     /// Covers no write: durable from the start.
-    pub const NONE: Ticket = Ticket {
+    pub(crate) const NONE: Ticket = Ticket {
         epoch: 0,
         sequence: 0,
     };
@@ -56,7 +56,7 @@ impl Ticket {
     }
 
     /// Whether the ticket covers no write.
-    pub fn is_none(self) -> bool {
+    pub(crate) fn is_none(self) -> bool {
         self.sequence == 0
     }
 
@@ -71,13 +71,13 @@ impl Ticket {
 
 /// The store's availability, as published to whoever follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreHealth {
+pub(crate) struct StoreHealth {
     /// Whether the store takes operations now.
-    pub available: bool,
+    pub(crate) available: bool,
     /// Failures since the store was opened.
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// Recoveries since the store was opened.
-    pub recoveries: u64,
+    pub(crate) recoveries: u64,
 }
 
 /// What every handle of one store shares.

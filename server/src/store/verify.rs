@@ -127,7 +127,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::store::Quota;
+    use crate::configuration::limits::Quota;
     use crate::store::documents::seq_key;
 
     #[test]

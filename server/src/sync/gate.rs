@@ -14,30 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The gate's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GateLimits {
-    /// Connections opened per second, sustained.
-    pub connections_per_second: u32,
-    /// Connections opened at once above the sustained rate.
-    pub burst: u32,
-    /// Connections open on this node at any time.
-    pub max_connections: usize,
-}
-
-/// The defaults: a node here re-admitted 5,000 devices (one document each)
-/// in under a second with no gate at all, so the burst lets a storm of that
-/// size straight in, and the rate paces larger ones, whose devices may each
-/// hold many documents to sync (see BENCHMARKS.md, reconnect storms).
-impl Default for GateLimits {
-    fn default() -> Self {
-        Self {
-            connections_per_second: 2_000,
-            burst: 5_000,
-            max_connections: 20_000,
-        }
-    }
-}
+use crate::configuration::limits::GateLimits;
 
 /// The longest `Retry-After` the gate hands out: a device told to wait
 /// longer would sit offline for no reason once the queue has drained.

@@ -16,15 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge};
 use chrono::{DateTime, Utc};
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task_document::{self, TaskDocumentError};
 
 use super::mailbox::Mailbox;
+use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
-use crate::store::{Claim, Quota, QuotaExceeded, Store, StoreError, Ticket};
+use crate::store::{Claim, QuotaExceeded, Store, StoreError, Ticket};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -35,41 +36,18 @@ pub type ConnectionId = u64;
 /// Connections waiting for a document, with the user each belongs to.
 type Waiters = HashMap<ConnectionId, (UserId, Arc<Mailbox>)>;
 
-/// What the hub holds a document and its users to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HubLimits {
-    /// Documents and bytes per user, bytes per document.
-    pub quota: Quota,
-    /// Changes a document may hold back while their dependencies are
-    /// missing. Automerge keeps them in memory until the dependencies
-    /// arrive; a peer must not be able to fill memory with orphans.
-    pub max_queued_changes: usize,
-    /// Bytes of such changes.
-    pub max_queued_bytes: usize,
-}
-
-impl Default for HubLimits {
-    fn default() -> Self {
-        Self {
-            quota: Quota::default(),
-            max_queued_changes: 1_000,
-            max_queued_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
-
 /// Who made a change.
 #[derive(Debug, Clone, Copy)]
-pub struct Author {
+pub(crate) struct Author {
     /// The user.
-    pub user: UserId,
+    pub(crate) user: UserId,
     /// The session (device), when the change came from one.
-    pub session: Option<SessionId>,
+    pub(crate) session: Option<SessionId>,
 }
 
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     /// The store failed.
     #[error("storage failed")]
     Store(#[from] StoreError),
@@ -106,7 +84,7 @@ pub enum HubError {
 impl HubError {
     /// Whether the store was unavailable (the disk failed): nothing was
     /// acknowledged, and the same request may succeed later.
-    pub fn is_storage_unavailable(&self) -> bool {
+    pub(crate) fn is_storage_unavailable(&self) -> bool {
         matches!(self, HubError::Store(StoreError::Unavailable))
     }
 }
@@ -145,11 +123,11 @@ impl DocState {
 }
 
 /// A document loaded in memory.
-pub struct LiveDocument {
+pub(crate) struct LiveDocument {
     /// Its id.
-    pub id: DocumentId,
+    pub(crate) id: DocumentId,
     /// Its owner: the only user who may sync it.
-    pub owner: UserId,
+    pub(crate) owner: UserId,
     /// The store, pinned to the engine the document was loaded from: once
     /// that engine has failed, this copy may hold changes that never became
     /// durable, so it reads and writes nothing more (see
@@ -176,13 +154,13 @@ impl std::fmt::Debug for LiveDocument {
 
 impl LiveDocument {
     /// Whether the document was deleted.
-    pub fn is_deleted(&self) -> bool {
+    pub(crate) fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }
 
     /// Whether this copy can still be used: it was not unloaded, and the
     /// store engine it was loaded from is still the one in use.
-    pub fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         self.store.is_current() && !self.unloaded.load(Ordering::SeqCst)
     }
 
@@ -238,12 +216,12 @@ impl DocumentHub {
     }
 
     /// The store behind the hub.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// How many documents are in memory.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.live.lock().expect("never poisoned").len()
     }
 
@@ -312,7 +290,7 @@ impl DocumentHub {
     /// has seen is claimed for `user` (that is how devices upload new
     /// documents). `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         id: DocumentId,
         user: UserId,
@@ -366,12 +344,13 @@ impl DocumentHub {
     }
 
     /// How many connections are subscribed to a document.
-    pub fn subscriber_count(&self, live: &LiveDocument) -> usize {
+    #[cfg(test)]
+    pub(crate) fn subscriber_count(&self, live: &LiveDocument) -> usize {
         live.subscribers.lock().expect("never poisoned").len()
     }
 
     /// Registers a connection for change notices on a document.
-    pub fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, mailbox: Arc<Mailbox>) {
+    pub(crate) fn subscribe(&self, live: &LiveDocument, conn: ConnectionId, mailbox: Arc<Mailbox>) {
         live.subscribers
             .lock()
             .expect("never poisoned")
@@ -379,7 +358,7 @@ impl DocumentHub {
     }
 
     /// Removes a connection from a document's notices.
-    pub fn unsubscribe(&self, live: &LiveDocument, conn: ConnectionId) {
+    pub(crate) fn unsubscribe(&self, live: &LiveDocument, conn: ConnectionId) {
         live.subscribers
             .lock()
             .expect("never poisoned")
@@ -387,7 +366,7 @@ impl DocumentHub {
     }
 
     /// Remembers that a connection asked for a document nobody had.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         id: DocumentId,
         user: UserId,
@@ -403,7 +382,7 @@ impl DocumentHub {
     }
 
     /// Forgets every wait of a connection.
-    pub fn stop_waiting(&self, conn: ConnectionId) {
+    pub(crate) fn stop_waiting(&self, conn: ConnectionId) {
         let mut waiting = self.waiting.lock().expect("never poisoned");
         waiting.retain(|_, conns| {
             conns.remove(&conn);
@@ -413,7 +392,7 @@ impl DocumentHub {
 
     /// Generates the next sync message for a peer, if there is one, once
     /// every change applied to the document is durable.
-    pub async fn generate(
+    pub(crate) async fn generate(
         &self,
         live: &LiveDocument,
         state: &mut sync::State,
@@ -456,12 +435,16 @@ impl DocumentHub {
 
     /// The durability ticket of the newest change applied to the document:
     /// nothing generated from it can be sent before that ticket is durable.
-    pub async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
+    pub(crate) async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
         live.state.lock().await.needs_durable
     }
 
     /// The document's current heads.
-    pub async fn heads(&self, live: &LiveDocument) -> Result<Vec<ChangeHash>, HubError> {
+    #[cfg(test)]
+    pub(crate) async fn heads(
+        &self,
+        live: &LiveDocument,
+    ) -> Result<Vec<automerge::ChangeHash>, HubError> {
         Ok(self.lock_durable(live).await?.doc.get_heads())
     }
 
@@ -471,7 +454,7 @@ impl DocumentHub {
     /// the reply to this peer is generated later, with [`DocumentHub::generate`],
     /// so that a connection can go on applying messages while the group
     /// commit flushes.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &self,
         live: &Arc<LiveDocument>,
         state: &mut sync::State,
@@ -649,7 +632,7 @@ impl DocumentHub {
 
     /// Tells every subscriber except `except` (and any connection waiting for
     /// this document) that it changed.
-    pub fn notify_changed(&self, live: &LiveDocument, except: Option<ConnectionId>) {
+    pub(crate) fn notify_changed(&self, live: &LiveDocument, except: Option<ConnectionId>) {
         let subscribers = live.subscribers.lock().expect("never poisoned");
         for (conn, mailbox) in subscribers.iter() {
             if Some(*conn) != except {
@@ -671,7 +654,7 @@ impl DocumentHub {
 
     /// Forwards an ephemeral message of `bytes` payload bytes to the
     /// document's other peers.
-    pub fn forward_ephemeral(
+    pub(crate) fn forward_ephemeral(
         &self,
         live: &LiveDocument,
         from: ConnectionId,
@@ -688,7 +671,7 @@ impl DocumentHub {
 
     /// Makes a change on the server's behalf (REST edits), durably, and tells
     /// every peer of the document.
-    pub async fn change<F>(
+    pub(crate) async fn change<F>(
         &self,
         live: &Arc<LiveDocument>,
         author: Author,
@@ -736,7 +719,7 @@ impl DocumentHub {
     }
 
     /// Reads a document under its lock.
-    pub async fn read<T>(
+    pub(crate) async fn read<T>(
         &self,
         live: &LiveDocument,
         read: impl FnOnce(&Automerge) -> T,
@@ -752,7 +735,11 @@ impl DocumentHub {
     /// The flag is set under the document's lock, so a change that is being
     /// applied finishes first and every later one is refused: nothing can be
     /// appended to the log of a deleted document.
-    pub async fn tombstone(&self, id: DocumentId, now: DateTime<Utc>) -> Result<bool, HubError> {
+    pub(crate) async fn tombstone(
+        &self,
+        id: DocumentId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, HubError> {
         let live = self.live.lock().expect("never poisoned").get(&id).cloned();
         let removed = match &live {
             Some(live) => {
@@ -771,7 +758,7 @@ impl DocumentHub {
 
     /// The user's root document, created once, on first use, by the server:
     /// devices never create it, so two offline devices cannot make two.
-    pub async fn ensure_root(
+    pub(crate) async fn ensure_root(
         &self,
         user: UserId,
         fresh_id: DocumentId,
@@ -817,10 +804,10 @@ impl DocumentHub {
 
     /// Drops every document loaded from a store engine that has failed, and
     /// tells the connections that sync them, which then close (see
-    /// [`super::peer::close::STORAGE_UNAVAILABLE`]): such a copy may hold
+    /// [`codeedex_schema::wire::close::STORAGE_UNAVAILABLE`]): such a copy may hold
     /// changes that never became durable. The next to open a document loads
     /// it from the recovered store. Returns how many were dropped.
-    pub fn forget_stale(&self) -> usize {
+    pub(crate) fn forget_stale(&self) -> usize {
         let stale: Vec<Arc<LiveDocument>> = {
             let mut live = self.live.lock().expect("never poisoned");
             let stale = live
@@ -840,7 +827,7 @@ impl DocumentHub {
     /// Follows the store's health for as long as the store lives: counts
     /// its failures and recoveries, and forgets documents loaded before a
     /// failure.
-    pub async fn follow_store(&self) {
+    pub(crate) async fn follow_store(&self) {
         let mut health = self.store.health();
         let mut seen = *health.borrow_and_update();
         while health.changed().await.is_ok() {
@@ -886,6 +873,7 @@ mod tests {
     use automerge::{AutoCommit, ObjType, ROOT};
 
     use super::*;
+    use crate::configuration::limits::Quota;
 
     fn hub(dir: &std::path::Path, quota: Quota) -> DocumentHub {
         DocumentHub::new(

@@ -19,25 +19,8 @@ use codeedex_schema::id::DocumentId;
 use codeedex_schema::wire::Message;
 use tokio::sync::Notify;
 
+use crate::configuration::limits::MailboxLimits;
 use crate::metrics::Metrics;
-
-/// How much relayed ephemeral traffic one connection may have waiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxLimits {
-    /// Ephemeral messages waiting; older ones are dropped beyond it.
-    pub max_ephemeral: usize,
-    /// Bytes of ephemeral payload waiting; older messages are dropped beyond it.
-    pub max_ephemeral_bytes: usize,
-}
-
-impl Default for MailboxLimits {
-    fn default() -> Self {
-        Self {
-            max_ephemeral: 256,
-            max_ephemeral_bytes: 1024 * 1024,
-        }
-    }
-}
 
 /// Everything that was waiting, taken at once.
 #[derive(Debug, Default)]

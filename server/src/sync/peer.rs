@@ -7,16 +7,9 @@
 //! user may not see is answered `doc-unavailable`, exactly like one that does
 //! not exist.
 //!
-//! Close codes (sent with an `error` message first, so a client can tell):
-//! 1000 normal, 1001 the server is shutting down (reconnect), 1002 protocol error (including a sync message Automerge
-//! could not apply), 1003 text frame, 1008 handshake timeout, 1009 frame too
-//! large, 4001 access token expired, 4003 session ended, 4008 a limit was
-//! exceeded (rate, documents, message contents, changes waiting for missing
-//! dependencies, a peer that does not read), 4009 peer id in use by another
-//! account, 4010 replaced by a newer connection with the same peer id,
-//! 4011 the user's storage quota is exhausted, 4013 the server's storage is
-//! unavailable (its disk failed; nothing since the last acknowledgement was
-//! kept): reconnect later, with a fresh sync state, and send again.
+//! A connection the server ends for something wrong gets an `error` message
+//! first, then a close code from [`codeedex_schema::wire::close`], which says
+//! what each code means and what a client should do.
 //!
 //! Every sync message is checked by [`admission`] against explicit limits
 //! before Automerge sees any of its bytes; the hub contains whatever slips
@@ -24,100 +17,26 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use automerge::sync;
 use chrono::{DateTime, Utc};
-use codeedex_schema::admission::{self, InputLimits};
+use codeedex_schema::admission;
 use codeedex_schema::id::{DocumentId, PeerId, SessionId, UserId};
-use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata};
+use codeedex_schema::wire::{self, DecodeError, Message, PeerMetadata, close, message_type};
 use tokio::sync::oneshot;
 
 use super::hub::{Author, ConnectionId, DocumentHub, HubError, LiveDocument};
-use super::mailbox::{Mailbox, MailboxLimits, Notices};
+use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use crate::auth::{Auth, AuthenticateError};
+use crate::configuration::limits::SyncLimits;
 use crate::metrics::Metrics;
 use crate::store::{StoreError, Ticket};
 
 /// The extension message types this server understands.
-pub const EXTENSIONS: [&str; 2] = ["codeedex/auth-refresh", "codeedex/catch-up-request"];
-
-/// Close codes. See the module documentation.
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down; reconnect (to it, or another node).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A text frame: the protocol is binary only.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// No join within the handshake timeout.
-    pub const POLICY: u16 = 1008;
-    /// A frame above the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The access token expired and was not refreshed in place.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The session was logged out or revoked.
-    pub const SESSION_ENDED: u16 = 4003;
-    /// A rate, document or connection limit was exceeded.
-    pub const LIMIT: u16 = 4008;
-    /// The peer id is bound to another account.
-    pub const PEER_ID_TAKEN: u16 = 4009;
-    /// A newer connection of the same user joined with the same peer id.
-    pub const REPLACED: u16 = 4010;
-    /// The user's document or storage quota is exhausted.
-    pub const QUOTA: u16 = 4011;
-    /// The server's storage is unavailable: its disk failed, and changes
-    /// it had not acknowledged are lost. Reconnect later (the server
-    /// recovers by itself) and sync afresh; like 1013, "try again later".
-    pub const STORAGE_UNAVAILABLE: u16 = 4013;
-}
-
-/// Limits of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct SyncLimits {
-    /// Largest frame accepted, in bytes.
-    pub max_frame_bytes: usize,
-    /// Sustained messages per second.
-    pub messages_per_second: u32,
-    /// Messages accepted in a burst above the sustained rate.
-    pub message_burst: u32,
-    /// Documents one connection may sync.
-    pub max_documents: usize,
-    /// Connections one user may hold.
-    pub max_connections_per_user: usize,
-    /// Time allowed between upgrade and join.
-    pub handshake_timeout: Duration,
-    /// What one sync message may contain.
-    pub input: InputLimits,
-    /// Relayed traffic waiting for a connection.
-    pub mailbox: MailboxLimits,
-    /// How long one frame may take to go out before the peer is taken to
-    /// have stopped reading, and is closed.
-    pub write_timeout: Duration,
-}
-
-impl Default for SyncLimits {
-    fn default() -> Self {
-        let max_frame_bytes = 16 * 1024 * 1024;
-        Self {
-            max_frame_bytes,
-            messages_per_second: 500,
-            message_burst: 5_000,
-            max_documents: 20_000,
-            max_connections_per_user: 32,
-            handshake_timeout: Duration::from_secs(10),
-            input: InputLimits {
-                max_message_bytes: max_frame_bytes,
-                ..InputLimits::default()
-            },
-            mailbox: MailboxLimits::default(),
-            write_timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub(crate) const EXTENSIONS: [&str; 2] =
+    [message_type::AUTH_REFRESH, message_type::CATCH_UP_REQUEST];
 
 /// What the transport should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,32 +188,32 @@ impl PeerConnection {
     }
 
     /// The user this connection belongs to.
-    pub fn user(&self) -> UserId {
+    pub(crate) fn user(&self) -> UserId {
         self.user
     }
 
     /// The connection's number, as logged.
-    pub fn id(&self) -> ConnectionId {
+    pub(crate) fn id(&self) -> ConnectionId {
         self.conn
     }
 
     /// The session this connection belongs to.
-    pub fn session(&self) -> SessionId {
+    pub(crate) fn session(&self) -> SessionId {
         self.session
     }
 
     /// When the access token behind this connection expires (seconds since the epoch).
-    pub fn token_expires_at(&self) -> i64 {
+    pub(crate) fn token_expires_at(&self) -> i64 {
         self.token_expires_at
     }
 
     /// Whether the join has happened.
-    pub fn has_joined(&self) -> bool {
+    pub(crate) fn has_joined(&self) -> bool {
         self.joined.is_some()
     }
 
     /// Resolves when a newer connection takes this one's peer id over.
-    pub fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+    pub(crate) fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
         self.replaced.take()
     }
 
@@ -319,7 +238,7 @@ impl PeerConnection {
     }
 
     /// The outputs for an access token that expired on the open socket.
-    pub fn token_expired(&self) -> Vec<Output> {
+    pub(crate) fn token_expired(&self) -> Vec<Output> {
         fail(close::TOKEN_EXPIRED, "access token expired")
     }
 
@@ -397,7 +316,9 @@ impl PeerConnection {
                 }
                 Vec::new()
             }
-            Message::AuthRefresh { access_token, .. } if self.supports("codeedex/auth-refresh") => {
+            Message::AuthRefresh { access_token, .. }
+                if self.supports(message_type::AUTH_REFRESH) =>
+            {
                 match self.ctx.auth.authenticate(&access_token, wall) {
                     // The refreshed token must be of this connection's own
                     // session: the socket belongs to that session, and ends
@@ -422,7 +343,7 @@ impl PeerConnection {
                 }
             }
             Message::CatchUpRequest { cursor, .. }
-                if self.supports("codeedex/catch-up-request") =>
+                if self.supports(message_type::CATCH_UP_REQUEST) =>
             {
                 match self
                     .ctx
@@ -457,7 +378,7 @@ impl PeerConnection {
 
     /// The outputs for a store failure: 4013 when the store is unavailable
     /// (the disk failed), else an internal error.
-    pub fn store_failed(&self, e: StoreError) -> Vec<Output> {
+    pub(crate) fn store_failed(&self, e: StoreError) -> Vec<Output> {
         self.internal(e)
     }
 
@@ -710,7 +631,7 @@ impl PeerConnection {
     /// The driver keeps handling frames and notices while it waits, so one
     /// connection's messages share flushes instead of queueing behind one
     /// flush each.
-    pub fn owed_ticket(&self) -> Option<Ticket> {
+    pub(crate) fn owed_ticket(&self) -> Option<Ticket> {
         (!self.owed.is_empty()).then_some(self.owed_ticket)
     }
 

@@ -17,7 +17,7 @@ use super::hub::ConnectionId;
 
 /// The answer to a join.
 #[derive(Debug)]
-pub enum Bind {
+pub(crate) enum Bind {
     /// The peer id is now this connection's.
     Bound,
     /// Another user's live connection holds the id.
@@ -44,7 +44,7 @@ pub struct PeerRegistry {
 /// A connection counted against its user's limit, for as long as it lives:
 /// dropping it releases the slot, however the connection ends.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     registry: Arc<PeerRegistry>,
     user: UserId,
 }
@@ -57,7 +57,7 @@ impl Drop for Admission {
 
 impl PeerRegistry {
     /// Counts a new connection for `user`, unless the user already has `max`.
-    pub fn admit(self: &Arc<Self>, user: UserId, max: usize) -> Option<Admission> {
+    pub(crate) fn admit(self: &Arc<Self>, user: UserId, max: usize) -> Option<Admission> {
         let mut counts = self.connections.lock().expect("never poisoned");
         let count = counts.entry(user).or_default();
         if *count >= max {
@@ -72,7 +72,8 @@ impl PeerRegistry {
     }
 
     /// How many connections `user` holds.
-    pub fn connections_of(&self, user: UserId) -> usize {
+    #[cfg(test)]
+    pub(crate) fn connections_of(&self, user: UserId) -> usize {
         self.connections
             .lock()
             .expect("never poisoned")
@@ -82,7 +83,7 @@ impl PeerRegistry {
     }
 
     /// How many connections are open, over all users.
-    pub fn total_connections(&self) -> usize {
+    pub(crate) fn total_connections(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 
@@ -99,7 +100,7 @@ impl PeerRegistry {
 
     /// Binds `peer_id` to a connection. `replaced` fires if a later join of
     /// the same user takes the id over.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         peer_id: &str,
         user: UserId,
@@ -127,7 +128,7 @@ impl PeerRegistry {
     }
 
     /// Releases a binding if this connection still holds it.
-    pub fn unbind(&self, peer_id: &str, conn: ConnectionId) {
+    pub(crate) fn unbind(&self, peer_id: &str, conn: ConnectionId) {
         let mut peers = self.peers.lock().expect("never poisoned");
         if peers.get(peer_id).is_some_and(|h| h.conn == conn) {
             peers.remove(peer_id);

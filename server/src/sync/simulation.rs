@@ -18,11 +18,12 @@ use chrono::{TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire::{self, Message, PeerMetadata};
 
-use super::hub::{DocumentHub, HubLimits};
-use super::peer::{Output, PeerConnection, PeerContext, SyncLimits};
+use super::hub::DocumentHub;
+use super::peer::{Output, PeerConnection, PeerContext};
 use super::registry::PeerRegistry;
 use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
+use crate::configuration::limits::{HubLimits, SyncLimits};
 use crate::configuration::{Overrides, Settings};
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;

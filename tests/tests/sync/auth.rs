@@ -3,13 +3,12 @@
 
 use chrono::Utc;
 use codeedex_schema::api::auth::{SignInResponse, TokenPair};
+use codeedex_schema::wire::message_type::AUTH_REFRESH;
 use codeedex_tests::app::{AppConfig, spawn_app_with};
 use codeedex_tests::sync_peer::{TokenIn, connect, refused_status};
 use serde_json::json;
 
 use super::*;
-
-const AUTH_REFRESH: &str = "codeedex/auth-refresh";
 
 async fn refreshed(app: &TestApp, refresh_token: &str) -> TokenPair {
     let response = app.refresh(refresh_token).await;

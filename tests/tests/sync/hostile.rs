@@ -8,6 +8,7 @@
 use std::io::Write;
 
 use automerge::ChangeHash;
+use codeedex_schema::wire::message_type;
 use codeedex_tests::app::{AppConfig, spawn_app_with};
 
 use super::*;
@@ -409,7 +410,7 @@ async fn an_in_place_refresh_cannot_move_a_socket_to_another_session() {
         &first.tokens.access_token,
         "ann-mover",
         Some("storage-ann-mover"),
-        &["codeedex/auth-refresh"],
+        &[message_type::AUTH_REFRESH],
     )
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! Devices going offline, the server crashing, REST edits, catching up.
 
 use codeedex_schema::api::tasks::TaskView;
+use codeedex_schema::wire::message_type;
 use codeedex_tests::app::{AppConfig, spawn_app_with};
 use codeedex_tests::sync_peer::{Replicas, TokenIn, connect, refused_status};
 use serde_json::json;
@@ -223,7 +224,7 @@ async fn catch_up_lists_exactly_the_documents_changed_since_the_cursor() {
         &token,
         "ann-fresh",
         None,
-        &["codeedex/catch-up-request"],
+        &[message_type::CATCH_UP_REQUEST],
     )
     .await
     .unwrap();
