@@ -198,7 +198,7 @@ enum Scenario {
         /// Seconds between samples.
         #[arg(long, default_value_t = 60)]
         sample_secs: u64,
-        /// Devices editing over sync, one edit a second each (at most 200).
+        /// Devices editing over sync, one edit a second each (0 to 200).
         #[arg(long, default_value_t = 20)]
         editors: usize,
         /// Idle sockets held open (at most 5,000).
@@ -210,6 +210,12 @@ enum Scenario {
         /// Print the samples but do not judge growth (for runs too short to judge).
         #[arg(long)]
         no_verdict: bool,
+        /// Leave out the sign-in/refresh/logout worker (to find what grows).
+        #[arg(long)]
+        no_sessions: bool,
+        /// Leave out the REST worker (to find what grows).
+        #[arg(long)]
+        no_rest: bool,
     },
     /// The durability floor: one 4 KiB write plus fsync on the disk of a directory.
     Fsync {
@@ -606,6 +612,8 @@ async fn main() -> anyhow::Result<()> {
             idle,
             data_dir,
             no_verdict,
+            no_sessions,
+            no_rest,
         } => {
             let Some(server_pid) = cli.server_pid else {
                 bail!("the soak samples the server: pass --server-pid");
@@ -613,10 +621,12 @@ async fn main() -> anyhow::Result<()> {
             let settings = scenario::soak::SoakSettings {
                 duration: Duration::from_secs((*seconds).clamp(1, 7_200)),
                 sample_every: Duration::from_secs((*sample_secs).clamp(1, 600)),
-                editors: (*editors).clamp(1, 200),
+                editors: (*editors).clamp(0, 200),
                 idle: (*idle).min(5_000),
                 server_pid,
                 data_dir: data_dir.clone(),
+                sessions: !*no_sessions,
+                rest: !*no_rest,
             };
             println!(
                 "scenario: soak, {} s, {} editors, {} idle sockets, a sample every {} s",

@@ -43,6 +43,10 @@ pub struct SoakSettings {
     pub editors: usize,
     /// Idle sockets held open.
     pub idle: usize,
+    /// Run the sign-in/refresh/logout worker.
+    pub sessions: bool,
+    /// Run the REST worker.
+    pub rest: bool,
     /// The server's process id.
     pub server_pid: u32,
     /// The server's data directory.
@@ -230,14 +234,14 @@ pub async fn run(
         ));
     }
     // Sessions: sign in, refresh a few times, log out; over and over.
-    {
+    if settings.sessions {
         let (server, shared, client) = (server.to_owned(), Arc::clone(&shared), client.clone());
         workers.push(tokio::spawn(async move {
             sessions(server, client, shared).await
         }));
     }
     // REST.
-    {
+    if settings.rest {
         let session = Session::sign_in(server, &client, "bench-9@example.com").await?;
         let (server, shared, client) = (server.to_owned(), Arc::clone(&shared), client.clone());
         workers.push(tokio::spawn(async move {
