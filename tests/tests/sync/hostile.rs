@@ -423,3 +423,27 @@ async fn an_in_place_refresh_cannot_move_a_socket_to_another_session() {
     .unwrap();
     expect_error_then_close(&mut peer, 4001, WAIT).await;
 }
+
+#[tokio::test]
+async fn a_bundle_chunk_that_panics_inside_hexane_is_refused_before_automerge_sees_it() {
+    // Found by the chunk_load fuzz target after 557,476 inputs: a bundle
+    // chunk whose delta column ends inside a LEB128 number makes hexane
+    // (automerge's column codec, a registry crate) unwrap an error and
+    // panic. As a change in a sync message it must never reach Automerge:
+    // the admission check refuses any chunk that is not an uncompressed
+    // change, so the message is refused (1002) without a panic to contain.
+    let mut app = spawn_app().await;
+    let mut bea = Bystander::join(&app).await;
+    let (mut ann, id) = attacker(&app, "ann-bundle").await;
+    let bundle = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/chunk_load/hexane-bundle-leb128-eof"
+    ))
+    .expect("the reproducer is committed");
+    let heads = ann.docs[&id].0.clone().get_heads();
+    expect_refused(&mut ann, id, raw_sync_message(&heads, &[], &[bundle]), 1002).await;
+    assert!(app.metric("codeedex_sync_messages_refused_total").await >= 1);
+    assert_eq!(app.metric("codeedex_sync_panics_contained_total").await, 0);
+    assert_healthy(&mut app).await;
+    bea.is_unaffected().await;
+}
