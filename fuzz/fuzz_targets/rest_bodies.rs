@@ -27,7 +27,7 @@ use codeedex_schema::api::auth::{
 use codeedex_schema::api::tasks::{CreateTask, TaskHistory, TaskPage, TaskView, UpdateTask};
 use codeedex_schema::contact::{Contact, ContactError};
 use codeedex_schema::problem::Problem;
-use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
+use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, Title};
 use codeedex_schema::task_document;
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -43,7 +43,7 @@ fuzz_target!(|body: &[u8]| {
     let _ = serde_json::from_slice::<RefreshRequest>(body);
     let _ = serde_json::from_slice::<LogoutRequest>(body);
     if let Ok(r) = serde_json::from_slice::<CreateTask>(body)
-        && let Ok(task) = new_task(&r)
+        && let Ok(task) = r.to_task(created_at())
     {
         check_created(&task);
     }
@@ -91,33 +91,6 @@ fn created_at() -> DateTime<Utc> {
     Utc.timestamp_millis_opt(1_790_000_000_123)
         .single()
         .expect("a valid instant")
-}
-
-/// What `POST /v1/tasks` builds from a body (server/src/api/tasks.rs
-/// `new_task`, with a fixed clock).
-fn new_task(body: &CreateTask) -> Result<Task, TaskError> {
-    let tags = body
-        .tags
-        .iter()
-        .flatten()
-        .map(|t| Tag::parse(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Task {
-        title: Title::parse(&body.title)?,
-        notes: Notes::parse(body.notes.as_deref().unwrap_or(""))?,
-        done: false,
-        due: body.due,
-        priority: body
-            .priority
-            .as_deref()
-            .map(Priority::parse)
-            .transpose()?
-            .unwrap_or_default(),
-        tags: Tags::new(tags)?,
-        created_at: created_at(),
-        updated_at: created_at(),
-        completed_at: None,
-    })
 }
 
 fn check_created(task: &Task) {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::id::{DocumentId, SessionId, UserId};
-use crate::task::{Task, TaskError};
+use crate::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
 use crate::task_document::TaskPatch;
 
 /// A task as the API shows it.
@@ -80,6 +80,35 @@ pub struct CreateTask {
     /// Up to 20 tags of a-z, 0-9, '-', '_'.
     #[serde(default)]
     pub tags: Option<Vec<String>>,
+}
+
+impl CreateTask {
+    /// The task this body describes, created at `now`: every field parsed
+    /// into its checked type, or the first field that is wrong.
+    pub fn to_task(&self, now: DateTime<Utc>) -> Result<Task, TaskError> {
+        let tags = self
+            .tags
+            .iter()
+            .flatten()
+            .map(|t| Tag::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Task {
+            title: Title::parse(&self.title)?,
+            notes: Notes::parse(self.notes.as_deref().unwrap_or(""))?,
+            done: false,
+            due: self.due,
+            priority: self
+                .priority
+                .as_deref()
+                .map(Priority::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            tags: Tags::new(tags)?,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        })
+    }
 }
 
 /// `PATCH /v1/tasks/{id}`: fields to change; absent fields stay as they are.

@@ -16,7 +16,7 @@ use codeedex_schema::api::tasks::{
 };
 use codeedex_schema::id::{DocumentId, UserId};
 use codeedex_schema::problem::{ErrorCode, Problem};
-use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
+use codeedex_schema::task::{Tag, TaskError};
 use codeedex_schema::task_document;
 use serde::Deserialize;
 
@@ -248,32 +248,6 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(TaskPage { tasks, next }))
 }
 
-fn new_task(body: &CreateTask) -> Result<Task, TaskError> {
-    let now = Utc::now();
-    let tags = body
-        .tags
-        .iter()
-        .flatten()
-        .map(|t| Tag::parse(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Task {
-        title: Title::parse(&body.title)?,
-        notes: Notes::parse(body.notes.as_deref().unwrap_or(""))?,
-        done: false,
-        due: body.due,
-        priority: body
-            .priority
-            .as_deref()
-            .map(Priority::parse)
-            .transpose()?
-            .unwrap_or_default(),
-        tags: Tags::new(tags)?,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-    })
-}
-
 /// Creates a task document and lists it in the user's root document.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = CreateTask,
     responses((status = 201, body = TaskView), (status = 400, body = Problem), (status = 401, body = Problem)))]
@@ -282,7 +256,7 @@ pub async fn create(
     caller: Caller,
     body: JsonBody<CreateTask>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let task = new_task(&body).map_err(TaskApiError::Invalid)?;
+    let task = body.to_task(Utc::now()).map_err(TaskApiError::Invalid)?;
     let hub = &state.sync.hub;
     let now = Utc::now();
     let root = state.root_document(caller.0.user_id).await?;
