@@ -78,6 +78,9 @@ export function TasksApp(props: {
     try {
       setProblem(undefined)
       action()
+      // Write what changed to IndexedDB now rather than after the repo's
+      // save delay, so that a tab closed right after an edit keeps it.
+      void library.repo.flush().catch(() => undefined)
     } catch (e) {
       setProblem(e instanceof Error ? `That did not work: ${e.message}.` : explain(e))
     }

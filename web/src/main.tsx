@@ -7,7 +7,7 @@ import { useEffect, useState } from "preact/hooks"
 import type { DocumentId } from "@automerge/automerge-repo/slim"
 import "./style.css"
 import { ApiError, NetworkError, explain } from "./api"
-import { forget, freshToken, me, onToken, refresh, signOut, type UserView } from "./session"
+import { expiresSoon, forget, freshToken, me, onToken, refresh, signOut, type UserView } from "./session"
 import { deleteLocalData, loadAutomerge, openRepo } from "./sync"
 import { Library } from "./library"
 import { SignIn } from "./signin"
@@ -51,7 +51,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   const goOnline = () => {
     freshToken()
       .then(() => socket.resume())
-      .catch(() => socket.resume())
+      .catch(() => check())
     lib.changed()
   }
   window.addEventListener("offline", goOffline)
@@ -59,6 +59,34 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   const stopToken = onToken(token => {
     if (token && navigator.onLine) socket.resume()
   })
+  // Without a token (the app opened offline) or when a socket closes, ask
+  // the cookie for a fresh token, backing off while the server cannot be
+  // reached. A refused refresh means the session ended elsewhere: the
+  // reload then signs out and deletes this browser's copy.
+  let retry: number | undefined
+  let delay = 1000
+  let lastCheck = 0
+  const check = () => {
+    window.clearTimeout(retry)
+    lastCheck = Date.now()
+    refresh().then(
+      () => {
+        delay = 1000
+        socket.resume()
+      },
+      e => {
+        if (e instanceof ApiError && e.status === 401) location.reload()
+        else {
+          retry = window.setTimeout(check, delay)
+          delay = Math.min(delay * 2, 30_000)
+        }
+      },
+    )
+  }
+  socket.onClosed = () => {
+    if (expiresSoon() || Date.now() - lastCheck > 30_000) check()
+  }
+  if (!online) check()
   void lib.open(profile.rootId as DocumentId).catch(e => {
     console.error("cannot open the task list", e)
   })
@@ -70,6 +98,8 @@ async function start(profile: Profile, online: boolean): Promise<State> {
       window.removeEventListener("offline", goOffline)
       window.removeEventListener("online", goOnline)
       stopToken()
+      window.clearTimeout(retry)
+      socket.onClosed = () => {}
       socket.pause()
       lib.close()
       await deleteLocalData(profile.userId, storage)

@@ -134,6 +134,11 @@ export function refresh(): Promise<string> {
   return inFlight as Promise<string>
 }
 
+/** Whether the access token is missing or ends within a minute. */
+export function expiresSoon(): boolean {
+  return !accessToken || Date.now() > expiresAt - 60_000
+}
+
 /** A token that is valid for at least a few more seconds. */
 export async function freshToken(): Promise<string> {
   if (accessToken && Date.now() < expiresAt - 5000) return accessToken

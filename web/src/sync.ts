@@ -34,7 +34,12 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
   }
 
   connect(peerId: PeerId, peerMetadata?: PeerMetadata) {
-    if (!this.#wanted) return
+    if (!this.#wanted) {
+      // Remember who we are, so that `resume` can connect later.
+      this.peerId = peerId
+      this.peerMetadata = peerMetadata ?? {}
+      return
+    }
     // The stock adapter keeps one URL for its lifetime; each (re)connect
     // here takes the newest access token instead.
     ;(this as unknown as { url: string }).url = socketUrl()
@@ -42,9 +47,13 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
     this.socket?.addEventListener("close", this.#closed)
   }
 
+  /** Called when a socket closes (the token expired, the network dropped, the session ended). */
+  onClosed: () => void = () => {}
+
   #closed = () => {
     this.connected = false
     this.#onState()
+    this.onClosed()
   }
 
   peerCandidate(remotePeerId: PeerId, peerMetadata: PeerMetadata) {
@@ -52,6 +61,18 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
     this.connected = true
     super.peerCandidate(remotePeerId, peerMetadata)
     this.#onState()
+  }
+
+  // The repo waits for every adapter to be ready before it asks the network
+  // for a document it does not have. A paused adapter has nobody to ask, so
+  // it is ready at once: documents missing offline are then unavailable
+  // (and arrive later) instead of holding the whole list back.
+  isReady(): boolean {
+    return !this.#wanted || super.isReady()
+  }
+
+  whenReady(): Promise<void> {
+    return this.#wanted ? super.whenReady() : Promise.resolve()
   }
 
   /** Stops syncing (the browser went offline, or the user signs out). */
