@@ -79,6 +79,9 @@ test("two browsers of one user see an add, an edit and a completion live", async
   await editTask(a.page, "buy milk", { title: "buy oat milk" })
   await expect(task(b.page, "buy oat milk")).toBeVisible()
 
+  // In the "All" view a completed task stays where it is (the default
+  // "Open" view lets it go).
+  await b.page.getByRole("button", { name: "All", exact: true }).click()
   await b.page.getByRole("checkbox", { name: "buy oat milk" }).check()
   await a.page.getByRole("button", { name: "Done", exact: true }).click()
   await expect(a.page.getByRole("checkbox", { name: "buy oat milk" })).toBeChecked()

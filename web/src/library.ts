@@ -93,6 +93,10 @@ export class Library {
       this.changed()
     }
     handle.on("change", read)
+    // A document that was unavailable when asked for (the list named it
+    // before its own changes reached the server) becomes ready when the
+    // server sends it later, without a "change" event.
+    if (!handle.isReady()) void handle.whenReady().then(read, () => undefined)
     read()
   }
 

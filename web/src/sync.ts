@@ -6,7 +6,7 @@
 // adapter reconnects by itself; `TokenWebSocketAdapter` only makes each
 // reconnect use the newest token, so syncing goes on without a reload.
 
-import { Repo, type PeerId, type PeerMetadata, initializeWasm } from "@automerge/automerge-repo/slim"
+import { Repo, type PeerId, type PeerMetadata, cbor, initializeWasm } from "@automerge/automerge-repo/slim"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb"
 import { BroadcastChannelNetworkAdapter } from "@automerge/automerge-repo-network-broadcastchannel"
@@ -73,6 +73,37 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
 
   whenReady(): Promise<void> {
     return this.#wanted ? super.whenReady() : Promise.resolve()
+  }
+
+  // The server ends a connection with an `error` message and a close frame
+  // (an expired token, a revoked session). Browsers report the close only
+  // once the closing handshake finishes, which took two seconds against
+  // actix; reconnecting on the `error` itself keeps the gap in syncing to
+  // one round trip. Error messages are tiny, so only small frames are
+  // looked at.
+  receiveMessage(messageBytes: Uint8Array) {
+    if (messageBytes.byteLength < 512) {
+      let type: unknown
+      try {
+        type = (cbor.decode(new Uint8Array(messageBytes)) as { type?: unknown })?.type
+      } catch {
+        type = undefined
+      }
+      if (type === "error") {
+        this.#restart()
+        return
+      }
+    }
+    super.receiveMessage(messageBytes)
+  }
+
+  #restart() {
+    if (!this.socket || !this.peerId) return
+    this.disconnect()
+    this.connected = false
+    this.#onState()
+    this.onClosed()
+    if (this.#wanted) this.connect(this.peerId, this.peerMetadata)
   }
 
   /** Stops syncing (the browser went offline, or the user signs out). */
