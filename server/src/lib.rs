@@ -22,6 +22,7 @@ pub(crate) mod api;
 pub mod auth;
 pub mod configuration;
 pub mod delivery;
+pub mod durability;
 pub mod metrics;
 pub mod startup;
 pub mod store;
