@@ -22,7 +22,7 @@ impl Ticket {
         sequence: 0,
     };
 
-    pub(crate) fn new(epoch: u64, sequence: u64) -> Self {
+    pub fn new(epoch: u64, sequence: u64) -> Self {
         Self { epoch, sequence }
     }
 
@@ -36,16 +36,15 @@ impl Ticket {
     }
 
     /// Whether the ticket covers no write.
-    pub(crate) fn is_none(self) -> bool {
+    pub fn is_none(self) -> bool {
         self.sequence == 0
     }
 
-    pub(crate) fn epoch(self) -> u64 {
+    pub fn epoch(self) -> u64 {
         self.epoch
     }
 
-    pub(crate) fn sequence(self) -> u64 {
+    pub fn sequence(self) -> u64 {
         self.sequence
     }
 }
-

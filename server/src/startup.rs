@@ -21,9 +21,9 @@ use crate::configuration::Settings;
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
+use crate::sync::connection::PeerContext;
 use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
-use crate::sync::connection::PeerContext;
 use crate::sync::registry::PeerRegistry;
 use crate::telemetry;
 

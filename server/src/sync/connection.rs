@@ -25,8 +25,8 @@ use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, LiveDo
 use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use super::session::{
-    Authenticated, Bound, Effect, Failure, Generated, Reconciled, Session, SessionConfig,
-    SyncKind, Synced, TransportFault,
+    Authenticated, Bound, Effect, Failure, Generated, Reconciled, Session, SessionConfig, SyncKind,
+    Synced, TransportFault,
 };
 use crate::auth::{Auth, AuthenticateError};
 use crate::configuration::limits::SyncLimits;
@@ -451,7 +451,14 @@ impl Connection {
         match self
             .ctx
             .hub
-            .apply(&live, &mut attachment.state, message, author, self.conn, wall)
+            .apply(
+                &live,
+                &mut attachment.state,
+                message,
+                author,
+                self.conn,
+                wall,
+            )
             .await
         {
             Ok(ticket) => Synced::Applied(ticket),

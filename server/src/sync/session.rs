@@ -911,10 +911,9 @@ impl Session {
                 close::PROTOCOL_ERROR,
                 &format!("websocket protocol error: {e}"),
             ),
-            TransportFault::Silent => fail(
-                close::POLICY,
-                "nothing heard within the keep-alive limit",
-            ),
+            TransportFault::Silent => {
+                fail(close::POLICY, "nothing heard within the keep-alive limit")
+            }
         }
     }
 }

@@ -1,4 +1,10 @@
-//! A deterministic simulation of the sync protocol without sockets.
+//! A deterministic simulation of the sync protocol without sockets, through
+//! the server's whole connection stack.
+//!
+//! `tests/tests/simulation.rs` runs the two pure machines (server session and
+//! client) against each other with nothing else; this one keeps the real
+//! hub, store and driver in the loop, so that what the driver performs is
+//! tested the same way.
 //!
 //! Three devices of one user edit one task document through the server's
 //! real connection driver ([`Connection`], its session machine, and the
@@ -18,8 +24,8 @@ use chrono::{TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire::{self, Message, PeerMetadata};
 
-use super::hub::DocumentHub;
 use super::connection::{Connection, Output, PeerContext};
+use super::hub::DocumentHub;
 use super::registry::PeerRegistry;
 use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
