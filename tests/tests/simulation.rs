@@ -234,10 +234,8 @@ impl World {
     fn client_effects(&mut self, i: usize, effects: Vec<ClientEffect>) {
         for effect in effects {
             match effect {
-                ClientEffect::Send(message) => {
-                    if self.devices[i].connection.is_some() {
-                        self.devices[i].to_server.push_back(wire::encode(&message));
-                    }
+                ClientEffect::Send(message) if self.devices[i].connection.is_some() => {
+                    self.devices[i].to_server.push_back(wire::encode(&message));
                 }
                 ClientEffect::ServerError(message) => {
                     panic!("device {i} got an error from the server: {message}")
@@ -338,7 +336,7 @@ impl World {
         if !device.replicas.has_content(id) {
             return;
         }
-        let patch = if pick % 2 == 0 {
+        let patch = if pick.is_multiple_of(2) {
             TaskPatch {
                 title: Some(Title::parse(&format!("edited by {i} at {step}")).expect("valid")),
                 ..Default::default()
@@ -495,11 +493,10 @@ impl World {
                 Effect::Reconcile { doc, .. } => {
                     let outcome = match hub.docs.get(&doc) {
                         Some(held) if held.owner == user() => {
-                            if !connection.attached.contains_key(&doc) {
-                                connection
-                                    .attached
-                                    .insert(doc, hub.saved_state(storage_id, doc));
-                            }
+                            connection
+                                .attached
+                                .entry(doc)
+                                .or_insert_with(|| hub.saved_state(storage_id, doc));
                             Reconciled::Current(hub.ticket())
                         }
                         _ => {
