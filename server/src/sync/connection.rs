@@ -205,9 +205,7 @@ impl Connection {
     /// Resolves when what this connection owes its peer may be generated:
     /// the earliest owed durability ticket is durable (or the store failed).
     /// `None` when nothing is owed.
-    pub(crate) fn owed_durability(
-        &self,
-    ) -> Option<impl Future<Output = Result<(), StoreError>> + use<>> {
+    pub fn owed_durability(&self) -> Option<impl Future<Output = Result<(), StoreError>> + use<>> {
         let ticket = self.session.owed_ticket()?;
         let store = self.ctx.store.clone();
         Some(async move { store.wait_durable(ticket).await })
