@@ -598,9 +598,7 @@ impl Session {
     pub fn synced(&mut self, doc: DocumentId, kind: SyncKind, outcome: Synced) -> Vec<Effect> {
         match outcome {
             Synced::Applied(ticket) => {
-                self.attached.insert(doc);
-                self.waiting.remove(&doc);
-                self.owe(doc, ticket);
+                self.attach(doc, ticket);
                 Vec::new()
             }
             Synced::Unavailable => {
@@ -743,9 +741,7 @@ impl Session {
     pub fn reconciled(&mut self, doc: DocumentId, outcome: Reconciled) -> Vec<Effect> {
         match outcome {
             Reconciled::Current(ticket) => {
-                self.attached.insert(doc);
-                self.waiting.remove(&doc);
-                self.owe(doc, ticket);
+                self.attach(doc, ticket);
                 Vec::new()
             }
             Reconciled::Gone => {
@@ -766,6 +762,14 @@ impl Session {
             }
             Reconciled::Failed(_) => Vec::new(),
         }
+    }
+
+    /// The driver attached `doc` (or it was attached already) and the peer
+    /// is owed its next message once `ticket` is durable.
+    fn attach(&mut self, doc: DocumentId, ticket: Ticket) {
+        self.attached.insert(doc);
+        self.waiting.remove(&doc);
+        self.owe(doc, ticket);
     }
 
     /// Notes that `doc` has something to tell this peer once `ticket` is

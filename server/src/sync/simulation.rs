@@ -8,9 +8,9 @@
 //!
 //! Three devices of one user edit one task document through the server's
 //! real connection driver ([`Connection`], its session machine, and the
-//! [`DocumentHub`] over a temporary store). The "network" is a set of queues the test drains in an
-//! order chosen by a seeded generator; devices go offline (their queues are
-//! held) and come back; time is injected. At the end every replica and the
+//! [`DocumentHub`] over a temporary store). The "network" is a set of queues
+//! the test drains in an order chosen by a seeded generator; devices go
+//! offline (their queues are held) and come back; time is injected. At the end every replica and the
 //! server hold the same document, containing every edit.
 
 use std::collections::VecDeque;
@@ -23,6 +23,8 @@ use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
 use chrono::{TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire::{self, Message, PeerMetadata};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::connection::{Connection, Output, PeerContext};
 use super::hub::DocumentHub;
@@ -34,22 +36,6 @@ use crate::configuration::{Overrides, Settings};
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{SessionRecord, Store, UserRecord};
-
-/// A tiny deterministic generator (xorshift), so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct Device {
     peer_id: String,
@@ -258,12 +244,12 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
 async fn run(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut world = build_world(dir.path(), 3).await;
-    let mut rng = Rng(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut edits = 0u64;
     for step in 0..600 {
         world.tick();
-        let i = rng.below(3) as usize;
-        match rng.below(10) {
+        let i = rng.random_range(0..3usize);
+        match rng.random_range(0..10u32) {
             0..=2 => {
                 world.edit(i, step);
                 edits += 1;
