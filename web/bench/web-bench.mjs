@@ -40,9 +40,11 @@ const pct = (xs, p) => {
 const result = {}
 
 // 1. First load: everything a new visitor's browser transfers until the
-// task list is on screen (the sign-in page, then Automerge's WASM).
+// task list is on screen (the sign-in page, then Automerge's WASM). The
+// service worker is kept out: it would answer the WASM request from its
+// cache (filled over the network too) and hide the transfer.
 {
-  const context = await browser.newContext()
+  const context = await browser.newContext({ serviceWorkers: "block" })
   const page = await context.newPage()
   const rows = []
   page.on("requestfinished", async request => {

@@ -74,6 +74,13 @@ export function TasksApp(props: {
   const shown = visible(tasks, view, tag, search)
   const tags = useMemo(() => [...new Set(tasks.flatMap(t => t.tags))].sort(), [tasks])
 
+  // A task shown from the cached view may not have its document open yet.
+  const handleOf = (id: DocumentId) => {
+    const handle = library.handles.get(id)
+    if (!handle?.isReady()) throw new Error("this task is still loading; try again in a moment")
+    return handle
+  }
+
   const guard = (action: () => void) => {
     try {
       setProblem(undefined)
@@ -156,15 +163,11 @@ export function TasksApp(props: {
                 onEdit={() => setEditing(task.id)}
                 onClose={() => setEditing(null)}
                 onToggle={done =>
-                  guard(() => {
-                    const h = library.handles.get(task.id)
-                    if (h) updateTask(h, { done })
-                  })
+                  guard(() => updateTask(handleOf(task.id), { done }))
                 }
                 onSave={patch =>
                   guard(() => {
-                    const h = library.handles.get(task.id)
-                    if (h) updateTask(h, patch)
+                    updateTask(handleOf(task.id), patch)
                     setEditing(null)
                   })
                 }

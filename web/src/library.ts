@@ -5,6 +5,7 @@
 import type { DocHandle, DocumentId, Repo } from "@automerge/automerge-repo/slim"
 import { type RootDoc, type Task, type TaskDoc, listedIds, readTask, urlOf } from "./tasks"
 import type { TokenWebSocketAdapter } from "./sync"
+import { ViewCache } from "./view-cache"
 
 export interface SyncState {
   online: boolean
@@ -23,11 +24,32 @@ export class Library {
   loaded = false
   sync: SyncState = { online: navigator.onLine, connected: false, waiting: 0 }
 
+  #cache: ViewCache
+  #cacheTimer: number | undefined
+  /** True once the list reflects the documents, not only the cached view. */
+  #live = false
+
   constructor(
     readonly repo: Repo,
     readonly socket: TokenWebSocketAdapter,
+    userId: string,
   ) {
     this.#syncTimer = window.setInterval(() => this.#measureSync(), 500)
+    this.#cache = new ViewCache(userId)
+  }
+
+  /** Shows the last list this browser saw while the documents load. */
+  async paintFromCache() {
+    const cached = await this.#cache.read()
+    if (!cached || this.#live) return
+    for (const task of cached) if (!this.#tasks.has(task.id)) this.#tasks.set(task.id, task)
+    this.loaded = true
+    this.changed()
+  }
+
+  #saveView() {
+    window.clearTimeout(this.#cacheTimer)
+    this.#cacheTimer = window.setTimeout(() => void this.#cache.write(this.tasks()), 1000)
   }
 
   subscribe(listener: () => void): () => void {
@@ -41,6 +63,7 @@ export class Library {
 
   /** Coalesces bursts of changes into one render per frame. */
   changed = () => {
+    if (this.#live) this.#saveView()
     if (this.#scheduled) return
     this.#scheduled = true
     requestAnimationFrame(() => {
@@ -54,6 +77,7 @@ export class Library {
     this.root = root
     root.on("change", () => this.#relist())
     await this.#relist()
+    this.#live = true
     this.loaded = true
     this.#measureSync()
     this.changed()
@@ -63,10 +87,11 @@ export class Library {
     const ids = listedIds(this.root?.doc())
     const wanted = new Set(ids)
     for (const id of [...this.handles.keys()]) {
-      if (!wanted.has(id)) {
-        this.handles.delete(id)
-        this.#tasks.delete(id)
-      }
+      if (!wanted.has(id)) this.handles.delete(id)
+    }
+    // Tasks shown from the cached view that the list no longer names go too.
+    for (const id of [...this.#tasks.keys()]) {
+      if (!wanted.has(id)) this.#tasks.delete(id)
     }
     const fresh = ids.filter(id => !this.handles.has(id))
     await Promise.all(fresh.map(id => this.#track(id)))
@@ -124,9 +149,11 @@ export class Library {
     }
   }
 
-  close() {
+  async close() {
     window.clearInterval(this.#syncTimer)
+    window.clearTimeout(this.#cacheTimer)
     this.#listeners.clear()
+    await this.#cache.close()
   }
 }
 

@@ -42,7 +42,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   await loadAutomerge()
   const library = { current: undefined as Library | undefined }
   const { repo, socket, storage } = openRepo(profile.userId, online, () => library.current?.changed())
-  const lib = new Library(repo, socket)
+  const lib = new Library(repo, socket, profile.userId)
   library.current = lib
   const goOffline = () => {
     socket.pause()
@@ -87,6 +87,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
     if (expiresSoon() || Date.now() - lastCheck > 30_000) check()
   }
   if (!online) check()
+  void lib.paintFromCache()
   void lib.open(profile.rootId as DocumentId).catch(e => {
     console.error("cannot open the task list", e)
   })
@@ -101,7 +102,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
       window.clearTimeout(retry)
       socket.onClosed = () => {}
       socket.pause()
-      lib.close()
+      await lib.close()
       await deleteLocalData(profile.userId, storage)
     },
   }

@@ -12,6 +12,7 @@ import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-index
 import { BroadcastChannelNetworkAdapter } from "@automerge/automerge-repo-network-broadcastchannel"
 import wasmUrl from "@automerge/automerge/automerge.wasm?url"
 import { currentToken } from "./session"
+import { viewCacheName } from "./view-cache"
 
 let wasm: Promise<void> | undefined
 
@@ -150,11 +151,13 @@ export async function deleteLocalData(userId: string, storage?: IndexedDBStorage
     const db = (storage as unknown as { dbPromise: Promise<IDBDatabase> }).dbPromise
     ;(await db.catch(() => undefined))?.close()
   }
-  return new Promise(resolve => {
-    const request = indexedDB.deleteDatabase(databaseName(userId))
-    request.onsuccess = () => resolve()
-    request.onerror = () => resolve()
-    // Another tab still has it open; it is deleted when that tab closes.
-    request.onblocked = () => resolve()
-  })
+  const remove = (name: string) =>
+    new Promise<void>(resolve => {
+      const request = indexedDB.deleteDatabase(name)
+      request.onsuccess = () => resolve()
+      request.onerror = () => resolve()
+      // Another tab still has it open; it is deleted when that tab closes.
+      request.onblocked = () => resolve()
+    })
+  await Promise.all([remove(databaseName(userId)), remove(viewCacheName(userId))])
 }
