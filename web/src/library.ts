@@ -5,7 +5,7 @@
 import type { DocHandle, DocumentId, Repo } from "@automerge/automerge-repo/slim"
 import { type RootDoc, type Task, type TaskDoc, listedIds, readTask, urlOf } from "./tasks"
 import type { TokenWebSocketAdapter } from "./sync"
-import { ViewCache } from "./view-cache"
+import type { ViewCache } from "./view-cache"
 
 export interface SyncState {
   online: boolean
@@ -32,15 +32,22 @@ export class Library {
   constructor(
     readonly repo: Repo,
     readonly socket: TokenWebSocketAdapter,
-    userId: string,
+    cache: ViewCache,
   ) {
     this.#syncTimer = window.setInterval(() => this.#measureSync(), 500)
-    this.#cache = new ViewCache(userId)
+    this.#cache = cache
+    // A page that is closed or hidden keeps the newest list.
+    window.addEventListener("pagehide", this.#saveNow)
+  }
+
+  #saveNow = () => {
+    if (!this.#live) return
+    window.clearTimeout(this.#cacheTimer)
+    void this.#cache.write(this.tasks())
   }
 
   /** Shows the last list this browser saw while the documents load. */
-  async paintFromCache() {
-    const cached = await this.#cache.read()
+  paintFromCache(cached: Task[] | undefined) {
     if (!cached || this.#live) return
     for (const task of cached) if (!this.#tasks.has(task.id)) this.#tasks.set(task.id, task)
     this.loaded = true
@@ -49,7 +56,7 @@ export class Library {
 
   #saveView() {
     window.clearTimeout(this.#cacheTimer)
-    this.#cacheTimer = window.setTimeout(() => void this.#cache.write(this.tasks()), 1000)
+    this.#cacheTimer = window.setTimeout(this.#saveNow, 300)
   }
 
   subscribe(listener: () => void): () => void {
@@ -150,6 +157,7 @@ export class Library {
   }
 
   async close() {
+    window.removeEventListener("pagehide", this.#saveNow)
     window.clearInterval(this.#syncTimer)
     window.clearTimeout(this.#cacheTimer)
     this.#listeners.clear()

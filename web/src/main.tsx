@@ -10,6 +10,7 @@ import { ApiError, NetworkError, explain } from "./api"
 import { expiresSoon, forget, freshToken, me, onToken, refresh, signOut, type UserView } from "./session"
 import { deleteLocalData, loadAutomerge, openRepo } from "./sync"
 import { Library } from "./library"
+import { ViewCache } from "./view-cache"
 import { SignIn } from "./signin"
 import { TasksApp } from "./app"
 
@@ -39,10 +40,14 @@ type State =
   | { kind: "failed"; message: string }
 
 async function start(profile: Profile, online: boolean): Promise<State> {
+  // The cached list is read while Automerge's WebAssembly compiles, so the
+  // first paint waits for neither.
+  const cache = new ViewCache(profile.userId)
+  const cached = cache.read()
   await loadAutomerge()
   const library = { current: undefined as Library | undefined }
   const { repo, socket, storage } = openRepo(profile.userId, online, () => library.current?.changed())
-  const lib = new Library(repo, socket, profile.userId)
+  const lib = new Library(repo, socket, cache)
   library.current = lib
   const goOffline = () => {
     socket.pause()
@@ -87,7 +92,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
     if (expiresSoon() || Date.now() - lastCheck > 30_000) check()
   }
   if (!online) check()
-  void lib.paintFromCache()
+  void cached.then(tasks => lib.paintFromCache(tasks))
   void lib.open(profile.rootId as DocumentId).catch(e => {
     console.error("cannot open the task list", e)
   })
