@@ -1,8 +1,8 @@
 //! The offline-first CodeeDex client: tasks on this device, in sync with
 //! the server whenever it is reachable.
 //!
-//! Every front end (the `codeedex` command line now; desktop, web and mobile
-//! later) uses one [`Client`] per device and data directory:
+//! Every front end (the `codeedex` command line in `cli/` now; desktop, web
+//! and mobile later) uses one [`Client`] per device and data directory:
 //!
 //! - **Tasks** ([`Client::create_task`], [`Client::list_tasks`],
 //!   [`Client::update_task`], [`Client::complete_task`],
@@ -46,13 +46,13 @@
 //! `sync` (the pure protocol machine, backoff, and its async driver),
 //! `transport` (the only module that names tungstenite), `api` (REST),
 //! `auth` (token refresh), `token_store` (keyring or file), `events`,
-//! `config`, `error`, and [`cli`] (the `codeedex` command).
+//! `config` and `error`. The `codeedex` command line is a crate of its own
+//! (`cli/`), so this library depends on no CLI machinery.
 
 #![warn(missing_docs)]
 
 mod api;
 mod auth;
-pub mod cli;
 mod client;
 mod config;
 mod error;

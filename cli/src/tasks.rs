@@ -1,0 +1,279 @@
+//! The commands on tasks: `add`, `ls`, `show`, `edit`, `done`, `undo`, `rm`
+//! and `history`. All but `history` work on the local store, so they work
+//! offline; the ones that change a task try a short sync afterwards, the
+//! ones that read try one before.
+
+use std::time::Duration;
+
+use chrono::Local;
+use codeedex_client_core::{
+    AuthStatus, Client, ClientError, DocumentId, NewTask, StatusFilter, TaskFilter, TaskView,
+    UpdateTask,
+};
+
+use crate::args::FieldArgs;
+use crate::dates;
+use crate::failure::{Failure, note};
+use crate::output::{self, Output, Style, Table, short_id};
+
+/// How long local commands spend trying to sync before giving up quietly.
+const QUICK_SYNC: Duration = Duration::from_secs(5);
+
+/// Whether this invocation may contact the server (`--offline` says not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    Online,
+    Offline,
+}
+
+/// What `ls` lists, as given on the command line.
+#[derive(Debug)]
+pub(crate) struct ListQuery {
+    /// `--all`: open and done tasks.
+    pub all: bool,
+    /// `--done`: done tasks only.
+    pub done: bool,
+    pub due: Option<String>,
+    pub tag: Option<String>,
+    pub search: Option<String>,
+}
+
+pub(crate) async fn add(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    title: String,
+    fields: FieldArgs,
+) -> Result<(), Failure> {
+    let today = Local::now().date_naive();
+    let due = fields
+        .due
+        .as_deref()
+        .map(|d| dates::parse_due(d, today))
+        .transpose()
+        .map_err(Failure::usage)?
+        .flatten();
+    let new = NewTask {
+        title,
+        notes: fields.notes,
+        due,
+        priority: fields.priority,
+        tags: fields.tags,
+    };
+    let task = client.create_task(&new)?;
+    output::changed(out, "added", &task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
+pub(crate) async fn ls(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    query: ListQuery,
+) -> Result<(), Failure> {
+    quick_sync(client, reach).await;
+    let filter = task_filter(query)?;
+    output::tasks(out, &client.list_tasks(&filter));
+    Ok(())
+}
+
+/// The library's filter for what `ls` was asked.
+fn task_filter(query: ListQuery) -> Result<TaskFilter, Failure> {
+    let status = if query.all {
+        StatusFilter::All
+    } else if query.done {
+        StatusFilter::Done
+    } else {
+        StatusFilter::Open
+    };
+    let (due_on_or_before, due_before) = match query.due {
+        Some(when) => {
+            dates::due_filter(&when, Local::now().date_naive()).map_err(Failure::usage)?
+        }
+        None => (None, None),
+    };
+    Ok(TaskFilter {
+        status,
+        due_on_or_before,
+        due_before,
+        tag: query.tag,
+        text: query.search,
+    })
+}
+
+pub(crate) async fn show(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    id: &str,
+) -> Result<(), Failure> {
+    quick_sync(client, reach).await;
+    let id = client.resolve_task_id(id)?;
+    output::task(out, &client.task(id)?);
+    Ok(())
+}
+
+pub(crate) async fn edit(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    id: &str,
+    title: Option<String>,
+    fields: FieldArgs,
+    clear_tags: bool,
+) -> Result<(), Failure> {
+    let id = client.resolve_task_id(id)?;
+    let update = edit_body(client, id, title, fields, clear_tags)?;
+    let task = client.update_task(id, &update)?;
+    output::changed(out, "changed", &task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
+pub(crate) async fn done(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    id: &str,
+) -> Result<(), Failure> {
+    let task = client.complete_task(client.resolve_task_id(id)?)?;
+    output::changed(out, "done", &task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
+pub(crate) async fn undo(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    id: &str,
+) -> Result<(), Failure> {
+    let task = client.reopen_task(client.resolve_task_id(id)?)?;
+    output::changed(out, "reopened", &task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
+pub(crate) async fn rm(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    id: &str,
+) -> Result<(), Failure> {
+    let id = client.resolve_task_id(id)?;
+    let task = client.task(id)?;
+    client.delete_task(id)?;
+    removed(out, id, &task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
+/// Says that `task` was removed.
+fn removed(out: &Output, id: DocumentId, task: &TaskView) {
+    if out.json {
+        out.json(&serde_json::json!({ "removed": id }));
+    } else {
+        out.line(&format!(
+            "removed {}  {}",
+            out.paint(&short_id(&id.to_string()), Style::Cyan),
+            task.title
+        ));
+    }
+}
+
+pub(crate) async fn history(client: &Client, out: &Output, id: &str) -> Result<(), Failure> {
+    let id = client.resolve_task_id(id)?;
+    let history = client.task_history(id).await?;
+    if out.json {
+        out.json(&history);
+        return Ok(());
+    }
+    let me = client.account().and_then(|a| a.email.or(a.phone));
+    let mut table = Table::new(&["#", "when", "device", "fields"]);
+    for entry in &history.entries {
+        let device = match entry.session_id {
+            Some(session) => session.to_string().chars().take(8).collect(),
+            None => "server".to_owned(),
+        };
+        table.row(vec![
+            (entry.seq.to_string(), Style::Dim),
+            (output::local_time(entry.at), Style::Plain),
+            (device, Style::Cyan),
+            (entry.fields.join(", "), Style::Plain),
+        ]);
+    }
+    table.print(out);
+    if let Some(me) = me {
+        out.line(&out.paint(
+            &format!("{} change(s) by {me}", history.entries.len()),
+            Style::Dim,
+        ));
+    }
+    Ok(())
+}
+
+/// After a local change (or before a read): sync for a moment if signed in.
+/// Failing to reach the server is only a note.
+async fn quick_sync(client: &Client, reach: Reach) {
+    if reach == Reach::Offline || !matches!(client.auth_status(), AuthStatus::LoggedIn { .. }) {
+        return;
+    }
+    match client.sync_once(QUICK_SYNC).await {
+        Ok(_) => {}
+        Err(ClientError::SessionEnded) => note(
+            "codeedex: the session has ended; changes stay on this device (run `codeedex login`)",
+        ),
+        Err(e) => note(&format!(
+            "codeedex: working offline ({e}); changes stay on this device until the next sync"
+        )),
+    }
+}
+
+/// The change `edit` asks for; with `clear_tags` the task's tags are
+/// replaced by the `--tag`s given, otherwise those are added to them.
+fn edit_body(
+    client: &Client,
+    id: DocumentId,
+    title: Option<String>,
+    fields: FieldArgs,
+    clear_tags: bool,
+) -> Result<UpdateTask, Failure> {
+    let today = Local::now().date_naive();
+    let due = fields
+        .due
+        .as_deref()
+        .map(|d| dates::parse_due(d, today))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let tags = if clear_tags || !fields.tags.is_empty() {
+        let mut tags = if clear_tags {
+            Vec::new()
+        } else {
+            client.task(id)?.tags
+        };
+        tags.extend(fields.tags);
+        Some(tags)
+    } else {
+        None
+    };
+    let update = UpdateTask {
+        title,
+        notes: fields.notes,
+        done: None,
+        due,
+        priority: fields.priority,
+        tags,
+    };
+    if update.title.is_none()
+        && update.notes.is_none()
+        && update.due.is_none()
+        && update.priority.is_none()
+        && update.tags.is_none()
+    {
+        return Err(Failure::usage(
+            "nothing to change: give --title, --notes, --due, --priority, --tag or --clear-tags",
+        ));
+    }
+    Ok(update)
+}
