@@ -25,6 +25,7 @@ use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
 use crate::sync::peer::PeerContext;
 use crate::sync::registry::PeerRegistry;
+use crate::tasks::Tasks;
 use crate::telemetry;
 
 /// A built server, bound and ready to run.
@@ -100,6 +101,7 @@ impl Application {
         let state = AppState {
             auth,
             sync,
+            tasks: Tasks::new(Arc::clone(&hub), store.clone()),
             next_connection: Default::default(),
             allowed_origins: settings.allowed_origins.clone(),
             store: store.clone(),

@@ -22,8 +22,8 @@ use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-pub(crate) use documents::Claim;
 pub use documents::StoredDocument;
+pub(crate) use documents::{Claim, EventRecord};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};

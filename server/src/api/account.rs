@@ -69,7 +69,8 @@ fn unexpected(e: impl Into<anyhow::Error>) -> AccountError {
     responses((status = 200, body = UserView), (status = 401, body = Problem)))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
     let root = state
-        .root_document(caller.0.user_id)
+        .tasks
+        .root_document(caller.0.user_id, Utc::now())
         .await
         .map_err(unexpected)?;
     let mut user = state
