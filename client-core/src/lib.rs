@@ -41,7 +41,8 @@
 //! ```
 //!
 //! # Modules
-//! `client` (the handle), `tasks` (inputs and filters), `replicas` (the
+//! `client` (the handle), `device` (the state of one data directory that
+//! the handle and the sync engine share), `tasks` (inputs and filters), `replicas` (the
 //! documents in memory), `store` (the only module that names sled),
 //! `sync` (the pure protocol machine, backoff, and its async driver),
 //! `transport` (the only module that names tungstenite), `api` (REST),
@@ -55,6 +56,7 @@ mod api;
 mod auth;
 mod client;
 mod config;
+mod device;
 mod error;
 mod events;
 mod replicas;
