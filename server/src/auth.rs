@@ -201,8 +201,8 @@ impl Auth {
     }
 
     fn is_live(&self, session: &SessionRecord, now: DateTime<Utc>) -> bool {
-        let idle = span::delta(self.token_policy.session_idle);
-        let max = span::delta(self.token_policy.session_max);
+        let idle = self.token_policy.session_idle.as_delta();
+        let max = self.token_policy.session_max.as_delta();
         now - session.last_used_at < idle && now - session.created_at < max
     }
 
@@ -297,8 +297,8 @@ impl Auth {
         who: &Authenticated,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionView>, StoreError> {
-        let idle = span::delta(self.token_policy.session_idle);
-        let max = span::delta(self.token_policy.session_max);
+        let idle = self.token_policy.session_idle.as_delta();
+        let max = self.token_policy.session_max.as_delta();
         let mut sessions: Vec<SessionView> = self
             .store
             .sessions_of(who.user_id)?

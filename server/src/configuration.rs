@@ -14,7 +14,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::ValueEnum;
 use codeedex_schema::contact::Contact;
@@ -27,7 +26,7 @@ mod overrides;
 mod seconds;
 
 pub use overrides::Overrides;
-pub(crate) use seconds::SecondsSetting;
+pub(crate) use seconds::{Period, SecondsSetting};
 
 use limits::{GateLimits, HubLimits, SyncLimits};
 
@@ -121,9 +120,9 @@ pub struct Settings {
     /// How fast the node opens new sync connections, and how many it holds.
     pub(crate) gate_limits: GateLimits,
     /// How long a clean shutdown may take.
-    pub(crate) shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Period,
     /// How long an unused document stays in memory.
-    pub(crate) document_idle: Duration,
+    pub(crate) document_idle: Period,
     /// Things worth a warning that do not stop the server, logged once
     /// logging is set up.
     pub(crate) warnings: Vec<String>,
@@ -176,11 +175,11 @@ pub(crate) struct OtpPolicy {
     /// Digits per code.
     pub(crate) digits: u32,
     /// Lifetime.
-    pub(crate) ttl: Duration,
+    pub(crate) ttl: Period,
     /// Wrong attempts that kill one code.
     pub(crate) max_attempts: u32,
     /// Minimum time between two sends to one identifier.
-    pub(crate) resend_cooldown: Duration,
+    pub(crate) resend_cooldown: Period,
     /// Sends per identifier per hour.
     pub(crate) hourly_cap: u32,
     /// Sends per identifier per day.
@@ -199,24 +198,24 @@ pub(crate) struct IpLimits {
     /// Refreshes per window.
     pub(crate) refresh: u32,
     /// The window over which a bucket refills completely.
-    pub(crate) window: Duration,
+    pub(crate) window: Period,
 }
 
 /// Access-token and session rules.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenPolicy {
     /// Access token lifetime.
-    pub(crate) access_ttl: Duration,
+    pub(crate) access_ttl: Period,
     /// The `iss` claim.
     pub(crate) issuer: String,
     /// The `aud` claim.
     pub(crate) audience: String,
     /// How long the previous refresh token still returns the current pair.
-    pub(crate) refresh_grace: Duration,
+    pub(crate) refresh_grace: Period,
     /// Inactivity limit of a session.
-    pub(crate) session_idle: Duration,
+    pub(crate) session_idle: Period,
     /// Absolute limit of a session.
-    pub(crate) session_max: Duration,
+    pub(crate) session_max: Period,
 }
 
 #[cfg(test)]

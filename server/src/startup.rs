@@ -116,8 +116,12 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let server =
-            api::http_server(listener, state, settings.workers, settings.shutdown_timeout)?;
+        let server = api::http_server(
+            listener,
+            state,
+            settings.workers,
+            settings.shutdown_timeout.as_std(),
+        )?;
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
         Ok(Self {
             port: address.port(),
@@ -125,8 +129,8 @@ impl Application {
             store,
             hub,
             registry,
-            document_idle: settings.document_idle,
-            shutdown_timeout: settings.shutdown_timeout,
+            document_idle: settings.document_idle.as_std(),
+            shutdown_timeout: settings.shutdown_timeout.as_std(),
             shutting_down,
         })
     }

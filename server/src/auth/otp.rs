@@ -89,7 +89,7 @@ pub fn record_send(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), Err(SendRefusal::Locked { retry_after }));
     }
-    let cooldown = span::delta(policy.resend_cooldown);
+    let cooldown = policy.resend_cooldown.as_delta();
     let mut sends = record.sends.clone();
     sends.sort();
     if let Some(last) = sends.last()
@@ -143,7 +143,7 @@ pub fn record_attempt(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), VerifyOutcome::Locked { retry_after });
     }
-    let ttl = span::delta(policy.ttl);
+    let ttl = policy.ttl.as_delta();
     let live = record.pending.as_ref().filter(|p| {
         now - p.issued_at < ttl && now >= p.issued_at && p.attempts < policy.max_attempts
     });
@@ -175,14 +175,14 @@ pub fn is_well_formed(code: &str, digits: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::configuration::Period;
 
     fn policy() -> OtpPolicy {
         OtpPolicy {
             digits: 6,
-            ttl: Duration::from_secs(600),
+            ttl: Period::from_secs(600).unwrap(),
             max_attempts: 5,
-            resend_cooldown: Duration::from_secs(60),
+            resend_cooldown: Period::from_secs(60).unwrap(),
             hourly_cap: 5,
             daily_cap: 10,
             failure_cap: 20,
@@ -307,8 +307,8 @@ mod tests {
         // The settings refuse such durations; the rules must not panic on
         // them anyway.
         let policy = OtpPolicy {
-            ttl: Duration::MAX,
-            resend_cooldown: Duration::MAX,
+            ttl: Period::MAX,
+            resend_cooldown: Period::MAX,
             ..policy()
         };
         let (record, sent) = record_send(None, &RIGHT, t0(), &policy);

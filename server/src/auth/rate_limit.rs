@@ -60,7 +60,7 @@ impl IpRateLimiter {
     /// Takes one token. `Err(seconds)` says how long until one is available.
     pub fn check(&self, action: LimitedAction, ip: IpAddr, now: Instant) -> Result<(), u64> {
         let capacity = self.limit(action);
-        let per_second = capacity / self.limits.window.as_secs_f64();
+        let per_second = capacity / self.limits.window.as_std().as_secs_f64();
         let mut buckets = self
             .buckets
             .lock()
@@ -95,13 +95,14 @@ impl IpRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::configuration::Period;
 
     fn limiter() -> IpRateLimiter {
         IpRateLimiter::new(IpLimits {
             send: 3,
             verify: 30,
             refresh: 150,
-            window: Duration::from_secs(300),
+            window: Period::from_secs(300).unwrap(),
         })
     }
 

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::keys::random_bytes;
 use super::rate_limit::LimitedAction;
-use super::{Auth, ClientContext, RefreshError, span};
+use super::{Auth, ClientContext, RefreshError};
 use crate::metrics::Metrics;
 use crate::store::SessionRecord;
 
@@ -47,7 +47,7 @@ impl Auth {
             self.end_session(session.id)?;
             return Err(RefreshError::Invalid);
         }
-        let grace = span::delta(self.token_policy.refresh_grace);
+        let grace = self.token_policy.refresh_grace.as_delta();
         if entry.generation + 1 == session.generation && now - session.rotated_at <= grace {
             let recent = self
                 .rotations
@@ -102,7 +102,7 @@ impl Auth {
         );
         self.store.persist().await?;
         Metrics::bump(&self.metrics.refreshes);
-        let grace = span::delta(self.token_policy.refresh_grace);
+        let grace = self.token_policy.refresh_grace.as_delta();
         self.rotations
             .remember(session.id, session.generation, refresh.clone(), now, grace);
         Ok(self.pair(&session, refresh, now))

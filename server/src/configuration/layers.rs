@@ -158,10 +158,12 @@ impl Settings {
                 sync_max_connections_per_user,
                 defaults.max_connections_per_user
             ),
-            handshake_timeout: SecondsSetting::SYNC_HANDSHAKE_TIMEOUT.check(pick!(
-                sync_handshake_timeout_secs,
-                defaults.handshake_timeout.as_secs()
-            ))?,
+            handshake_timeout: SecondsSetting::SYNC_HANDSHAKE_TIMEOUT
+                .check(pick!(
+                    sync_handshake_timeout_secs,
+                    defaults.handshake_timeout.as_secs()
+                ))?
+                .as_std(),
             input: InputLimits {
                 max_message_bytes: pick!(sync_max_frame_bytes, defaults.max_frame_bytes),
                 max_change_bytes: pick!(sync_max_change_bytes, defaults.input.max_change_bytes),
@@ -176,10 +178,12 @@ impl Settings {
                 max_ephemeral: pick!(sync_max_ephemeral_queued, defaults.mailbox.max_ephemeral),
                 ..defaults.mailbox
             },
-            write_timeout: SecondsSetting::SYNC_WRITE_TIMEOUT.check(pick!(
-                sync_write_timeout_secs,
-                defaults.write_timeout.as_secs()
-            ))?,
+            write_timeout: SecondsSetting::SYNC_WRITE_TIMEOUT
+                .check(pick!(
+                    sync_write_timeout_secs,
+                    defaults.write_timeout.as_secs()
+                ))?
+                .as_std(),
         };
         if sync_limits.max_frame_bytes < 1024
             || sync_limits.messages_per_second == 0

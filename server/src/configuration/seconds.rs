@@ -1,9 +1,55 @@
-//! Duration settings: each in whole seconds, with the range it must be in.
+//! Duration settings: each in whole seconds, with the range it must be in,
+//! and [`Period`], the type a checked value is held in from then on.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use anyhow::bail;
+use chrono::TimeDelta;
+
+/// A duration setting's value, in whole seconds, at most
+/// [`Period::MAX_SECS`] (400 days, the longest bound of any setting).
+///
+/// The settings hold their durations in this type, made only by checking a
+/// value against its [`SecondsSetting`] at load time, so the request paths
+/// that add one to a date have no failure to handle: any `Period` converts
+/// to a [`TimeDelta`] exactly and, added to any date of this millennium or
+/// the next, stays in range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Period(u32);
+
+impl Period {
+    /// The longest period: 400 days.
+    pub(crate) const MAX_SECS: u64 = SESSION_SECS_MAX;
+    /// The longest period there is.
+    #[cfg(test)]
+    pub(crate) const MAX: Period = Period(SESSION_SECS_MAX as u32);
+
+    /// `secs` seconds, if that is at most [`Period::MAX_SECS`].
+    pub(crate) const fn from_secs(secs: u64) -> Option<Period> {
+        if secs <= Self::MAX_SECS {
+            Some(Period(secs as u32))
+        } else {
+            None
+        }
+    }
+
+    /// Whole seconds.
+    pub(crate) fn as_secs(self) -> u64 {
+        u64::from(self.0)
+    }
+
+    /// As a standard duration, for timers.
+    pub(crate) fn as_std(self) -> Duration {
+        Duration::from_secs(self.as_secs())
+    }
+
+    /// As a chrono delta, for date arithmetic. Exact: a `u32` of seconds
+    /// is far inside the range of a delta.
+    pub(crate) fn as_delta(self) -> TimeDelta {
+        TimeDelta::seconds(i64::from(self.0))
+    }
+}
 
 /// A setting in whole seconds and the range it must be in.
 ///
@@ -130,9 +176,10 @@ impl SecondsSetting {
         self.min..=self.max
     }
 
-    /// The value as a duration, or why it is refused.
-    pub(crate) fn check(&self, secs: u64) -> anyhow::Result<Duration> {
-        if !self.range().contains(&secs) {
+    /// The value as a period, or why it is refused.
+    pub(crate) fn check(&self, secs: u64) -> anyhow::Result<Period> {
+        let period = Period::from_secs(secs).filter(|_| self.range().contains(&secs));
+        let Some(period) = period else {
             bail!(
                 "{} must be at least {} and at most {} seconds ({}), not {secs}",
                 self.name,
@@ -140,7 +187,7 @@ impl SecondsSetting {
                 self.max,
                 self.why
             );
-        }
-        Ok(Duration::from_secs(secs))
+        };
+        Ok(period)
     }
 }

@@ -1,5 +1,7 @@
 //! The settings' layers, bounds and refusals.
 
+use std::time::Duration;
+
 use chrono::NaiveDate;
 use clap::Parser;
 
@@ -24,8 +26,8 @@ fn defaults_are_the_documented_ones() {
     let s = Settings::from_layers(Overrides::default(), Overrides::default(), today()).unwrap();
     assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(s.data_dir, PathBuf::from("./data"));
-    assert_eq!(s.otp.ttl, Duration::from_secs(600));
-    assert_eq!(s.tokens.access_ttl, Duration::from_secs(900));
+    assert_eq!(s.otp.ttl.as_std(), Duration::from_secs(600));
+    assert_eq!(s.tokens.access_ttl.as_std(), Duration::from_secs(900));
     assert_eq!(s.delivery.email, EmailSenderKind::Log);
     assert_eq!(s.store_cache_bytes, 64 * 1024 * 1024);
 }
@@ -45,7 +47,7 @@ fn the_command_line_wins_over_the_file() {
     let file: Overrides = toml::from_str("otp_ttl_secs = 300\nlisten = \"0.0.0.0:9000\"").unwrap();
     let cli = Overrides::try_parse_from(["x", "--otp-ttl-secs", "120"]).unwrap();
     let s = Settings::from_layers(cli, file, today()).unwrap();
-    assert_eq!(s.otp.ttl, Duration::from_secs(120));
+    assert_eq!(s.otp.ttl.as_std(), Duration::from_secs(120));
     assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
 }
 
