@@ -84,18 +84,12 @@ fn read_line(prompt: &str) -> Result<String, Failure> {
     }
 }
 
-/// `logout`, `logout --others` (`others`) or `logout --all` (`all`).
+/// `logout` (this session), `logout --others` or `logout --all`.
 pub(crate) async fn logout(
     client: &Client,
     out: &Output,
-    others: bool,
-    all: bool,
+    scope: LogoutScope,
 ) -> Result<(), Failure> {
-    let scope = match (others, all) {
-        (true, _) => LogoutScope::Others,
-        (_, true) => LogoutScope::All,
-        _ => LogoutScope::This,
-    };
     let ended = match client.logout(scope).await {
         Ok(n) => n,
         Err(e) if e.is_offline() && scope != LogoutScope::Others => {

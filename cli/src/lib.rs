@@ -38,12 +38,12 @@ mod tasks;
 use std::process::ExitCode;
 
 use clap::Parser;
-use codeedex_client_core::Client;
+use codeedex_client_core::{Client, LogoutScope};
 
 use args::{Cli, Command};
 use failure::Failure;
 use output::Output;
-use tasks::Reach;
+use tasks::{Reach, TagEdit};
 
 /// Runs the command line with these arguments (the first is the program
 /// name) and returns the process's exit code. The `codeedex` binary is
@@ -106,7 +106,14 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
     let client = &client;
     match cli.command {
         Command::Login { email, phone, .. } => account::login(client, out, email, phone).await,
-        Command::Logout { others, all } => account::logout(client, out, others, all).await,
+        Command::Logout { others, all } => {
+            let scope = match (others, all) {
+                (true, _) => LogoutScope::Others,
+                (_, true) => LogoutScope::All,
+                _ => LogoutScope::This,
+            };
+            account::logout(client, out, scope).await
+        }
         Command::Whoami => account::whoami(client, out, reach).await,
         Command::Sessions => account::sessions(client, out).await,
         Command::Add { title, fields } => tasks::add(client, out, reach, title, fields).await,
@@ -132,7 +139,14 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
             title,
             fields,
             clear_tags,
-        } => tasks::edit(client, out, reach, &id, title, fields, clear_tags).await,
+        } => {
+            let tags = if clear_tags {
+                TagEdit::Replace
+            } else {
+                TagEdit::Add
+            };
+            tasks::edit(client, out, reach, &id, title, fields, tags).await
+        }
         Command::Done { id } => tasks::done(client, out, reach, &id).await,
         Command::Undo { id } => tasks::undo(client, out, reach, &id).await,
         Command::Rm { id } => tasks::rm(client, out, reach, &id).await,

@@ -26,6 +26,15 @@ pub(crate) enum Reach {
     Offline,
 }
 
+/// What `edit` does with the task's tags and the `--tag`s given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagEdit {
+    /// Add them to the task's tags.
+    Add,
+    /// Replace the task's tags with them (`--clear-tags`).
+    Replace,
+}
+
 /// What `ls` lists, as given on the command line.
 #[derive(Debug)]
 pub(crate) struct ListQuery {
@@ -121,10 +130,10 @@ pub(crate) async fn edit(
     id: &str,
     title: Option<String>,
     fields: FieldArgs,
-    clear_tags: bool,
+    tags: TagEdit,
 ) -> Result<(), Failure> {
     let id = client.resolve_task_id(id)?;
-    let update = edit_body(client, id, title, fields, clear_tags)?;
+    let update = edit_body(client, id, title, fields, tags)?;
     let task = client.update_task(id, &update)?;
     output::changed(out, "changed", &task);
     quick_sync(client, reach).await;
@@ -230,14 +239,13 @@ async fn quick_sync(client: &Client, reach: Reach) {
     }
 }
 
-/// The change `edit` asks for; with `clear_tags` the task's tags are
-/// replaced by the `--tag`s given, otherwise those are added to them.
+/// The change `edit` asks for.
 fn edit_body(
     client: &Client,
     id: DocumentId,
     title: Option<String>,
     fields: FieldArgs,
-    clear_tags: bool,
+    tag_edit: TagEdit,
 ) -> Result<UpdateTask, Failure> {
     let today = Local::now().date_naive();
     let due = fields
@@ -246,11 +254,10 @@ fn edit_body(
         .map(|d| dates::parse_due(d, today))
         .transpose()
         .map_err(Failure::usage)?;
-    let tags = if clear_tags || !fields.tags.is_empty() {
-        let mut tags = if clear_tags {
-            Vec::new()
-        } else {
-            client.task(id)?.tags
+    let tags = if tag_edit == TagEdit::Replace || !fields.tags.is_empty() {
+        let mut tags = match tag_edit {
+            TagEdit::Replace => Vec::new(),
+            TagEdit::Add => client.task(id)?.tags,
         };
         tags.extend(fields.tags);
         Some(tags)

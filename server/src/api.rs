@@ -7,10 +7,10 @@
 mod account;
 mod auth_routes;
 mod caller;
-mod client;
 mod health;
 mod json_body;
 mod openapi;
+mod origin;
 pub(crate) mod problem;
 mod sync_socket;
 mod tasks;

@@ -70,7 +70,16 @@ pub enum StoreError {
     /// operation did can be relied on; the caller answers "try again later".
     #[error("the store is unavailable after a disk failure; try again later")]
     Unavailable,
-    /// A record could not be decoded.
+    /// A key or value does not have the layout this version writes: damage
+    /// the engine did not catch, or a record written by other code.
+    #[error("malformed {what} in {tree}")]
+    Malformed {
+        /// The tree holding it.
+        tree: &'static str,
+        /// What is wrong, in words.
+        what: &'static str,
+    },
+    /// A JSON record could not be decoded.
     #[error("corrupt record in {tree}")]
     Corrupt {
         /// The tree holding it.
@@ -176,6 +185,20 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// The big-endian sequence number after the 16-byte id of a key in
+/// `tree`; a key of another length is malformed (`what` says which layout
+/// was expected).
+pub(crate) fn seq_in_key(
+    key: &[u8],
+    tree: &'static str,
+    what: &'static str,
+) -> Result<u64, StoreError> {
+    key.get(16..24)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(StoreError::Malformed { tree, what })
 }
 
 pub(crate) fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {

@@ -12,18 +12,40 @@ use crate::events::{ChangeOrigin, ClientEvent};
 use crate::replicas::Replicas;
 use crate::tasks::{NewTask, TaskFilter, display_order, patch_of};
 
+/// Whether a local change touched the list of tasks waiting for the root
+/// document (tasks created or removed before this device knew its root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitingList {
+    Changed,
+    Unchanged,
+}
+
+impl WaitingList {
+    /// Listing or unlisting a task changes the root document when there is
+    /// one, and the waiting list when there is none yet.
+    fn after(root_changed: bool) -> Self {
+        if root_changed {
+            WaitingList::Unchanged
+        } else {
+            WaitingList::Changed
+        }
+    }
+}
+
 impl Client {
     /// Applies a local change under the replicas lock, saves and flushes the
-    /// documents it touched, and hands them to the engine.
+    /// documents it touched (and the list of tasks waiting for the root
+    /// document, when `waiting` says it changed), and hands them to the
+    /// engine.
     fn commit_local(
         &self,
         touched: &[DocumentId],
         replicas: &Replicas,
-        unlisted_changed: bool,
+        waiting: WaitingList,
     ) -> Result<(), ClientError> {
         let device = self.device();
         device.save_documents(replicas, touched)?;
-        if unlisted_changed {
+        if waiting == WaitingList::Changed {
             device.store().put_unlisted(&replicas.unlisted())?;
         }
         device.store().flush()?;
@@ -46,7 +68,7 @@ impl Client {
         if root_changed {
             touched.extend(replicas.root());
         }
-        self.commit_local(&touched, &replicas, !root_changed)?;
+        self.commit_local(&touched, &replicas, WaitingList::after(root_changed))?;
         let view = replicas
             .task(id)
             .ok_or_else(|| ClientError::Internal("a new task does not read back".into()))?;
@@ -128,7 +150,7 @@ impl Client {
                 .get_or_empty(id)
                 .transact(|tx| task_document::apply_patch(tx, patch, now))
                 .map_err(|f| f.error)?;
-            self.commit_local(&[id], &replicas, false)?;
+            self.commit_local(&[id], &replicas, WaitingList::Unchanged)?;
         }
         let view = replicas
             .task(id)
@@ -190,7 +212,7 @@ impl Client {
         } else {
             Vec::new()
         };
-        self.commit_local(&touched, &replicas, !root_changed)?;
+        self.commit_local(&touched, &replicas, WaitingList::after(root_changed))?;
         drop(replicas);
         self.device().emit(ClientEvent::TaskRemoved {
             id,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use rand::Rng;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::span;
 use crate::configuration::OtpPolicy;
@@ -15,6 +16,52 @@ use crate::store::{OtpRecord, PendingCode};
 
 /// How long failures and sends are remembered for the caps.
 const DAY: TimeDelta = TimeDelta::hours(24);
+
+/// A one-time code: the digits sent to a contact, or what a client
+/// presented as one. Held as a secret, so that it never reaches a log or a
+/// debug print.
+#[derive(Clone)]
+pub(crate) struct OtpCode(SecretString);
+
+impl std::fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtpCode(..)")
+    }
+}
+
+impl OtpCode {
+    /// A fresh code of `digits` digits (see [`generate_code`]).
+    pub(crate) fn generate(digits: u32) -> Self {
+        Self(SecretString::from(generate_code(digits)))
+    }
+
+    /// A fixed code from the settings (test codes).
+    pub(crate) fn fixed(code: SecretString) -> Self {
+        Self(code)
+    }
+
+    /// What a client presented, trimmed. Its shape is not required here: a
+    /// malformed code must cost an attempt like a wrong one, so the caller
+    /// asks [`OtpCode::is_well_formed`] instead.
+    pub(crate) fn presented(text: &str) -> Self {
+        Self(SecretString::from(text.trim().to_owned()))
+    }
+
+    /// Whether the code has the shape of the codes we send.
+    pub(crate) fn is_well_formed(&self, digits: u32) -> bool {
+        is_well_formed(self.0.expose_secret(), digits)
+    }
+
+    /// The code, for hashing.
+    pub(crate) fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The code as a secret, for delivery.
+    pub(crate) fn as_secret(&self) -> &SecretString {
+        &self.0
+    }
+}
 
 /// A fresh code of `digits` digits, uniform over all values, from the OS CSPRNG.
 pub fn generate_code(digits: u32) -> String {

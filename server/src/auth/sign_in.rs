@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use codeedex_schema::api::auth::AuditKind;
+use codeedex_schema::api::auth::{AuditKind, DeviceName};
 use codeedex_schema::contact::Contact;
 use codeedex_schema::id::{SessionId, UserId};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::keys::random_bytes;
-use super::otp::{self, SendRefusal, VerifyOutcome};
+use super::otp::{self, OtpCode, SendRefusal, VerifyOutcome};
 use super::rate_limit::LimitedAction;
 use super::refresh::new_refresh_token;
 use super::{Auth, ClientContext, CodeRequested, RequestCodeError, SignIn, VerifyError, user_view};
@@ -29,8 +29,8 @@ impl Auth {
         self.limit(LimitedAction::SendCode, ctx)
             .map_err(|retry_after| RequestCodeError::RateLimited { retry_after })?;
         let code = match self.test_codes.iter().find(|(c, _)| c == contact) {
-            Some((_, fixed)) => fixed.clone(),
-            None => SecretString::from(otp::generate_code(self.otp_policy.digits)),
+            Some((_, fixed)) => OtpCode::fixed(fixed.clone()),
+            None => OtpCode::generate(self.otp_policy.digits),
         };
         let hash = self.code_hash(contact, code.expose_secret());
         let policy = self.otp_policy;
@@ -60,7 +60,7 @@ impl Auth {
         let contact = contact.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            match delivery.deliver(&contact, &code).await {
+            match delivery.deliver(&contact, code.as_secret()).await {
                 Ok(()) => {
                     Metrics::bump(&metrics.otp_delivered);
                     if let Some(user) = user {
@@ -95,19 +95,18 @@ impl Auth {
     pub(crate) async fn verify_code(
         &self,
         contact: &Contact,
-        code: &str,
-        device_name: Option<String>,
+        code: &OtpCode,
+        device_name: Option<DeviceName>,
         ctx: &ClientContext,
         now: DateTime<Utc>,
     ) -> Result<SignIn, VerifyError> {
         self.limit(LimitedAction::VerifyCode, ctx)
             .map_err(|retry_after| VerifyError::RateLimited { retry_after })?;
-        let code = code.trim();
         // A malformed code is hashed and counted like any wrong code, so that
         // its shape reveals nothing and still costs an attempt.
-        let well_formed = otp::is_well_formed(code, self.otp_policy.digits);
+        let well_formed = code.is_well_formed(self.otp_policy.digits);
         let hash = if well_formed {
-            self.code_hash(contact, code)
+            self.code_hash(contact, code.expose_secret())
         } else {
             [0u8; 32]
         };
@@ -146,7 +145,7 @@ impl Auth {
         let session = SessionRecord {
             id: SessionId::from_random_bytes(random_bytes()),
             user_id: user.id,
-            device_name,
+            device_name: device_name.map(DeviceName::into_string),
             created_at: now,
             last_used_at: now,
             generation: 0,

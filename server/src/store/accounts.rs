@@ -33,9 +33,9 @@ impl Store {
         self.run(|e| match e.identities.get(contact_key.as_bytes())? {
             None => Ok(None),
             Some(id) => {
-                let id: [u8; 16] = id.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                let id: [u8; 16] = id.as_ref().try_into().map_err(|_| StoreError::Malformed {
                     tree: "identities",
-                    source: serde::de::Error::custom("user id is not 16 bytes"),
+                    what: "user id is not 16 bytes",
                 })?;
                 self.user(UserId::from_bytes(id))
             }
@@ -196,9 +196,9 @@ impl Store {
             let mut out = Vec::new();
             for item in e.user_sessions.scan_prefix(user.as_bytes()) {
                 let (key, _) = item?;
-                let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
+                let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Malformed {
                     tree: "user_sessions",
-                    source: serde::de::Error::custom("key is not two ids"),
+                    what: "key is not two ids",
                 })?;
                 if let Some(session) = self.session(SessionId::from_bytes(id))? {
                     out.push(session);

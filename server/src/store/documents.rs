@@ -13,7 +13,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::quota::{QuotaExceeded, decode_usage};
-use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key};
+use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key, seq_in_key};
 use crate::configuration::limits::Quota;
 
 /// What the store knows about a document.
@@ -82,9 +82,9 @@ impl EventRecord {
     }
 
     fn decode(seq: u64, bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt {
+        let corrupt = |what: &'static str| StoreError::Malformed {
             tree: "events",
-            source: serde::de::Error::custom(what),
+            what,
         };
         if bytes.len() < 42 || bytes[0] != EVENT_FORMAT {
             return Err(corrupt("event record too short or of an unknown format"));
@@ -216,12 +216,12 @@ impl Store {
                 .transaction(
                     |(documents, events, feed, positions, usage)| -> TxResult<u64> {
                         let Some(meta) = documents.get(doc.as_bytes())? else {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                                tree: "documents",
-                                source: serde::de::Error::custom(
-                                    "appending to a document nobody claimed",
-                                ),
-                            }));
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Malformed {
+                                    tree: "documents",
+                                    what: "appending to a document nobody claimed",
+                                },
+                            ));
                         };
                         let mut meta: DocumentMeta = decode("documents", &meta)
                             .map_err(ConflictableTransactionError::Abort)?;
@@ -273,9 +273,9 @@ impl Store {
             let mut stored = StoredDocument::default();
             if let Some(snapshot) = e.snapshots.get(doc.as_bytes())? {
                 if snapshot.len() < 8 {
-                    return Err(StoreError::Corrupt {
+                    return Err(StoreError::Malformed {
                         tree: "snapshots",
-                        source: serde::de::Error::custom("too short"),
+                        what: "too short",
                     });
                 }
                 stored.snapshot_covers = u64::from_be_bytes(
@@ -290,12 +290,7 @@ impl Store {
                 .range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX))
             {
                 let (key, value) = item?;
-                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "events",
-                        source: serde::de::Error::custom("key is not document ‖ sequence"),
-                    }
-                })?);
+                let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;
                 stored
                     .changes
                     .push(EventRecord::decode(seq, &value)?.change);
@@ -341,18 +336,16 @@ impl Store {
             let mut last = cursor;
             for item in e.user_feed.range(start..end).take(limit) {
                 let (key, value) = item?;
-                last = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "user_feed",
-                        source: serde::de::Error::custom("key is not user ‖ sequence"),
-                    }
-                })?);
+                last = seq_in_key(&key, "user_feed", "key is not user ‖ sequence")?;
                 let bytes: [u8; 16] =
-                    value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                        tree: "user_feed",
-                        source: serde::de::Error::custom("value is not a document id"),
-                    })?;
-                docs.push(DocumentId::from_random_bytes(bytes));
+                    value
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Malformed {
+                            tree: "user_feed",
+                            what: "value is not a document id",
+                        })?;
+                docs.push(DocumentId::from_bytes(bytes));
             }
             Ok((docs, last))
         })
@@ -400,12 +393,7 @@ impl Engine {
             .scan_prefix(doc.as_bytes())
             .map(|item| {
                 let (key, value) = item?;
-                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "events",
-                        source: serde::de::Error::custom("key is not document ‖ sequence"),
-                    }
-                })?);
+                let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;
                 EventRecord::decode(seq, &value)
             })
             .collect()

@@ -2,6 +2,7 @@
 //! hub as documents change, so that REST can list and filter tasks without
 //! loading their documents.
 
+use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, UserId};
 
 use super::{Store, StoreError, decode, encode, pair_key};
@@ -34,26 +35,27 @@ impl Store {
         })
     }
 
-    /// Every task summary of a user, ordered by document id.
+    /// Every task summary of a user, ordered by document id. A summary of
+    /// another shape (written before a field was added, say) is left out,
+    /// as listing would leave it out; one that is not JSON is corruption.
     pub(crate) fn task_summaries(
         &self,
         user: UserId,
-    ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
+    ) -> Result<Vec<(DocumentId, TaskView)>, StoreError> {
         self.run(|e| {
-            e.task_index
-                .scan_prefix(user.as_bytes())
-                .map(|item| {
-                    let (key, value) = item?;
-                    let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
-                        tree: "task_index",
-                        source: serde::de::Error::custom("key is not user ‖ document"),
-                    })?;
-                    Ok((
-                        DocumentId::from_random_bytes(id),
-                        decode("task_index", &value)?,
-                    ))
-                })
-                .collect()
+            let mut summaries = Vec::new();
+            for item in e.task_index.scan_prefix(user.as_bytes()) {
+                let (key, value) = item?;
+                let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Malformed {
+                    tree: "task_index",
+                    what: "key is not user ‖ document",
+                })?;
+                let summary: serde_json::Value = decode("task_index", &value)?;
+                if let Ok(task) = serde_json::from_value::<TaskView>(summary) {
+                    summaries.push((DocumentId::from_bytes(id), task));
+                }
+            }
+            Ok(summaries)
         })
     }
 }
