@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub(crate) use crate::durability::Ticket;
 pub use documents::StoredDocument;
 pub(crate) use documents::{Claim, EventRecord};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
-pub(crate) use recovery::{StoreHealth, Ticket};
+pub(crate) use recovery::StoreHealth;
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
 pub(crate) const FORMAT_VERSION: u32 = 1;
