@@ -43,7 +43,7 @@ use codeedex_client_core::{Client, LogoutScope};
 use args::{Cli, Command};
 use failure::Failure;
 use output::Output;
-use tasks::{Reach, TagEdit};
+use tasks::{Mark, Reach, TagEdit};
 
 /// Runs the command line with these arguments (the first is the program
 /// name) and returns the process's exit code. The `codeedex` binary is
@@ -147,8 +147,8 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
             };
             tasks::edit(client, out, reach, &id, title, fields, tags).await
         }
-        Command::Done { id } => tasks::done(client, out, reach, &id).await,
-        Command::Undo { id } => tasks::undo(client, out, reach, &id).await,
+        Command::Done { id } => tasks::mark(client, out, reach, &id, Mark::Done).await,
+        Command::Undo { id } => tasks::mark(client, out, reach, &id, Mark::Open).await,
         Command::Rm { id } => tasks::rm(client, out, reach, &id).await,
         Command::History { id } => tasks::history(client, out, &id).await,
         Command::Sync { timeout } => syncing::sync(client, out, timeout).await,

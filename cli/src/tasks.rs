@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::Local;
+use chrono::{Local, NaiveDate};
 use codeedex_client_core::{
     AuthStatus, Client, ClientError, DocumentId, NewTask, StatusFilter, TaskFilter, TaskView,
     UpdateTask,
@@ -35,6 +35,13 @@ pub(crate) enum TagEdit {
     Replace,
 }
 
+/// What `done` and `undo` make of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    Done,
+    Open,
+}
+
 /// What `ls` lists, as given on the command line.
 #[derive(Debug)]
 pub(crate) struct ListQuery {
@@ -54,14 +61,7 @@ pub(crate) async fn add(
     title: String,
     fields: FieldArgs,
 ) -> Result<(), Failure> {
-    let today = Local::now().date_naive();
-    let due = fields
-        .due
-        .as_deref()
-        .map(|d| dates::parse_due(d, today))
-        .transpose()
-        .map_err(Failure::usage)?
-        .flatten();
+    let due = due_given(&fields)?.flatten();
     let new = NewTask {
         title,
         notes: fields.notes,
@@ -70,9 +70,7 @@ pub(crate) async fn add(
         tags: fields.tags,
     };
     let task = client.create_task(&new)?;
-    output::changed(out, "added", &task);
-    quick_sync(client, reach).await;
-    Ok(())
+    changed(client, out, reach, "added", &task).await
 }
 
 pub(crate) async fn ls(
@@ -135,33 +133,23 @@ pub(crate) async fn edit(
     let id = client.resolve_task_id(id)?;
     let update = edit_body(client, id, title, fields, tags)?;
     let task = client.update_task(id, &update)?;
-    output::changed(out, "changed", &task);
-    quick_sync(client, reach).await;
-    Ok(())
+    changed(client, out, reach, "changed", &task).await
 }
 
-pub(crate) async fn done(
+/// `done` (`Mark::Done`) or `undo` (`Mark::Open`).
+pub(crate) async fn mark(
     client: &Client,
     out: &Output,
     reach: Reach,
     id: &str,
+    mark: Mark,
 ) -> Result<(), Failure> {
-    let task = client.complete_task(client.resolve_task_id(id)?)?;
-    output::changed(out, "done", &task);
-    quick_sync(client, reach).await;
-    Ok(())
-}
-
-pub(crate) async fn undo(
-    client: &Client,
-    out: &Output,
-    reach: Reach,
-    id: &str,
-) -> Result<(), Failure> {
-    let task = client.reopen_task(client.resolve_task_id(id)?)?;
-    output::changed(out, "reopened", &task);
-    quick_sync(client, reach).await;
-    Ok(())
+    let id = client.resolve_task_id(id)?;
+    let (task, verb) = match mark {
+        Mark::Done => (client.complete_task(id)?, "done"),
+        Mark::Open => (client.reopen_task(id)?, "reopened"),
+    };
+    changed(client, out, reach, verb, &task).await
 }
 
 pub(crate) async fn rm(
@@ -222,6 +210,19 @@ pub(crate) async fn history(client: &Client, out: &Output, id: &str) -> Result<(
     Ok(())
 }
 
+/// Says what a command did to a task, then syncs for a moment.
+async fn changed(
+    client: &Client,
+    out: &Output,
+    reach: Reach,
+    verb: &str,
+    task: &TaskView,
+) -> Result<(), Failure> {
+    output::changed(out, verb, task);
+    quick_sync(client, reach).await;
+    Ok(())
+}
+
 /// After a local change (or before a read): sync for a moment if signed in.
 /// Failing to reach the server is only a note.
 async fn quick_sync(client: &Client, reach: Reach) {
@@ -239,6 +240,17 @@ async fn quick_sync(client: &Client, reach: Reach) {
     }
 }
 
+/// The `--due` given: `None` when absent, `Some(None)` for `none`.
+fn due_given(fields: &FieldArgs) -> Result<Option<Option<NaiveDate>>, Failure> {
+    let today = Local::now().date_naive();
+    fields
+        .due
+        .as_deref()
+        .map(|d| dates::parse_due(d, today))
+        .transpose()
+        .map_err(Failure::usage)
+}
+
 /// The change `edit` asks for.
 fn edit_body(
     client: &Client,
@@ -247,13 +259,7 @@ fn edit_body(
     fields: FieldArgs,
     tag_edit: TagEdit,
 ) -> Result<UpdateTask, Failure> {
-    let today = Local::now().date_naive();
-    let due = fields
-        .due
-        .as_deref()
-        .map(|d| dates::parse_due(d, today))
-        .transpose()
-        .map_err(Failure::usage)?;
+    let due = due_given(&fields)?;
     let tags = if tag_edit == TagEdit::Replace || !fields.tags.is_empty() {
         let mut tags = match tag_edit {
             TagEdit::Replace => Vec::new(),

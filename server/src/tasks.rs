@@ -18,11 +18,12 @@ mod query;
 
 use std::sync::Arc;
 
+use automerge::transaction::Transaction;
 use chrono::{DateTime, Utc};
 use codeedex_schema::api::tasks::{TaskHistory, TaskPage, TaskView};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task::Task;
-use codeedex_schema::task_document::{self, TaskPatch};
+use codeedex_schema::task_document::{self, TaskDocumentError, TaskPatch};
 
 use crate::auth::keys::random_bytes;
 use crate::store::{QuotaExceeded, Store, StoreError};
@@ -133,12 +134,7 @@ impl Tasks {
                 task_document::write_new_task(tx, task)
             })
             .await?;
-        let root = self.open(who.user, root, Claim::Existing, now)?;
-        let root = root.ok_or(TasksError::NotFound)?;
-        self.hub
-            .change(&root, who.author(), now, |tx| {
-                task_document::add_to_root(tx, id)
-            })
+        self.change_root(who, root, now, |tx| task_document::add_to_root(tx, id))
             .await?;
         Ok(TaskView::new(id, task))
     }
@@ -186,13 +182,7 @@ impl Tasks {
         self.view(&live).await?;
         drop(live);
         let root = self.root_document(who.user, now).await?;
-        let root = self
-            .open(who.user, root, Claim::Existing, now)?
-            .ok_or(TasksError::NotFound)?;
-        self.hub
-            .change(&root, who.author(), now, |tx| {
-                task_document::remove_from_root(tx, id)
-            })
+        self.change_root(who, root, now, |tx| task_document::remove_from_root(tx, id))
             .await?;
         self.hub.tombstone(id, now).await?;
         self.store.persist().await?;
@@ -224,6 +214,21 @@ impl Tasks {
         self.open_task(user, id, now)?;
         let events = self.store.events_of(id)?;
         history::replay(events).map_err(TasksError::Replay)
+    }
+
+    /// Changes the user's root document `root` (the list of their tasks).
+    async fn change_root(
+        &self,
+        who: Requester,
+        root: DocumentId,
+        now: DateTime<Utc>,
+        edit: impl FnOnce(&mut Transaction<'_>) -> Result<(), TaskDocumentError>,
+    ) -> Result<(), TasksError> {
+        let root = self
+            .open(who.user, root, Claim::Existing, now)?
+            .ok_or(TasksError::NotFound)?;
+        self.hub.change(&root, who.author(), now, edit).await?;
+        Ok(())
     }
 
     /// The document if it is the user's; `None` when it is unknown, someone
