@@ -227,7 +227,10 @@ impl DocumentHub {
         }
     }
 
-    /// The store behind the hub.
+    /// The store behind the hub (for tests: outside the hub, only the
+    /// task service and the session driver reach the store, by their own
+    /// handles).
+    #[cfg(test)]
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
