@@ -10,6 +10,7 @@ use crate::args::{
     AuthArgs, AutomergeFloorArgs, CatchupArgs, ColdstartArgs, CrashArgs, EchoArgs, FanoutArgs,
     FsyncArgs, IdleArgs, IngestArgs, SaturationArgs, SoakArgs, StormArgs,
 };
+use crate::scenario::catchup::CatchUp;
 use crate::{account, scenario, server_process, stats};
 
 /// The server under load, as the command line named it.
@@ -478,24 +479,25 @@ pub(crate) async fn catchup(target: &Target, args: &CatchupArgs) -> anyhow::Resu
         edits,
         without_extension,
     } = args;
+    let how = if *without_extension {
+        CatchUp::EveryDocument
+    } else {
+        CatchUp::Extension
+    };
     let tokens = tokens(target, 1).await?;
     let result = scenario::catchup::run(
         &target.ws_url,
         tokens[0].as_deref(),
         (*tasks).min(100_000),
         *edits,
-        !without_extension,
+        how,
     )
     .await?;
     println!(
         "scenario: catch-up, {} tasks x {} edits, {}",
         result.tasks,
         result.edits,
-        if *without_extension {
-            "requesting every document"
-        } else {
-            "with the catch-up extension"
-        }
+        how.describe()
     );
     println!("upload (setup): {:.3} s", result.upload.as_secs_f64());
     println!("catch-up: {:.3} s", result.catch_up.as_secs_f64());
