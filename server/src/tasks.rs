@@ -27,7 +27,7 @@ use codeedex_schema::task_document::{self, TaskDocumentError, TaskPatch};
 
 use crate::auth::keys::random_bytes;
 use crate::store::{QuotaExceeded, Store, StoreError};
-use crate::sync::hub::{Author, DocumentHub, HubError, LiveDocument};
+use crate::sync::hub::{Author, DocumentHub, HubError, IfUnseen, LiveDocument};
 
 pub(crate) use query::{PageLimit, TaskQuery};
 
@@ -61,6 +61,7 @@ impl From<HubError> for TasksError {
         match e {
             HubError::Task(_) | HubError::Deleted => TasksError::NotFound,
             HubError::Quota(exceeded) => TasksError::Quota(exceeded),
+            HubError::FreshIdTaken => TasksError::FreshIdTaken,
             other => TasksError::Hub(Box::new(other)),
         }
     }
@@ -82,15 +83,6 @@ impl Requester {
             session: Some(self.session),
         }
     }
-}
-
-/// Whether `open` may claim a document nobody has seen for the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Claim {
-    /// Only an existing document of the user.
-    Existing,
-    /// A new document with a fresh id.
-    Fresh,
 }
 
 /// The task service.
@@ -127,7 +119,7 @@ impl Tasks {
         let root = self.root_document(who.user, now).await?;
         let id = DocumentId::from_random_bytes(random_bytes());
         let live = self
-            .open(who.user, id, Claim::Fresh, now)?
+            .open(who.user, id, IfUnseen::Claim, now)?
             .ok_or(TasksError::FreshIdTaken)?;
         self.hub
             .change(&live, who.author(), now, |tx| {
@@ -225,7 +217,7 @@ impl Tasks {
         edit: impl FnOnce(&mut Transaction<'_>) -> Result<(), TaskDocumentError>,
     ) -> Result<(), TasksError> {
         let root = self
-            .open(who.user, root, Claim::Existing, now)?
+            .open(who.user, root, IfUnseen::Refuse, now)?
             .ok_or(TasksError::NotFound)?;
         self.hub.change(&root, who.author(), now, edit).await?;
         Ok(())
@@ -237,10 +229,10 @@ impl Tasks {
         &self,
         user: UserId,
         id: DocumentId,
-        claim: Claim,
+        if_unseen: IfUnseen,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<LiveDocument>>, TasksError> {
-        Ok(self.hub.open(id, user, claim == Claim::Fresh, now)?)
+        Ok(self.hub.open(id, user, if_unseen, now)?)
     }
 
     /// The user's root document, if it was made yet.
@@ -261,7 +253,7 @@ impl Tasks {
         if self.root_of(user)? == Some(id) {
             return Err(TasksError::NotFound);
         }
-        self.open(user, id, Claim::Existing, now)?
+        self.open(user, id, IfUnseen::Refuse, now)?
             .ok_or(TasksError::NotFound)
     }
 

@@ -13,7 +13,7 @@ impl Store {
         &self,
         user: UserId,
         doc: DocumentId,
-        summary: &serde_json::Value,
+        summary: &TaskView,
     ) -> Result<(), StoreError> {
         self.run(|e| {
             e.task_index
