@@ -177,8 +177,8 @@ impl Application {
                 if left > 0 {
                     tracing::warn!(sync_connections = left, "sync connections still open at the shutdown deadline");
                 }
-                // Stop accepting and let requests in flight finish (actix
-                // waits for them up to the same timeout). The server future
+                // Stop accepting and let requests in flight finish (the
+                // HTTP server waits for them up to the same timeout). The server future
                 // must go on being polled for the stop to complete.
                 let ((), served) = tokio::join!(handle.stop(true), server);
                 served
