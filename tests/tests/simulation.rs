@@ -34,7 +34,7 @@ use codeedex_server::configuration::limits::SyncLimits;
 use codeedex_server::durability::Ticket;
 use codeedex_server::metrics::Metrics;
 use codeedex_server::sync::session::{
-    Bound, Effect, Generated, Reconciled, Session, SessionConfig, SyncKind, Synced,
+    Bound, Effect, Generated, Identity, Reconciled, Session, SessionConfig, SyncKind, Synced,
 };
 
 const DEVICES: usize = 3;
@@ -256,10 +256,12 @@ impl World {
                 limits: SyncLimits::default(),
             },
             Arc::clone(&self.metrics),
-            i as u64,
-            user(),
-            SessionId::from_random_bytes([i as u8 * 16 + device.sessions; 16]),
-            i64::MAX,
+            Identity {
+                conn: i as u64,
+                user: user(),
+                session: SessionId::from_random_bytes([i as u8 * 16 + device.sessions; 16]),
+                token_expires_at: i64::MAX,
+            },
             self.clock + Duration::from_millis(10 * self.step),
         );
         device.connection = Some(ServerConnection {
@@ -449,9 +451,7 @@ impl World {
                     panic!("the server closed device {i}'s connection: {code} {reason}")
                 }
                 Effect::Bind { .. } => connection.session.bound(Bound::Bound),
-                Effect::Sync {
-                    doc, kind, message, ..
-                } => {
+                Effect::Sync { doc, kind, message } => {
                     if !connection.attached.contains_key(&doc) {
                         let may_create = kind == SyncKind::Sync;
                         let available = match hub.docs.get(&doc) {
@@ -490,7 +490,7 @@ impl World {
                     connection.waiting.insert(doc);
                     continue;
                 }
-                Effect::Reconcile { doc, .. } => {
+                Effect::Reconcile(doc) => {
                     let outcome = match hub.docs.get(&doc) {
                         Some(held) if held.owner == user() => {
                             connection

@@ -23,9 +23,10 @@ use codeedex_schema::api::browser::{BrowserSignIn, BrowserTokens, CSRF_HEADER, R
 use codeedex_schema::problem::ErrorCode;
 
 use super::AppState;
-use super::client::Client;
 use super::json_body::JsonBody;
+use super::origin::RequestOrigin;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
+use crate::auth::otp::OtpCode;
 use crate::auth::{AuthenticateError, RefreshError, VerifyError};
 
 /// How long the browser keeps the cookie. The server decides when a
@@ -220,7 +221,7 @@ fn fail(req: &HttpRequest, e: BrowserSessionError) -> HttpResponse {
 pub async fn sign_in(
     req: HttpRequest,
     state: web::Data<AppState>,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<VerifyRequest>,
 ) -> HttpResponse {
     let result = async {
@@ -229,19 +230,13 @@ pub async fn sign_in(
         let contact = body
             .contact()
             .map_err(BrowserSessionError::InvalidIdentifier)?;
-        let device_name = body
-            .device_name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| {
-                !n.is_empty()
-                    && n.chars().count() <= VerifyRequest::MAX_DEVICE_NAME
-                    && !n.chars().any(char::is_control)
-            })
-            .map(str::to_owned);
+        // The app names itself from the User-Agent; a name the rules refuse
+        // is dropped rather than failing the sign-in.
+        let device_name = body.device_name().ok().flatten();
+        let code = OtpCode::presented(&body.code);
         state
             .auth
-            .verify_code(&contact, &body.code, device_name, &client.0, Utc::now())
+            .verify_code(&contact, &code, device_name, &origin.0, Utc::now())
             .await
             .map_err(|e| match e {
                 VerifyError::InvalidCode => BrowserSessionError::InvalidCode,
@@ -281,13 +276,17 @@ pub async fn sign_in(
         (status = 403, description = "Not from this origin, or without the CSRF header", body = codeedex_schema::problem::Problem),
     )
 )]
-pub async fn refresh(req: HttpRequest, state: web::Data<AppState>, client: Client) -> HttpResponse {
+pub async fn refresh(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    origin: RequestOrigin,
+) -> HttpResponse {
     let result = async {
         same_origin(&req, &state)?;
         let token = cookie_token(&req).ok_or(BrowserSessionError::NoSession)?;
         state
             .auth
-            .refresh(&token, &client.0, Utc::now())
+            .refresh(&token, &origin.0, Utc::now())
             .await
             .map_err(refresh_error)
     }
@@ -321,7 +320,7 @@ pub async fn refresh(req: HttpRequest, state: web::Data<AppState>, client: Clien
 pub async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<LogoutRequest>,
 ) -> HttpResponse {
     if let Err(e) = same_origin(&req, &state) {
@@ -334,7 +333,7 @@ pub async fn logout(
         // access token, which is what the logout rules take.
         let pair = state
             .auth
-            .refresh(&token, &client.0, now)
+            .refresh(&token, &origin.0, now)
             .await
             .map_err(refresh_error)?;
         let who = state
@@ -348,7 +347,7 @@ pub async fn logout(
             })?;
         state
             .auth
-            .logout(&who, body.scope, &client.0, now)
+            .logout(&who, body.scope, &origin.0, now)
             .await
             .map_err(|e| BrowserSessionError::Unexpected(e.into()))
     }

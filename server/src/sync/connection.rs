@@ -21,12 +21,12 @@ use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire;
 use tokio::sync::oneshot;
 
-use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, LiveDocument};
+use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, IfUnseen, LiveDocument};
 use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use super::session::{
-    Authenticated, Bound, Effect, Failure, Generated, Reconciled, Session, SessionConfig, SyncKind,
-    Synced, TransportFault,
+    Authenticated, Bound, Effect, Failure, Generated, Identity, Reconciled, Session, SessionConfig,
+    SyncKind, Synced, TransportFault,
 };
 use crate::auth::{Auth, AuthenticateError};
 use crate::configuration::limits::SyncLimits;
@@ -115,7 +115,12 @@ fn hub_failure(conn: ConnectionId, doc: DocumentId, e: HubError) -> Failure {
         e @ HubError::MissingDependencies { .. } => Failure::MissingDependencies(e.to_string()),
         HubError::Automerge(cause) => Failure::Unapplicable(cause.to_string()),
         HubError::Panicked(_) => Failure::Panicked,
-        e @ (HubError::Store(_) | HubError::Task(_) | HubError::Deleted | HubError::Unloaded) => {
+        e @ (HubError::Store(_)
+        | HubError::Task(_)
+        | HubError::Deleted
+        | HubError::Unloaded
+        | HubError::UnknownUser
+        | HubError::FreshIdTaken) => {
             tracing::error!(error = ?e, conn, %doc, "sync connection failed");
             Failure::Internal
         }
@@ -146,15 +151,13 @@ impl Connection {
             server_storage_id: ctx.server_storage_id.clone(),
             limits: ctx.limits,
         };
-        let session = Session::new(
-            config,
-            Arc::clone(&ctx.metrics),
+        let identity = Identity {
             conn,
             user,
             session,
             token_expires_at,
-            now,
-        );
+        };
+        let session = Session::new(config, Arc::clone(&ctx.metrics), identity, now);
         Self {
             ctx,
             conn,
@@ -314,13 +317,8 @@ impl Connection {
                     break;
                 }
                 Effect::Bind { peer_id } => self.bind(peer_id),
-                Effect::Sync {
-                    doc,
-                    kind,
-                    message,
-                    storage_id,
-                } => {
-                    let outcome = self.sync(doc, kind, message, storage_id, wall).await;
+                Effect::Sync { doc, kind, message } => {
+                    let outcome = self.sync(doc, kind, message, wall).await;
                     self.session.synced(doc, kind, outcome)
                 }
                 Effect::WaitFor(doc) => {
@@ -329,8 +327,8 @@ impl Connection {
                         .wait_for(doc, self.session.user(), self.conn, self.mailbox());
                     continue;
                 }
-                Effect::Reconcile { doc, storage_id } => {
-                    let outcome = self.reconcile(doc, storage_id, wall);
+                Effect::Reconcile(doc) => {
+                    let outcome = self.reconcile(doc, wall);
                     self.session.reconciled(doc, outcome)
                 }
                 Effect::Generate(doc) => {
@@ -397,9 +395,9 @@ impl Connection {
     }
 
     /// The peer's saved sync state of `doc`, or a fresh one.
-    fn initial_state(&self, doc: DocumentId, storage_id: Option<&str>) -> sync::State {
-        if let Some(storage) = storage_id
-            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, storage)
+    fn initial_state(&self, doc: DocumentId) -> sync::State {
+        if let Some(storage) = self.session.storage_id()
+            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, &storage)
             && let Ok(state) = sync::State::decode(&bytes)
         {
             return state;
@@ -409,9 +407,9 @@ impl Connection {
 
     /// Attaches `live` to this connection: subscribes to its changes and
     /// restores the peer's sync state.
-    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>, storage_id: Option<&str>) {
+    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>) {
         self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
-        let state = self.initial_state(doc, storage_id);
+        let state = self.initial_state(doc);
         self.attachments.insert(doc, Attachment { live, state });
     }
 
@@ -426,14 +424,18 @@ impl Connection {
         doc: DocumentId,
         kind: SyncKind,
         message: sync::Message,
-        storage_id: Option<String>,
         wall: DateTime<Utc>,
     ) -> Synced {
         let user = self.session.user();
         if !self.attachments.contains_key(&doc) {
-            let create = kind == SyncKind::Sync;
-            match self.ctx.hub.open(doc, user, create, wall) {
-                Ok(Some(live)) => self.attach(doc, live, storage_id.as_deref()),
+            // A `sync` may upload a document nobody has; a `request` asks
+            // for one.
+            let if_unseen = match kind {
+                SyncKind::Sync => IfUnseen::Claim,
+                SyncKind::Request => IfUnseen::Refuse,
+            };
+            match self.ctx.hub.open(doc, user, if_unseen, wall) {
+                Ok(Some(live)) => self.attach(doc, live),
                 Ok(None) => return Synced::Unavailable,
                 Err(e) => return Synced::Failed(hub_failure(self.conn, doc, e)),
             }
@@ -468,26 +470,25 @@ impl Connection {
         }
     }
 
-    fn reconcile(
-        &mut self,
-        doc: DocumentId,
-        storage_id: Option<String>,
-        wall: DateTime<Utc>,
-    ) -> Reconciled {
+    fn reconcile(&mut self, doc: DocumentId, wall: DateTime<Utc>) -> Reconciled {
         let attached = self.attachments.get(&doc).map(|a| Arc::clone(&a.live));
         if attached.as_ref().is_some_and(|live| !live.is_current()) {
             return Reconciled::Stale;
         }
         // The document may have been deleted, or may be one this peer asked
         // for before anyone had it.
-        match self.ctx.hub.open(doc, self.session.user(), false, wall) {
+        match self
+            .ctx
+            .hub
+            .open(doc, self.session.user(), IfUnseen::Refuse, wall)
+        {
             Ok(Some(live)) => match &attached {
                 Some(current) if Arc::ptr_eq(current, &live) => {}
                 Some(_) => {
                     self.detach(doc);
                     return Reconciled::Gone;
                 }
-                None => self.attach(doc, live, storage_id.as_deref()),
+                None => self.attach(doc, live),
             },
             Ok(None) => {
                 self.detach(doc);

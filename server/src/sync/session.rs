@@ -26,6 +26,11 @@
 //! A connection the server ends for something wrong gets an `error` message
 //! first, then a close code from [`codeedex_schema::wire::close`], which says
 //! what each code means and what a client should do.
+//!
+//! The machine's vocabulary (effects and outcomes) lives in `effects`; the
+//! machine itself stays in this one file, over 600 lines, because its rules
+//! are read in order (rate, decode, handshake, sender, admission, limits,
+//! then requests) and split apart they would no longer show that order.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,197 +45,18 @@ use crate::configuration::limits::SyncLimits;
 use crate::durability::Ticket;
 use crate::metrics::Metrics;
 
+mod effects;
+
+pub use effects::{
+    Authenticated, Bound, Effect, Failure, Generated, Reconciled, SyncKind, Synced, TransportFault,
+};
+
 /// The extension message types this server understands.
 pub const EXTENSIONS: [&str; 2] = [message_type::AUTH_REFRESH, message_type::CATCH_UP_REQUEST];
 
 /// How many recent ephemeral messages a connection remembers, to drop the
 /// repeats that gossip between peers produces.
 const EPHEMERAL_MEMORY: usize = 1024;
-
-/// Something for the driver to do.
-#[derive(Debug)]
-pub enum Effect {
-    /// Send this message.
-    Send(Message),
-    /// Close the socket with this code and reason, after what was sent
-    /// before. Nothing after it is performed.
-    Close {
-        /// WebSocket close code, from [`close`].
-        code: u16,
-        /// Human-readable reason.
-        reason: String,
-    },
-    /// Bind the peer id to this connection; answer with [`Session::bound`].
-    Bind {
-        /// The peer id the join claimed.
-        peer_id: String,
-    },
-    /// Apply a peer's sync message to the document, attaching the document
-    /// to this connection first if it is not yet (with its saved sync state
-    /// under `storage_id`, when there is one); answer with
-    /// [`Session::synced`].
-    Sync {
-        /// The document.
-        doc: DocumentId,
-        /// Whether the message was a `request` or a `sync`.
-        kind: SyncKind,
-        /// The admitted message.
-        message: sync::Message,
-        /// Where the peer's sync states are saved, if it persists them.
-        storage_id: Option<String>,
-    },
-    /// Tell this connection when somebody makes `doc` available.
-    WaitFor(DocumentId),
-    /// A change notice for `doc` arrived: check that the connection may
-    /// still sync it (attaching it if it was waited for); answer with
-    /// [`Session::reconciled`].
-    Reconcile {
-        /// The document.
-        doc: DocumentId,
-        /// Where the peer's sync states are saved, if it persists them.
-        storage_id: Option<String>,
-    },
-    /// Generate the document's next message for this peer; answer with
-    /// [`Session::generated`].
-    Generate(DocumentId),
-    /// Relay an ephemeral message to the document's other peers.
-    Forward {
-        /// The document.
-        doc: DocumentId,
-        /// The message as received.
-        message: Arc<Message>,
-        /// Its payload size, for the receivers' mailbox limits.
-        bytes: usize,
-    },
-    /// Check an access token presented on the open socket; answer with
-    /// [`Session::authenticated`].
-    Authenticate {
-        /// The token.
-        token: String,
-    },
-    /// List the user's documents changed since a cursor; answer with
-    /// [`Session::caught_up`].
-    CatchUp {
-        /// The cursor the peer holds.
-        cursor: u64,
-    },
-}
-
-/// Which sync message arrived: a `request` may not create a document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncKind {
-    /// `request`: the peer asks for a document it does not have.
-    Request,
-    /// `sync`: the peer has the document (and may be uploading it).
-    Sync,
-}
-
-/// Why a request the machine made failed on the server's side.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The store cannot take writes (the disk failed); the peer reconnects
-    /// later.
-    StorageUnavailable,
-    /// The user is over a quota.
-    Quota(String),
-    /// The peer's changes depend on too many changes nobody sent.
-    MissingDependencies(String),
-    /// Automerge refused the message.
-    Unapplicable(String),
-    /// Automerge panicked on the message (the document was reloaded).
-    Panicked,
-    /// Anything else; the driver logged it.
-    Internal,
-}
-
-/// The outcome of [`Effect::Bind`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bound {
-    /// The peer id is this connection's now (a connection of the same user
-    /// holding it was told it is replaced).
-    Bound,
-    /// Another account's connection holds the peer id.
-    TakenByAnotherUser,
-}
-
-/// The outcome of [`Effect::Sync`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Synced {
-    /// Applied; the reply is due once `ticket` is durable.
-    Applied(Ticket),
-    /// The user may not sync the document (unknown, someone else's, or
-    /// deleted); nothing was attached.
-    Unavailable,
-    /// The document was deleted while attached; the driver detached it.
-    Deleted,
-    /// The message could not be applied.
-    Failed(Failure),
-}
-
-/// The outcome of [`Effect::Reconcile`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reconciled {
-    /// The connection syncs the document (it may have just been attached);
-    /// its next message is due once `ticket` is durable.
-    Current(Ticket),
-    /// The document is not (or no longer) available to this user; the
-    /// driver detached it if it was attached.
-    Gone,
-    /// The copy this connection synced was loaded from a store engine that
-    /// failed since: it may have told the peer of changes that are lost.
-    Stale,
-    /// The document could not be checked.
-    Failed(Failure),
-}
-
-/// The outcome of [`Effect::Generate`].
-#[derive(Debug)]
-pub enum Generated {
-    /// The message to send.
-    Message(sync::Message),
-    /// The peer is up to date.
-    Nothing,
-    /// The document is not attached any more.
-    Detached,
-    /// The document holds a change that is not durable yet.
-    NotDurable(Ticket),
-    /// Generating failed.
-    Failed(Failure),
-}
-
-/// The outcome of [`Effect::Authenticate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authenticated {
-    /// A valid token of this user and session... or of another: the machine
-    /// checks.
-    Valid {
-        /// Whose token it is.
-        user: UserId,
-        /// Of which session.
-        session: SessionId,
-        /// When it expires (seconds since the epoch).
-        expires_at: i64,
-    },
-    /// Not a valid token (expired ones included).
-    Invalid,
-    /// The check failed.
-    Failed(Failure),
-}
-
-/// What went wrong below the protocol, as the transport saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransportFault {
-    /// A text frame: the protocol is binary.
-    TextFrame,
-    /// A frame over the size limit.
-    FrameTooBig,
-    /// A fragmented message over the size limit.
-    MessageTooBig,
-    /// The WebSocket framing was broken.
-    Protocol(String),
-    /// Nothing heard within the keep-alive limit.
-    Silent,
-}
 
 /// The server's identity in the protocol, and the limits.
 #[derive(Debug, Clone)]
@@ -282,16 +108,26 @@ impl RecentEphemeral {
     }
 }
 
+/// Whose connection this is: what the upgrade authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The connection's number, as logged.
+    pub conn: u64,
+    /// The signed-in user.
+    pub user: UserId,
+    /// The session (device sign-in) whose token opened the socket.
+    pub session: SessionId,
+    /// When that token expires (seconds since the epoch); an in-place
+    /// refresh moves it.
+    pub token_expires_at: i64,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
     metrics: Arc<Metrics>,
-    /// The connection's number, as logged.
-    conn: u64,
-    user: UserId,
-    session: SessionId,
-    token_expires_at: i64,
+    identity: Identity,
     joined: Option<Joined>,
     /// Documents attached to the connection: the peer syncs them and the
     /// hub tells the connection of their changes.
@@ -331,20 +167,14 @@ impl Session {
     pub fn new(
         config: SessionConfig,
         metrics: Arc<Metrics>,
-        conn: u64,
-        user: UserId,
-        session: SessionId,
-        token_expires_at: i64,
+        identity: Identity,
         now: Instant,
     ) -> Self {
         let burst = f64::from(config.limits.message_burst);
         Self {
             config,
             metrics,
-            conn,
-            user,
-            session,
-            token_expires_at,
+            identity,
             joined: None,
             attached: HashSet::new(),
             waiting: HashSet::new(),
@@ -360,18 +190,18 @@ impl Session {
 
     /// The user this connection belongs to.
     pub fn user(&self) -> UserId {
-        self.user
+        self.identity.user
     }
 
     /// The session this connection belongs to.
     pub fn session(&self) -> SessionId {
-        self.session
+        self.identity.session
     }
 
     /// When the access token behind this connection expires (seconds since
     /// the epoch).
     pub fn token_expires_at(&self) -> i64 {
-        self.token_expires_at
+        self.identity.token_expires_at
     }
 
     /// Whether the join has happened.
@@ -436,7 +266,7 @@ impl Session {
             Err(e) => return fail(close::PROTOCOL_ERROR, &format!("malformed message: {e}")),
         };
         tracing::debug!(
-            conn = self.conn,
+            conn = self.identity.conn,
             kind = message.message_type(),
             doc = message.document_id(),
             "received"
@@ -574,7 +404,7 @@ impl Session {
             Ok(admitted) => admitted.into_message(),
             Err(refusal) => {
                 Metrics::bump(&self.metrics.sync_messages_refused);
-                tracing::warn!(conn = self.conn, user = %self.user, %doc, reason = %refusal, "refused a sync message");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, %doc, reason = %refusal, "refused a sync message");
                 let code = if refusal.is_limit() {
                     close::LIMIT
                 } else {
@@ -586,12 +416,7 @@ impl Session {
         if !self.attached.contains(&doc) && self.over_document_limit(doc) {
             return fail(close::LIMIT, "too many documents on one connection");
         }
-        vec![Effect::Sync {
-            doc,
-            kind,
-            message,
-            storage_id: self.storage_id(),
-        }]
+        vec![Effect::Sync { doc, kind, message }]
     }
 
     /// The answer to [`Effect::Sync`].
@@ -662,8 +487,8 @@ impl Session {
                 user,
                 session,
                 expires_at,
-            } if user == self.user && session == self.session => {
-                self.token_expires_at = expires_at;
+            } if user == self.identity.user && session == self.identity.session => {
+                self.identity.token_expires_at = expires_at;
                 vec![Effect::Send(Message::AuthAccepted {
                     sender_id: self.config.server_peer_id.clone(),
                     target_id: self.target(),
@@ -729,10 +554,7 @@ impl Session {
                 effects.extend(fail(close::LIMIT, "too many documents on one connection"));
                 break;
             }
-            effects.push(Effect::Reconcile {
-                doc,
-                storage_id: self.storage_id(),
-            });
+            effects.push(Effect::Reconcile(doc));
         }
         effects
     }
@@ -752,7 +574,7 @@ impl Session {
                 }
             }
             Reconciled::Stale => {
-                tracing::warn!(conn = self.conn, user = %self.user, %doc, "closing a sync connection: the store failed under it");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, %doc, "closing a sync connection: the store failed under it");
                 self.storage_unavailable()
             }
             // Only a store that is down ends the connection: anything else
@@ -807,7 +629,7 @@ impl Session {
     pub fn generated(&mut self, doc: DocumentId, outcome: Generated) -> Vec<Effect> {
         match outcome {
             Generated::Message(message) => {
-                tracing::debug!(conn = self.conn, %doc, changes = message.changes.len(), "sending sync message");
+                tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
                 vec![self.sync_frame(doc, message)]
             }
             Generated::Nothing | Generated::Detached => Vec::new(),
@@ -849,7 +671,7 @@ impl Session {
         let doc = doc.map(|d| d.to_string()).unwrap_or_default();
         let (code, message) = match failure {
             Failure::StorageUnavailable => {
-                tracing::warn!(conn = self.conn, user = %self.user, doc, "closing a sync connection: the store is unavailable");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, doc, "closing a sync connection: the store is unavailable");
                 return self.storage_unavailable();
             }
             Failure::Internal => return fail(close::PROTOCOL_ERROR, "internal server error"),
@@ -864,7 +686,7 @@ impl Session {
                 "the sync message could not be applied".to_owned(),
             ),
         };
-        tracing::warn!(conn = self.conn, user = %self.user, doc, error = %message, "refused a sync message");
+        tracing::warn!(conn = self.identity.conn, user = %self.identity.user, doc, error = %message, "refused a sync message");
         fail(code, &message)
     }
 
