@@ -192,8 +192,11 @@ function Root() {
           library={state.library}
           who={state.profile.label}
           onSignOut={async scope => {
-            await signOut(scope)
+            // Stop syncing first: ending the session closes this tab's
+            // socket, and a running sync would take that for a session
+            // ended elsewhere and reload the page.
             await state.close()
+            await signOut(scope)
             localStorage.removeItem(PROFILE_KEY)
             sessionStorage.clear()
             forget()
