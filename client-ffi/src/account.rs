@@ -70,7 +70,7 @@ pub unsafe extern "C" fn cdx_auth_status(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, out) = unsafe { (handle(client)?, OutString::new(out_json, "out_json")?) };
+        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
         out.put_json(&local_state(&open.client))
     })
 }
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn cdx_auth_check(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, out) = unsafe { (handle(client)?, OutString::new(out_json, "out_json")?) };
+        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
         let state = if matches!(open.client.auth_status(), AuthStatus::LoggedOut) {
             SessionState::SignedOut
         } else {
@@ -122,11 +122,11 @@ pub unsafe extern "C" fn cdx_request_code(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, identifier, out) = unsafe {
+        let (out, open, identifier) = unsafe {
             (
+                OutString::new(out_json, "out_json")?,
                 handle(client)?,
                 strings::json::<Identifier>(identifier_json, "identifier_json")?,
-                OutString::new(out_json, "out_json")?,
             )
         };
         let identifier = identifier.parse()?;
@@ -153,12 +153,12 @@ pub unsafe extern "C" fn cdx_verify_code(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, identifier, code, out) = unsafe {
+        let (out, open, identifier, code) = unsafe {
             (
+                OutString::new(out_json, "out_json")?,
                 handle(client)?,
                 strings::json::<Identifier>(identifier_json, "identifier_json")?,
                 strings::text(code, "code")?,
-                OutString::new(out_json, "out_json")?,
             )
         };
         let identifier = identifier.parse()?;
@@ -191,7 +191,7 @@ pub unsafe extern "C" fn cdx_sign_out(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, out) = unsafe { (handle(client)?, OutString::new(out_json, "out_json")?) };
+        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
         let scope = match scope {
             CDX_SIGN_OUT_THIS_DEVICE => LogoutScope::This,
             CDX_SIGN_OUT_OTHERS => LogoutScope::Others,
@@ -227,7 +227,7 @@ pub unsafe extern "C" fn cdx_sessions(
 ) -> CdxStatus {
     call(|| {
         // SAFETY: the caller's promises.
-        let (open, out) = unsafe { (handle(client)?, OutString::new(out_json, "out_json")?) };
+        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
         let sessions = open.block_on(open.client.sessions())?;
         out.put_json(&sessions)
     })
