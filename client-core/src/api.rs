@@ -133,6 +133,16 @@ impl ApiClient {
         .await
     }
 
+    /// `DELETE /v1/tasks/{id}`.
+    pub async fn delete_task(&self, token: &str, id: DocumentId) -> Result<(), ClientError> {
+        self.send_no_content(
+            self.http
+                .delete(self.url(&format!("/v1/tasks/{id}")))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
     /// `GET /v1/tasks/{id}/history`.
     pub async fn history(&self, token: &str, id: DocumentId) -> Result<TaskHistory, ClientError> {
         self.send(

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     /// Documents changed locally since the engine last looked.
     pub dirty: Mutex<BTreeSet<DocumentId>>,
     pub dirty_notify: Notify,
+    /// Wakes `sync::deletions` when a task is deleted here.
+    pub deletions_made: Notify,
     /// This process's peer id (fresh per process, as automerge-repo does).
     pub peer_id: String,
     /// This data directory's storage id.
@@ -289,6 +291,7 @@ impl Client {
             status: Mutex::new(SyncStatus::Offline),
             dirty: Mutex::new(BTreeSet::new()),
             dirty_notify: Notify::new(),
+            deletions_made: Notify::new(),
             peer_id: format!("codeedex-{}", hex(&random_bytes()[..8])),
             storage_id,
             last_error: Mutex::new(None),
@@ -485,10 +488,10 @@ impl Client {
         )
     }
 
-    /// Removes a task from the list (from the root document), offline.
-    ///
-    /// The task's own document stays on the server, unlisted; the REST API's
-    /// `DELETE /v1/tasks/{id}` is what tombstones it there.
+    /// Deletes a task, offline: it leaves the list (the root document) at
+    /// once, and while sync runs the server is told to delete its document
+    /// too (`DELETE /v1/tasks/{id}`, as soon as it can be reached), so that
+    /// the REST API stops listing it.
     pub fn delete_task(&self, id: DocumentId) -> Result<(), ClientError> {
         let mut replicas = self.shared().replicas.lock().expect("never poisoned");
         if !replicas.is_listed(id) {
@@ -500,8 +503,10 @@ impl Client {
         } else {
             Vec::new()
         };
+        self.shared().store.add_deletion(id)?;
         self.commit_local(&touched, &replicas, !root_changed)?;
         drop(replicas);
+        self.shared().deletions_made.notify_one();
         self.shared().emit(ClientEvent::TaskRemoved {
             id,
             origin: ChangeOrigin::Local,
