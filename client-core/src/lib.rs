@@ -65,7 +65,8 @@ mod token_store;
 mod transport;
 
 /// The pure sync protocol machine and the replicas it works on, exposed only
-/// for the fuzz targets in `fuzz/` (feature `fuzzing`): not a stable API.
+/// for the fuzz targets in `fuzz/` and the simulation in `tests/` (feature
+/// `fuzzing`): not a stable API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {

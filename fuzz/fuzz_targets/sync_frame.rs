@@ -1,13 +1,14 @@
 //! Whole incoming WebSocket frames through the server's real sync path,
 //! without sockets.
 //!
-//! Reaches `codeedex_server::sync::peer::PeerConnection::handle_frame` (wire
-//! decoding, handshake, peer binding, rate limit, access checks, admission of
-//! sync messages, ephemeral relay, extensions), the `DocumentHub` (apply under
-//! the document lock, quotas, the change log in a real `Store`, contained
-//! Automerge failures and reloads), `send_owed` (durability wait and
-//! `generate_sync_message`) and `handle_notices`, against a live task
-//! document, built the way `server/src/sync/simulation.rs` builds its world.
+//! Reaches `codeedex_server::sync::connection::Connection::frame` and the
+//! session machine behind it (wire decoding, handshake, peer binding, rate
+//! limit, access checks, admission of sync messages, ephemeral relay,
+//! extensions), the `DocumentHub` (apply under the document lock, quotas, the
+//! change log in a real `Store`, contained Automerge failures and reloads),
+//! the owed replies (durability wait and `generate_sync_message`) and
+//! notices, against a live task document, built the way
+//! `server/src/sync/simulation.rs` builds its world.
 //!
 //! Each input: a `join`, then the input cut into frames; each frame is sent
 //! raw, or wrapped as a well-formed `sync` (or `request`, or `ephemeral`) for
@@ -42,7 +43,7 @@ use codeedex_server::delivery::CodeDelivery;
 use codeedex_server::metrics::Metrics;
 use codeedex_server::store::{SessionRecord, Store, UserRecord};
 use codeedex_server::sync::hub::DocumentHub;
-use codeedex_server::sync::peer::{Output, PeerConnection, PeerContext};
+use codeedex_server::sync::connection::{Connection, Output, PeerContext};
 use codeedex_server::sync::registry::PeerRegistry;
 use libfuzzer_sys::fuzz_target;
 
@@ -153,7 +154,7 @@ fn world() -> &'static World {
             )
             .expect("a session");
         let hub = Arc::new(DocumentHub::new(
-            store,
+            store.clone(),
             ActorId::from(vec![9u8; 16]),
             // One user takes every input of a long run: a new document per
             // input would reach the default document quota (100,000) within
@@ -171,6 +172,7 @@ fn world() -> &'static World {
             Arc::clone(&metrics),
         ));
         let ctx = PeerContext {
+            store,
             hub: Arc::clone(&hub),
             registry: Arc::new(PeerRegistry::default()),
             auth,
@@ -208,18 +210,25 @@ fn document(n: u64) -> DocumentId {
     DocumentId::from_random_bytes(bytes)
 }
 
-async fn after_frame(conn: &mut PeerConnection, outputs: &[Output]) -> bool {
-    let closed = outputs.iter().any(|o| matches!(o, Output::Close { .. }));
-    if closed {
+fn closes(outputs: &[Output]) -> bool {
+    outputs.iter().any(|o| matches!(o, Output::Close { .. }))
+}
+
+async fn after_frame(conn: &mut Connection, outputs: &[Output]) -> bool {
+    if closes(outputs) {
         return true;
     }
-    let owed = conn.send_owed().await;
-    if owed.iter().any(|o| matches!(o, Output::Close { .. })) {
-        return true;
+    // What the connection owes goes out once durable, as the socket driver
+    // does it; a document that moved on meanwhile is owed again.
+    while let Some(durable) = conn.owed_durability() {
+        let waited = durable.await;
+        if closes(&conn.durable(waited, wall()).await) {
+            return true;
+        }
     }
     if let Some(notices) = conn.mailbox().try_next() {
-        let out = conn.handle_notices(notices, wall()).await;
-        if out.iter().any(|o| matches!(o, Output::Close { .. })) {
+        let out = conn.notices(notices, wall()).await;
+        if closes(&out) {
             return true;
         }
     }
@@ -258,7 +267,7 @@ fuzz_target!(|input: &[u8]| {
     world.runtime.block_on(async {
         let conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut conn = PeerConnection::new(
+        let mut conn = Connection::new(
             world.ctx.clone(),
             conn_id,
             world.user,
@@ -278,7 +287,7 @@ fuzz_target!(|input: &[u8]| {
                 ],
             }),
         });
-        let outputs = conn.handle_frame(&join, now, wall()).await;
+        let outputs = conn.frame(&join, now, wall()).await;
         assert!(
             matches!(&outputs[..], [Output::Frame(_)]),
             "the join is answered with one peer message: {outputs:?}"
@@ -287,7 +296,7 @@ fuzz_target!(|input: &[u8]| {
             // A new live document: the prepared task, uploaded as a device
             // would, so that the fuzz frames meet a document with content.
             let frame = sync_frame(doc_text.clone(), world.upload.clone(), false);
-            let outputs = conn.handle_frame(&frame, now, wall()).await;
+            let outputs = conn.frame(&frame, now, wall()).await;
             assert!(
                 !after_frame(&mut conn, &outputs).await,
                 "the prepared upload is accepted: {outputs:?}"
@@ -317,7 +326,7 @@ fuzz_target!(|input: &[u8]| {
                     data: if piece.is_empty() { vec![0xa0] } else { piece },
                 }),
             };
-            let outputs = conn.handle_frame(&frame, now, wall()).await;
+            let outputs = conn.frame(&frame, now, wall()).await;
             if after_frame(&mut conn, &outputs).await {
                 break;
             }

@@ -24,7 +24,7 @@ use actix_web::web;
 use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::sync::peer::PeerContext;
+use crate::sync::connection::PeerContext;
 
 /// Request bodies of the auth endpoints are capped at this many bytes.
 pub const MAX_JSON_BODY: usize = 16 * 1024;

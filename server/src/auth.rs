@@ -438,6 +438,19 @@ impl Auth {
         Arc::clone(locks.entry(id).or_default())
     }
 
+    /// Whether a session still exists and is live: not logged out, not
+    /// revoked, not idle or older than the policy allows.
+    pub(crate) fn session_is_live(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .session(id)?
+            .is_some_and(|session| self.is_live(&session, now)))
+    }
+
     fn is_live(&self, session: &SessionRecord, now: DateTime<Utc>) -> bool {
         let idle = span::delta(self.token_policy.session_idle);
         let max = span::delta(self.token_policy.session_max);

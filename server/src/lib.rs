@@ -8,8 +8,8 @@
 //!
 //! The public surface is what the binary, the end-to-end tests (`tests/`)
 //! and the fuzz targets (`fuzz/`) use: `main_with_args`, opening and checking
-//! a `Store`, and the pieces the `sync_frame` fuzz target assembles a
-//! `PeerConnection` from. Everything else is `pub(crate)`, so that the
+//! a `Store`, the pieces the `sync_frame` fuzz target assembles a sync
+//! `Connection` from, and the pure session machine the simulation drives. Everything else is `pub(crate)`, so that the
 //! compiler reports what nothing uses.
 
 // The hub contains Automerge panics on peer input with `catch_unwind`; with
@@ -22,6 +22,7 @@ pub(crate) mod api;
 pub mod auth;
 pub mod configuration;
 pub mod delivery;
+pub mod durability;
 pub mod metrics;
 pub mod startup;
 pub mod store;

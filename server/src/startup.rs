@@ -21,9 +21,9 @@ use crate::configuration::Settings;
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
+use crate::sync::connection::PeerContext;
 use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
-use crate::sync::peer::PeerContext;
 use crate::sync::registry::PeerRegistry;
 use crate::telemetry;
 
@@ -89,6 +89,7 @@ impl Application {
         let registry = Arc::new(PeerRegistry::default());
         let sync = PeerContext {
             hub: Arc::clone(&hub),
+            store: store.clone(),
             registry: Arc::clone(&registry),
             auth: Arc::clone(&auth),
             server_peer_id: format!("codeedex-server-{}", uuid::Uuid::new_v4()),

@@ -22,12 +22,13 @@ use codeedex_schema::id::{SessionId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+pub(crate) use crate::durability::Ticket;
 pub(crate) use documents::Claim;
 pub use documents::StoredDocument;
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
-pub(crate) use recovery::{StoreHealth, Ticket};
+pub(crate) use recovery::StoreHealth;
 
 /// The on-disk format this build reads and writes. Bump it with a migration.
 pub(crate) const FORMAT_VERSION: u32 = 1;

@@ -8,8 +8,9 @@
 //! can only set a URL. Request logs never include the query string.
 //!
 //! This module only moves frames between actix-ws and
-//! [`PeerConnection`](crate::sync::peer::PeerConnection), and runs the
-//! timers: handshake timeout, token expiry, keep-alive pings.
+//! [`Connection`](crate::sync::connection::Connection), and runs the
+//! timers: handshake timeout, token expiry, keep-alive pings. Every decision
+//! about what to send or when to close is the session machine's.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ use super::problem::{ProblemParts, endpoint_error};
 use crate::auth::AuthenticateError;
 use crate::auth::tokens::LEEWAY_SECS;
 use crate::metrics::Metrics;
-use crate::sync::peer::{Output, PeerConnection};
+use crate::sync::connection::{Connection, Output};
+use crate::sync::session::TransportFault;
 
 /// The subprotocol the server selects.
 pub const SUBPROTOCOL: &str = "codeedex.v1";
@@ -202,7 +204,7 @@ async fn sync_socket(
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
     let conn = state.next_connection.fetch_add(1, Ordering::Relaxed);
-    let peer = PeerConnection::new(
+    let peer = Connection::new(
         state.sync.clone(),
         conn,
         who.user_id,
@@ -228,7 +230,7 @@ fn until_epoch(seconds: i64) -> Duration {
 }
 
 async fn drive(
-    mut peer: PeerConnection,
+    mut peer: Connection,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
@@ -251,14 +253,19 @@ async fn drive(
         // reconnect with the same token is refused rather than accepted and
         // closed again.
         let token_deadline = until_epoch(peer.token_expires_at() + LEEWAY_SECS as i64);
+        // Replies and relayed changes go out once the group commit has made
+        // what they reveal durable; meanwhile the other branches go on
+        // applying this peer's frames.
+        let owed = peer.owed_durability();
+        let owed_pending = owed.is_some();
         let outputs = tokio::select! {
             incoming = stream.recv() => match incoming {
                 None | Some(Ok(AggregatedMessage::Close(_))) => break,
                 Some(Ok(AggregatedMessage::Binary(bytes))) => {
                     last_heard = Instant::now();
-                    peer.handle_frame(&bytes, Instant::now(), Utc::now()).await
+                    peer.frame(&bytes, Instant::now(), Utc::now()).await
                 }
-                Some(Ok(AggregatedMessage::Text(_))) => failure(close::UNSUPPORTED_DATA, "text frames are not part of the protocol"),
+                Some(Ok(AggregatedMessage::Text(_))) => peer.transport_fault(TransportFault::TextFrame),
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     last_heard = Instant::now();
                     match tokio::time::timeout(write_timeout, session.pong(&bytes)).await {
@@ -270,50 +277,38 @@ async fn drive(
                     last_heard = Instant::now();
                     continue;
                 }
-                Some(Err(ProtocolError::Overflow)) => failure(close::TOO_BIG, "frame larger than the limit"),
+                Some(Err(ProtocolError::Overflow)) => peer.transport_fault(TransportFault::FrameTooBig),
                 // actix-ws reports a fragmented message over the limit as an
                 // IO error rather than an overflow; it is the same violation.
                 Some(Err(ProtocolError::Io(e))) if e.to_string().contains("maximum continuation size") => {
-                    failure(close::TOO_BIG, "message larger than the limit")
+                    peer.transport_fault(TransportFault::MessageTooBig)
                 }
-                Some(Err(e)) => failure(close::PROTOCOL_ERROR, &format!("websocket protocol error: {e}")),
+                Some(Err(e)) => peer.transport_fault(TransportFault::Protocol(e.to_string())),
             },
-            notices = mailbox.next() => peer.handle_notices(notices, Utc::now()).await,
-            // Replies and relayed changes go out once the group commit has
-            // made what they reveal durable; meanwhile the branches above go
-            // on applying this peer's frames.
-            durable = state.store.wait_durable(peer.owed_ticket().unwrap_or_default()), if peer.owed_ticket().is_some() => match durable {
-                Ok(()) => peer.send_owed().await,
-                Err(e) => peer.store_failed(e),
-            },
+            notices = mailbox.next() => peer.notices(notices, Utc::now()).await,
+            waited = async { owed.expect("guarded").await }, if owed_pending => {
+                peer.durable(waited, Utc::now()).await
+            }
             // A clean shutdown tells every peer to reconnect later; the
             // connection then saves its sync states as it ends.
-            Ok(_) = shutting_down.wait_for(|down| *down) => vec![Output::Close {
-                code: close::GOING_AWAY,
-                reason: "the server is shutting down; reconnect".to_owned(),
-            }],
+            Ok(_) = shutting_down.wait_for(|down| *down) => peer.shutting_down(),
             ended = ends.recv() => match ended {
-                Ok(id) if id == peer.session() => failure(close::SESSION_ENDED, "session ended"),
+                Ok(id) if id == peer.session() => peer.session_ended(),
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Some notices were lost; ask the store whether ours ended.
-                    match state.store.session(peer.session()) {
-                        Ok(Some(_)) => continue,
-                        _ => failure(close::SESSION_ENDED, "session ended"),
-                    }
-                }
+                // Some notices were lost; ask whether ours ended.
+                Err(broadcast::error::RecvError::Lagged(_)) => peer.session_may_have_ended(Utc::now()),
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             () = tokio::time::sleep_until(handshake_deadline), if !peer.has_joined() => {
-                failure(close::POLICY, "no join message within the handshake timeout")
+                peer.handshake_timed_out()
             }
             () = tokio::time::sleep(token_deadline) => peer.token_expired(),
             _ = async { replaced.as_mut().expect("guarded").await }, if replaced.is_some() => {
-                failure(close::REPLACED, "replaced by a newer connection with the same peer id")
+                peer.replaced()
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
-                    failure(close::POLICY, "nothing heard within the keep-alive limit")
+                    peer.transport_fault(TransportFault::Silent)
                 } else {
                     match tokio::time::timeout(write_timeout, session.ping(b"")).await {
                         Ok(Ok(())) => continue,
@@ -371,24 +366,10 @@ async fn drive(
 
 /// Logs why the server closed a connection, where an operator sees it:
 /// normal ends at info, everything else at warn.
-fn log_close(peer: &PeerConnection, code: u16, reason: &str) {
+fn log_close(peer: &Connection, code: u16, reason: &str) {
     if code == close::NORMAL {
         tracing::info!(conn = peer.id(), user = %peer.user(), code, reason, "sync connection closed");
     } else {
         tracing::warn!(conn = peer.id(), user = %peer.user(), code, reason, "sync connection closed");
     }
-}
-
-fn failure(code: u16, message: &str) -> Vec<Output> {
-    vec![
-        Output::Frame(codeedex_schema::wire::encode(
-            &codeedex_schema::wire::Message::Error {
-                message: message.to_owned(),
-            },
-        )),
-        Output::Close {
-            code,
-            reason: message.to_owned(),
-        },
-    ]
 }

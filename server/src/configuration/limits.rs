@@ -3,7 +3,7 @@
 //!
 //! They live here, with the rest of the settings, so that configuration
 //! depends on nothing else in the crate; the modules that enforce them
-//! (`store::quota`, `sync::hub`, `sync::peer`, `sync::mailbox`,
+//! (`store::quota`, `sync::hub`, `sync::session`, `sync::mailbox`,
 //! `sync::gate`) import them from here.
 
 use std::time::Duration;

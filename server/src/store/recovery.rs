@@ -25,50 +25,6 @@ use super::{Engine, StoreError, StoreOptions};
 /// How long the recovery thread waits between attempts to reopen the store.
 pub(crate) const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Writes made so far on one engine: wait for it with
-/// [`super::Store::wait_durable`]. Tickets order by engine, then by
-/// sequence; [`Ticket::NONE`] (the default) covers nothing and is always
-/// durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Ticket {
-    epoch: u64,
-    sequence: u64,
-}
-
-impl Ticket {
-    /// Covers no write: durable from the start.
-    pub(crate) const NONE: Ticket = Ticket {
-        epoch: 0,
-        sequence: 0,
-    };
-
-    pub(crate) fn new(epoch: u64, sequence: u64) -> Self {
-        Self { epoch, sequence }
-    }
-
-    /// A ticket of an engine that failed (or is not the one in use): no
-    /// engine will ever report it durable.
-    pub(crate) fn unreachable(epoch: u64) -> Self {
-        Self {
-            epoch,
-            sequence: u64::MAX,
-        }
-    }
-
-    /// Whether the ticket covers no write.
-    pub(crate) fn is_none(self) -> bool {
-        self.sequence == 0
-    }
-
-    pub(crate) fn epoch(self) -> u64 {
-        self.epoch
-    }
-
-    pub(crate) fn sequence(self) -> u64 {
-        self.sequence
-    }
-}
-
 /// The store's availability, as published to whoever follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StoreHealth {

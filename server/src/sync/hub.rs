@@ -45,6 +45,18 @@ pub(crate) struct Author {
     pub(crate) session: Option<SessionId>,
 }
 
+/// What [`DocumentHub::generate`] has for a peer.
+#[derive(Debug)]
+pub(crate) enum Generation {
+    /// The message to send.
+    Message(sync::Message),
+    /// The peer is up to date.
+    Nothing,
+    /// The document holds a change that is not durable yet; ask again once
+    /// this ticket is.
+    NotDurable(Ticket),
+}
+
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HubError {
@@ -390,22 +402,33 @@ impl DocumentHub {
         });
     }
 
-    /// Generates the next sync message for a peer, if there is one, once
-    /// every change applied to the document is durable.
+    /// Generates the next sync message for a peer, if there is one. Nothing
+    /// is generated from a document whose newest change is not durable yet:
+    /// the message could reveal it, and a crash would then lose a change the
+    /// peer was told the server has. The caller waits for the ticket and
+    /// asks again.
     pub(crate) async fn generate(
         &self,
         live: &LiveDocument,
         state: &mut sync::State,
-    ) -> Result<Option<sync::Message>, HubError> {
-        let mut guard = self.lock_durable(live).await?;
+    ) -> Result<Generation, HubError> {
+        let mut guard = live.state.lock().await;
+        live.check_loaded()?;
+        if let Some(ticket) = self.undurable(&guard) {
+            return Ok(Generation::NotDurable(ticket));
+        }
         // The peer's bloom filters and heads, kept in `state`, steer this.
         let generated = contained("generating a sync message", || {
             guard.doc.generate_sync_message(state)
         });
-        if generated.is_err() {
-            self.contained_panic(live, &mut guard);
+        match generated {
+            Ok(Some(message)) => Ok(Generation::Message(message)),
+            Ok(None) => Ok(Generation::Nothing),
+            Err(e) => {
+                self.contained_panic(live, &mut guard);
+                Err(e)
+            }
         }
-        generated
     }
 
     fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
@@ -413,10 +436,18 @@ impl DocumentHub {
         self.reload(live, state);
     }
 
+    /// The ticket to wait for before anything read from the document may
+    /// leave the server, if its newest change is not durable yet. This is
+    /// the one place that decides it: sync replies ([`DocumentHub::generate`])
+    /// and REST reads ([`DocumentHub::lock_durable`]) both ask here.
+    fn undurable(&self, state: &DocState) -> Option<Ticket> {
+        (!self.store.is_durable(state.needs_durable)).then_some(state.needs_durable)
+    }
+
     /// Locks a document once every change applied to it is on disk. Changes
     /// are applied and logged under the lock, which is then released while
     /// the group commit flushes, so that many changes to one document share
-    /// a flush; anything that reads the document for a peer waits here.
+    /// a flush; a REST read waits here.
     async fn lock_durable<'a>(
         &self,
         live: &'a LiveDocument,
@@ -424,19 +455,12 @@ impl DocumentHub {
         loop {
             let guard = live.state.lock().await;
             live.check_loaded()?;
-            if self.store.is_durable(guard.needs_durable) {
+            let Some(ticket) = self.undurable(&guard) else {
                 return Ok(guard);
-            }
-            let ticket = guard.needs_durable;
+            };
             drop(guard);
             self.store.wait_durable(ticket).await?;
         }
-    }
-
-    /// The durability ticket of the newest change applied to the document:
-    /// nothing generated from it can be sent before that ticket is durable.
-    pub(crate) async fn pending_ticket(&self, live: &LiveDocument) -> Ticket {
-        live.state.lock().await.needs_durable
     }
 
     /// The document's current heads.
@@ -903,7 +927,9 @@ mod tests {
         let hello = doc.sync().generate_sync_message(&mut ours).unwrap();
         hub.apply(live, &mut theirs, hello, author, 1, Utc::now())
             .await?;
-        let answer = hub.generate(live, &mut theirs).await?.unwrap();
+        let Generation::Message(answer) = hub.generate(live, &mut theirs).await? else {
+            panic!("the hub has something to say to a new peer");
+        };
         doc.sync().receive_sync_message(&mut ours, answer).unwrap();
         let changes = doc.sync().generate_sync_message(&mut ours).unwrap();
         hub.apply(live, &mut theirs, changes, author, 1, Utc::now())

@@ -1,10 +1,16 @@
-//! A deterministic simulation of the sync protocol without sockets.
+//! A deterministic simulation of the sync protocol without sockets, through
+//! the server's whole connection stack.
+//!
+//! `tests/tests/simulation.rs` runs the two pure machines (server session and
+//! client) against each other with nothing else; this one keeps the real
+//! hub, store and driver in the loop, so that what the driver performs is
+//! tested the same way.
 //!
 //! Three devices of one user edit one task document through the server's
-//! real protocol logic ([`PeerConnection`] and [`DocumentHub`] over a
-//! temporary store). The "network" is a set of queues the test drains in an
-//! order chosen by a seeded generator; devices go offline (their queues are
-//! held) and come back; time is injected. At the end every replica and the
+//! real connection driver ([`Connection`], its session machine, and the
+//! [`DocumentHub`] over a temporary store). The "network" is a set of queues
+//! the test drains in an order chosen by a seeded generator; devices go
+//! offline (their queues are held) and come back; time is injected. At the end every replica and the
 //! server hold the same document, containing every edit.
 
 use std::collections::VecDeque;
@@ -17,9 +23,11 @@ use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
 use chrono::{TimeZone, Utc};
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire::{self, Message, PeerMetadata};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
+use super::connection::{Connection, Output, PeerContext};
 use super::hub::DocumentHub;
-use super::peer::{Output, PeerConnection, PeerContext};
 use super::registry::PeerRegistry;
 use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
@@ -29,25 +37,9 @@ use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{SessionRecord, Store, UserRecord};
 
-/// A tiny deterministic generator (xorshift), so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 struct Device {
     peer_id: String,
-    conn: PeerConnection,
+    conn: Connection,
     replica: AutoCommit,
     state: sync::State,
     to_server: VecDeque<Vec<u8>>,
@@ -87,20 +79,29 @@ impl World {
             return;
         };
         let (clock, wall) = (self.clock, self.wall);
-        let outputs = self.devices[i].conn.handle_frame(&frame, clock, wall).await;
+        let outputs = self.devices[i].conn.frame(&frame, clock, wall).await;
         self.route(i, outputs);
-        let owed = self.devices[i].conn.send_owed().await;
-        self.route(i, owed);
+        self.send_owed(i).await;
+    }
+
+    /// Waits for what the connection owes to be durable, and routes it;
+    /// again while documents moved on meanwhile.
+    async fn send_owed(&mut self, i: usize) {
+        while let Some(durable) = self.devices[i].conn.owed_durability() {
+            let waited = durable.await;
+            let wall = self.wall;
+            let outputs = self.devices[i].conn.durable(waited, wall).await;
+            self.route(i, outputs);
+        }
     }
 
     async fn deliver_notices(&mut self, i: usize) {
         while let Some(notices) = self.devices[i].conn.mailbox().try_next() {
             let wall = self.wall;
-            let outputs = self.devices[i].conn.handle_notices(notices, wall).await;
+            let outputs = self.devices[i].conn.notices(notices, wall).await;
             self.route(i, outputs);
         }
-        let owed = self.devices[i].conn.send_owed().await;
-        self.route(i, owed);
+        self.send_owed(i).await;
     }
 
     fn route(&mut self, i: usize, outputs: Vec<Output>) {
@@ -176,6 +177,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
     ));
     let ctx = PeerContext {
         hub: Arc::clone(&hub),
+        store: store.clone(),
         registry: Arc::new(PeerRegistry::default()),
         auth,
         server_peer_id: "server".into(),
@@ -202,7 +204,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             rotated_at: wall,
         };
         store.insert_session(&record, &[i as u8; 32]).unwrap();
-        let mut conn = PeerConnection::new(ctx.clone(), i as u64, user, session, i64::MAX, clock);
+        let mut conn = Connection::new(ctx.clone(), i as u64, user, session, i64::MAX, clock);
         let peer_id = format!("device-{i}");
         let join = wire::encode(&Message::Join {
             sender_id: peer_id.clone(),
@@ -213,7 +215,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
                 extensions: vec![],
             }),
         });
-        let outputs = conn.handle_frame(&join, clock, wall).await;
+        let outputs = conn.frame(&join, clock, wall).await;
         assert!(
             matches!(&outputs[..], [Output::Frame(_)]),
             "join answered with one peer message"
@@ -242,12 +244,12 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
 async fn run(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut world = build_world(dir.path(), 3).await;
-    let mut rng = Rng(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut edits = 0u64;
     for step in 0..600 {
         world.tick();
-        let i = rng.below(3) as usize;
-        match rng.below(10) {
+        let i = rng.random_range(0..3usize);
+        match rng.random_range(0..10u32) {
             0..=2 => {
                 world.edit(i, step);
                 edits += 1;

@@ -1,0 +1,545 @@
+//! The driver of one sync connection: it performs what the [`Session`]
+//! machine asks of the hub, the peer registry, the store and [`Auth`], and
+//! feeds the outcomes back, until the machine has nothing more to ask.
+//!
+//! The transport (in `api`) hands it frames, notices and timer events, and
+//! gets back [`Output`]s: frames to send and at most one close. The
+//! connection holds what the machine may not name: the documents it has
+//! attached (the hub's shared copy and this peer's sync state of each), the
+//! mailbox the hub posts to, and the peer-id binding. Dropping it saves the
+//! sync states and releases all of them, so a connection task that ends in
+//! any way leaves nothing behind.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use automerge::sync;
+use chrono::{DateTime, Utc};
+use codeedex_schema::id::{DocumentId, SessionId, UserId};
+use codeedex_schema::wire;
+use tokio::sync::oneshot;
+
+use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, LiveDocument};
+use super::mailbox::{Mailbox, Notices};
+use super::registry::{Bind, PeerRegistry};
+use super::session::{
+    Authenticated, Bound, Effect, Failure, Generated, Reconciled, Session, SessionConfig, SyncKind,
+    Synced, TransportFault,
+};
+use crate::auth::{Auth, AuthenticateError};
+use crate::configuration::limits::SyncLimits;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// What the transport should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this binary frame.
+    Frame(Vec<u8>),
+    /// Close the socket with this code and reason (after the frames before it).
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Everything a connection needs from the rest of the server.
+#[derive(Clone)]
+pub struct PeerContext {
+    /// The documents.
+    pub hub: Arc<DocumentHub>,
+    /// The store: sync states, the change feed, and durability.
+    pub store: Store,
+    /// Peer-id bindings.
+    pub registry: Arc<PeerRegistry>,
+    /// Token checks for in-place refresh.
+    pub auth: Arc<Auth>,
+    /// The server's peer id.
+    pub server_peer_id: String,
+    /// The server's storage id.
+    pub server_storage_id: String,
+    /// Limits.
+    pub limits: SyncLimits,
+    /// Counters for refusals and what the hub contained.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for PeerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerContext")
+            .field("server_peer_id", &self.server_peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A document attached to this connection.
+struct Attachment {
+    live: Arc<LiveDocument>,
+    state: sync::State,
+}
+
+/// One connection: the machine, and what it attached.
+pub struct Connection {
+    ctx: PeerContext,
+    conn: ConnectionId,
+    session: Session,
+    mailbox: Arc<Mailbox>,
+    attachments: HashMap<DocumentId, Attachment>,
+    /// The peer id this connection holds in the registry, once bound.
+    bound_peer_id: Option<String>,
+    replaced: Option<oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("conn", &self.conn)
+            .field("user", &self.session.user())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a failed hub call means for the peer. Failures that are the
+/// server's own are logged here, with their cause, where an operator sees
+/// them; the machine only learns that they happened.
+fn hub_failure(conn: ConnectionId, doc: DocumentId, e: HubError) -> Failure {
+    if e.is_storage_unavailable() {
+        return Failure::StorageUnavailable;
+    }
+    match e {
+        HubError::Quota(exceeded) => Failure::Quota(exceeded.to_string()),
+        e @ HubError::MissingDependencies { .. } => Failure::MissingDependencies(e.to_string()),
+        HubError::Automerge(cause) => Failure::Unapplicable(cause.to_string()),
+        HubError::Panicked(_) => Failure::Panicked,
+        e @ (HubError::Store(_) | HubError::Task(_) | HubError::Deleted | HubError::Unloaded) => {
+            tracing::error!(error = ?e, conn, %doc, "sync connection failed");
+            Failure::Internal
+        }
+    }
+}
+
+fn store_failure(conn: ConnectionId, e: StoreError) -> Failure {
+    if let StoreError::Unavailable = e {
+        return Failure::StorageUnavailable;
+    }
+    tracing::error!(error = ?e, conn, "sync connection failed");
+    Failure::Internal
+}
+
+impl Connection {
+    /// A connection of an authenticated session, before its join.
+    pub fn new(
+        ctx: PeerContext,
+        conn: ConnectionId,
+        user: UserId,
+        session: SessionId,
+        token_expires_at: i64,
+        now: Instant,
+    ) -> Self {
+        let mailbox = Arc::new(Mailbox::new(ctx.limits.mailbox, Arc::clone(&ctx.metrics)));
+        let config = SessionConfig {
+            server_peer_id: ctx.server_peer_id.clone(),
+            server_storage_id: ctx.server_storage_id.clone(),
+            limits: ctx.limits,
+        };
+        let session = Session::new(
+            config,
+            Arc::clone(&ctx.metrics),
+            conn,
+            user,
+            session,
+            token_expires_at,
+            now,
+        );
+        Self {
+            ctx,
+            conn,
+            session,
+            mailbox,
+            attachments: HashMap::new(),
+            bound_peer_id: None,
+            replaced: None,
+        }
+    }
+
+    /// The connection's inbox of hub notices; the transport waits on it.
+    pub fn mailbox(&self) -> Arc<Mailbox> {
+        Arc::clone(&self.mailbox)
+    }
+
+    /// The user this connection belongs to.
+    pub(crate) fn user(&self) -> UserId {
+        self.session.user()
+    }
+
+    /// The connection's number, as logged.
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.conn
+    }
+
+    /// The session this connection belongs to.
+    pub(crate) fn session(&self) -> SessionId {
+        self.session.session()
+    }
+
+    /// When the access token behind this connection expires (seconds since
+    /// the epoch).
+    pub(crate) fn token_expires_at(&self) -> i64 {
+        self.session.token_expires_at()
+    }
+
+    /// Whether the join has happened.
+    pub(crate) fn has_joined(&self) -> bool {
+        self.session.has_joined()
+    }
+
+    /// Resolves when a newer connection takes this one's peer id over.
+    pub(crate) fn replaced_signal(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.replaced.take()
+    }
+
+    /// Resolves when what this connection owes its peer may be generated:
+    /// the earliest owed durability ticket is durable (or the store failed).
+    /// `None` when nothing is owed.
+    pub fn owed_durability(&self) -> Option<impl Future<Output = Result<(), StoreError>> + use<>> {
+        let ticket = self.session.owed_ticket()?;
+        let store = self.ctx.store.clone();
+        Some(async move { store.wait_durable(ticket).await })
+    }
+
+    /// Handles one binary frame.
+    pub async fn frame(&mut self, bytes: &[u8], now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
+        let effects = self.session.frame(bytes, now);
+        self.perform(effects, wall).await
+    }
+
+    /// Handles what the hub posted to this connection's mailbox.
+    pub async fn notices(&mut self, notices: Notices, wall: DateTime<Utc>) -> Vec<Output> {
+        let effects = self.session.notices(&notices.ephemeral, notices.changed);
+        self.perform(effects, wall).await
+    }
+
+    /// The wait of [`Connection::owed_durability`] ended.
+    pub async fn durable(
+        &mut self,
+        waited: Result<(), StoreError>,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
+        let effects = match waited {
+            Ok(()) => self.session.durable(),
+            Err(e) => {
+                let failure = store_failure(self.conn, e);
+                self.session.durability_failed(failure)
+            }
+        };
+        self.perform(effects, wall).await
+    }
+
+    /// The outputs for something the transport saw.
+    pub(crate) fn transport_fault(&self, fault: TransportFault) -> Vec<Output> {
+        Self::outputs(self.session.transport_fault(fault))
+    }
+
+    /// The outputs for the handshake timeout.
+    pub(crate) fn handshake_timed_out(&self) -> Vec<Output> {
+        Self::outputs(self.session.handshake_timed_out())
+    }
+
+    /// The outputs for an access token that expired on the open socket.
+    pub(crate) fn token_expired(&self) -> Vec<Output> {
+        Self::outputs(self.session.token_expired())
+    }
+
+    /// The outputs for a newer connection that took the peer id over.
+    pub(crate) fn replaced(&self) -> Vec<Output> {
+        Self::outputs(self.session.replaced())
+    }
+
+    /// The outputs for a clean shutdown.
+    pub(crate) fn shutting_down(&self) -> Vec<Output> {
+        Self::outputs(self.session.shutting_down())
+    }
+
+    /// The outputs for the end of this connection's session.
+    pub(crate) fn session_ended(&self) -> Vec<Output> {
+        Self::outputs(self.session.session_ended())
+    }
+
+    /// Some session-end notices were missed: asks whether this
+    /// connection's session is still live, and ends the connection if not
+    /// (or if nobody can tell).
+    pub(crate) fn session_may_have_ended(&self, now: DateTime<Utc>) -> Vec<Output> {
+        match self.ctx.auth.session_is_live(self.session.session(), now) {
+            Ok(true) => Vec::new(),
+            Ok(false) | Err(_) => self.session_ended(),
+        }
+    }
+
+    /// Effects that only send and close.
+    fn outputs(effects: Vec<Effect>) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send(message) => outputs.push(Output::Frame(wire::encode(&message))),
+                Effect::Close { code, reason } => {
+                    outputs.push(Output::Close { code, reason });
+                    break;
+                }
+                other => {
+                    tracing::error!(effect = ?other, "a timer event asked for work; ignored");
+                }
+            }
+        }
+        outputs
+    }
+
+    /// Performs effects in order, feeding each request's outcome back to the
+    /// machine, whose further effects go to the back of the queue. Stops at
+    /// the first close.
+    async fn perform(&mut self, effects: Vec<Effect>, wall: DateTime<Utc>) -> Vec<Output> {
+        let mut queue = VecDeque::from(effects);
+        let mut outputs = Vec::new();
+        while let Some(effect) = queue.pop_front() {
+            let more = match effect {
+                Effect::Send(message) => {
+                    outputs.push(Output::Frame(wire::encode(&message)));
+                    continue;
+                }
+                Effect::Close { code, reason } => {
+                    outputs.push(Output::Close { code, reason });
+                    break;
+                }
+                Effect::Bind { peer_id } => self.bind(peer_id),
+                Effect::Sync {
+                    doc,
+                    kind,
+                    message,
+                    storage_id,
+                } => {
+                    let outcome = self.sync(doc, kind, message, storage_id, wall).await;
+                    self.session.synced(doc, kind, outcome)
+                }
+                Effect::WaitFor(doc) => {
+                    self.ctx
+                        .hub
+                        .wait_for(doc, self.session.user(), self.conn, self.mailbox());
+                    continue;
+                }
+                Effect::Reconcile { doc, storage_id } => {
+                    let outcome = self.reconcile(doc, storage_id, wall);
+                    self.session.reconciled(doc, outcome)
+                }
+                Effect::Generate(doc) => {
+                    let outcome = self.generate(doc).await;
+                    self.session.generated(doc, outcome)
+                }
+                Effect::Forward {
+                    doc,
+                    message,
+                    bytes,
+                } => {
+                    if let Some(attachment) = self.attachments.get(&doc) {
+                        self.ctx
+                            .hub
+                            .forward_ephemeral(&attachment.live, self.conn, message, bytes);
+                    }
+                    continue;
+                }
+                Effect::Authenticate { token } => {
+                    let outcome = match self.ctx.auth.authenticate(&token, wall) {
+                        Ok(who) => Authenticated::Valid {
+                            user: who.user_id,
+                            session: who.session_id,
+                            expires_at: who.expires_at,
+                        },
+                        Err(AuthenticateError::Invalid | AuthenticateError::Expired) => {
+                            Authenticated::Invalid
+                        }
+                        Err(AuthenticateError::Store(e)) => {
+                            Authenticated::Failed(store_failure(self.conn, e))
+                        }
+                    };
+                    self.session.authenticated(outcome)
+                }
+                Effect::CatchUp { cursor } => {
+                    let outcome = self
+                        .ctx
+                        .store
+                        .changed_since(self.session.user(), cursor, 100_000)
+                        .map_err(|e| store_failure(self.conn, e));
+                    self.session.caught_up(outcome)
+                }
+            };
+            queue.extend(more);
+        }
+        outputs
+    }
+
+    fn bind(&mut self, peer_id: String) -> Vec<Effect> {
+        let (tx, rx) = oneshot::channel();
+        let outcome = match self
+            .ctx
+            .registry
+            .bind(&peer_id, self.session.user(), self.conn, tx)
+        {
+            Bind::Bound => {
+                self.bound_peer_id = Some(peer_id);
+                self.replaced = Some(rx);
+                Bound::Bound
+            }
+            Bind::TakenByAnotherUser => Bound::TakenByAnotherUser,
+        };
+        self.session.bound(outcome)
+    }
+
+    /// The peer's saved sync state of `doc`, or a fresh one.
+    fn initial_state(&self, doc: DocumentId, storage_id: Option<&str>) -> sync::State {
+        if let Some(storage) = storage_id
+            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, storage)
+            && let Ok(state) = sync::State::decode(&bytes)
+        {
+            return state;
+        }
+        sync::State::new()
+    }
+
+    /// Attaches `live` to this connection: subscribes to its changes and
+    /// restores the peer's sync state.
+    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>, storage_id: Option<&str>) {
+        self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
+        let state = self.initial_state(doc, storage_id);
+        self.attachments.insert(doc, Attachment { live, state });
+    }
+
+    fn detach(&mut self, doc: DocumentId) {
+        if let Some(old) = self.attachments.remove(&doc) {
+            self.ctx.hub.unsubscribe(&old.live, self.conn);
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        doc: DocumentId,
+        kind: SyncKind,
+        message: sync::Message,
+        storage_id: Option<String>,
+        wall: DateTime<Utc>,
+    ) -> Synced {
+        let user = self.session.user();
+        if !self.attachments.contains_key(&doc) {
+            let create = kind == SyncKind::Sync;
+            match self.ctx.hub.open(doc, user, create, wall) {
+                Ok(Some(live)) => self.attach(doc, live, storage_id.as_deref()),
+                Ok(None) => return Synced::Unavailable,
+                Err(e) => return Synced::Failed(hub_failure(self.conn, doc, e)),
+            }
+        }
+        let author = Author {
+            user,
+            session: Some(self.session.session()),
+        };
+        let Some(attachment) = self.attachments.get_mut(&doc) else {
+            return Synced::Unavailable;
+        };
+        let live = Arc::clone(&attachment.live);
+        match self
+            .ctx
+            .hub
+            .apply(
+                &live,
+                &mut attachment.state,
+                message,
+                author,
+                self.conn,
+                wall,
+            )
+            .await
+        {
+            Ok(ticket) => Synced::Applied(ticket),
+            Err(HubError::Deleted) => {
+                self.detach(doc);
+                Synced::Deleted
+            }
+            Err(e) => Synced::Failed(hub_failure(self.conn, doc, e)),
+        }
+    }
+
+    fn reconcile(
+        &mut self,
+        doc: DocumentId,
+        storage_id: Option<String>,
+        wall: DateTime<Utc>,
+    ) -> Reconciled {
+        let attached = self.attachments.get(&doc).map(|a| Arc::clone(&a.live));
+        if attached.as_ref().is_some_and(|live| !live.is_current()) {
+            return Reconciled::Stale;
+        }
+        // The document may have been deleted, or may be one this peer asked
+        // for before anyone had it.
+        match self.ctx.hub.open(doc, self.session.user(), false, wall) {
+            Ok(Some(live)) => match &attached {
+                Some(current) if Arc::ptr_eq(current, &live) => {}
+                Some(_) => {
+                    self.detach(doc);
+                    return Reconciled::Gone;
+                }
+                None => self.attach(doc, live, storage_id.as_deref()),
+            },
+            Ok(None) => {
+                self.detach(doc);
+                return Reconciled::Gone;
+            }
+            Err(e) => return Reconciled::Failed(hub_failure(self.conn, doc, e)),
+        }
+        // The change that caused the notice was recorded before it was
+        // posted, so the newest ticket covers it.
+        Reconciled::Current(self.ctx.store.latest_ticket())
+    }
+
+    async fn generate(&mut self, doc: DocumentId) -> Generated {
+        let Some(attachment) = self.attachments.get_mut(&doc) else {
+            return Generated::Detached;
+        };
+        let live = Arc::clone(&attachment.live);
+        match self.ctx.hub.generate(&live, &mut attachment.state).await {
+            Ok(Generation::Message(message)) => Generated::Message(message),
+            Ok(Generation::Nothing) => Generated::Nothing,
+            Ok(Generation::NotDurable(ticket)) => Generated::NotDurable(ticket),
+            Err(e) => Generated::Failed(hub_failure(self.conn, doc, e)),
+        }
+    }
+
+    /// Ends the connection: saves sync states, drops subscriptions and the
+    /// peer-id binding. Idempotent; dropping the connection calls it too.
+    pub fn finish(&mut self) {
+        let storage = self.session.storage_id();
+        for (doc, attachment) in self.attachments.drain() {
+            self.ctx.hub.unsubscribe(&attachment.live, self.conn);
+            // A sync state of a copy loaded before the store failed may
+            // name changes that are lost: the peer starts afresh instead.
+            if let Some(storage) = &storage
+                && attachment.live.is_current()
+                && let Err(e) =
+                    self.ctx
+                        .store
+                        .put_sync_state(doc, storage, &attachment.state.encode())
+            {
+                tracing::warn!(error = ?e, %doc, "cannot save a sync state");
+            }
+        }
+        self.ctx.hub.stop_waiting(self.conn);
+        if let Some(peer_id) = self.bound_peer_id.take() {
+            self.ctx.registry.unbind(&peer_id, self.conn);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
