@@ -381,8 +381,7 @@ CdxStatus cdx_task_delete(const CdxClient *client, const char *task_id);
 
 // A task's change history, from the server (online only). `*out_json`:
 // `{"entries": [{"seq", "at", "user_id", "session_id", "fields": [...]}]}`,
-// oldest first
-// (the REST API's answer).
+// oldest first (the REST API's answer).
 //
 // # Safety
 // As for `cdx_task_get`.
