@@ -215,12 +215,17 @@ static const char *server_url;
 static const char *work_dir;
 static const char *email;
 
-static void open_device(Device *d, const char *name) {
-    char settings[2048];
-    snprintf(settings, sizeof settings,
+/* The settings of the device `name`: its own data directory under work_dir. */
+static void settings_of(const char *name, char *settings, size_t size) {
+    snprintf(settings, size,
              "{\"data_dir\":\"%s/%s\",\"server_url\":\"%s\",\"device_name\":\"%s\","
              "\"token_store\":\"file\"}",
              work_dir, name, server_url, name);
+}
+
+static void open_device(Device *d, const char *name) {
+    char settings[2048];
+    settings_of(name, settings, sizeof settings);
     d->name = name;
     OK(cdx_client_open(settings, &d->client), 0);
     CHECK(d->client != NULL, "no handle");
@@ -528,6 +533,12 @@ int main(int argc, char **argv) {
     s = auth_status(&a);
     CHECK(strstr(s, "\"state\":\"signed_in\"") && strstr(s, email), "reopened: %s", s);
     cdx_string_free(s);
+    /* One handle per data directory: a second open of it is refused. */
+    char settings[2048];
+    settings_of("laptop-a", settings, sizeof settings);
+    CdxClient *twice = NULL;
+    FAILS(cdx_client_open(settings, &twice), CDX_STATUS_STORAGE);
+    CHECK(twice == NULL, "a refused open left a handle");
 
     /* The access token expires; the next server call refreshes it unseen. */
     sleep((unsigned)token_ttl + 1);
