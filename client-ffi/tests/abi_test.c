@@ -4,6 +4,7 @@
  * (usually under valgrind).
  *
  * Usage: abi_test SERVER_URL WORK_DIR EMAIL ACCESS_TOKEN_TTL_SECS
+ *        abi_test --abi-version    (prints the library's ABI version)
  *
  * What only the harness can do (read a sign-in code from the server's mail,
  * stop and start the server, run the codeedex command line, list tasks over
@@ -508,6 +509,11 @@ static void bad_arguments(void) {
 /* ---- the stories ---- */
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--abi-version") == 0) {
+        /* The statically linked build's smoke test. */
+        printf("%u\n", cdx_abi_version());
+        return cdx_abi_version() == CDX_ABI_VERSION ? 0 : 1;
+    }
     CHECK(argc == 5, "usage: abi_test SERVER_URL WORK_DIR EMAIL ACCESS_TOKEN_TTL_SECS");
     server_url = argv[1];
     work_dir = argv[2];

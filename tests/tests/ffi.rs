@@ -43,50 +43,107 @@ fn client_ffi_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-ffi")
 }
 
-/// Compiles the C program against the header and the shared library.
-fn compile(out_dir: &Path) -> PathBuf {
+/// How the C program is linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linking {
+    /// Against `libcodeedex_ffi.so`, found through the program's rpath.
+    Shared,
+    /// Against `libcodeedex_ffi.a` (as an iOS app links it), with the
+    /// system libraries `rustc --print native-static-libs` names.
+    Static,
+}
+
+/// Compiles the C program against the header and the library.
+fn compile(out_dir: &Path, linking: Linking) -> PathBuf {
     // Built as this package's dependency, the C libraries stay in deps/
     // (only a build of client-ffi itself copies them one level up).
     let lib_dir = target_dir().join("deps");
-    let library = lib_dir.join(format!(
-        "{}codeedex_ffi{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
+    let library = lib_dir.join(match linking {
+        Linking::Shared => format!(
+            "{}codeedex_ffi{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        ),
+        Linking::Static => "libcodeedex_ffi.a".to_owned(),
+    });
     assert!(
         library.exists(),
         "{} is missing (Cargo builds it for this package's tests)",
         library.display()
     );
-    let program = out_dir.join("abi_test");
-    let output = std::process::Command::new("cc")
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-g",
-            "-O1",
-        ])
-        .arg("-I")
-        .arg(client_ffi_dir().join("include"))
-        .arg(client_ffi_dir().join("tests/abi_test.c"))
-        .arg("-o")
-        .arg(&program)
-        .arg("-L")
-        .arg(&lib_dir)
-        .arg("-lcodeedex_ffi")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+    let program = out_dir.join(match linking {
+        Linking::Shared => "abi_test",
+        Linking::Static => "abi_test_static",
+    });
+    let mut cc = std::process::Command::new("cc");
+    cc.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-g",
+        "-O1",
+    ])
+    .arg("-I")
+    .arg(client_ffi_dir().join("include"))
+    .arg(client_ffi_dir().join("tests/abi_test.c"))
+    .arg("-o")
+    .arg(&program);
+    match linking {
+        Linking::Shared => {
+            cc.arg("-L")
+                .arg(&lib_dir)
+                .arg("-lcodeedex_ffi")
+                .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+        }
+        Linking::Static => {
+            cc.arg(&library).args([
+                "-lgcc_s",
+                "-lutil",
+                "-lrt",
+                "-lpthread",
+                "-lm",
+                "-ldl",
+                "-lc",
+            ]);
+        }
+    }
+    let output = cc
         .arg("-pthread")
         .output()
         .expect("the system C compiler (cc) runs");
     assert!(
         output.status.success(),
-        "the C program does not compile:\n{}",
+        "the C program does not compile and link ({linking:?}):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     program
+}
+
+#[test]
+fn the_static_library_links_into_a_c_program() {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let program = compile(work.path(), Linking::Static);
+    let output = std::process::Command::new(&program)
+        .arg("--abi-version")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("the statically linked program runs");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        codeedex_ffi::CDX_ABI_VERSION.to_string()
+    );
+    // Nothing of the library is loaded at run time.
+    let ldd = std::process::Command::new("ldd")
+        .arg(&program)
+        .output()
+        .expect("ldd runs");
+    assert!(
+        !String::from_utf8_lossy(&ldd.stdout).contains("codeedex_ffi"),
+        "the static build still loads the shared library"
+    );
 }
 
 /// The `codeedex` command line built for these tests.
@@ -206,7 +263,7 @@ fn valgrind_wanted() -> bool {
 #[tokio::test]
 async fn a_c_program_signs_in_syncs_converges_and_agrees_with_the_cli_under_valgrind() {
     let work = tempfile::tempdir().expect("a temporary directory");
-    let program = compile(work.path());
+    let program = compile(work.path(), Linking::Shared);
     let mut app =
         spawn_app_with(AppConfig::default().with("--access-token-ttl-secs", ACCESS_TOKEN_TTL_SECS))
             .await;
