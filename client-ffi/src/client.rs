@@ -28,6 +28,14 @@ pub struct CdxClient {
     events: EventPump,
 }
 
+// The header promises that one handle may be used from many threads at
+// once (the app's and the event thread): that holds only while the handle
+// is Send and Sync, which this checks at compile time.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<CdxClient>();
+};
+
 /// The settings of `cdx_client_open`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -73,6 +73,8 @@ impl EventPump {
                     loop {
                         let next = runtime.block_on(async {
                             tokio::select! {
+                                // Closing wins over events still waiting.
+                                biased;
                                 _ = stop.notified() => None,
                                 event = stream.next() => event,
                             }
