@@ -1,4 +1,5 @@
-//! Counters exported at `/metrics` in the Prometheus text format.
+//! Counters exported at `/metrics` in the Prometheus text format, with the
+//! gauges the caller reads at that moment.
 //!
 //! A handful of monotonic counters do not justify a metrics framework: each is
 //! an atomic, and rendering is one `writeln!` per counter.
@@ -15,8 +16,9 @@ macro_rules! counters {
         }
 
         impl Metrics {
-            /// Renders every counter in the Prometheus text exposition format.
-            pub(crate) fn render(&self) -> String {
+            /// Renders every counter, then the gauges, in the Prometheus
+            /// text exposition format.
+            pub(crate) fn render(&self, gauges: &[Gauge]) -> String {
                 let mut out = String::new();
                 $(
                     let name = concat!("codeedex_", stringify!($name), "_total");
@@ -25,10 +27,27 @@ macro_rules! counters {
                     let _ = writeln!(out, "# TYPE {name} counter");
                     let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
                 )*
+                for gauge in gauges {
+                    let name = gauge.name;
+                    let _ = writeln!(out, "# HELP {name} {}", gauge.help);
+                    let _ = writeln!(out, "# TYPE {name} gauge");
+                    let _ = writeln!(out, "{name} {}", gauge.value);
+                }
                 out
             }
         }
     };
+}
+
+/// A value read when `/metrics` is rendered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gauge {
+    /// Its full name.
+    pub(crate) name: &'static str,
+    /// What it measures.
+    pub(crate) help: &'static str,
+    /// Its value now.
+    pub(crate) value: u64,
 }
 
 counters! {
@@ -69,9 +88,16 @@ mod tests {
     fn counters_render_in_prometheus_format() {
         let m = Metrics::default();
         Metrics::bump(&m.otp_verified);
-        let text = m.render();
+        let text = m.render(&[Gauge {
+            name: "codeedex_sync_connections",
+            help: "Sync connections open now.",
+            value: 3,
+        }]);
         assert!(text.contains(
             "# TYPE codeedex_otp_verified_total counter\ncodeedex_otp_verified_total 1\n"
         ));
+        assert!(
+            text.contains("# TYPE codeedex_sync_connections gauge\ncodeedex_sync_connections 3\n")
+        );
     }
 }

@@ -449,9 +449,7 @@ impl World {
                     panic!("the server closed device {i}'s connection: {code} {reason}")
                 }
                 Effect::Bind { .. } => connection.session.bound(Bound::Bound),
-                Effect::Sync {
-                    doc, kind, message, ..
-                } => {
+                Effect::Sync { doc, kind, message } => {
                     if !connection.attached.contains_key(&doc) {
                         let may_create = kind == SyncKind::Sync;
                         let available = match hub.docs.get(&doc) {
@@ -490,7 +488,7 @@ impl World {
                     connection.waiting.insert(doc);
                     continue;
                 }
-                Effect::Reconcile { doc, .. } => {
+                Effect::Reconcile(doc) => {
                     let outcome = match hub.docs.get(&doc) {
                         Some(held) if held.owner == user() => {
                             connection

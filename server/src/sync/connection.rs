@@ -314,13 +314,8 @@ impl Connection {
                     break;
                 }
                 Effect::Bind { peer_id } => self.bind(peer_id),
-                Effect::Sync {
-                    doc,
-                    kind,
-                    message,
-                    storage_id,
-                } => {
-                    let outcome = self.sync(doc, kind, message, storage_id, wall).await;
+                Effect::Sync { doc, kind, message } => {
+                    let outcome = self.sync(doc, kind, message, wall).await;
                     self.session.synced(doc, kind, outcome)
                 }
                 Effect::WaitFor(doc) => {
@@ -329,8 +324,8 @@ impl Connection {
                         .wait_for(doc, self.session.user(), self.conn, self.mailbox());
                     continue;
                 }
-                Effect::Reconcile { doc, storage_id } => {
-                    let outcome = self.reconcile(doc, storage_id, wall);
+                Effect::Reconcile(doc) => {
+                    let outcome = self.reconcile(doc, wall);
                     self.session.reconciled(doc, outcome)
                 }
                 Effect::Generate(doc) => {
@@ -397,9 +392,9 @@ impl Connection {
     }
 
     /// The peer's saved sync state of `doc`, or a fresh one.
-    fn initial_state(&self, doc: DocumentId, storage_id: Option<&str>) -> sync::State {
-        if let Some(storage) = storage_id
-            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, storage)
+    fn initial_state(&self, doc: DocumentId) -> sync::State {
+        if let Some(storage) = self.session.storage_id()
+            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, &storage)
             && let Ok(state) = sync::State::decode(&bytes)
         {
             return state;
@@ -409,9 +404,9 @@ impl Connection {
 
     /// Attaches `live` to this connection: subscribes to its changes and
     /// restores the peer's sync state.
-    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>, storage_id: Option<&str>) {
+    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>) {
         self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
-        let state = self.initial_state(doc, storage_id);
+        let state = self.initial_state(doc);
         self.attachments.insert(doc, Attachment { live, state });
     }
 
@@ -426,14 +421,13 @@ impl Connection {
         doc: DocumentId,
         kind: SyncKind,
         message: sync::Message,
-        storage_id: Option<String>,
         wall: DateTime<Utc>,
     ) -> Synced {
         let user = self.session.user();
         if !self.attachments.contains_key(&doc) {
             let create = kind == SyncKind::Sync;
             match self.ctx.hub.open(doc, user, create, wall) {
-                Ok(Some(live)) => self.attach(doc, live, storage_id.as_deref()),
+                Ok(Some(live)) => self.attach(doc, live),
                 Ok(None) => return Synced::Unavailable,
                 Err(e) => return Synced::Failed(hub_failure(self.conn, doc, e)),
             }
@@ -468,12 +462,7 @@ impl Connection {
         }
     }
 
-    fn reconcile(
-        &mut self,
-        doc: DocumentId,
-        storage_id: Option<String>,
-        wall: DateTime<Utc>,
-    ) -> Reconciled {
+    fn reconcile(&mut self, doc: DocumentId, wall: DateTime<Utc>) -> Reconciled {
         let attached = self.attachments.get(&doc).map(|a| Arc::clone(&a.live));
         if attached.as_ref().is_some_and(|live| !live.is_current()) {
             return Reconciled::Stale;
@@ -487,7 +476,7 @@ impl Connection {
                     self.detach(doc);
                     return Reconciled::Gone;
                 }
-                None => self.attach(doc, live, storage_id.as_deref()),
+                None => self.attach(doc, live),
             },
             Ok(None) => {
                 self.detach(doc);

@@ -66,9 +66,8 @@ pub enum Effect {
         peer_id: String,
     },
     /// Apply a peer's sync message to the document, attaching the document
-    /// to this connection first if it is not yet (with its saved sync state
-    /// under `storage_id`, when there is one); answer with
-    /// [`Session::synced`].
+    /// to this connection first if it is not yet (with the peer's saved sync
+    /// state, see [`Session::storage_id`]); answer with [`Session::synced`].
     Sync {
         /// The document.
         doc: DocumentId,
@@ -76,20 +75,13 @@ pub enum Effect {
         kind: SyncKind,
         /// The admitted message.
         message: sync::Message,
-        /// Where the peer's sync states are saved, if it persists them.
-        storage_id: Option<String>,
     },
     /// Tell this connection when somebody makes `doc` available.
     WaitFor(DocumentId),
-    /// A change notice for `doc` arrived: check that the connection may
-    /// still sync it (attaching it if it was waited for); answer with
+    /// A change notice for the document arrived: check that the connection
+    /// may still sync it (attaching it if it was waited for); answer with
     /// [`Session::reconciled`].
-    Reconcile {
-        /// The document.
-        doc: DocumentId,
-        /// Where the peer's sync states are saved, if it persists them.
-        storage_id: Option<String>,
-    },
+    Reconcile(DocumentId),
     /// Generate the document's next message for this peer; answer with
     /// [`Session::generated`].
     Generate(DocumentId),
@@ -586,12 +578,7 @@ impl Session {
         if !self.attached.contains(&doc) && self.over_document_limit(doc) {
             return fail(close::LIMIT, "too many documents on one connection");
         }
-        vec![Effect::Sync {
-            doc,
-            kind,
-            message,
-            storage_id: self.storage_id(),
-        }]
+        vec![Effect::Sync { doc, kind, message }]
     }
 
     /// The answer to [`Effect::Sync`].
@@ -729,10 +716,7 @@ impl Session {
                 effects.extend(fail(close::LIMIT, "too many documents on one connection"));
                 break;
             }
-            effects.push(Effect::Reconcile {
-                doc,
-                storage_id: self.storage_id(),
-            });
+            effects.push(Effect::Reconcile(doc));
         }
         effects
     }

@@ -445,3 +445,28 @@ async fn edits_racing_a_rest_delete_do_not_bring_the_task_back_into_the_list() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_show_open_sync_connections_and_documents_held_in_memory() {
+    let app = spawn_app().await;
+    assert_eq!(app.metric("codeedex_sync_connections").await, 0);
+    let mut a = joined(&app, "ann@example.com", "ann-a").await;
+    let id = fresh_id();
+    a.create(id, |d| task(d, "held in memory", ""));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    assert_eq!(app.metric("codeedex_sync_connections").await, 1);
+    assert!(
+        app.metric("codeedex_documents_in_memory").await >= 1,
+        "the synced document is not counted in memory"
+    );
+    a.close().await;
+    // The count drops once the connection's task has ended.
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.metric("codeedex_sync_connections").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed connection is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
