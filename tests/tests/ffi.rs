@@ -319,6 +319,8 @@ async fn a_c_program_signs_in_syncs_converges_and_agrees_with_the_cli_under_valg
     let conversation = tokio::time::timeout(PROGRAM_TIMEOUT, async {
         let mut done = false;
         let mut rest = None;
+        // Sign-ins that needed a code: the program's, the CLI's, REST's.
+        let mut codes_wanted = 0;
         while let Some(line) = stdout
             .next_line()
             .await
@@ -327,6 +329,12 @@ async fn a_c_program_signs_in_syncs_converges_and_agrees_with_the_cli_under_valg
             if line == "DONE" {
                 done = true;
             } else if let Some(request) = line.strip_prefix("REQ ") {
+                if request.starts_with("code\t")
+                    || request == "cli-login"
+                    || (request == "rest-list" && rest.is_none())
+                {
+                    codes_wanted += 1;
+                }
                 let reply = match answer(&mut app, &cli, &mut rest, request).await {
                     Ok(reply) => reply,
                     Err(e) => format!("ERR {e}"),
@@ -339,7 +347,7 @@ async fn a_c_program_signs_in_syncs_converges_and_agrees_with_the_cli_under_valg
                 eprintln!("[abi_test] {line}");
             }
         }
-        done
+        (done, codes_wanted)
     })
     .await;
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
@@ -347,13 +355,20 @@ async fn a_c_program_signs_in_syncs_converges_and_agrees_with_the_cli_under_valg
     let valgrind_text = std::fs::read_to_string(&valgrind_log).unwrap_or_default();
     let report =
         format!("the program's standard error:\n{stderr_text}\nvalgrind's log:\n{valgrind_text}");
-    let finished = conversation.unwrap_or_else(|_| panic!("the program ran too long\n{report}"));
+    let (finished, codes_wanted) =
+        conversation.unwrap_or_else(|_| panic!("the program ran too long\n{report}"));
     let status = status
         .unwrap_or_else(|_| panic!("the program did not exit\n{report}"))
         .expect("the program's status");
     assert!(finished, "the program stopped before its end\n{report}");
     assert!(status.success(), "the program failed: {status}\n{report}");
     eprintln!("{stderr_text}");
+    // Reopening a client, refreshing tokens, syncing: none of it sent a code.
+    assert_eq!(
+        app.mail.messages().len(),
+        codes_wanted,
+        "codes were sent that no sign-in asked for"
+    );
     if valgrind_wanted() {
         // The exit code (97) would have said so too; the summary proves that
         // valgrind ran and looked.
