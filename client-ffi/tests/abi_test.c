@@ -707,6 +707,20 @@ int main(int argc, char **argv) {
           "history: %s", s);
     cdx_string_free(s);
 
+    /* Live sync stops and starts again: B, stopped, is offline; started,
+     * it catches up with what A made meanwhile. */
+    OK(cdx_sync_stop(b.client), 0);
+    s = sync_status(&b);
+    CHECK(strstr(s, "\"state\":\"offline\""), "stopped: %s", s);
+    cdx_string_free(s);
+    char *later = call_json(cdx_task_create(a.client, "{\"title\":\"while B rested\"}", &out),
+                            &out);
+    char *later_id = string_field(later, "id");
+    cdx_string_free(later);
+    OK(cdx_sync_start(b.client), 0);
+    wait_event(&b, "\"event\":\"task_added\"", later_id, "\"origin\":\"remote\"");
+    free(later_id);
+
     /* Sessions: A revokes B; B's refresh is refused and its callback says
      * signed out. */
     char *sessions = call_json(cdx_sessions(a.client, &out), &out);
@@ -721,6 +735,9 @@ int main(int argc, char **argv) {
     wait_event(&b, "\"event\":\"auth_status\"", "logged_out", NULL);
     wait_sync_state(&b, "\"state\":\"signed_out\"");
     s = auth_status(&b);
+    CHECK(strstr(s, "\"state\":\"signed_out\""), "%s", s);
+    cdx_string_free(s);
+    s = call_json(cdx_auth_check(b.client, &out), &out);
     CHECK(strstr(s, "\"state\":\"signed_out\""), "%s", s);
     cdx_string_free(s);
     /* B keeps its tasks. */
