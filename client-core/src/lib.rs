@@ -1,8 +1,8 @@
 //! The offline-first CodeeDex client: tasks on this device, in sync with
 //! the server whenever it is reachable.
 //!
-//! Every front end (the `codeedex` command line now; desktop, web and mobile
-//! later) uses one [`Client`] per device and data directory:
+//! Every front end (the `codeedex` command line in `cli/` now; desktop, web
+//! and mobile later) uses one [`Client`] per device and data directory:
 //!
 //! - **Tasks** ([`Client::create_task`], [`Client::list_tasks`],
 //!   [`Client::update_task`], [`Client::complete_task`],
@@ -41,20 +41,22 @@
 //! ```
 //!
 //! # Modules
-//! `client` (the handle), `tasks` (inputs and filters), `replicas` (the
+//! `client` (the handle), `device` (the state of one data directory that
+//! the handle and the sync engine share), `tasks` (inputs and filters), `replicas` (the
 //! documents in memory), `store` (the only module that names sled),
 //! `sync` (the pure protocol machine, backoff, and its async driver),
 //! `transport` (the only module that names tungstenite), `api` (REST),
 //! `auth` (token refresh), `token_store` (keyring or file), `events`,
-//! `config`, `error`, and [`cli`] (the `codeedex` command).
+//! `config` and `error`. The `codeedex` command line is a crate of its own
+//! (`cli/`), so this library depends on no CLI machinery.
 
 #![warn(missing_docs)]
 
 mod api;
 mod auth;
-pub mod cli;
 mod client;
 mod config;
+mod device;
 mod error;
 mod events;
 mod replicas;

@@ -81,7 +81,7 @@ fn doc_id(key: &[u8]) -> Result<DocumentId, StoreError> {
     let bytes: [u8; 16] = key
         .try_into()
         .map_err(|_| StoreError::Corrupt("document key"))?;
-    Ok(DocumentId::from_random_bytes(bytes))
+    Ok(DocumentId::from_bytes(bytes))
 }
 
 /// How long an open waits for a just-closed handle to release the lock.

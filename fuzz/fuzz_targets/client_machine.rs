@@ -11,6 +11,10 @@
 //!
 //! Properties: nothing panics; every message the client sends encodes and
 //! decodes back to itself; every sync state it asks to save decodes.
+//!
+//! The file is longer than 600 lines on purpose: a cargo-fuzz target is one
+//! file, and the small server it talks to is part of the harness, kept here
+//! so that the fuzz crate depends on nothing test-only.
 
 #![no_main]
 

@@ -128,6 +128,13 @@ impl DocumentId {
         Self(bytes)
     }
 
+    /// Rebuilds a document id from bytes produced by [`Self::as_bytes`]
+    /// (a storage key, for example). Unlike [`Self::from_random_bytes`],
+    /// which names where fresh bytes come from, this names a round trip.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The 16 bytes behind the id.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0

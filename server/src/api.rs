@@ -7,10 +7,10 @@
 mod account;
 mod auth_routes;
 mod caller;
-mod client;
 mod health;
 mod json_body;
 mod openapi;
+mod origin;
 pub(crate) mod problem;
 mod sync_socket;
 mod tasks;
@@ -25,6 +25,7 @@ use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::connection::PeerContext;
+use crate::tasks::Tasks;
 
 /// Request bodies of the auth endpoints are capped at this many bytes.
 pub const MAX_JSON_BODY: usize = 16 * 1024;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Documents, peer bindings and sync limits.
     pub sync: PeerContext,
+    /// Creating, listing, changing and deleting tasks over REST.
+    pub tasks: Tasks,
     /// Numbers sync connections.
     pub next_connection: AtomicU64,
     /// Origins allowed to open sync sockets; empty allows any.
@@ -51,21 +54,6 @@ pub struct AppState {
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// Paces new sync connections and caps how many are open.
     pub connection_gate: std::sync::Mutex<crate::sync::gate::ConnectionGate>,
-}
-
-impl AppState {
-    /// The user's root document, created on first use with a fresh id.
-    pub async fn root_document(
-        &self,
-        user: codeedex_schema::id::UserId,
-    ) -> Result<codeedex_schema::id::DocumentId, crate::sync::hub::HubError> {
-        let fresh =
-            codeedex_schema::id::DocumentId::from_random_bytes(crate::auth::keys::random_bytes());
-        self.sync
-            .hub
-            .ensure_root(user, fresh, chrono::Utc::now())
-            .await
-    }
 }
 
 /// A running HTTP server; awaiting it waits until it has stopped (after

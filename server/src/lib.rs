@@ -27,4 +27,5 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod sync;
+pub(crate) mod tasks;
 pub(crate) mod telemetry;

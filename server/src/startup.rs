@@ -25,6 +25,7 @@ use crate::sync::connection::PeerContext;
 use crate::sync::gate::ConnectionGate;
 use crate::sync::hub::DocumentHub;
 use crate::sync::registry::PeerRegistry;
+use crate::tasks::Tasks;
 use crate::telemetry;
 
 /// A built server, bound and ready to run.
@@ -101,6 +102,7 @@ impl Application {
         let state = AppState {
             auth,
             sync,
+            tasks: Tasks::new(Arc::clone(&hub), store.clone()),
             next_connection: Default::default(),
             allowed_origins: settings.allowed_origins.clone(),
             store: store.clone(),
@@ -115,8 +117,12 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
-        let server =
-            api::http_server(listener, state, settings.workers, settings.shutdown_timeout)?;
+        let server = api::http_server(
+            listener,
+            state,
+            settings.workers,
+            settings.shutdown_timeout.as_std(),
+        )?;
         tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
         Ok(Self {
             port: address.port(),
@@ -124,8 +130,8 @@ impl Application {
             store,
             hub,
             registry,
-            document_idle: settings.document_idle,
-            shutdown_timeout: settings.shutdown_timeout,
+            document_idle: settings.document_idle.as_std(),
+            shutdown_timeout: settings.shutdown_timeout.as_std(),
             shutting_down,
         })
     }
@@ -171,8 +177,8 @@ impl Application {
                 if left > 0 {
                     tracing::warn!(sync_connections = left, "sync connections still open at the shutdown deadline");
                 }
-                // Stop accepting and let requests in flight finish (actix
-                // waits for them up to the same timeout). The server future
+                // Stop accepting and let requests in flight finish (the
+                // HTTP server waits for them up to the same timeout). The server future
                 // must go on being polled for the stop to complete.
                 let ((), served) = tokio::join!(handle.stop(true), server);
                 served

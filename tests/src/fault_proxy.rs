@@ -39,6 +39,10 @@
 //! Any client can be put behind it: the JS client through the port in its
 //! `ws://` URL, client-core through its server URL, `SyncPeer` through the
 //! port it connects to.
+//!
+//! The file is longer than 600 lines because every fault acts on the same
+//! forwarding loop of one connection; it holds that loop, the handle that
+//! switches the faults, and their tests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -19,6 +19,10 @@
 //! command lines longer than [`MAX_COMMAND_LINE`] 500, messages with a text line longer
 //! than [`MAX_TEXT_LINE`] 554 and messages larger than [`MAX_MESSAGE_SIZE`] 552. No TLS,
 //! no AUTH, no PIPELINING advertised (pipelined commands are still answered in order).
+//!
+//! The file is longer than 600 lines because it is one protocol server with
+//! its tests: splitting the SMTP session from its reader would only spread
+//! one state machine over two files.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};

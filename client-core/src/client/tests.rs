@@ -1,8 +1,14 @@
 //! The handle's offline task operations, on a real local store.
 
+use std::time::Duration;
+
+use codeedex_schema::api::tasks::UpdateTask;
+use codeedex_schema::id::DocumentId;
+
 use super::*;
 use crate::config::TokenStorage;
-use crate::tasks::StatusFilter;
+use crate::events::{AuthStatus, ChangeOrigin, ClientEvent};
+use crate::tasks::{NewTask, StatusFilter, TaskFilter};
 
 fn open(dir: &std::path::Path) -> Client {
     let mut config = ClientConfig::new(dir, "http://127.0.0.1:9");

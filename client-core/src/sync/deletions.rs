@@ -15,20 +15,20 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 
-use crate::client::Shared;
+use crate::device::Device;
 use crate::error::ClientError;
 use crate::events::{ClientEvent, SyncStatus};
 
 /// Runs until told to stop (alongside the engine).
-pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut events = shared.events.subscribe();
+pub(crate) async fn run(device: Arc<Device>, mut stop: watch::Receiver<bool>) {
+    let mut events = device.subscribe();
     loop {
-        tell_server(&shared).await;
+        tell_server(&device).await;
         // Wait for a reason to try again.
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = shared.deletions_made.notified() => break,
+                _ = device.deletion_recorded() => break,
                 event = events.recv() => match event {
                     Ok(ClientEvent::SyncStatus { status: SyncStatus::UpToDate { .. } })
                     | Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -42,11 +42,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// Sends every recorded deletion; stops at the first that fails for
 /// another reason than the task being gone already.
-async fn tell_server(shared: &Shared) {
-    if !shared.auth.is_logged_in() {
+async fn tell_server(device: &Device) {
+    if !device.auth().is_logged_in() {
         return;
     }
-    let pending = match shared.store.deletions() {
+    let pending = match device.store().deletions() {
         Ok(pending) => pending,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the deletions to send");
@@ -57,12 +57,12 @@ async fn tell_server(shared: &Shared) {
         return;
     }
     for id in pending {
-        let Ok(token) = shared.auth.access_token(Utc::now()).await else {
+        let Ok(token) = device.auth().access_token(Utc::now()).await else {
             return;
         };
-        match shared.auth.api().delete_task(&token, id).await {
+        match device.auth().api().delete_task(&token, id).await {
             Ok(()) | Err(ClientError::Server { status: 404, .. }) => {
-                if let Err(e) = shared.store.remove_deletion(id) {
+                if let Err(e) = device.store().remove_deletion(id) {
                     tracing::warn!(error = %e, doc = %id, "cannot forget a sent deletion");
                 }
             }
@@ -72,7 +72,7 @@ async fn tell_server(shared: &Shared) {
             }
         }
     }
-    if let Err(e) = shared.store.flush_async().await {
+    if let Err(e) = device.store().flush_async().await {
         tracing::warn!(error = %e, "cannot flush the local store");
     }
 }

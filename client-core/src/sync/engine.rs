@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::machine::{Effect, SyncMachine};
-use crate::client::Shared;
+use crate::device::Device;
 use crate::error::ClientError;
 use crate::events::SyncStatus;
 use crate::store::meta_key;
@@ -59,10 +59,10 @@ impl EngineHandle {
 }
 
 /// Starts the engine of a client on the current runtime.
-pub(crate) fn start(shared: Arc<Shared>) -> EngineHandle {
+pub(crate) fn start(device: Arc<Device>) -> EngineHandle {
     let (stop, stopped) = watch::channel(false);
-    let deletions = tokio::spawn(super::deletions::run(Arc::clone(&shared), stop.subscribe()));
-    let task = tokio::spawn(run(shared, stopped));
+    let deletions = tokio::spawn(super::deletions::run(Arc::clone(&device), stop.subscribe()));
+    let task = tokio::spawn(run(device, stopped));
     EngineHandle {
         stop,
         task,
@@ -76,10 +76,10 @@ enum Ended {
     Closed { code: Option<u16>, reason: String },
 }
 
-fn record_failure(shared: &Shared, why: String) {
+fn record_failure(device: &Device, why: String) {
     tracing::info!(%why, "sync connection failed");
-    *shared.last_error.lock().expect("never poisoned") = Some(why);
-    shared.set_status(SyncStatus::Offline);
+    device.set_last_error(Some(why));
+    device.set_status(SyncStatus::Offline);
 }
 
 /// Sleeps for `delay` unless told to stop; returns true when told to stop.
@@ -90,66 +90,61 @@ async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     }
 }
 
-async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let saved = shared.store.sync_states().unwrap_or_else(|e| {
+async fn run(device: Arc<Device>, mut stop: watch::Receiver<bool>) {
+    let saved = device.store().sync_states().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the saved sync states; syncing from scratch");
         Vec::new()
     });
-    let cursor = shared.store.meta_u64(meta_key::CURSOR).unwrap_or(0);
+    let cursor = device.store().meta_u64(meta_key::CURSOR).unwrap_or(0);
     let mut machine = SyncMachine::new(
-        shared.peer_id.clone(),
-        shared.storage_id.clone(),
+        device.peer_id().to_owned(),
+        device.storage_id().to_owned(),
         saved,
         cursor,
     );
     let mut backoff = Backoff::default();
-    let mut auth_changes = shared.auth.watch();
+    let mut auth_changes = device.auth().watch();
     loop {
         if *stop.borrow() {
             break;
         }
-        let has_root = shared
-            .replicas
-            .lock()
-            .expect("never poisoned")
-            .root()
-            .is_some();
-        if !shared.auth.is_logged_in() || !has_root {
-            shared.set_status(SyncStatus::Offline);
+        let has_root = device.replicas().root().is_some();
+        if !device.auth().is_logged_in() || !has_root {
+            device.set_status(SyncStatus::Offline);
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = auth_changes.changed() => {}
             }
             continue;
         }
-        shared.set_status(SyncStatus::Connecting);
-        let token = match shared.auth.access_token(Utc::now()).await {
+        device.set_status(SyncStatus::Connecting);
+        let token = match device.auth().access_token(Utc::now()).await {
             Ok(token) => token,
             Err(ClientError::SessionEnded) => {
-                shared.logged_out();
+                device.logged_out();
                 continue;
             }
             Err(ClientError::NotLoggedIn) => continue,
             Err(e) => {
-                record_failure(&shared, e.to_string());
+                record_failure(&device, e.to_string());
                 if pause(&mut stop, backoff.next_delay(rand::random())).await {
                     break;
                 }
                 continue;
             }
         };
-        let url = transport::sync_url(&shared.config.server_url);
+        let url = transport::sync_url(&device.config().server_url);
         let mut connection = match transport::connect(&url, &token, CONNECT_TIMEOUT).await {
             Ok(connection) => connection,
             Err(e) => {
-                record_failure(&shared, e.to_string());
+                record_failure(&device, e.to_string());
                 let delay = match e {
                     ConnectError::Refused { status: 401, .. } => {
                         // The token was refused: a refresh tells whether the session lives.
                         if let Err(ClientError::SessionEnded) =
-                            shared.auth.refresh(Some(&token)).await
+                            device.auth().refresh(Some(&token)).await
                         {
-                            shared.logged_out();
+                            device.logged_out();
                             continue;
                         }
                         backoff.next_delay(rand::random())
@@ -175,9 +170,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         };
-        *shared.last_error.lock().expect("never poisoned") = None;
+        device.set_last_error(None);
         let ended = drive(
-            &shared,
+            &device,
             &mut machine,
             &mut connection,
             &mut stop,
@@ -187,7 +182,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         )
         .await;
         machine.disconnected();
-        if let Err(e) = shared.store.flush_async().await {
+        if let Err(e) = device.store().flush_async().await {
             tracing::warn!(error = %e, "cannot flush the local store");
         }
         match ended {
@@ -197,11 +192,11 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Ended::LoggedOut => {
                 connection.close().await;
-                shared.set_status(SyncStatus::Offline);
+                device.set_status(SyncStatus::Offline);
             }
             Ended::Closed { code, reason } => {
                 record_failure(
-                    &shared,
+                    &device,
                     if reason.is_empty() {
                         "the connection closed".to_owned()
                     } else {
@@ -212,8 +207,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     Some(close::TOKEN_EXPIRED) => {
                         // Reconnect at once; the loop refreshes the token first.
                     }
-                    Some(close::SESSION_ENDED) => match shared.auth.refresh(None).await {
-                        Err(ClientError::SessionEnded) => shared.logged_out(),
+                    Some(close::SESSION_ENDED) => match device.auth().refresh(None).await {
+                        Err(ClientError::SessionEnded) => device.logged_out(),
                         Ok(_) | Err(ClientError::NotLoggedIn) => {}
                         Err(_) => {
                             if pause(&mut stop, backoff.next_delay(rand::random())).await {
@@ -230,15 +225,15 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    shared.set_status(SyncStatus::Offline);
-    if let Err(e) = shared.store.flush_async().await {
+    device.set_status(SyncStatus::Offline);
+    if let Err(e) = device.store().flush_async().await {
         tracing::warn!(error = %e, "cannot flush the local store");
     }
 }
 
 /// Performs effects; fails only when the connection does.
 async fn perform(
-    shared: &Shared,
+    device: &Device,
     connection: &mut Connection,
     effects: Vec<Effect>,
 ) -> Result<(), Ended> {
@@ -252,53 +247,53 @@ async fn perform(
                     .map_err(|reason| Ended::Closed { code: None, reason })?;
             }
             Effect::SaveDocument(id) => {
-                let replicas = shared.replicas.lock().expect("never poisoned");
-                if let Err(e) = shared.save_documents(&replicas, &[id]) {
+                let replicas = device.replicas();
+                if let Err(e) = device.save_documents(&replicas, &[id]) {
                     tracing::warn!(error = %e, doc = %id, "cannot save a document");
                 }
                 saved = true;
             }
             Effect::SaveSyncState(id, bytes) => {
-                if let Err(e) = shared.store.put_sync_state(id, &bytes) {
+                if let Err(e) = device.store().put_sync_state(id, &bytes) {
                     tracing::warn!(error = %e, doc = %id, "cannot save a sync state");
                 }
                 saved = true;
             }
             Effect::SaveUnlisted => {
-                let unlisted = shared.replicas.lock().expect("never poisoned").unlisted();
-                if let Err(e) = shared.store.put_unlisted(&unlisted) {
+                let unlisted = device.replicas().unlisted();
+                if let Err(e) = device.store().put_unlisted(&unlisted) {
                     tracing::warn!(error = %e, "cannot save the waiting tasks");
                 }
                 saved = true;
             }
             Effect::SaveCursor(cursor) => {
-                if let Err(e) = shared.store.put_meta_u64(meta_key::CURSOR, cursor) {
+                if let Err(e) = device.store().put_meta_u64(meta_key::CURSOR, cursor) {
                     tracing::warn!(error = %e, "cannot save the catch-up cursor");
                 }
                 saved = true;
             }
-            Effect::Emit(event) => shared.emit(event),
+            Effect::Emit(event) => device.emit(event),
             Effect::ServerError(message) => {
                 tracing::warn!(%message, "the server reported an error");
-                *shared.last_error.lock().expect("never poisoned") = Some(message);
+                device.set_last_error(Some(message));
             }
         }
     }
-    if saved && let Err(e) = shared.store.flush_async().await {
+    if saved && let Err(e) = device.store().flush_async().await {
         tracing::warn!(error = %e, "cannot flush the local store");
     }
     Ok(())
 }
 
-fn update_status(shared: &Shared, machine: &SyncMachine) {
+fn update_status(device: &Device, machine: &SyncMachine) {
     if !machine.is_joined() {
-        shared.set_status(SyncStatus::Connecting);
+        device.set_status(SyncStatus::Connecting);
         return;
     }
     // Local changes the loop has not picked up yet count too.
-    let waiting = shared.dirty.lock().expect("never poisoned").len();
-    let pending = machine.pending(&shared.replicas.lock().expect("never poisoned")) + waiting;
-    shared.set_status(if pending == 0 {
+    let waiting = device.changed_count();
+    let pending = machine.pending(&device.replicas()) + waiting;
+    device.set_status(if pending == 0 {
         SyncStatus::UpToDate {
             last_sync: Utc::now(),
         }
@@ -309,7 +304,7 @@ fn update_status(shared: &Shared, machine: &SyncMachine) {
 
 /// Runs one connection until it ends.
 async fn drive(
-    shared: &Shared,
+    device: &Device,
     machine: &mut SyncMachine,
     connection: &mut Connection,
     stop: &mut watch::Receiver<bool>,
@@ -318,14 +313,14 @@ async fn drive(
     mut token: String,
 ) -> Ended {
     let effects = machine.connected();
-    if let Err(ended) = perform(shared, connection, effects).await {
+    if let Err(ended) = perform(device, connection, effects).await {
         return ended;
     }
     let join_deadline = Instant::now() + JOIN_TIMEOUT;
     let mut refresh_not_before = Instant::now();
     loop {
-        let refresh_in = shared
-            .auth
+        let refresh_in = device
+            .auth()
             .refresh_due()
             .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::from_secs(3600));
@@ -333,18 +328,18 @@ async fn drive(
         let effects = tokio::select! {
             incoming = connection.next() => match incoming {
                 Incoming::Message(message) => {
-                    let mut replicas = shared.replicas.lock().expect("never poisoned");
+                    let mut replicas = device.replicas();
                     machine.receive(message, &mut replicas)
                 }
                 Incoming::Closed { code, reason } => return Ended::Closed { code, reason },
             },
-            () = shared.dirty_notify.notified() => {
-                let ids: Vec<_> = std::mem::take(&mut *shared.dirty.lock().expect("never poisoned")).into_iter().collect();
-                let mut replicas = shared.replicas.lock().expect("never poisoned");
+            () = device.local_change() => {
+                let ids = device.take_changed();
+                let mut replicas = device.replicas();
                 machine.local_change(&ids, &mut replicas)
             }
             () = tokio::time::sleep_until(refresh_at) => {
-                match shared.auth.access_token(Utc::now()).await {
+                match device.auth().access_token(Utc::now()).await {
                     Ok(fresh) if fresh != token => {
                         token = fresh;
                         machine.token_refreshed(&token).into_iter().collect()
@@ -354,7 +349,7 @@ async fn drive(
                         Vec::new()
                     }
                     Err(ClientError::SessionEnded) => {
-                        shared.logged_out();
+                        device.logged_out();
                         return Ended::LoggedOut;
                     }
                     Err(ClientError::NotLoggedIn) => return Ended::LoggedOut,
@@ -367,7 +362,7 @@ async fn drive(
             }
             _ = stop.changed() => return Ended::Stopped,
             _ = auth_changes.changed() => {
-                if !shared.auth.is_logged_in() {
+                if !device.auth().is_logged_in() {
                     return Ended::LoggedOut;
                 }
                 Vec::new()
@@ -376,12 +371,12 @@ async fn drive(
                 return Ended::Closed { code: None, reason: "the server did not answer join".to_owned() };
             }
         };
-        if let Err(ended) = perform(shared, connection, effects).await {
+        if let Err(ended) = perform(device, connection, effects).await {
             return ended;
         }
         if machine.is_joined() {
             backoff.reset();
         }
-        update_status(shared, machine);
+        update_status(device, machine);
     }
 }

@@ -36,15 +36,33 @@ fn doc_id(i: usize) -> DocumentId {
     DocumentId::from_random_bytes(bytes)
 }
 
-/// Runs the scenario. With `use_extension`, the returning device asks the
-/// server what changed (our catch-up extension); otherwise it requests
-/// every document it knows, as a stock client does.
+/// How the returning device learns what changed while it was away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// It asks the server (our catch-up extension).
+    Extension,
+    /// It requests every document it knows, as a stock client does.
+    EveryDocument,
+}
+
+impl CatchUp {
+    /// How the report names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CatchUp::Extension => "with the catch-up extension",
+            CatchUp::EveryDocument => "requesting every document",
+        }
+    }
+}
+
+/// Runs the scenario: a writer makes `tasks` tasks with `edits` edits each,
+/// then a device that knew none of it catches up the `how` way.
 pub async fn run(
     ws_url: &str,
     token: Option<&str>,
     tasks: usize,
     edits: usize,
-    use_extension: bool,
+    how: CatchUp,
 ) -> anyhow::Result<CatchUpResult> {
     // The writer creates and edits every task, then waits until the server
     // has acknowledged all of them.
@@ -95,7 +113,7 @@ pub async fn run(
 
     // The returning device.
     let started = Instant::now();
-    let extensions: &[&str] = if use_extension {
+    let extensions: &[&str] = if how == CatchUp::Extension {
         &[message_type::CATCH_UP_REQUEST]
     } else {
         &[]
@@ -108,7 +126,7 @@ pub async fn run(
     )
     .await?;
     let mut mine = Replicas::default();
-    let wanted: Vec<DocumentId> = if use_extension {
+    let wanted: Vec<DocumentId> = if how == CatchUp::Extension {
         let request = Message::CatchUpRequest {
             sender_id: reader.peer_id.clone(),
             target_id: reader.server_id.clone(),

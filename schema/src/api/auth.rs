@@ -68,11 +68,55 @@ pub struct VerifyRequest {
 
 impl VerifyRequest {
     /// The longest device name kept; longer names are refused.
-    pub const MAX_DEVICE_NAME: usize = 64;
+    pub const MAX_DEVICE_NAME: usize = DeviceName::MAX_CHARS;
+
+    /// The device name, trimmed; `None` when absent or blank.
+    pub fn device_name(&self) -> Result<Option<DeviceName>, DeviceNameError> {
+        DeviceName::parse(self.device_name.as_deref().unwrap_or(""))
+    }
 
     /// The normalised identifier, or why it cannot be used.
     pub fn contact(&self) -> Result<Contact, ContactError> {
         contact_from(self.email.as_deref(), self.phone.as_deref())
+    }
+}
+
+/// The name a device gives itself at sign-in, shown in the session list:
+/// trimmed, at most [`DeviceName::MAX_CHARS`] characters, no control
+/// characters (it is printed in lists and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceName(String);
+
+/// Why a device name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device_name must be at most {max} characters without control characters", max = DeviceName::MAX_CHARS)]
+pub struct DeviceNameError;
+
+impl DeviceName {
+    /// The longest device name kept, in characters.
+    pub const MAX_CHARS: usize = 64;
+
+    /// The name in `text`, trimmed: `None` when blank, an error when too
+    /// long or when it holds a control character.
+    pub fn parse(text: &str) -> Result<Option<Self>, DeviceNameError> {
+        let name = text.trim();
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if name.chars().count() > Self::MAX_CHARS || name.chars().any(char::is_control) {
+            return Err(DeviceNameError);
+        }
+        Ok(Some(Self(name.to_owned())))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name, owned.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -239,6 +283,21 @@ pub struct AuditEventList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_are_trimmed_bounded_and_printable() {
+        assert_eq!(DeviceName::parse("  "), Ok(None));
+        assert_eq!(
+            DeviceName::parse(" ann's laptop ")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "ann's laptop"
+        );
+        assert!(DeviceName::parse(&"é".repeat(64)).unwrap().is_some());
+        assert_eq!(DeviceName::parse(&"é".repeat(65)), Err(DeviceNameError));
+        assert_eq!(DeviceName::parse("a\u{7}b"), Err(DeviceNameError));
+    }
 
     #[test]
     fn requests_reject_unknown_fields() {

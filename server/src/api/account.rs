@@ -9,7 +9,7 @@ use codeedex_schema::problem::{ErrorCode, Problem};
 
 use super::AppState;
 use super::caller::Caller;
-use super::client::Client;
+use super::origin::RequestOrigin;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -69,7 +69,8 @@ fn unexpected(e: impl Into<anyhow::Error>) -> AccountError {
     responses((status = 200, body = UserView), (status = 401, body = Problem)))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, AccountError> {
     let root = state
-        .root_document(caller.0.user_id)
+        .tasks
+        .root_document(caller.0.user_id, Utc::now())
         .await
         .map_err(unexpected)?;
     let mut user = state
@@ -102,12 +103,12 @@ pub async fn sessions(
 pub async fn revoke_session(
     state: web::Data<AppState>,
     caller: Caller,
-    client: Client,
+    origin: RequestOrigin,
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, AccountError> {
     if state
         .auth
-        .revoke_session(&caller.0, *id, &client.0, Utc::now())
+        .revoke_session(&caller.0, *id, &origin.0, Utc::now())
         .await
         .map_err(unexpected)?
     {

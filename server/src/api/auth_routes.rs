@@ -12,9 +12,10 @@ use codeedex_schema::problem::{ErrorCode, Problem};
 
 use super::AppState;
 use super::caller::Caller;
-use super::client::Client;
 use super::json_body::JsonBody;
+use super::origin::RequestOrigin;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
+use crate::auth::otp::OtpCode;
 use crate::auth::{RefreshError, RequestCodeError, VerifyError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -96,7 +97,7 @@ fn too_many_attempts(retry_after: u64) -> ProblemParts {
 )]
 pub async fn request_code(
     state: web::Data<AppState>,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<OtpRequest>,
 ) -> Result<HttpResponse, OtpEndpointError> {
     let contact = body
@@ -104,7 +105,7 @@ pub async fn request_code(
         .map_err(OtpEndpointError::InvalidIdentifier)?;
     let sent = state
         .auth
-        .request_code(&contact, &client.0, Utc::now())
+        .request_code(&contact, &origin.0, Utc::now())
         .await
         .map_err(|e| match e {
             RequestCodeError::RateLimited { retry_after } => {
@@ -187,26 +188,20 @@ endpoint_error!(VerifyEndpointError);
 )]
 pub async fn verify(
     state: web::Data<AppState>,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<VerifyRequest>,
 ) -> Result<HttpResponse, VerifyEndpointError> {
     let body = body.into_inner();
     let contact = body
         .contact()
         .map_err(VerifyEndpointError::InvalidIdentifier)?;
-    let device_name = match body.device_name.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(name)
-            if name.chars().count() <= VerifyRequest::MAX_DEVICE_NAME
-                && !name.chars().any(char::is_control) =>
-        {
-            Some(name.to_owned())
-        }
-        Some(_) => return Err(VerifyEndpointError::InvalidDeviceName),
-    };
+    let device_name = body
+        .device_name()
+        .map_err(|_| VerifyEndpointError::InvalidDeviceName)?;
+    let code = OtpCode::presented(&body.code);
     let signed_in = state
         .auth
-        .verify_code(&contact, &body.code, device_name, &client.0, Utc::now())
+        .verify_code(&contact, &code, device_name, &origin.0, Utc::now())
         .await
         .map_err(|e| match e {
             VerifyError::InvalidCode => VerifyEndpointError::InvalidCode,
@@ -265,12 +260,12 @@ endpoint_error!(RefreshEndpointError);
 )]
 pub async fn refresh(
     state: web::Data<AppState>,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<RefreshRequest>,
 ) -> Result<HttpResponse, RefreshEndpointError> {
     let pair = state
         .auth
-        .refresh(&body.refresh_token, &client.0, Utc::now())
+        .refresh(&body.refresh_token, &origin.0, Utc::now())
         .await
         .map_err(|e| match e {
             RefreshError::Invalid => RefreshEndpointError::Invalid,
@@ -310,12 +305,12 @@ endpoint_error!(LogoutEndpointError);
 pub async fn logout(
     state: web::Data<AppState>,
     caller: Caller,
-    client: Client,
+    origin: RequestOrigin,
     body: JsonBody<LogoutRequest>,
 ) -> Result<HttpResponse, LogoutEndpointError> {
     let ended = state
         .auth
-        .logout(&caller.0, body.scope, &client.0, Utc::now())
+        .logout(&caller.0, body.scope, &origin.0, Utc::now())
         .await
         .map_err(|e| LogoutEndpointError::Unexpected(e.into()))?;
     Ok(no_store(HttpResponse::Ok().json(LogoutResponse {

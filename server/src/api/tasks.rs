@@ -1,32 +1,23 @@
 //! `/v1/tasks`: the REST view of the same task documents devices sync.
 //!
-//! Writes become Automerge changes made by the server's actor, recorded in
-//! the event log and pushed to connected devices at once; reads reflect every
-//! change accepted over sync. Deleting a task removes it from the user's root
-//! document and tombstones it: the server then answers `doc-unavailable` for
-//! it and refuses its changes, so a device syncing old state cannot bring it
-//! back.
+//! Each handler parses the request into the task service's types
+//! ([`crate::tasks`]), calls it, and renders the answer; what creating,
+//! listing, changing, deleting and history mean lives in the service.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use automerge::ROOT;
 use chrono::{NaiveDate, Utc};
-use codeedex_schema::api::tasks::{
-    CreateTask, HistoryEntry, TaskHistory, TaskPage, TaskView, UpdateTask,
-};
-use codeedex_schema::id::{DocumentId, UserId};
+use codeedex_schema::api::tasks::{CreateTask, TaskHistory, TaskPage, TaskView, UpdateTask};
+use codeedex_schema::id::DocumentId;
 use codeedex_schema::problem::{ErrorCode, Problem};
 use codeedex_schema::task::{Tag, TaskError};
-use codeedex_schema::task_document;
 use serde::Deserialize;
 
 use super::AppState;
 use super::caller::Caller;
 use super::json_body::JsonBody;
 use super::problem::{ProblemParts, endpoint_error, method_not_allowed};
-use crate::auth::Authenticated;
-use crate::auth::keys::random_bytes;
-use crate::sync::hub::{Author, HubError, LiveDocument};
+use crate::tasks::{PageLimit, Requester, TaskQuery, TasksError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -100,68 +91,21 @@ impl TaskApiError {
 
 endpoint_error!(TaskApiError);
 
-impl From<HubError> for TaskApiError {
-    fn from(e: HubError) -> Self {
+impl From<TasksError> for TaskApiError {
+    fn from(e: TasksError) -> Self {
         match e {
-            HubError::Task(_) | HubError::Deleted => TaskApiError::NotFound,
-            HubError::Quota(exceeded) => TaskApiError::Quota(exceeded),
+            TasksError::NotFound => TaskApiError::NotFound,
+            TasksError::Quota(exceeded) => TaskApiError::Quota(exceeded),
             other => TaskApiError::Unexpected(other.into()),
         }
     }
 }
 
-fn author(who: &Authenticated) -> Author {
-    Author {
-        user: who.user_id,
-        session: Some(who.session_id),
+fn requester(caller: &Caller) -> Requester {
+    Requester {
+        user: caller.0.user_id,
+        session: caller.0.session_id,
     }
-}
-
-fn open(
-    state: &AppState,
-    who: &Authenticated,
-    id: DocumentId,
-) -> Result<std::sync::Arc<LiveDocument>, TaskApiError> {
-    state
-        .sync
-        .hub
-        .open(id, who.user_id, false, Utc::now())?
-        .ok_or(TaskApiError::NotFound)
-}
-
-/// The user's root document, if it was made yet.
-fn root_of(state: &AppState, user: UserId) -> Result<Option<DocumentId>, TaskApiError> {
-    Ok(state
-        .sync
-        .hub
-        .store()
-        .user(user)
-        .map_err(|e| TaskApiError::Unexpected(e.into()))?
-        .and_then(|u| u.root_document_id))
-}
-
-/// Opens one of the caller's tasks. The root document is never a task,
-/// whatever a device wrote into it: it is answered like any other document
-/// that is not one, so that it can be neither patched nor deleted here.
-fn open_task(
-    state: &AppState,
-    who: &Authenticated,
-    id: DocumentId,
-) -> Result<std::sync::Arc<LiveDocument>, TaskApiError> {
-    if root_of(state, who.user_id)? == Some(id) {
-        return Err(TaskApiError::NotFound);
-    }
-    open(state, who, id)
-}
-
-async fn view(state: &AppState, live: &LiveDocument) -> Result<TaskView, TaskApiError> {
-    let task = state
-        .sync
-        .hub
-        .read(live, task_document::read_task)
-        .await?
-        .map_err(|_| TaskApiError::NotFound)?;
-    Ok(TaskView::new(live.id, &task))
 }
 
 /// Filters and paging of `GET /v1/tasks`.
@@ -182,6 +126,32 @@ pub struct ListQuery {
     after: Option<DocumentId>,
 }
 
+impl ListQuery {
+    /// The service's query: the limit in range, the tag a tag.
+    fn parse(self) -> Result<TaskQuery, TaskApiError> {
+        let limit = match self.limit {
+            None => PageLimit::DEFAULT,
+            Some(n) => PageLimit::new(n).ok_or_else(|| {
+                TaskApiError::Query(format!("limit must be between 1 and {}", PageLimit::MAX))
+            })?,
+        };
+        let tag = self
+            .tag
+            .as_deref()
+            .map(Tag::parse)
+            .transpose()
+            .map_err(TaskApiError::Invalid)?;
+        Ok(TaskQuery {
+            done: self.done,
+            due_before: self.due_before,
+            due_after: self.due_after,
+            tag,
+            limit,
+            after: self.after,
+        })
+    }
+}
+
 /// Lists the user's tasks, ordered by id.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = TaskPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
@@ -190,62 +160,9 @@ pub async fn list(
     caller: Caller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(TaskApiError::Query(
-            "limit must be between 1 and 500".into(),
-        ));
-    }
-    let tag = query
-        .tag
-        .as_deref()
-        .map(Tag::parse)
-        .transpose()
-        .map_err(TaskApiError::Invalid)?;
-    let summaries = state
-        .sync
-        .hub
-        .store()
-        .task_summaries(caller.0.user_id)
-        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
-    // The index never takes the root, but one written before that rule may
-    // still hold it.
-    let root = root_of(&state, caller.0.user_id)?;
-    let mut tasks = Vec::new();
-    let mut next = None;
-    for (id, summary) in summaries {
-        if Some(id) == root {
-            continue;
-        }
-        if query
-            .after
-            .is_some_and(|after| id.as_bytes() <= after.as_bytes())
-        {
-            continue;
-        }
-        let Ok(task) = serde_json::from_value::<TaskView>(summary) else {
-            continue;
-        };
-        let keep = query.done.is_none_or(|d| task.done == d)
-            && query
-                .due_before
-                .is_none_or(|d| task.due.is_some_and(|due| due <= d))
-            && query
-                .due_after
-                .is_none_or(|d| task.due.is_some_and(|due| due >= d))
-            && tag
-                .as_ref()
-                .is_none_or(|t| task.tags.iter().any(|x| x == t.as_str()));
-        if !keep {
-            continue;
-        }
-        if tasks.len() == limit {
-            next = tasks.last().map(|t: &TaskView| t.id);
-            break;
-        }
-        tasks.push(task);
-    }
-    Ok(HttpResponse::Ok().json(TaskPage { tasks, next }))
+    let query = query.into_inner().parse()?;
+    let page = state.tasks.list(caller.0.user_id, &query)?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// Creates a task document and lists it in the user's root document.
@@ -257,25 +174,12 @@ pub async fn create(
     body: JsonBody<CreateTask>,
 ) -> Result<HttpResponse, TaskApiError> {
     let task = body.to_task(Utc::now()).map_err(TaskApiError::Invalid)?;
-    let hub = &state.sync.hub;
-    let now = Utc::now();
-    let root = state.root_document(caller.0.user_id).await?;
-    let id = DocumentId::from_random_bytes(random_bytes());
-    let live = hub
-        .open(id, caller.0.user_id, true, now)?
-        .ok_or_else(|| TaskApiError::Unexpected(anyhow::anyhow!("fresh id taken")))?;
-    hub.change(&live, author(&caller.0), now, |tx| {
-        task_document::write_new_task(tx, &task)
-    })
-    .await?;
-    let root = open(&state, &caller.0, root)?;
-    hub.change(&root, author(&caller.0), now, |tx| {
-        task_document::add_to_root(tx, id)
-    })
-    .await?;
-    let view = TaskView::new(id, &task);
+    let view = state
+        .tasks
+        .create(requester(&caller), &task, Utc::now())
+        .await?;
     Ok(HttpResponse::Created()
-        .insert_header(("location", format!("/v1/tasks/{id}")))
+        .insert_header(("location", format!("/v1/tasks/{}", view.id)))
         .json(view))
 }
 
@@ -288,8 +192,8 @@ pub async fn get(
     caller: Caller,
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let live = open_task(&state, &caller.0, *id)?;
-    Ok(HttpResponse::Ok().json(view(&state, &live).await?))
+    let view = state.tasks.get(caller.0.user_id, *id, Utc::now()).await?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// Changes the named fields of a task; connected devices get the change at once.
@@ -303,17 +207,11 @@ pub async fn update(
     body: JsonBody<UpdateTask>,
 ) -> Result<HttpResponse, TaskApiError> {
     let patch = body.to_patch().map_err(TaskApiError::Invalid)?;
-    let live = open_task(&state, &caller.0, *id)?;
-    if !patch.is_empty() {
-        state
-            .sync
-            .hub
-            .change(&live, author(&caller.0), Utc::now(), |tx| {
-                task_document::apply_patch(tx, &patch, Utc::now())
-            })
-            .await?;
-    }
-    Ok(HttpResponse::Ok().json(view(&state, &live).await?))
+    let view = state
+        .tasks
+        .update(requester(&caller), *id, &patch, Utc::now())
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// Deletes a task: it leaves the root document and is tombstoned.
@@ -325,23 +223,10 @@ pub async fn delete(
     caller: Caller,
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let id = *id;
-    let live = open_task(&state, &caller.0, id)?;
-    view(&state, &live).await?;
-    drop(live);
-    let hub = &state.sync.hub;
-    let now = Utc::now();
-    let root = state.root_document(caller.0.user_id).await?;
-    let root = open(&state, &caller.0, root)?;
-    hub.change(&root, author(&caller.0), now, |tx| {
-        task_document::remove_from_root(tx, id)
-    })
-    .await?;
-    hub.tombstone(id, now).await?;
-    hub.store()
-        .persist()
-        .await
-        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
+    state
+        .tasks
+        .delete(requester(&caller), *id, Utc::now())
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -354,44 +239,6 @@ pub async fn history(
     caller: Caller,
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
-    // Opening proves ownership; the history itself comes from the log.
-    open_task(&state, &caller.0, *id)?;
-    let events = state
-        .sync
-        .hub
-        .store()
-        .events_of(*id)
-        .map_err(|e| TaskApiError::Unexpected(e.into()))?;
-    let mut doc = automerge::Automerge::new();
-    let mut entries = Vec::with_capacity(events.len());
-    for event in events {
-        let before = doc.get_heads();
-        doc.load_incremental(&event.change)
-            .map_err(|e| TaskApiError::Unexpected(e.into()))?;
-        let after = doc.get_heads();
-        let mut fields: Vec<String> = doc
-            .diff(&before, &after)
-            .into_iter()
-            .filter_map(|patch| match patch.path.first() {
-                Some((_, automerge::Prop::Map(key))) => Some(key.clone()),
-                Some(_) => None,
-                None if patch.obj == ROOT => match patch.action {
-                    automerge::PatchAction::PutMap { key, .. }
-                    | automerge::PatchAction::DeleteMap { key } => Some(key),
-                    _ => None,
-                },
-                None => None,
-            })
-            .collect();
-        fields.sort();
-        fields.dedup();
-        entries.push(HistoryEntry {
-            seq: event.seq,
-            at: event.at,
-            user_id: event.user,
-            session_id: event.session,
-            fields,
-        });
-    }
-    Ok(HttpResponse::Ok().json(TaskHistory { entries }))
+    let history = state.tasks.history(caller.0.user_id, *id, Utc::now())?;
+    Ok(HttpResponse::Ok().json(history))
 }

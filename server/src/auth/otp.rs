@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use rand::Rng;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::span;
 use crate::configuration::OtpPolicy;
@@ -15,6 +16,52 @@ use crate::store::{OtpRecord, PendingCode};
 
 /// How long failures and sends are remembered for the caps.
 const DAY: TimeDelta = TimeDelta::hours(24);
+
+/// A one-time code: the digits sent to a contact, or what a client
+/// presented as one. Held as a secret, so that it never reaches a log or a
+/// debug print.
+#[derive(Clone)]
+pub(crate) struct OtpCode(SecretString);
+
+impl std::fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtpCode(..)")
+    }
+}
+
+impl OtpCode {
+    /// A fresh code of `digits` digits (see [`generate_code`]).
+    pub(crate) fn generate(digits: u32) -> Self {
+        Self(SecretString::from(generate_code(digits)))
+    }
+
+    /// A fixed code from the settings (test codes).
+    pub(crate) fn fixed(code: SecretString) -> Self {
+        Self(code)
+    }
+
+    /// What a client presented, trimmed. Its shape is not required here: a
+    /// malformed code must cost an attempt like a wrong one, so the caller
+    /// asks [`OtpCode::is_well_formed`] instead.
+    pub(crate) fn presented(text: &str) -> Self {
+        Self(SecretString::from(text.trim().to_owned()))
+    }
+
+    /// Whether the code has the shape of the codes we send.
+    pub(crate) fn is_well_formed(&self, digits: u32) -> bool {
+        is_well_formed(self.0.expose_secret(), digits)
+    }
+
+    /// The code, for hashing.
+    pub(crate) fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The code as a secret, for delivery.
+    pub(crate) fn as_secret(&self) -> &SecretString {
+        &self.0
+    }
+}
 
 /// A fresh code of `digits` digits, uniform over all values, from the OS CSPRNG.
 pub fn generate_code(digits: u32) -> String {
@@ -89,7 +136,7 @@ pub fn record_send(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), Err(SendRefusal::Locked { retry_after }));
     }
-    let cooldown = span::delta(policy.resend_cooldown);
+    let cooldown = policy.resend_cooldown.as_delta();
     let mut sends = record.sends.clone();
     sends.sort();
     if let Some(last) = sends.last()
@@ -143,7 +190,7 @@ pub fn record_attempt(
     if let Some(retry_after) = lock_retry_after(&record, now, policy) {
         return (Some(record), VerifyOutcome::Locked { retry_after });
     }
-    let ttl = span::delta(policy.ttl);
+    let ttl = policy.ttl.as_delta();
     let live = record.pending.as_ref().filter(|p| {
         now - p.issued_at < ttl && now >= p.issued_at && p.attempts < policy.max_attempts
     });
@@ -175,14 +222,14 @@ pub fn is_well_formed(code: &str, digits: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::configuration::Period;
 
     fn policy() -> OtpPolicy {
         OtpPolicy {
             digits: 6,
-            ttl: Duration::from_secs(600),
+            ttl: Period::from_secs(600).unwrap(),
             max_attempts: 5,
-            resend_cooldown: Duration::from_secs(60),
+            resend_cooldown: Period::from_secs(60).unwrap(),
             hourly_cap: 5,
             daily_cap: 10,
             failure_cap: 20,
@@ -307,8 +354,8 @@ mod tests {
         // The settings refuse such durations; the rules must not panic on
         // them anyway.
         let policy = OtpPolicy {
-            ttl: Duration::MAX,
-            resend_cooldown: Duration::MAX,
+            ttl: Period::MAX,
+            resend_cooldown: Period::MAX,
             ..policy()
         };
         let (record, sent) = record_send(None, &RIGHT, t0(), &policy);

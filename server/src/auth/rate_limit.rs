@@ -1,9 +1,12 @@
 //! Per-client-IP token buckets for the auth endpoints.
 //!
-//! Each (purpose, address) pair has a bucket that holds `limit` tokens and
-//! refills completely over `window`. Buckets live in memory: a restart
-//! forgets them, which errs towards the user. The per-identifier caps that
-//! protect accounts are in the store and survive restarts.
+//! Each (purpose, address) pair has a bucket (the token-bucket algorithm)
+//! that admits `limit` requests and refills completely over `window`; what
+//! it holds is called `requests_left` here, so that it is not mistaken for
+//! the access and refresh tokens the same endpoints deal in. Buckets live
+//! in memory: a restart forgets them, which errs towards the user. The
+//! per-identifier caps that protect accounts are in the store and survive
+//! restarts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,7 +32,8 @@ const MAX_BUCKETS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    tokens: f64,
+    /// Requests the bucket admits now; fractional while it refills.
+    requests_left: f64,
     updated: Instant,
 }
 
@@ -57,35 +61,36 @@ impl IpRateLimiter {
         })
     }
 
-    /// Takes one token. `Err(seconds)` says how long until one is available.
+    /// Admits one request. `Err(seconds)` says how long until one would be
+    /// admitted.
     pub fn check(&self, action: LimitedAction, ip: IpAddr, now: Instant) -> Result<(), u64> {
         let capacity = self.limit(action);
-        let per_second = capacity / self.limits.window.as_secs_f64();
+        let per_second = capacity / self.limits.window.as_std().as_secs_f64();
         let mut buckets = self
             .buckets
             .lock()
             .expect("the limiter lock is never held across a panic");
         if buckets.len() >= MAX_BUCKETS {
             buckets.retain(|(a, _), b| {
-                let refilled =
-                    b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_second;
+                let refilled = b.requests_left
+                    + now.saturating_duration_since(b.updated).as_secs_f64() * per_second;
                 refilled < self.limit(*a)
             });
         }
         let bucket = buckets.entry((action, ip)).or_insert(Bucket {
-            tokens: capacity,
+            requests_left: capacity,
             updated: now,
         });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
+        bucket.requests_left = (bucket.requests_left + elapsed * per_second).min(capacity);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.requests_left >= 1.0 {
+            bucket.requests_left -= 1.0;
             Ok(())
         } else {
             // A wait too long for a Duration (a window no setting allows)
             // is as good as forever.
-            let wait = Duration::try_from_secs_f64((1.0 - bucket.tokens) / per_second)
+            let wait = Duration::try_from_secs_f64((1.0 - bucket.requests_left) / per_second)
                 .map_or(u64::MAX, |wait| wait.as_secs());
             Err(wait.max(1))
         }
@@ -95,13 +100,14 @@ impl IpRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::configuration::Period;
 
     fn limiter() -> IpRateLimiter {
         IpRateLimiter::new(IpLimits {
             send: 3,
             verify: 30,
             refresh: 150,
-            window: Duration::from_secs(300),
+            window: Period::from_secs(300).unwrap(),
         })
     }
 

@@ -1,20 +1,13 @@
-//! Date arithmetic with configured durations, unable to panic.
+//! Date arithmetic with configured periods, unable to panic.
 //!
-//! The settings bound every duration at start-up (see
-//! [`crate::configuration::SecondsSetting`]), so nothing here saturates with
-//! the server's own settings. The rules still take any policy (tests and
-//! other callers build their own), and a request must never panic on date
-//! arithmetic, so a duration beyond the calendar counts as forever instead.
-
-use std::time::Duration;
+//! The settings hold every duration as a [`Period`], bounded at load time,
+//! so a period converts to a chrono delta exactly. The dates it is added to
+//! come from the store and the clock; a request must never panic on date
+//! arithmetic, so a sum past the calendar counts as forever instead.
+//!
+//! [`Period`]: crate::configuration::Period
 
 use chrono::{DateTime, TimeDelta, Utc};
-
-/// A configured duration as a chrono delta; one too long for chrono is the
-/// longest delta there is.
-pub fn delta(duration: Duration) -> TimeDelta {
-    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
-}
 
 /// `at` plus `duration`, or the last representable instant when the sum is
 /// past it.
@@ -26,14 +19,15 @@ pub fn after(at: DateTime<Utc>, duration: TimeDelta) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::configuration::Period;
 
     #[test]
     fn durations_past_the_calendar_saturate_instead_of_panicking() {
         let now = Utc::now();
-        assert_eq!(delta(Duration::MAX), TimeDelta::MAX);
-        assert_eq!(after(now, delta(Duration::MAX)), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(Period::from_secs(u64::MAX), None);
+        assert_eq!(after(now, TimeDelta::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(
-            after(now, delta(Duration::from_secs(u64::MAX / 2))),
+            after(DateTime::<Utc>::MAX_UTC, Period::MAX.as_delta()),
             DateTime::<Utc>::MAX_UTC
         );
     }
@@ -41,10 +35,8 @@ mod tests {
     #[test]
     fn ordinary_durations_are_exact() {
         let now = Utc::now();
-        assert_eq!(delta(Duration::from_secs(90)), TimeDelta::seconds(90));
-        assert_eq!(
-            after(now, delta(Duration::from_secs(90))),
-            now + TimeDelta::seconds(90)
-        );
+        let ninety = Period::from_secs(90).unwrap();
+        assert_eq!(ninety.as_delta(), TimeDelta::seconds(90));
+        assert_eq!(after(now, ninety.as_delta()), now + TimeDelta::seconds(90));
     }
 }

@@ -9,8 +9,6 @@
 //! the token type, and requires every claim. A signature alone is not enough:
 //! the caller must also check that the session still exists.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use codeedex_schema::id::{SessionId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -18,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{ServerKeys, random_bytes};
 use super::span;
-use crate::configuration::TokenPolicy;
+use crate::configuration::{Period, TokenPolicy};
 
 /// The JOSE `typ` of our access tokens (RFC 9068).
 const JOSE_TYPE: &str = "at+jwt";
@@ -80,7 +78,7 @@ pub struct AccessTokens {
     kid: String,
     issuer: String,
     audience: String,
-    ttl: Duration,
+    ttl: Period,
 }
 
 impl std::fmt::Debug for AccessTokens {
@@ -108,9 +106,10 @@ impl AccessTokens {
     pub fn issue(&self, user: UserId, session: SessionId, now: DateTime<Utc>) -> IssuedAccessToken {
         // JWT times are whole seconds; the expiry told to the client is the
         // same instant, so it never outlives the token it describes.
-        let exp = span::after(now, span::delta(self.ttl));
-        let exp = DateTime::from_timestamp(exp.timestamp(), 0)
-            .expect("a time that was valid stays valid");
+        let exp = span::after(now, self.ttl.as_delta());
+        // (A valid time's whole seconds are a valid time: the fallback is
+        // never taken, and a request path has no panic here.)
+        let exp = DateTime::from_timestamp(exp.timestamp(), 0).unwrap_or(exp);
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -183,12 +182,12 @@ mod tests {
 
     fn tokens() -> AccessTokens {
         let policy = TokenPolicy {
-            access_ttl: Duration::from_secs(900),
+            access_ttl: Period::from_secs(900).unwrap(),
             issuer: "codeedex".into(),
             audience: "codeedex-api".into(),
-            refresh_grace: Duration::from_secs(10),
-            session_idle: Duration::from_secs(100),
-            session_max: Duration::from_secs(1000),
+            refresh_grace: Period::from_secs(10).unwrap(),
+            session_idle: Period::from_secs(100).unwrap(),
+            session_max: Period::from_secs(1000).unwrap(),
         };
         AccessTokens::new(&ServerKeys::from_bytes([7; 32], [8; 32]), &policy)
     }
@@ -217,12 +216,12 @@ mod tests {
         // The settings refuse such a lifetime; the rule must not panic on
         // one anyway.
         let policy = TokenPolicy {
-            access_ttl: Duration::MAX,
+            access_ttl: Period::MAX,
             issuer: "codeedex".into(),
             audience: "codeedex-api".into(),
-            refresh_grace: Duration::MAX,
-            session_idle: Duration::MAX,
-            session_max: Duration::MAX,
+            refresh_grace: Period::MAX,
+            session_idle: Period::MAX,
+            session_max: Period::MAX,
         };
         let t = AccessTokens::new(&ServerKeys::from_bytes([7; 32], [8; 32]), &policy);
         let (u, s) = ids();
@@ -255,12 +254,12 @@ mod tests {
 
     fn tokens_policy() -> TokenPolicy {
         TokenPolicy {
-            access_ttl: Duration::from_secs(900),
+            access_ttl: Period::from_secs(900).unwrap(),
             issuer: "codeedex".into(),
             audience: "codeedex-api".into(),
-            refresh_grace: Duration::from_secs(10),
-            session_idle: Duration::from_secs(100),
-            session_max: Duration::from_secs(1000),
+            refresh_grace: Period::from_secs(10).unwrap(),
+            session_idle: Period::from_secs(100).unwrap(),
+            session_max: Period::from_secs(1000).unwrap(),
         }
     }
 

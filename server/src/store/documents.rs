@@ -1,5 +1,6 @@
-//! Documents: who owns them, their append-only change log, snapshots, sync
-//! states, the per-user feed of changed documents, and the task index.
+//! Documents: who owns them, their append-only change log, snapshots, and
+//! the per-user feed of changed documents. (Sync states are in
+//! `sync_states.rs`, the task index in `task_index.rs`.)
 //!
 //! The log is the source of truth: a document is its latest snapshot plus
 //! the events after it. Events are never rewritten; a snapshot is written
@@ -12,7 +13,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::quota::{QuotaExceeded, decode_usage};
-use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key};
+use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key, seq_in_key};
 use crate::configuration::limits::Quota;
 
 /// What the store knows about a document.
@@ -81,9 +82,9 @@ impl EventRecord {
     }
 
     fn decode(seq: u64, bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt {
+        let corrupt = |what: &'static str| StoreError::Malformed {
             tree: "events",
-            source: serde::de::Error::custom(what),
+            what,
         };
         if bytes.len() < 42 || bytes[0] != EVENT_FORMAT {
             return Err(corrupt("event record too short or of an unknown format"));
@@ -215,12 +216,12 @@ impl Store {
                 .transaction(
                     |(documents, events, feed, positions, usage)| -> TxResult<u64> {
                         let Some(meta) = documents.get(doc.as_bytes())? else {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                                tree: "documents",
-                                source: serde::de::Error::custom(
-                                    "appending to a document nobody claimed",
-                                ),
-                            }));
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Malformed {
+                                    tree: "documents",
+                                    what: "appending to a document nobody claimed",
+                                },
+                            ));
                         };
                         let mut meta: DocumentMeta = decode("documents", &meta)
                             .map_err(ConflictableTransactionError::Abort)?;
@@ -272,9 +273,9 @@ impl Store {
             let mut stored = StoredDocument::default();
             if let Some(snapshot) = e.snapshots.get(doc.as_bytes())? {
                 if snapshot.len() < 8 {
-                    return Err(StoreError::Corrupt {
+                    return Err(StoreError::Malformed {
                         tree: "snapshots",
-                        source: serde::de::Error::custom("too short"),
+                        what: "too short",
                     });
                 }
                 stored.snapshot_covers = u64::from_be_bytes(
@@ -289,12 +290,7 @@ impl Store {
                 .range(seq_key(doc, stored.snapshot_covers)..seq_key(doc, u64::MAX))
             {
                 let (key, value) = item?;
-                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "events",
-                        source: serde::de::Error::custom("key is not document ‖ sequence"),
-                    }
-                })?);
+                let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;
                 stored
                     .changes
                     .push(EventRecord::decode(seq, &value)?.change);
@@ -340,18 +336,16 @@ impl Store {
             let mut last = cursor;
             for item in e.user_feed.range(start..end).take(limit) {
                 let (key, value) = item?;
-                last = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "user_feed",
-                        source: serde::de::Error::custom("key is not user ‖ sequence"),
-                    }
-                })?);
+                last = seq_in_key(&key, "user_feed", "key is not user ‖ sequence")?;
                 let bytes: [u8; 16] =
-                    value.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                        tree: "user_feed",
-                        source: serde::de::Error::custom("value is not a document id"),
-                    })?;
-                docs.push(DocumentId::from_random_bytes(bytes));
+                    value
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Malformed {
+                            tree: "user_feed",
+                            what: "value is not a document id",
+                        })?;
+                docs.push(DocumentId::from_bytes(bytes));
             }
             Ok((docs, last))
         })
@@ -390,102 +384,6 @@ impl Store {
             Ok(removed)
         })
     }
-
-    /// The persisted sync state of a document with a peer's storage.
-    pub fn sync_state(
-        &self,
-        doc: DocumentId,
-        storage_id: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(|e| {
-            Ok(e.sync_states
-                .get(pair_key(doc.as_bytes(), storage_id.as_bytes()))?
-                .map(|v| v.to_vec()))
-        })
-    }
-
-    /// Persists the sync state of a document with a peer's storage.
-    pub(crate) fn put_sync_state(
-        &self,
-        doc: DocumentId,
-        storage_id: &str,
-        state: &[u8],
-    ) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.sync_states
-                .insert(pair_key(doc.as_bytes(), storage_id.as_bytes()), state)?;
-            Ok(())
-        })
-    }
-
-    /// Records a task's summary for listing.
-    pub(crate) fn put_task_summary(
-        &self,
-        user: UserId,
-        doc: DocumentId,
-        summary: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.task_index
-                .insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
-            Ok(())
-        })
-    }
-
-    /// Drops a document's summary from the task list, if it has one.
-    pub(crate) fn remove_task_summary(
-        &self,
-        user: UserId,
-        doc: DocumentId,
-    ) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.task_index
-                .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
-            Ok(())
-        })
-    }
-
-    /// Every task summary of a user, ordered by document id.
-    pub(crate) fn task_summaries(
-        &self,
-        user: UserId,
-    ) -> Result<Vec<(DocumentId, serde_json::Value)>, StoreError> {
-        self.run(|e| {
-            e.task_index
-                .scan_prefix(user.as_bytes())
-                .map(|item| {
-                    let (key, value) = item?;
-                    let id: [u8; 16] = key[16..].try_into().map_err(|_| StoreError::Corrupt {
-                        tree: "task_index",
-                        source: serde::de::Error::custom("key is not user ‖ document"),
-                    })?;
-                    Ok((
-                        DocumentId::from_random_bytes(id),
-                        decode("task_index", &value)?,
-                    ))
-                })
-                .collect()
-        })
-    }
-
-    /// The server's storage id, created on first use.
-    pub(crate) fn server_storage_id(
-        &self,
-        fresh: impl FnOnce() -> String,
-    ) -> Result<String, StoreError> {
-        self.run(|e| {
-            let _ = e.meta.compare_and_swap(
-                b"storage_id",
-                None as Option<&[u8]>,
-                Some(fresh().as_bytes()),
-            )?;
-            let value = e
-                .meta
-                .get(b"storage_id")?
-                .expect("written just above if it was missing");
-            Ok(String::from_utf8_lossy(&value).into_owned())
-        })
-    }
 }
 
 impl Engine {
@@ -495,12 +393,7 @@ impl Engine {
             .scan_prefix(doc.as_bytes())
             .map(|item| {
                 let (key, value) = item?;
-                let seq = u64::from_be_bytes(key[16..24].try_into().map_err(|_| {
-                    StoreError::Corrupt {
-                        tree: "events",
-                        source: serde::de::Error::custom("key is not document ‖ sequence"),
-                    }
-                })?);
+                let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;
                 EventRecord::decode(seq, &value)
             })
             .collect()
@@ -508,217 +401,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids() -> (UserId, UserId, DocumentId, DocumentId) {
-        (
-            UserId::from_random_bytes([1; 16]),
-            UserId::from_random_bytes([2; 16]),
-            DocumentId::from_random_bytes([3; 16]),
-            DocumentId::from_random_bytes([4; 16]),
-        )
-    }
-
-    #[test]
-    fn the_first_claimant_owns_a_document() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (ann, bob, doc, _) = ids();
-        assert!(matches!(
-            store
-                .claim_document(doc, ann, Utc::now(), &Quota::default())
-                .unwrap(),
-            Claim::Owned(_)
-        ));
-        assert_eq!(
-            store
-                .claim_document(doc, bob, Utc::now(), &Quota::default())
-                .unwrap(),
-            Claim::Unavailable
-        );
-        assert!(matches!(
-            store
-                .claim_document(doc, ann, Utc::now(), &Quota::default())
-                .unwrap(),
-            Claim::Owned(_)
-        ));
-    }
-
-    #[test]
-    fn events_append_in_order_and_reload_after_a_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (ann, _, doc, _) = ids();
-        store
-            .claim_document(doc, ann, Utc::now(), &Quota::default())
-            .unwrap();
-        store
-            .append_events(
-                doc,
-                ann,
-                None,
-                Utc::now(),
-                &[b"a".to_vec(), b"b".to_vec()],
-                &Quota::default(),
-            )
-            .unwrap();
-        store
-            .append_events(
-                doc,
-                ann,
-                None,
-                Utc::now(),
-                &[b"c".to_vec()],
-                &Quota::default(),
-            )
-            .unwrap();
-        assert_eq!(
-            store.load_document(doc).unwrap().changes,
-            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
-        );
-        store.write_snapshot(doc, 2, b"snap").unwrap();
-        let loaded = store.load_document(doc).unwrap();
-        assert_eq!(loaded.snapshot.as_deref(), Some(&b"snap"[..]));
-        assert_eq!(loaded.changes, vec![b"c".to_vec()]);
-        assert_eq!(
-            store
-                .events_of(doc)
-                .unwrap()
-                .iter()
-                .map(|e| e.seq)
-                .collect::<Vec<_>>(),
-            [0, 1, 2]
-        );
-    }
-
-    #[test]
-    fn the_feed_lists_each_changed_document_once_in_order_of_last_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (ann, _, d1, d2) = ids();
-        store
-            .claim_document(d1, ann, Utc::now(), &Quota::default())
-            .unwrap();
-        store
-            .claim_document(d2, ann, Utc::now(), &Quota::default())
-            .unwrap();
-        let first = store
-            .append_events(
-                d1,
-                ann,
-                None,
-                Utc::now(),
-                &[b"1".to_vec()],
-                &Quota::default(),
-            )
-            .unwrap();
-        store
-            .append_events(
-                d2,
-                ann,
-                None,
-                Utc::now(),
-                &[b"2".to_vec()],
-                &Quota::default(),
-            )
-            .unwrap();
-        store
-            .append_events(
-                d1,
-                ann,
-                None,
-                Utc::now(),
-                &[b"3".to_vec()],
-                &Quota::default(),
-            )
-            .unwrap();
-        let (docs, cursor) = store.changed_since(ann, 0, 100).unwrap();
-        assert_eq!(docs, vec![d2, d1]);
-        assert_eq!(
-            store.changed_since(ann, cursor, 100).unwrap().0,
-            Vec::<DocumentId>::new()
-        );
-        assert_eq!(
-            store.changed_since(ann, first, 100).unwrap().0,
-            vec![d2, d1]
-        );
-    }
-
-    #[test]
-    fn usage_follows_claims_appends_and_deletes_and_quotas_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (ann, _, d1, d2) = ids();
-        let quota = Quota {
-            documents_per_user: 1,
-            bytes_per_user: 10,
-            bytes_per_document: 10,
-        };
-        store.claim_document(d1, ann, Utc::now(), &quota).unwrap();
-        assert_eq!(
-            store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
-            Claim::OverQuota(QuotaExceeded::Documents { limit: 1 })
-        );
-        store
-            .append_events(d1, ann, None, Utc::now(), &[vec![0; 6]], &quota)
-            .unwrap();
-        assert!(matches!(
-            store.append_events(d1, ann, None, Utc::now(), &[vec![0; 5]], &quota),
-            Err(StoreError::QuotaExceeded(
-                QuotaExceeded::DocumentBytes { .. }
-            ))
-        ));
-        assert_eq!(
-            store.load_document(d1).unwrap().changes.len(),
-            1,
-            "nothing of a refused append is kept"
-        );
-        assert_eq!(
-            store.usage(ann).unwrap(),
-            crate::store::quota::Usage {
-                documents: 1,
-                bytes: 6
-            }
-        );
-        store.tombstone_document(d1, Utc::now()).unwrap();
-        assert_eq!(
-            store.usage(ann).unwrap(),
-            crate::store::quota::Usage::default()
-        );
-        assert!(matches!(
-            store.claim_document(d2, ann, Utc::now(), &quota).unwrap(),
-            Claim::Owned(_)
-        ));
-    }
-
-    #[test]
-    fn usage_is_counted_once_for_a_store_written_before_quotas() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ann, _, d1, _) = ids();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store
-                .claim_document(d1, ann, Utc::now(), &Quota::default())
-                .unwrap();
-            store
-                .append_events(d1, ann, None, Utc::now(), &[vec![0; 7]], &Quota::default())
-                .unwrap();
-            // What an older build left behind: no usage tree, no byte count.
-            let mut meta = store.document_meta(d1).unwrap().unwrap();
-            meta.bytes = 0;
-            store
-                .run(|e| {
-                    e.documents.insert(d1.as_bytes(), encode(&meta))?;
-                    e.db.drop_tree("usage")?;
-                    e.db.flush()?;
-                    Ok(())
-                })
-                .unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let usage = store.usage(ann).unwrap();
-        assert_eq!(usage.documents, 1);
-        assert_eq!(usage.bytes, 7, "the log's bytes are counted");
-    }
-}
+mod tests;

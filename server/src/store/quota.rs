@@ -121,12 +121,12 @@ impl Engine {
                 continue;
             }
             if meta.bytes == 0 && meta.next_seq > 0 {
-                let id: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                let id: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Malformed {
                     tree: "documents",
-                    source: serde::de::Error::custom("key is not a document id"),
+                    what: "key is not a document id",
                 })?;
                 meta.bytes = self
-                    .events_of(DocumentId::from_random_bytes(id))?
+                    .events_of(DocumentId::from_bytes(id))?
                     .iter()
                     .map(|event| event.change.len() as u64)
                     .sum();

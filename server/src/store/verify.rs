@@ -38,7 +38,7 @@ impl Engine {
                 problems.push("a document key is not a document id".to_owned());
                 continue;
             };
-            let doc = DocumentId::from_random_bytes(id);
+            let doc = DocumentId::from_bytes(id);
             let meta: DocumentMeta = decode("documents", &value)?;
             let events = match self.events_of(doc) {
                 Ok(events) => events,
@@ -111,7 +111,7 @@ impl Engine {
                 problems.push("a task index key is not user ‖ document".to_owned());
                 continue;
             };
-            let (user, doc) = (UserId::from_bytes(user), DocumentId::from_random_bytes(doc));
+            let (user, doc) = (UserId::from_bytes(user), DocumentId::from_bytes(doc));
             if live.get(&doc) != Some(&user) {
                 problems.push(format!(
                     "the task list of user {user} shows {doc}, which is not a live document of theirs"

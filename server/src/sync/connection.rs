@@ -21,7 +21,7 @@ use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::wire;
 use tokio::sync::oneshot;
 
-use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, LiveDocument};
+use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, IfUnseen, LiveDocument};
 use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use super::session::{
@@ -115,7 +115,12 @@ fn hub_failure(conn: ConnectionId, doc: DocumentId, e: HubError) -> Failure {
         e @ HubError::MissingDependencies { .. } => Failure::MissingDependencies(e.to_string()),
         HubError::Automerge(cause) => Failure::Unapplicable(cause.to_string()),
         HubError::Panicked(_) => Failure::Panicked,
-        e @ (HubError::Store(_) | HubError::Task(_) | HubError::Deleted | HubError::Unloaded) => {
+        e @ (HubError::Store(_)
+        | HubError::Task(_)
+        | HubError::Deleted
+        | HubError::Unloaded
+        | HubError::UnknownUser
+        | HubError::FreshIdTaken) => {
             tracing::error!(error = ?e, conn, %doc, "sync connection failed");
             Failure::Internal
         }
@@ -425,8 +430,13 @@ impl Connection {
     ) -> Synced {
         let user = self.session.user();
         if !self.attachments.contains_key(&doc) {
-            let create = kind == SyncKind::Sync;
-            match self.ctx.hub.open(doc, user, create, wall) {
+            // A `sync` may upload a document nobody has; a `request` asks
+            // for one.
+            let if_unseen = match kind {
+                SyncKind::Sync => IfUnseen::Claim,
+                SyncKind::Request => IfUnseen::Refuse,
+            };
+            match self.ctx.hub.open(doc, user, if_unseen, wall) {
                 Ok(Some(live)) => self.attach(doc, live),
                 Ok(None) => return Synced::Unavailable,
                 Err(e) => return Synced::Failed(hub_failure(self.conn, doc, e)),
@@ -469,7 +479,11 @@ impl Connection {
         }
         // The document may have been deleted, or may be one this peer asked
         // for before anyone had it.
-        match self.ctx.hub.open(doc, self.session.user(), false, wall) {
+        match self
+            .ctx
+            .hub
+            .open(doc, self.session.user(), IfUnseen::Refuse, wall)
+        {
             Ok(Some(live)) => match &attached {
                 Some(current) if Arc::ptr_eq(current, &live) => {}
                 Some(_) => {

@@ -3,11 +3,17 @@
 //! Invariant: a change is in the event log and flushed to disk before any
 //! peer is sent a sync message that includes it. Changes are applied and
 //! appended to the log under the document's lock, which records the store's
-//! durability ticket; every path that generates a message for a peer (or
-//! reads the document for REST) first waits until that ticket is durable.
-//! The lock is not held during the flush, so concurrent changes to one
-//! document, and to all documents, share flushes through the store's group
-//! commit.
+//! durability ticket; `DocumentHub::undurable` is the one check of that
+//! ticket: generating for a peer is refused until it is durable (the
+//! connection waits and asks again), and a REST read waits for it. The lock
+//! is not held during the flush, so concurrent changes to one document, and
+//! to all documents, share flushes through the store's group commit.
+//!
+//! The file is long (about 870 lines before its tests) because loading,
+//! applying, recording, reloading after a failure and fanning out all work
+//! under the one per-document lock, and the order in which they take and
+//! release it is what the invariant rests on; read apart, that order would
+//! be hidden.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -91,6 +97,21 @@ pub(crate) enum HubError {
     /// dropped, and whoever held it must open it again.
     #[error("the document was unloaded after a failure")]
     Unloaded,
+    /// A root document was asked for a user the store does not know.
+    #[error("no such user")]
+    UnknownUser,
+    /// A freshly drawn random document id was already taken.
+    #[error("a fresh document id was taken")]
+    FreshIdTaken,
+}
+
+/// What [`DocumentHub::open`] does with an id nobody has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfUnseen {
+    /// Answer unavailable.
+    Refuse,
+    /// Claim it for the user: that is how devices upload new documents.
+    Claim,
 }
 
 impl HubError {
@@ -227,7 +248,10 @@ impl DocumentHub {
         }
     }
 
-    /// The store behind the hub.
+    /// The store behind the hub (for tests: outside the hub, only the
+    /// task service and the session driver reach the store, by their own
+    /// handles).
+    #[cfg(test)]
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
@@ -298,15 +322,14 @@ impl DocumentHub {
         }
     }
 
-    /// The document if `user` may sync it. With `create`, a document nobody
-    /// has seen is claimed for `user` (that is how devices upload new
-    /// documents). `None` means unavailable: unknown, someone else's, or
+    /// The document if `user` may sync it. A document nobody has seen is
+    /// claimed for `user` only with [`IfUnseen::Claim`]. `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
     pub(crate) fn open(
         &self,
         id: DocumentId,
         user: UserId,
-        create: bool,
+        if_unseen: IfUnseen,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<LiveDocument>>, HubError> {
         {
@@ -327,17 +350,19 @@ impl DocumentHub {
         let owner = match meta {
             Some(meta) if meta.owner == user && meta.deleted_at.is_none() => user,
             Some(_) => return Ok(None),
-            None if create => match self
-                .store
-                .claim_document(id, user, now, &self.limits.quota)?
-            {
-                Claim::Owned(_) => user,
-                Claim::Unavailable => return Ok(None),
-                Claim::OverQuota(exceeded) => {
-                    Metrics::bump(&self.metrics.quota_refusals);
-                    return Err(exceeded.into());
+            None if if_unseen == IfUnseen::Claim => {
+                match self
+                    .store
+                    .claim_document(id, user, now, &self.limits.quota)?
+                {
+                    Claim::Owned(_) => user,
+                    Claim::Unavailable => return Ok(None),
+                    Claim::OverQuota(exceeded) => {
+                        Metrics::bump(&self.metrics.quota_refusals);
+                        return Err(exceeded.into());
+                    }
                 }
-            },
+            }
             None => return Ok(None),
         };
         let loaded = self.load(id, owner)?;
@@ -627,11 +652,7 @@ impl DocumentHub {
                     if is_root {
                         live.store.remove_task_summary(live.owner, live.id)?;
                     } else {
-                        live.store.put_task_summary(
-                            live.owner,
-                            live.id,
-                            &serde_json::to_value(&view).expect("serialisable"),
-                        )?;
+                        live.store.put_task_summary(live.owner, live.id, &view)?;
                         state.last_summary = Some(view);
                     }
                 }
@@ -788,27 +809,21 @@ impl DocumentHub {
         fresh_id: DocumentId,
         now: DateTime<Utc>,
     ) -> Result<DocumentId, HubError> {
-        let missing = || {
-            HubError::Store(StoreError::Corrupt {
-                tree: "users",
-                source: serde::de::Error::custom(
-                    "a root document was asked for a user that does not exist",
-                ),
-            })
-        };
-        if let Some(id) = self.store.user(user)?.ok_or_else(missing)?.root_document_id {
+        if let Some(id) = self
+            .store
+            .user(user)?
+            .ok_or(HubError::UnknownUser)?
+            .root_document_id
+        {
             return Ok(id);
         }
         let _one_at_a_time = self.root_creation.lock().await;
-        let mut record = self.store.user(user)?.ok_or_else(missing)?;
+        let mut record = self.store.user(user)?.ok_or(HubError::UnknownUser)?;
         if let Some(id) = record.root_document_id {
             return Ok(id);
         }
-        let Some(live) = self.open(fresh_id, user, true, now)? else {
-            return Err(HubError::Store(StoreError::Corrupt {
-                tree: "documents",
-                source: serde::de::Error::custom("a fresh root document id was already taken"),
-            }));
+        let Some(live) = self.open(fresh_id, user, IfUnseen::Claim, now)? else {
+            return Err(HubError::FreshIdTaken);
         };
         self.change(
             &live,
@@ -948,7 +963,10 @@ mod tests {
         );
         let user = UserId::from_random_bytes([1; 16]);
         let id = DocumentId::from_random_bytes([2; 16]);
-        let live = hub.open(id, user, true, Utc::now()).unwrap().unwrap();
+        let live = hub
+            .open(id, user, IfUnseen::Claim, Utc::now())
+            .unwrap()
+            .unwrap();
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "small").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -979,7 +997,10 @@ mod tests {
         let hub = hub(dir.path(), Quota::default());
         let user = UserId::from_random_bytes([1; 16]);
         let id = DocumentId::from_random_bytes([2; 16]);
-        let live = hub.open(id, user, true, Utc::now()).unwrap().unwrap();
+        let live = hub
+            .open(id, user, IfUnseen::Claim, Utc::now())
+            .unwrap()
+            .unwrap();
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "kept").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();

@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::connection::{Connection, Output, PeerContext};
-use super::hub::DocumentHub;
+use super::hub::{DocumentHub, IfUnseen};
 use super::registry::PeerRegistry;
 use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
@@ -285,7 +285,7 @@ async fn run(seed: u64) {
         .open(
             world.doc,
             UserId::from_random_bytes([3; 16]),
-            false,
+            IfUnseen::Refuse,
             world.wall,
         )
         .unwrap()
@@ -353,7 +353,7 @@ async fn a_dropped_connection_leaves_no_subscription_and_saves_its_sync_state() 
         .open(
             world.doc,
             UserId::from_random_bytes([3; 16]),
-            false,
+            IfUnseen::Refuse,
             world.wall,
         )
         .unwrap()

@@ -3,5 +3,5 @@
 //! and run it as a real process, exactly as `codeedex` runs.
 
 fn main() -> std::process::ExitCode {
-    codeedex_client_core::cli::main_with_args(std::env::args())
+    codeedex_cli::main_with_args(std::env::args())
 }

@@ -1,4 +1,4 @@
-//! Who is asking: the client's address and User-Agent.
+//! Where a request comes from: the client's address and User-Agent.
 //!
 //! The address is the TCP peer's, unless that peer is a configured trusted
 //! proxy; then X-Forwarded-For is read from the right, skipping trusted
@@ -19,9 +19,10 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 use super::AppState;
 use crate::auth::ClientContext;
 
-/// The extractor: wraps the service's [`ClientContext`].
+/// The extractor of a request's origin (not a client of ours): wraps the
+/// service's [`ClientContext`].
 #[derive(Debug, Clone)]
-pub struct Client(pub ClientContext);
+pub struct RequestOrigin(pub ClientContext);
 
 /// Resolves the client address from the peer and the forwarding header,
 /// given as its lines in the order they arrived.
@@ -50,7 +51,7 @@ pub fn resolve_client_ip(
     Some(last_trusted)
 }
 
-impl FromRequest for Client {
+impl FromRequest for RequestOrigin {
     type Error = actix_web::Error;
     type Future = Ready<Result<Self, Self::Error>>;
 
@@ -73,7 +74,7 @@ impl FromRequest for Client {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().take(200).collect());
-        ready(Ok(Client(ClientContext { ip, user_agent })))
+        ready(Ok(RequestOrigin(ClientContext { ip, user_agent })))
     }
 }
 

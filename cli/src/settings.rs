@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::args::Cli;
-use crate::config::{ClientConfig, TokenStorage};
+use codeedex_client_core::{ClientConfig, TokenStorage};
 
 /// The server when nothing says otherwise.
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";

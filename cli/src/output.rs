@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 
 use chrono::{DateTime, Local, Utc};
-use codeedex_schema::api::tasks::TaskView;
+use codeedex_client_core::TaskView;
 use serde::Serialize;
 
 /// A colour for a cell.
