@@ -4,4 +4,5 @@
 //! rather than a silently ignored setting.
 
 pub mod auth;
+pub mod browser;
 pub mod tasks;

@@ -6,6 +6,7 @@
 
 mod account;
 mod auth_routes;
+mod browser_session;
 mod caller;
 mod health;
 mod json_body;
@@ -14,6 +15,7 @@ mod origin;
 pub(crate) mod problem;
 mod sync_socket;
 mod tasks;
+mod web_app;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -135,9 +137,11 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .app_data(problem::path_config())
             .configure(health::configure)
             .configure(auth_routes::configure)
+            .configure(browser_session::configure)
             .configure(account::configure)
             .configure(tasks::configure)
             .configure(sync_socket::configure)
-            .configure(openapi::configure);
+            .configure(openapi::configure)
+            .configure(web_app::configure);
     }
 }

@@ -34,7 +34,7 @@ use codeedex_server::configuration::limits::SyncLimits;
 use codeedex_server::durability::Ticket;
 use codeedex_server::metrics::Metrics;
 use codeedex_server::sync::session::{
-    Bound, Effect, Generated, Reconciled, Session, SessionConfig, SyncKind, Synced,
+    Bound, Effect, Generated, Identity, Reconciled, Session, SessionConfig, SyncKind, Synced,
 };
 
 const DEVICES: usize = 3;
@@ -256,10 +256,12 @@ impl World {
                 limits: SyncLimits::default(),
             },
             Arc::clone(&self.metrics),
-            i as u64,
-            user(),
-            SessionId::from_random_bytes([i as u8 * 16 + device.sessions; 16]),
-            i64::MAX,
+            Identity {
+                conn: i as u64,
+                user: user(),
+                session: SessionId::from_random_bytes([i as u8 * 16 + device.sessions; 16]),
+                token_expires_at: i64::MAX,
+            },
             self.clock + Duration::from_millis(10 * self.step),
         );
         device.connection = Some(ServerConnection {

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, auth_routes, tasks};
+use super::{account, auth_routes, browser_session, tasks};
 
 struct BearerAuth;
 
@@ -32,6 +32,9 @@ impl Modify for BearerAuth {
         auth_routes::verify,
         auth_routes::refresh,
         auth_routes::logout,
+        browser_session::sign_in,
+        browser_session::refresh,
+        browser_session::logout,
         account::me,
         account::sessions,
         account::revoke_session,

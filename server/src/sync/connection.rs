@@ -25,8 +25,8 @@ use super::hub::{Author, ConnectionId, DocumentHub, Generation, HubError, IfUnse
 use super::mailbox::{Mailbox, Notices};
 use super::registry::{Bind, PeerRegistry};
 use super::session::{
-    Authenticated, Bound, Effect, Failure, Generated, Reconciled, Session, SessionConfig, SyncKind,
-    Synced, TransportFault,
+    Authenticated, Bound, Effect, Failure, Generated, Identity, Reconciled, Session, SessionConfig,
+    SyncKind, Synced, TransportFault,
 };
 use crate::auth::{Auth, AuthenticateError};
 use crate::configuration::limits::SyncLimits;
@@ -151,15 +151,13 @@ impl Connection {
             server_storage_id: ctx.server_storage_id.clone(),
             limits: ctx.limits,
         };
-        let session = Session::new(
-            config,
-            Arc::clone(&ctx.metrics),
+        let identity = Identity {
             conn,
             user,
             session,
             token_expires_at,
-            now,
-        );
+        };
+        let session = Session::new(config, Arc::clone(&ctx.metrics), identity, now);
         Self {
             ctx,
             conn,

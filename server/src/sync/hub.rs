@@ -926,6 +926,17 @@ mod tests {
         )
     }
 
+    /// A new document, claimed for a user.
+    fn claimed(hub: &DocumentHub) -> (UserId, DocumentId, Arc<LiveDocument>) {
+        let user = UserId::from_random_bytes([1; 16]);
+        let id = DocumentId::from_random_bytes([2; 16]);
+        let live = hub
+            .open(id, user, IfUnseen::Claim, Utc::now())
+            .unwrap()
+            .unwrap();
+        (user, id, live)
+    }
+
     /// The message a device sends once the server said what it has: it
     /// carries every change of `doc`.
     async fn push_all(
@@ -961,12 +972,7 @@ mod tests {
                 ..Quota::default()
             },
         );
-        let user = UserId::from_random_bytes([1; 16]);
-        let id = DocumentId::from_random_bytes([2; 16]);
-        let live = hub
-            .open(id, user, IfUnseen::Claim, Utc::now())
-            .unwrap()
-            .unwrap();
+        let (user, id, live) = claimed(&hub);
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "small").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -995,12 +1001,7 @@ mod tests {
     async fn a_contained_panic_is_an_error_and_the_document_is_reloaded_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), Quota::default());
-        let user = UserId::from_random_bytes([1; 16]);
-        let id = DocumentId::from_random_bytes([2; 16]);
-        let live = hub
-            .open(id, user, IfUnseen::Claim, Utc::now())
-            .unwrap()
-            .unwrap();
+        let (user, _, live) = claimed(&hub);
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "kept").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();

@@ -108,16 +108,26 @@ impl RecentEphemeral {
     }
 }
 
+/// Whose connection this is: what the upgrade authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The connection's number, as logged.
+    pub conn: u64,
+    /// The signed-in user.
+    pub user: UserId,
+    /// The session (device sign-in) whose token opened the socket.
+    pub session: SessionId,
+    /// When that token expires (seconds since the epoch); an in-place
+    /// refresh moves it.
+    pub token_expires_at: i64,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
     metrics: Arc<Metrics>,
-    /// The connection's number, as logged.
-    conn: u64,
-    user: UserId,
-    session: SessionId,
-    token_expires_at: i64,
+    identity: Identity,
     joined: Option<Joined>,
     /// Documents attached to the connection: the peer syncs them and the
     /// hub tells the connection of their changes.
@@ -157,20 +167,14 @@ impl Session {
     pub fn new(
         config: SessionConfig,
         metrics: Arc<Metrics>,
-        conn: u64,
-        user: UserId,
-        session: SessionId,
-        token_expires_at: i64,
+        identity: Identity,
         now: Instant,
     ) -> Self {
         let burst = f64::from(config.limits.message_burst);
         Self {
             config,
             metrics,
-            conn,
-            user,
-            session,
-            token_expires_at,
+            identity,
             joined: None,
             attached: HashSet::new(),
             waiting: HashSet::new(),
@@ -186,18 +190,18 @@ impl Session {
 
     /// The user this connection belongs to.
     pub fn user(&self) -> UserId {
-        self.user
+        self.identity.user
     }
 
     /// The session this connection belongs to.
     pub fn session(&self) -> SessionId {
-        self.session
+        self.identity.session
     }
 
     /// When the access token behind this connection expires (seconds since
     /// the epoch).
     pub fn token_expires_at(&self) -> i64 {
-        self.token_expires_at
+        self.identity.token_expires_at
     }
 
     /// Whether the join has happened.
@@ -262,7 +266,7 @@ impl Session {
             Err(e) => return fail(close::PROTOCOL_ERROR, &format!("malformed message: {e}")),
         };
         tracing::debug!(
-            conn = self.conn,
+            conn = self.identity.conn,
             kind = message.message_type(),
             doc = message.document_id(),
             "received"
@@ -400,7 +404,7 @@ impl Session {
             Ok(admitted) => admitted.into_message(),
             Err(refusal) => {
                 Metrics::bump(&self.metrics.sync_messages_refused);
-                tracing::warn!(conn = self.conn, user = %self.user, %doc, reason = %refusal, "refused a sync message");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, %doc, reason = %refusal, "refused a sync message");
                 let code = if refusal.is_limit() {
                     close::LIMIT
                 } else {
@@ -483,8 +487,8 @@ impl Session {
                 user,
                 session,
                 expires_at,
-            } if user == self.user && session == self.session => {
-                self.token_expires_at = expires_at;
+            } if user == self.identity.user && session == self.identity.session => {
+                self.identity.token_expires_at = expires_at;
                 vec![Effect::Send(Message::AuthAccepted {
                     sender_id: self.config.server_peer_id.clone(),
                     target_id: self.target(),
@@ -570,7 +574,7 @@ impl Session {
                 }
             }
             Reconciled::Stale => {
-                tracing::warn!(conn = self.conn, user = %self.user, %doc, "closing a sync connection: the store failed under it");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, %doc, "closing a sync connection: the store failed under it");
                 self.storage_unavailable()
             }
             // Only a store that is down ends the connection: anything else
@@ -625,7 +629,7 @@ impl Session {
     pub fn generated(&mut self, doc: DocumentId, outcome: Generated) -> Vec<Effect> {
         match outcome {
             Generated::Message(message) => {
-                tracing::debug!(conn = self.conn, %doc, changes = message.changes.len(), "sending sync message");
+                tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
                 vec![self.sync_frame(doc, message)]
             }
             Generated::Nothing | Generated::Detached => Vec::new(),
@@ -667,7 +671,7 @@ impl Session {
         let doc = doc.map(|d| d.to_string()).unwrap_or_default();
         let (code, message) = match failure {
             Failure::StorageUnavailable => {
-                tracing::warn!(conn = self.conn, user = %self.user, doc, "closing a sync connection: the store is unavailable");
+                tracing::warn!(conn = self.identity.conn, user = %self.identity.user, doc, "closing a sync connection: the store is unavailable");
                 return self.storage_unavailable();
             }
             Failure::Internal => return fail(close::PROTOCOL_ERROR, "internal server error"),
@@ -682,7 +686,7 @@ impl Session {
                 "the sync message could not be applied".to_owned(),
             ),
         };
-        tracing::warn!(conn = self.conn, user = %self.user, doc, error = %message, "refused a sync message");
+        tracing::warn!(conn = self.identity.conn, user = %self.identity.user, doc, error = %message, "refused a sync message");
         fail(code, &message)
     }
 

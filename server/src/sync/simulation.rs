@@ -56,6 +56,19 @@ struct World {
 }
 
 impl World {
+    /// The server's copy of the document.
+    fn server_copy(&self) -> Arc<super::hub::LiveDocument> {
+        self.hub
+            .open(
+                self.doc,
+                UserId::from_random_bytes([3; 16]),
+                IfUnseen::Refuse,
+                self.wall,
+            )
+            .unwrap()
+            .unwrap()
+    }
+
     fn tick(&mut self) {
         self.clock += Duration::from_millis(10);
         self.wall += chrono::Duration::milliseconds(10);
@@ -280,16 +293,7 @@ async fn run(seed: u64) {
             }
         }
     }
-    let live = world
-        .hub
-        .open(
-            world.doc,
-            UserId::from_random_bytes([3; 16]),
-            IfUnseen::Refuse,
-            world.wall,
-        )
-        .unwrap()
-        .unwrap();
+    let live = world.server_copy();
     let mut server_heads = world.hub.heads(&live).await.unwrap();
     server_heads.sort();
     for (i, d) in world.devices.iter_mut().enumerate() {
@@ -348,16 +352,7 @@ async fn a_dropped_connection_leaves_no_subscription_and_saves_its_sync_state() 
     world.edit(0, 0);
     world.device_sends(0);
     world.deliver_to_server(0).await;
-    let live = world
-        .hub
-        .open(
-            world.doc,
-            UserId::from_random_bytes([3; 16]),
-            IfUnseen::Refuse,
-            world.wall,
-        )
-        .unwrap()
-        .unwrap();
+    let live = world.server_copy();
     assert_eq!(world.hub.subscriber_count(&live), 1);
     // However its task ends (a panic unwinding through it included), a
     // dropped connection runs `finish`.

@@ -1,0 +1,110 @@
+// Shared steps of the browser tests. Elements are found by role and label
+// only, as a person using a screen reader would find them.
+import { type Browser, type BrowserContext, type Page, expect } from "@playwright/test"
+import { spawn } from "node:child_process"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+/** The fixed code the test server accepts for the test identities. */
+export const CODE = process.env.CODEEDEX_TEST_CODE ?? "246810"
+
+/**
+ * A test identity: the server under test has fixed codes for
+ * web1..web40@example.com and +14155552601..+14155552640.
+ */
+export const email = (n: number) => `web${n}@example.com`
+export const phone = (n: number) => `+1415555${2600 + n}`
+
+export async function signIn(page: Page, identifier: string) {
+  await page.goto("/")
+  await page.getByLabel("Email or phone").fill(identifier)
+  await page.getByRole("button", { name: "Send code" }).click()
+  await page.getByLabel("Code").fill(CODE)
+  await page.getByRole("button", { name: "Sign in" }).click()
+  await expect(page.getByLabel("New task")).toBeVisible()
+  await expect(page.getByRole("status")).toContainText("Up to date")
+}
+
+export async function newSignedInPage(browser: Browser, identifier: string, baseURL?: string) {
+  const context = await browser.newContext(baseURL ? { baseURL } : {})
+  const page = await context.newPage()
+  await signIn(page, identifier)
+  return { context, page }
+}
+
+export async function addTask(page: Page, title: string) {
+  await page.getByLabel("New task").fill(title)
+  await page.getByRole("button", { name: "Add", exact: true }).click()
+  await expect(task(page, title)).toBeVisible()
+}
+
+/** The list item of the task whose checkbox is named `title`. */
+export function task(page: Page, title: string) {
+  return page.getByRole("listitem").filter({ has: page.getByRole("checkbox", { name: title, exact: true }) })
+}
+
+export async function editTask(page: Page, title: string, fields: { title?: string; notes?: string }) {
+  await page.getByRole("button", { name: `Edit ${title}`, exact: true }).click()
+  const form = page.getByRole("form", { name: `Edit task ${title}` })
+  if (fields.title !== undefined) await form.getByLabel("Title").fill(fields.title)
+  if (fields.notes !== undefined) await form.getByLabel("Notes").fill(fields.notes)
+  await form.getByRole("button", { name: "Save" }).click()
+}
+
+/** Signs in over REST with the fixed code; returns an access token. */
+export async function restToken(baseURL: string, identifier: string): Promise<string> {
+  const contact = identifier.includes("@") ? { email: identifier } : { phone: identifier }
+  const headers = { "content-type": "application/json" }
+  const otp = await fetch(`${baseURL}/v1/auth/otp`, { method: "POST", headers, body: JSON.stringify(contact) })
+  expect(otp.status).toBe(202)
+  const verify = await fetch(`${baseURL}/v1/auth/verify`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify({ ...contact, code: CODE, device_name: "rest test" }),
+  })
+  expect(verify.status).toBe(200)
+  return (await verify.json()).access_token
+}
+
+export async function restTasks(baseURL: string, token: string): Promise<any[]> {
+  const response = await fetch(`${baseURL}/v1/tasks`, { headers: { authorization: `Bearer ${token}` } })
+  expect(response.status).toBe(200)
+  return (await response.json()).tasks
+}
+
+/** A `codeedex` CLI device with its own home, against the server under test. */
+export class CliDevice {
+  readonly home = mkdtempSync(join(tmpdir(), "codeedex-cli-"))
+  constructor(readonly server: string) {}
+
+  run(args: string[], input?: string): Promise<string> {
+    const binary = process.env.CODEEDEX_CLI
+    if (!binary) throw new Error("CODEEDEX_CLI is not set")
+    return new Promise((resolve, reject) => {
+      const child = spawn(binary, args, {
+        env: {
+          ...process.env,
+          CODEEDEX_HOME: join(this.home, "data"),
+          CODEEDEX_SERVER: this.server,
+          CODEEDEX_TOKEN_STORE: "file",
+          XDG_CONFIG_HOME: join(this.home, "config"),
+          NO_COLOR: "1",
+        },
+      })
+      let out = ""
+      let err = ""
+      child.stdout.on("data", d => (out += d))
+      child.stderr.on("data", d => (err += d))
+      child.on("error", reject)
+      child.on("close", code =>
+        code === 0 ? resolve(out) : reject(new Error(`codeedex ${args.join(" ")} exited ${code}: ${err}`)),
+      )
+      child.stdin.end(input ?? "")
+    })
+  }
+}
+
+export async function closeAll(...contexts: BrowserContext[]) {
+  await Promise.all(contexts.map(c => c.close()))
+}

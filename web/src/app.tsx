@@ -1,0 +1,450 @@
+// The signed-in app: sync status, the new-task form, views and search, the
+// task list with inline editing and history, and the devices panel.
+
+import { useEffect, useMemo, useState } from "preact/hooks"
+import type { DocumentId } from "@automerge/automerge-repo/slim"
+import { explain } from "./api"
+import { authed, currentSessionId } from "./session"
+import type { Library, SyncState } from "./library"
+import {
+  PRIORITIES,
+  type Priority,
+  type Task,
+  type View,
+  createTask,
+  parseTags,
+  today,
+  unlistTask,
+  updateTask,
+  visible,
+} from "./tasks"
+
+function useLibrary(library: Library): number {
+  const [version, setVersion] = useState(0)
+  useEffect(() => library.subscribe(() => setVersion(v => v + 1)), [library])
+  return version
+}
+
+export function SyncStatus(props: { sync: SyncState; loaded: boolean }) {
+  const { sync } = props
+  let text: string
+  if (!sync.online) text = "Offline. Changes are kept on this device and sync when you are back online."
+  else if (!sync.connected) text = "Offline: connecting to the server…"
+  else if (!props.loaded) text = "Syncing…"
+  else if (sync.waiting > 0) text = `Syncing: ${sync.waiting} waiting`
+  else text = "Up to date"
+  const state = !sync.online || !sync.connected ? "offline" : sync.waiting > 0 ? "syncing" : "synced"
+  return (
+    <p role="status" class={`status ${state}`}>
+      {text}
+    </p>
+  )
+}
+
+const VIEWS: { id: View; label: string }[] = [
+  { id: "open", label: "Open" },
+  { id: "today", label: "Today" },
+  { id: "overdue", label: "Overdue" },
+  { id: "done", label: "Done" },
+  { id: "all", label: "All" },
+]
+
+const EMPTY: Record<View, string> = {
+  open: "Nothing to do. Add a task above.",
+  today: "Nothing due today.",
+  overdue: "Nothing overdue.",
+  done: "No completed tasks yet.",
+  all: "No tasks yet. Add one above.",
+}
+
+export function TasksApp(props: {
+  library: Library
+  who: string
+  onSignOut: (scope: "this" | "all") => void
+}) {
+  const { library } = props
+  useLibrary(library)
+  const [view, setView] = useState<View>("open")
+  const [tag, setTag] = useState<string | null>(null)
+  const [search, setSearch] = useState("")
+  const [problem, setProblem] = useState<string | undefined>(undefined)
+  const [editing, setEditing] = useState<DocumentId | null>(null)
+  const [panel, setPanel] = useState<"tasks" | "devices">("tasks")
+  const tasks = library.tasks()
+  const shown = visible(tasks, view, tag, search)
+  const tags = useMemo(() => [...new Set(tasks.flatMap(t => t.tags))].sort(), [tasks])
+
+  // A task shown from the cached view may not have its document open yet.
+  const handleOf = (id: DocumentId) => {
+    const handle = library.handles.get(id)
+    if (!handle?.isReady()) throw new Error("this task is still loading; try again in a moment")
+    return handle
+  }
+
+  const guard = (action: () => void) => {
+    try {
+      setProblem(undefined)
+      action()
+      // Write what changed to IndexedDB now rather than after the repo's
+      // save delay, so that a tab closed right after an edit keeps it.
+      void library.repo.flush().catch(() => undefined)
+    } catch (e) {
+      setProblem(e instanceof Error ? `That did not work: ${e.message}.` : explain(e))
+    }
+  }
+
+  return (
+    <div class="app">
+      <header>
+        <h1>Tasks</h1>
+        <SyncStatus sync={library.sync} loaded={library.loaded} />
+        <nav aria-label="Sections">
+          <button type="button" aria-pressed={panel === "tasks"} onClick={() => setPanel("tasks")}>
+            Tasks
+          </button>
+          <button type="button" aria-pressed={panel === "devices"} onClick={() => setPanel("devices")}>
+            Devices
+          </button>
+        </nav>
+      </header>
+      {problem && (
+        <p class="error" role="alert">
+          {problem}
+        </p>
+      )}
+      {panel === "devices" ? (
+        <Devices who={props.who} onSignOut={props.onSignOut} />
+      ) : (
+        <main>
+          <NewTask
+            disabled={!library.root}
+            onAdd={fields => guard(() => library.root && createTask(library.repo, library.root, fields))}
+          />
+          <section aria-label="Filters" class="filters">
+            <div role="group" aria-label="View" class="views">
+              {VIEWS.map(v => (
+                <button type="button" aria-pressed={view === v.id} onClick={() => setView(v.id)}>
+                  {v.label}
+                </button>
+              ))}
+            </div>
+            <div class="row">
+              <label for="tag-filter">Tag</label>
+              <select
+                id="tag-filter"
+                value={tag ?? ""}
+                onChange={e => setTag(e.currentTarget.value || null)}
+              >
+                <option value="">Any tag</option>
+                {tags.map(t => (
+                  <option value={t}>#{t}</option>
+                ))}
+              </select>
+              <label for="search">Search</label>
+              <input
+                id="search"
+                type="search"
+                value={search}
+                onInput={e => setSearch(e.currentTarget.value)}
+              />
+            </div>
+          </section>
+          {!library.loaded ? (
+            <p class="empty">Loading your tasks…</p>
+          ) : shown.length === 0 ? (
+            <p class="empty">{search || tag ? "No task matches." : EMPTY[view]}</p>
+          ) : null}
+          <ul aria-label="Tasks" class="tasks">
+            {shown.map(task => (
+              <TaskItem
+                key={task.id}
+                task={task}
+                editing={editing === task.id}
+                onEdit={() => setEditing(task.id)}
+                onClose={() => setEditing(null)}
+                onToggle={done =>
+                  guard(() => updateTask(handleOf(task.id), { done }))
+                }
+                onSave={patch =>
+                  guard(() => {
+                    updateTask(handleOf(task.id), patch)
+                    setEditing(null)
+                  })
+                }
+                onDelete={() =>
+                  guard(() => {
+                    if (library.root) unlistTask(library.root, task.id)
+                    setEditing(null)
+                    // The server also tombstones it, so REST stops listing
+                    // it; offline, unlisting is enough until then.
+                    authed("DELETE", `/v1/tasks/${task.id}`).catch(() => undefined)
+                  })
+                }
+              />
+            ))}
+          </ul>
+        </main>
+      )}
+    </div>
+  )
+}
+
+function NewTask(props: {
+  disabled: boolean
+  onAdd: (fields: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
+}) {
+  const [title, setTitle] = useState("")
+  const [more, setMore] = useState(false)
+  const [due, setDue] = useState("")
+  const [priority, setPriority] = useState<Priority>("none")
+  const [tags, setTags] = useState("")
+  const [notes, setNotes] = useState("")
+  return (
+    <form
+      class="new-task"
+      onSubmit={e => {
+        e.preventDefault()
+        if (!title.trim()) return
+        props.onAdd({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) })
+        setTitle("")
+        setDue("")
+        setPriority("none")
+        setTags("")
+        setNotes("")
+      }}
+    >
+      <div class="row">
+        <label for="new-title" class="visually-hidden">
+          New task
+        </label>
+        <input
+          id="new-title"
+          placeholder="New task"
+          maxLength={500}
+          value={title}
+          onInput={e => setTitle(e.currentTarget.value)}
+        />
+        <button type="submit" disabled={props.disabled}>
+          Add
+        </button>
+        <button type="button" aria-expanded={more} onClick={() => setMore(!more)}>
+          Details
+        </button>
+      </div>
+      {more && (
+        <div class="details">
+          <label for="new-due">Due</label>
+          <input id="new-due" type="date" value={due} onInput={e => setDue(e.currentTarget.value)} />
+          <label for="new-priority">Priority</label>
+          <select
+            id="new-priority"
+            value={priority}
+            onChange={e => setPriority(e.currentTarget.value as Priority)}
+          >
+            {PRIORITIES.map(p => (
+              <option value={p}>{p}</option>
+            ))}
+          </select>
+          <label for="new-tags">Tags</label>
+          <input id="new-tags" value={tags} onInput={e => setTags(e.currentTarget.value)} />
+          <label for="new-notes">Notes</label>
+          <textarea id="new-notes" value={notes} onInput={e => setNotes(e.currentTarget.value)} />
+        </div>
+      )}
+    </form>
+  )
+}
+
+function TaskItem(props: {
+  task: Task
+  editing: boolean
+  onEdit: () => void
+  onClose: () => void
+  onToggle: (done: boolean) => void
+  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
+  onDelete: () => void
+}) {
+  const { task } = props
+  const box = `done-${task.id}`
+  const overdue = !task.done && task.due !== null && task.due < today()
+  return (
+    <li class={task.done ? "task done" : "task"}>
+      <div class="row">
+        <input
+          id={box}
+          type="checkbox"
+          checked={task.done}
+          onChange={e => props.onToggle(e.currentTarget.checked)}
+        />
+        <label for={box} class="title">
+          {task.title}
+        </label>
+        <button type="button" aria-label={`Edit ${task.title}`} onClick={props.editing ? props.onClose : props.onEdit}>
+          Edit
+        </button>
+      </div>
+      {(task.due || task.priority !== "none" || task.tags.length > 0 || task.notes) && (
+        <p class="meta">
+          {task.due && <span class={overdue ? "overdue" : ""}>{overdue ? "Overdue: " : "Due "}{task.due}</span>}
+          {task.priority !== "none" && <span>{task.priority} priority</span>}
+          {task.tags.map(t => (
+            <span class="tag">#{t}</span>
+          ))}
+          {task.notes && <span class="notes">{task.notes}</span>}
+        </p>
+      )}
+      {props.editing && <TaskEditor task={task} onSave={props.onSave} onCancel={props.onClose} onDelete={props.onDelete} />}
+    </li>
+  )
+}
+
+function TaskEditor(props: {
+  task: Task
+  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
+  onCancel: () => void
+  onDelete: () => void
+}) {
+  const { task } = props
+  const [title, setTitle] = useState(task.title)
+  const [notes, setNotes] = useState(task.notes)
+  const [due, setDue] = useState(task.due ?? "")
+  const [priority, setPriority] = useState<Priority>(task.priority)
+  const [tags, setTags] = useState(task.tags.join(", "))
+  const [history, setHistory] = useState(false)
+  const id = task.id
+  return (
+    <form
+      class="editor"
+      aria-label={`Edit task ${task.title}`}
+      onSubmit={e => {
+        e.preventDefault()
+        if (!title.trim()) return
+        props.onSave({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) })
+      }}
+    >
+      <label for={`title-${id}`}>Title</label>
+      <input id={`title-${id}`} value={title} maxLength={500} onInput={e => setTitle(e.currentTarget.value)} />
+      <label for={`notes-${id}`}>Notes</label>
+      <textarea id={`notes-${id}`} value={notes} onInput={e => setNotes(e.currentTarget.value)} />
+      <label for={`due-${id}`}>Due</label>
+      <input id={`due-${id}`} type="date" value={due} onInput={e => setDue(e.currentTarget.value)} />
+      <label for={`priority-${id}`}>Priority</label>
+      <select id={`priority-${id}`} value={priority} onChange={e => setPriority(e.currentTarget.value as Priority)}>
+        {PRIORITIES.map(p => (
+          <option value={p}>{p}</option>
+        ))}
+      </select>
+      <label for={`tags-${id}`}>Tags</label>
+      <input id={`tags-${id}`} value={tags} onInput={e => setTags(e.currentTarget.value)} />
+      <div class="row">
+        <button type="submit">Save</button>
+        <button type="button" onClick={props.onCancel}>
+          Cancel
+        </button>
+        <button type="button" aria-expanded={history} onClick={() => setHistory(!history)}>
+          History
+        </button>
+        <button type="button" class="danger" onClick={props.onDelete}>
+          Delete
+        </button>
+      </div>
+      {history && <History id={id} />}
+    </form>
+  )
+}
+
+interface HistoryEntry {
+  seq: number
+  at: string
+  session_id?: string | null
+  fields: string[]
+}
+
+function History(props: { id: DocumentId }) {
+  const [entries, setEntries] = useState<HistoryEntry[] | undefined>(undefined)
+  const [error, setError] = useState<string | undefined>(undefined)
+  useEffect(() => {
+    authed<{ entries: HistoryEntry[] }>("GET", `/v1/tasks/${props.id}/history`)
+      .then(h => setEntries(h.entries))
+      .catch(e => setError(explain(e)))
+  }, [props.id])
+  if (error) return <p class="error" role="alert">{error}</p>
+  if (!entries) return <p>Loading history…</p>
+  if (entries.length === 0) return <p>No history on the server yet.</p>
+  const mine = currentSessionId()
+  return (
+    <ol class="history" aria-label="History">
+      {entries
+        .slice()
+        .reverse()
+        .map(e => (
+          <li>
+            {new Date(e.at).toLocaleString()}: {e.fields.length ? e.fields.join(", ") : "no visible change"} (
+            {e.session_id === mine ? "this browser" : e.session_id ? "another device" : "the server"})
+          </li>
+        ))}
+    </ol>
+  )
+}
+
+interface SessionView {
+  id: string
+  device_name?: string | null
+  created_at: string
+  last_used_at: string
+  current: boolean
+}
+
+function Devices(props: { who: string; onSignOut: (scope: "this" | "all") => void }) {
+  const [sessions, setSessions] = useState<SessionView[] | undefined>(undefined)
+  const [error, setError] = useState<string | undefined>(undefined)
+  const load = () =>
+    authed<{ sessions: SessionView[] }>("GET", "/v1/sessions")
+      .then(s => {
+        setSessions(s.sessions)
+        setError(undefined)
+      })
+      .catch(e => setError(explain(e)))
+  useEffect(() => {
+    void load()
+  }, [])
+  return (
+    <main class="devices">
+      <h2>Signed in as {props.who}</h2>
+      <div class="row">
+        <button type="button" onClick={() => props.onSignOut("this")}>
+          Sign out
+        </button>
+        <button type="button" class="danger" onClick={() => props.onSignOut("all")}>
+          Sign out everywhere
+        </button>
+      </div>
+      <h2>Devices</h2>
+      {error && <p class="error" role="alert">{error}</p>}
+      {!sessions && !error && <p>Loading devices…</p>}
+      <ul aria-label="Devices">
+        {sessions?.map(s => (
+          <li>
+            <span>
+              {s.device_name || "Unnamed device"}
+              {s.current ? " (this browser)" : ""}, last used {new Date(s.last_used_at).toLocaleString()}
+            </span>
+            {!s.current && (
+              <button
+                type="button"
+                aria-label={`Revoke ${s.device_name || "unnamed device"}`}
+                onClick={() =>
+                  authed("DELETE", `/v1/sessions/${s.id}`)
+                    .then(load)
+                    .catch(e => setError(explain(e)))
+                }
+              >
+                Revoke
+              </button>
+            )}
+          </li>
+        ))}
+      </ul>
+    </main>
+  )
+}
