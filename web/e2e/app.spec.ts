@@ -50,7 +50,7 @@ test("sign in by phone", async ({ page }) => {
   await expect(page.getByRole("heading", { name: `Signed in as ${phone(1)}` })).toBeVisible()
 })
 
-test("a wrong code is refused in plain words, and the resend button counts down", async ({ page }) => {
+test("a wrong code is refused in plain words", async ({ page }) => {
   await page.goto("/")
   await page.getByLabel("Email or phone").fill(email(2))
   await page.getByRole("button", { name: "Send code" }).click()
@@ -274,4 +274,69 @@ test("the browser session endpoints refuse requests without the CSRF header or f
   expect(page.headers()["content-security-policy"]).not.toContain("unsafe-inline")
   expect(page.headers()["x-content-type-options"]).toBe("nosniff")
   expect(page.headers()["cache-control"]).toBe("no-cache")
+})
+
+test("views, tag filter and search pick the right tasks; history lists the edits", async ({ page }) => {
+  await signIn(page, email(10))
+  const day = (offset: number) => {
+    const t = new Date()
+    t.setDate(t.getDate() + offset)
+    return `${t.getFullYear()}-${String(t.getMonth() + 1).padStart(2, "0")}-${String(t.getDate()).padStart(2, "0")}`
+  }
+  const add = async (title: string, due: string, tags: string) => {
+    await page.getByRole("button", { name: "Details" }).click()
+    await page.getByLabel("New task").fill(title)
+    if (due) await page.getByLabel("Due").fill(due)
+    if (tags) await page.getByLabel("Tags").fill(tags)
+    await page.getByRole("button", { name: "Add", exact: true }).click()
+    await expect(task(page, title)).toBeVisible()
+    await page.getByRole("button", { name: "Details" }).click()
+  }
+  await add("pay rent", day(0), "home")
+  await add("renew passport", day(-2), "admin")
+  await add("plan trip", day(5), "home")
+  await page.getByRole("checkbox", { name: "plan trip" }).check()
+  const shown = async () =>
+    (await page.getByRole("list", { name: "Tasks" }).getByRole("checkbox").all()).length
+  await page.getByRole("button", { name: "Today", exact: true }).click()
+  await expect(task(page, "pay rent")).toBeVisible()
+  expect(await shown()).toBe(1)
+  await page.getByRole("button", { name: "Overdue", exact: true }).click()
+  await expect(task(page, "renew passport")).toBeVisible()
+  expect(await shown()).toBe(1)
+  await page.getByRole("button", { name: "Done", exact: true }).click()
+  await expect(task(page, "plan trip")).toBeVisible()
+  expect(await shown()).toBe(1)
+  await page.getByRole("button", { name: "All", exact: true }).click()
+  await page.getByLabel("Tag").selectOption("home")
+  await expect(task(page, "renew passport")).toHaveCount(0)
+  await expect(task(page, "pay rent")).toBeVisible()
+  await expect(task(page, "plan trip")).toBeVisible()
+  await page.getByLabel("Tag").selectOption("")
+  await page.getByLabel("Search").fill("passport")
+  await expect(task(page, "pay rent")).toHaveCount(0)
+  await expect(task(page, "renew passport")).toBeVisible()
+
+  await page.getByRole("button", { name: "Edit renew passport", exact: true }).click()
+  await page.getByRole("button", { name: "History" }).click()
+  await expect(page.getByRole("list", { name: "History" }).getByRole("listitem")).not.toHaveCount(0)
+  await expect(page.getByRole("list", { name: "History" })).toContainText("title")
+})
+
+test("signing out everywhere ends the other browser's session too", async ({ browser }) => {
+  const a = await newSignedInPage(browser, email(11))
+  const b = await newSignedInPage(browser, email(11))
+  await addTask(a.page, "shared list")
+  await expect(task(b.page, "shared list")).toBeVisible()
+  await a.page.getByRole("button", { name: "Devices" }).click()
+  await expect(a.page.getByRole("list", { name: "Devices" }).getByRole("listitem")).toHaveCount(2)
+  await a.page.getByRole("button", { name: "Sign out everywhere" }).click()
+  await expect(a.page.getByLabel("Email or phone")).toBeVisible()
+  // B's session is gone: its next start signs it out and deletes its copy.
+  await b.page.reload()
+  await expect(b.page.getByLabel("Email or phone")).toBeVisible()
+  await expect
+    .poll(() => b.page.evaluate(async () => (await indexedDB.databases()).map(d => d.name)))
+    .not.toContainEqual(expect.stringMatching(/^codeedex-/))
+  await closeAll(a.context, b.context)
 })
