@@ -26,22 +26,6 @@ pub(crate) fn parse_due(text: &str, today: NaiveDate) -> Result<Option<NaiveDate
     Ok(Some(date))
 }
 
-/// The `ls --due` filter: (due on or before, due strictly before).
-pub(crate) fn due_filter(
-    text: &str,
-    today: NaiveDate,
-) -> Result<(Option<NaiveDate>, Option<NaiveDate>), String> {
-    if text.trim().eq_ignore_ascii_case("overdue") {
-        return Ok((None, Some(today)));
-    }
-    match parse_due(text, today)? {
-        Some(date) => Ok((Some(date), None)),
-        None => {
-            Err("--due needs a day: overdue, today, tomorrow, week, +N or YYYY-MM-DD".to_owned())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,8 +47,5 @@ mod tests {
         );
         assert_eq!(parse_due("none", today).unwrap(), None);
         assert!(parse_due("someday", today).is_err());
-        assert_eq!(due_filter("overdue", today).unwrap(), (None, Some(today)));
-        assert_eq!(due_filter("today", today).unwrap(), (Some(today), None));
-        assert!(due_filter("none", today).is_err());
     }
 }

@@ -94,19 +94,18 @@ fn task_filter(query: ListQuery) -> Result<TaskFilter, Failure> {
     } else {
         StatusFilter::Open
     };
-    let (due_on_or_before, due_before) = match query.due {
-        Some(when) => {
-            dates::due_filter(&when, Local::now().date_naive()).map_err(Failure::usage)?
-        }
-        None => (None, None),
-    };
-    Ok(TaskFilter {
+    let filter = TaskFilter {
         status,
-        due_on_or_before,
-        due_before,
         tag: query.tag,
         text: query.search,
-    })
+        ..TaskFilter::default()
+    };
+    // The due words are the library's, so that every front end reads them
+    // alike.
+    match query.due {
+        Some(when) => Ok(filter.due_within(&when, Local::now().date_naive())?),
+        None => Ok(filter),
+    }
 }
 
 pub(crate) async fn show(

@@ -11,7 +11,7 @@ use codeedex_schema::api::auth::{
     SessionList, SignInResponse, TokenPair, UserView, VerifyRequest,
 };
 use codeedex_schema::api::tasks::TaskHistory;
-use codeedex_schema::id::DocumentId;
+use codeedex_schema::id::{DocumentId, SessionId};
 use codeedex_schema::problem::Problem;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +64,16 @@ impl ApiClient {
         Err(problem_error(status.as_u16(), response).await)
     }
 
+    /// Sends a request whose success has no body (204).
+    async fn send_no_content(&self, request: reqwest::RequestBuilder) -> Result<(), ClientError> {
+        let response = request.send().await.map_err(network_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(problem_error(status.as_u16(), response).await)
+    }
+
     /// `POST /v1/auth/otp`.
     pub async fn request_code(&self, body: &OtpRequest) -> Result<OtpAccepted, ClientError> {
         self.send(self.http.post(self.url("/v1/auth/otp")).json(body))
@@ -97,6 +107,16 @@ impl ApiClient {
             .await
     }
 
+    /// `DELETE /v1/sessions/{id}`.
+    pub async fn revoke_session(&self, token: &str, id: SessionId) -> Result<(), ClientError> {
+        self.send_no_content(
+            self.http
+                .delete(self.url(&format!("/v1/sessions/{id}")))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
     /// `POST /v1/auth/logout`.
     pub async fn logout(
         &self,
@@ -109,6 +129,16 @@ impl ApiClient {
                 .post(self.url("/v1/auth/logout"))
                 .bearer_auth(token)
                 .json(&body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/tasks/{id}`.
+    pub async fn delete_task(&self, token: &str, id: DocumentId) -> Result<(), ClientError> {
+        self.send_no_content(
+            self.http
+                .delete(self.url(&format!("/v1/tasks/{id}")))
+                .bearer_auth(token),
         )
         .await
     }

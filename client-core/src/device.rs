@@ -38,6 +38,8 @@ pub(crate) struct Device {
     /// Documents changed locally since the engine last looked.
     changed: Mutex<BTreeSet<DocumentId>>,
     changed_notify: Notify,
+    /// Wakes `sync::deletions` when a task is deleted here.
+    deletions_notify: Notify,
     /// This process's peer id (fresh per process, as automerge-repo does).
     peer_id: String,
     /// This data directory's storage id.
@@ -105,6 +107,7 @@ impl Device {
             status: Mutex::new(SyncStatus::Offline),
             changed: Mutex::new(BTreeSet::new()),
             changed_notify: Notify::new(),
+            deletions_notify: Notify::new(),
             peer_id: format!("codeedex-{}", hex(&random_bytes()[..8])),
             storage_id,
             last_error: Mutex::new(None),
@@ -222,6 +225,22 @@ impl Device {
     /// Waits until [`Device::changed_locally`] marks something.
     pub(crate) async fn local_change(&self) {
         self.changed_notify.notified().await;
+    }
+
+    /// Records a task deleted here, for `sync::deletions` to tell the server
+    /// (not flushed; wake it with [`Device::deletions_recorded`] once it is).
+    pub(crate) fn record_deletion(&self, id: DocumentId) -> Result<(), ClientError> {
+        Ok(self.store.add_deletion(id)?)
+    }
+
+    /// Wakes `sync::deletions`: a deletion is recorded and durable.
+    pub(crate) fn deletions_recorded(&self) {
+        self.deletions_notify.notify_one();
+    }
+
+    /// Waits until [`Device::deletions_recorded`] is called.
+    pub(crate) async fn deletion_recorded(&self) {
+        self.deletions_notify.notified().await;
     }
 
     /// The documents marked since the last call, now unmarked.

@@ -1,6 +1,6 @@
 //! The local store: the only module that names sled.
 //!
-//! Four trees, each keyed by fixed-width bytes so that prefix scans never
+//! Five trees, each keyed by fixed-width bytes so that prefix scans never
 //! match a longer key by accident:
 //!
 //! - `documents`: document id (16 bytes) → the whole saved Automerge
@@ -11,6 +11,8 @@
 //!   server already has.
 //! - `unlisted`: document id → empty: tasks created before the root document
 //!   arrived from the server, still to be added to it.
+//! - `deletions`: document id → empty: tasks deleted on this device whose
+//!   deletion the server has not yet confirmed (see `sync::deletions`).
 //! - `meta`: small named values (actor id, storage id, account, root
 //!   document id, catch-up cursor, time of the last sync).
 //!
@@ -65,6 +67,7 @@ pub(crate) struct LocalStore {
     documents: sled::Tree,
     sync_states: sled::Tree,
     unlisted: sled::Tree,
+    deletions: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -122,6 +125,7 @@ impl LocalStore {
             documents: db.open_tree("documents")?,
             sync_states: db.open_tree("sync_states")?,
             unlisted: db.open_tree("unlisted")?,
+            deletions: db.open_tree("deletions")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -187,6 +191,23 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Tasks deleted here whose deletion the server has not confirmed.
+    pub fn deletions(&self) -> Result<Vec<DocumentId>, StoreError> {
+        self.deletions.iter().keys().map(|k| doc_id(&k?)).collect()
+    }
+
+    /// Records a deletion to tell the server of.
+    pub fn add_deletion(&self, id: DocumentId) -> Result<(), StoreError> {
+        self.deletions.insert(id.as_bytes(), &[])?;
+        Ok(())
+    }
+
+    /// Forgets a deletion the server has confirmed.
+    pub fn remove_deletion(&self, id: DocumentId) -> Result<(), StoreError> {
+        self.deletions.remove(id.as_bytes())?;
+        Ok(())
+    }
+
     /// A raw meta value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(key)?.map(|v| v.to_vec()))
@@ -232,6 +253,7 @@ mod tests {
             store.put_sync_state(id, b"state").unwrap();
             store.put_meta_u64(meta_key::CURSOR, 42).unwrap();
             store.put_unlisted(&[id]).unwrap();
+            store.add_deletion(id).unwrap();
             store.flush().unwrap();
             assert!(matches!(
                 LocalStore::open_within(dir.path(), Duration::ZERO),
@@ -243,5 +265,8 @@ mod tests {
         assert_eq!(store.sync_states().unwrap(), vec![(id, b"state".to_vec())]);
         assert_eq!(store.meta_u64(meta_key::CURSOR).unwrap(), 42);
         assert_eq!(store.unlisted().unwrap(), vec![id]);
+        assert_eq!(store.deletions().unwrap(), vec![id]);
+        store.remove_deletion(id).unwrap();
+        assert!(store.deletions().unwrap().is_empty());
     }
 }

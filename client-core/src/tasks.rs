@@ -5,10 +5,12 @@
 //! Validation happens once, here, against the limits of
 //! [`codeedex_schema::task`].
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use codeedex_schema::api::tasks::{TaskView, UpdateTask};
 use codeedex_schema::task::{Notes, Priority, Tag, Tags, Task, TaskError, Title};
 use codeedex_schema::task_document::TaskPatch;
+
+use crate::error::ClientError;
 
 /// A task to create. Only the title is required.
 ///
@@ -118,6 +120,42 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
+    /// Narrows the filter to a due window in the words of `codeedex ls
+    /// --due`: `overdue` (due before `today`), or `today`, `tomorrow`,
+    /// `week`, `+N` (days from today) or `YYYY-MM-DD` (due on or before
+    /// that day). `today` is the caller's local date, so that every front
+    /// end means the same day by the same word.
+    pub fn due_within(self, words: &str, today: NaiveDate) -> Result<Self, ClientError> {
+        let text = words.trim().to_ascii_lowercase();
+        if text == "overdue" {
+            return Ok(Self {
+                due_before: Some(today),
+                ..self
+            });
+        }
+        let day = match text.as_str() {
+            "today" => Some(today),
+            "tomorrow" => today.checked_add_days(Days::new(1)),
+            "week" | "next-week" => today.checked_add_days(Days::new(7)),
+            _ => match text.strip_prefix('+').map(|n| n.trim_end_matches('d')) {
+                Some(n) => n
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(|n| today.checked_add_days(Days::new(n.into()))),
+                None => NaiveDate::parse_from_str(&text, "%Y-%m-%d").ok(),
+            },
+        };
+        match day {
+            Some(day) => Ok(Self {
+                due_on_or_before: Some(day),
+                ..self
+            }),
+            None => Err(ClientError::InvalidInput(format!(
+                "{words:?} is not a due window: overdue, today, tomorrow, week, +N or YYYY-MM-DD"
+            ))),
+        }
+    }
+
     /// Whether a task passes the filter.
     pub fn matches(&self, task: &TaskView) -> bool {
         let status = match self.status {
@@ -231,5 +269,25 @@ mod tests {
             ..TaskFilter::default()
         };
         assert!(f.matches(&open_home) && !f.matches(&undated));
+    }
+
+    #[test]
+    fn due_windows_in_the_command_line_words() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let window = |words: &str| {
+            TaskFilter::default()
+                .due_within(words, today)
+                .map(|f| (f.due_on_or_before, f.due_before))
+        };
+        let day = |m, d| NaiveDate::from_ymd_opt(2026, m, d);
+        assert_eq!(window("overdue").unwrap(), (None, Some(today)));
+        assert_eq!(window(" Today ").unwrap(), (Some(today), None));
+        assert_eq!(window("tomorrow").unwrap(), (day(12, 1), None));
+        assert_eq!(window("week").unwrap(), (day(12, 7), None));
+        assert_eq!(window("+3").unwrap(), (day(12, 3), None));
+        assert_eq!(window("2026-12-24").unwrap(), (day(12, 24), None));
+        for bad in ["", "none", "someday", "+x", "+99999999999", "2026-13-01"] {
+            assert!(window(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

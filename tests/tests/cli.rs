@@ -173,6 +173,20 @@ async fn the_cli_logs_in_adds_lists_completes_and_removes_with_json_output() {
         .ok()
         .json();
     assert_eq!(ids(&tagged), vec![id.clone()]);
+    // --due takes the library's due words (client-core's TaskFilter::due_within).
+    let due = laptop
+        .run(&["ls", "--due", "2030-01-02", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(ids(&due), vec![id.clone()]);
+    let overdue = laptop
+        .run(&["ls", "--due", "overdue", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(overdue.as_array().map(Vec::len), Some(0));
+    assert_eq!(laptop.run(&["ls", "--due", "someday"]).await.code, 2);
 
     // Another device of the same account sees the tasks.
     let phone = Device::new(&app.address);

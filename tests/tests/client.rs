@@ -499,3 +499,79 @@ async fn with_the_default_token_storage_a_restarted_device_stays_signed_in_until
         "still signed in after logging out ({place})"
     );
 }
+
+/// The ids `GET /v1/tasks` lists.
+async fn rest_listed(app: &TestApp, token: &str) -> Vec<String> {
+    let page: serde_json::Value = app
+        .get_as(token, "/v1/tasks?limit=500")
+        .await
+        .json()
+        .await
+        .expect("a task page");
+    page["tasks"]
+        .as_array()
+        .expect("a task list")
+        .iter()
+        .map(|t| t["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_task_deleted_on_a_device_leaves_the_rest_api_too_even_when_deleted_offline() {
+    let app = spawn_app().await;
+    let a = signed_in_device(&app, "ida@example.com", "laptop").await;
+    let token = app
+        .sign_in_email("ida@example.com")
+        .await
+        .tokens
+        .access_token;
+    a.start_sync().await;
+    let online = a
+        .create_task(&NewTask::titled("deleted online"))
+        .expect("created");
+    let offline = a
+        .create_task(&NewTask::titled("deleted offline"))
+        .expect("created");
+    let kept = a.create_task(&NewTask::titled("kept")).expect("created");
+    up_to_date(&a).await;
+    eventually("REST lists the three tasks", || async {
+        (rest_listed(&app, &token).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // Online: the deletion reaches REST while sync runs.
+    a.delete_task(online.id).expect("deleted");
+    eventually("REST drops the task deleted online", || async {
+        (!rest_listed(&app, &token)
+            .await
+            .contains(&online.id.to_string()))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.get_as(&token, &format!("/v1/tasks/{}", online.id))
+            .await
+            .status(),
+        404
+    );
+
+    // Offline (sync stopped): REST keeps listing it until the device is
+    // back; then it is gone, and the kept task stays.
+    a.stop_sync().await;
+    a.delete_task(offline.id).expect("deleted");
+    assert!(
+        rest_listed(&app, &token)
+            .await
+            .contains(&offline.id.to_string())
+    );
+    a.start_sync().await;
+    eventually("REST drops the task deleted offline", || async {
+        let listed = rest_listed(&app, &token).await;
+        (listed == vec![kept.id.to_string()]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        all_tasks(&a).iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
+}

@@ -669,11 +669,12 @@ async fn convergence(seed: u64, core: usize, js: usize, seconds: u64, crashes: u
         proxies.iter().map(|p| p.stats()).collect::<Vec<_>>()
     );
     eprintln!("seed {seed}: {summary}");
-    // A client-core delete unlists the task from the root document; its
-    // document stays, and REST still lists it (only REST's DELETE tombstones
-    // a document), unless it was deleted before it ever reached the server.
-    // So REST lists every task created and not deleted, once, perhaps some
-    // deleted ones, and nothing else; devices list exactly those not deleted.
+    // A client-core delete unlists the task from the root document at once
+    // and tells the server over REST when it next can (client-core's
+    // sync::deletions); until the server has taken it, REST still lists the
+    // task. So REST lists every task created and not deleted, once, perhaps
+    // some deleted ones, and nothing else; devices list exactly those not
+    // deleted.
     check!(
         seed,
         expected.is_subset(&listed) && listed.is_subset(&created),

@@ -5,7 +5,7 @@ use codeedex_schema::api::auth::{
     LogoutScope, OtpAccepted, OtpRequest, SessionView, UserView, VerifyRequest,
 };
 use codeedex_schema::api::tasks::TaskHistory;
-use codeedex_schema::id::DocumentId;
+use codeedex_schema::id::{DocumentId, SessionId};
 use codeedex_schema::problem::ErrorCode;
 
 use super::{Client, SignInIdentifier};
@@ -149,6 +149,24 @@ impl Client {
             .authorized(|api, token| async move { api.sessions(&token).await })
             .await?
             .sessions)
+    }
+
+    /// Ends one of the account's sessions (signs that device out). Revoking
+    /// this device's own session signs it out here too, as
+    /// [`Client::logout`] does.
+    pub async fn revoke_session(&self, id: SessionId) -> Result<(), ClientError> {
+        let current = self
+            .sessions()
+            .await?
+            .into_iter()
+            .any(|s| s.id == id && s.current);
+        self.authorized(|api, token| async move { api.revoke_session(&token, id).await })
+            .await?;
+        if current {
+            self.stop_sync().await;
+            self.device().logged_out();
+        }
+        Ok(())
     }
 
     /// Ends sessions: this one, the others, or all. Ending this one (or all)

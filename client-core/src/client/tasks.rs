@@ -197,10 +197,10 @@ impl Client {
         )
     }
 
-    /// Removes a task from the list (from the root document), offline.
-    ///
-    /// The task's own document stays on the server, unlisted; the REST API's
-    /// `DELETE /v1/tasks/{id}` is what tombstones it there.
+    /// Deletes a task, offline: it leaves the list (the root document) at
+    /// once, and while sync runs the server is told to delete its document
+    /// too (`DELETE /v1/tasks/{id}`, as soon as it can be reached), so that
+    /// the REST API stops listing it.
     pub fn delete_task(&self, id: DocumentId) -> Result<(), ClientError> {
         let mut replicas = self.device().replicas();
         if !replicas.is_listed(id) {
@@ -212,8 +212,10 @@ impl Client {
         } else {
             Vec::new()
         };
+        self.device().record_deletion(id)?;
         self.commit_local(&touched, &replicas, WaitingList::after(root_changed))?;
         drop(replicas);
+        self.device().deletions_recorded();
         self.device().emit(ClientEvent::TaskRemoved {
             id,
             origin: ChangeOrigin::Local,

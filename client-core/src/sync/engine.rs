@@ -31,11 +31,12 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait before retrying a refresh that failed for lack of network.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
-/// A running engine.
+/// A running engine (and the task that sends deletions beside it).
 #[derive(Debug)]
 pub(crate) struct EngineHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    deletions: JoinHandle<()>,
 }
 
 impl EngineHandle {
@@ -53,14 +54,20 @@ impl EngineHandle {
     pub async fn stop(self) {
         self.signal_stop();
         let _ = self.task.await;
+        let _ = self.deletions.await;
     }
 }
 
 /// Starts the engine of a client on the current runtime.
 pub(crate) fn start(device: Arc<Device>) -> EngineHandle {
     let (stop, stopped) = watch::channel(false);
+    let deletions = tokio::spawn(super::deletions::run(Arc::clone(&device), stop.subscribe()));
     let task = tokio::spawn(run(device, stopped));
-    EngineHandle { stop, task }
+    EngineHandle {
+        stop,
+        task,
+        deletions,
+    }
 }
 
 enum Ended {
