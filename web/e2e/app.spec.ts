@@ -126,6 +126,10 @@ test("offline edits merge with another browser's edits, and REST agrees", async 
 test("after one visit the app opens and lists tasks with the network off", async ({ browser }) => {
   const { context, page } = await newSignedInPage(browser, email(5))
   await addTask(page, "read offline")
+  // What this test is about is a later visit with the network off, not a
+  // reload within milliseconds of an edit: let the edit reach the server
+  // (and the repo's storage) first.
+  await expect(page.getByRole("status")).toContainText("Up to date")
   await page.evaluate(async () => {
     await navigator.serviceWorker.ready
   })
