@@ -69,6 +69,27 @@ unsafe fn task_id(open: &CdxClient, text: *const c_char) -> Result<DocumentId, F
     Ok(open.client.resolve_task_id(text)?)
 }
 
+/// The shape of the calls that take one task and answer JSON: checks the
+/// arguments, resolves the id, and writes what `action` answers.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `task_id` is NULL or a NUL-terminated
+/// string; `out_json` is NULL or writable.
+unsafe fn on_task<T: serde::Serialize>(
+    client: *const CdxClient,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+    action: impl FnOnce(&CdxClient, DocumentId) -> Result<T, Failure>,
+) -> CdxStatus {
+    call(|| {
+        // SAFETY: the caller's promises.
+        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
+        // SAFETY: as above.
+        let id = unsafe { self::task_id(open, task_id) }?;
+        out.put_json(&action(open, id)?)
+    })
+}
+
 /// Lists tasks. `filter_json`: `{"status": "open" | "done" | "all",
 /// "due": "overdue" | "today" | "tomorrow" | "week" | "+N" | "YYYY-MM-DD",
 /// "tag": "home", "search": "milk"}`, every field optional (`{}` lists the
@@ -110,13 +131,12 @@ pub unsafe extern "C" fn cdx_task_get(
     task_id: *const c_char,
     out_json: *mut *mut c_char,
 ) -> CdxStatus {
-    call(|| {
-        // SAFETY: the caller's promises.
-        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
-        // SAFETY: as above.
-        let id = unsafe { self::task_id(open, task_id) }?;
-        out.put_json(&open.client.task(id)?)
-    })
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        on_task(client, task_id, out_json, |open, id| {
+            Ok(open.client.task(id)?)
+        })
+    }
 }
 
 /// Creates a task, offline; it is sent when sync runs. `task_json`: the
@@ -193,13 +213,12 @@ pub unsafe extern "C" fn cdx_task_complete(
     task_id: *const c_char,
     out_json: *mut *mut c_char,
 ) -> CdxStatus {
-    call(|| {
-        // SAFETY: the caller's promises.
-        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
-        // SAFETY: as above.
-        let id = unsafe { self::task_id(open, task_id) }?;
-        out.put_json(&open.client.complete_task(id)?)
-    })
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        on_task(client, task_id, out_json, |open, id| {
+            Ok(open.client.complete_task(id)?)
+        })
+    }
 }
 
 /// Marks a task not done. `*out_json`: the task.
@@ -212,13 +231,12 @@ pub unsafe extern "C" fn cdx_task_reopen(
     task_id: *const c_char,
     out_json: *mut *mut c_char,
 ) -> CdxStatus {
-    call(|| {
-        // SAFETY: the caller's promises.
-        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
-        // SAFETY: as above.
-        let id = unsafe { self::task_id(open, task_id) }?;
-        out.put_json(&open.client.reopen_task(id)?)
-    })
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        on_task(client, task_id, out_json, |open, id| {
+            Ok(open.client.reopen_task(id)?)
+        })
+    }
 }
 
 /// Deletes a task, offline: it leaves the list at once, here and, once
@@ -254,11 +272,10 @@ pub unsafe extern "C" fn cdx_task_history(
     task_id: *const c_char,
     out_json: *mut *mut c_char,
 ) -> CdxStatus {
-    call(|| {
-        // SAFETY: the caller's promises.
-        let (out, open) = unsafe { (OutString::new(out_json, "out_json")?, handle(client)?) };
-        // SAFETY: as above.
-        let id = unsafe { self::task_id(open, task_id) }?;
-        out.put_json(&open.block_on(open.client.task_history(id))?)
-    })
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        on_task(client, task_id, out_json, |open, id| {
+            Ok(open.block_on(open.client.task_history(id))?)
+        })
+    }
 }

@@ -2,33 +2,16 @@
 //! package as `codeedex-under-test`) against a real server process, with the
 //! sign-in code read from the server's mail and piped in on standard input.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use codeedex_tests::app::{TestApp, spawn_app};
+use codeedex_tests::command_line::{cli_binary, cli_command};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// The longest one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The CLI binary built for these tests, next to the server's.
-fn cli_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CODEEDEX_CLI_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    dir.join(format!(
-        "codeedex-under-test{}",
-        std::env::consts::EXE_SUFFIX
-    ))
-}
 
 /// One device: a data directory (and a config directory with nothing in it).
 struct Device {
@@ -64,19 +47,7 @@ impl Device {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(cli_binary());
-        cmd.args(args)
-            .env("CODEEDEX_HOME", self.home.path().join("data"))
-            .env("CODEEDEX_SERVER", &self.server)
-            .env("CODEEDEX_TOKEN_STORE", "file")
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("NO_COLOR", "1")
-            .env_remove("CODEEDEX_CONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+        cli_command(self.home.path(), &self.server, args)
     }
 
     async fn finish(child: tokio::process::Child) -> Run {

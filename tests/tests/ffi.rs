@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use codeedex_schema::api::auth::TokenPair;
 use codeedex_tests::app::{AppConfig, TestApp, spawn_app_with};
+use codeedex_tests::command_line::cli_command;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -146,14 +147,6 @@ fn the_static_library_links_into_a_c_program() {
     );
 }
 
-/// The `codeedex` command line built for these tests.
-fn cli_binary() -> PathBuf {
-    target_dir().join(format!(
-        "codeedex-under-test{}",
-        std::env::consts::EXE_SUFFIX
-    ))
-}
-
 /// A `codeedex` command on its own data directory, signed in as [`EMAIL`].
 struct CommandLine {
     home: tempfile::TempDir,
@@ -162,19 +155,7 @@ struct CommandLine {
 
 impl CommandLine {
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(cli_binary());
-        cmd.args(args)
-            .env("CODEEDEX_HOME", self.home.path().join("data"))
-            .env("CODEEDEX_SERVER", &self.server)
-            .env("CODEEDEX_TOKEN_STORE", "file")
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("NO_COLOR", "1")
-            .env_remove("CODEEDEX_CONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+        cli_command(self.home.path(), &self.server, args)
     }
 
     async fn finish(child: tokio::process::Child) -> Result<Value, String> {

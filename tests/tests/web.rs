@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use codeedex_tests::app::{AppConfig, TestApp, spawn_app_with};
+use codeedex_tests::command_line::cli_binary;
 use tokio::process::Command;
 
 /// The code every test identity signs in with.
@@ -32,21 +33,6 @@ fn node_module(path: &str) -> PathBuf {
         file.display()
     );
     file
-}
-
-fn cli_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CODEEDEX_CLI_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    dir.join(format!(
-        "codeedex-under-test{}",
-        std::env::consts::EXE_SUFFIX
-    ))
 }
 
 fn files_under(root: &Path) -> Vec<PathBuf> {
