@@ -20,7 +20,12 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The path of the server binary built for these tests.
 pub fn server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CODEEDEX_SERVER_BIN") {
+    built_binary("CODEEDEX_SERVER_BIN", "server-under-test")
+}
+
+/// A binary of this crate built for the tests, or the one `variable` names.
+pub fn built_binary(variable: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
         return PathBuf::from(path);
     }
     // Test executables live in target/<profile>/deps; binaries one level up.
@@ -29,7 +34,7 @@ pub fn server_binary() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test binaries live in target/<profile>/deps");
-    dir.join(format!("server-under-test{}", std::env::consts::EXE_SUFFIX))
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A running server process with its mail and SMS fixtures.

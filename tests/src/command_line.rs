@@ -6,21 +6,12 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use crate::app::built_binary;
+
 /// The CLI binary built for these tests (`codeedex-under-test`), next to
 /// the server's; `CODEEDEX_CLI_BIN` names another.
 pub fn cli_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CODEEDEX_CLI_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    dir.join(format!(
-        "codeedex-under-test{}",
-        std::env::consts::EXE_SUFFIX
-    ))
+    built_binary("CODEEDEX_CLI_BIN", "codeedex-under-test")
 }
 
 /// `codeedex <args>` for a device whose data and configuration live under
