@@ -18,6 +18,8 @@
 
 mod accounts;
 mod documents;
+#[cfg(test)]
+pub(crate) mod flush_control;
 mod group_commit;
 mod quota;
 mod records;
@@ -455,6 +457,15 @@ impl Store {
                 Err(StoreError::Unavailable)
             }
         }
+    }
+
+    /// The test's hand on the flushes of the engine in use.
+    #[cfg(test)]
+    pub(crate) fn flush_control(&self) -> std::sync::Arc<flush_control::FlushControl> {
+        self.engine()
+            .expect("the store is available")
+            .group_commit
+            .control()
     }
 
     /// Writes a value to the store's metadata, for the format version test.

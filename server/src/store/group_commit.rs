@@ -40,6 +40,8 @@ struct Shared {
     wanted: Mutex<Wanted>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
+    #[cfg(test)]
+    control: std::sync::Arc<super::flush_control::FlushControl>,
 }
 
 /// Owns the flusher thread; stops and joins it when the last handle to the
@@ -58,6 +60,8 @@ impl GroupCommit {
             wanted: Mutex::new(Wanted::default()),
             wake: Condvar::new(),
             durable: watch::Sender::new(Durable::UpTo(0)),
+            #[cfg(test)]
+            control: std::sync::Arc::default(),
         });
         let flusher = std::thread::Builder::new()
             .name("store-flusher".into())
@@ -74,6 +78,12 @@ impl GroupCommit {
     /// A ticket covering every write finished before this call.
     pub(crate) fn ticket(&self) -> u64 {
         self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The test's hand on this engine's flushes.
+    #[cfg(test)]
+    pub(crate) fn control(&self) -> std::sync::Arc<super::flush_control::FlushControl> {
+        std::sync::Arc::clone(&self.shared.control)
     }
 
     /// The newest ticket handed out.
@@ -114,6 +124,11 @@ impl GroupCommit {
 
 impl Drop for GroupCommit {
     fn drop(&mut self) {
+        // A flush a test left held would never let the flusher stop.
+        #[cfg(test)]
+        self.shared
+            .control
+            .set(super::flush_control::FlushMode::Pass);
         lock(&self.shared.wanted).stop = true;
         self.shared.wake.notify_one();
         if let Some(flusher) = self.flusher.take() {
@@ -162,7 +177,7 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
         // Every ticket up to here was taken after its writes finished, so
         // this flush covers all of them.
         let covered = shared.tickets.load(Ordering::SeqCst);
-        match db.flush() {
+        match flush(shared, db) {
             Ok(_) => {
                 done = covered;
                 shared.durable.send_replace(Durable::UpTo(covered));
@@ -174,6 +189,19 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
             }
         }
     }
+}
+
+/// Flushes `db`; in the server's tests, after the test's gate
+/// ([`super::flush_control`]) lets it.
+fn flush(
+    #[cfg_attr(not(test), allow(unused_variables))] shared: &Shared,
+    db: &sled::Db,
+) -> sled::Result<usize> {
+    #[cfg(test)]
+    if let Some(error) = shared.control.before_flush() {
+        return Err(error);
+    }
+    db.flush()
 }
 
 fn lock(wanted: &Mutex<Wanted>) -> std::sync::MutexGuard<'_, Wanted> {

@@ -37,6 +37,8 @@ use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{SessionRecord, Store, UserRecord};
 
+mod durability;
+
 struct Device {
     peer_id: String,
     conn: Connection,
