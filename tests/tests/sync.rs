@@ -128,6 +128,8 @@ async fn another_users_document_is_unavailable() {
 mod auth;
 #[path = "sync/documents.rs"]
 mod documents;
+#[path = "sync/eviction.rs"]
+mod eviction;
 #[path = "sync/hostile.rs"]
 mod hostile;
 #[path = "sync/limits.rs"]
