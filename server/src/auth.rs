@@ -19,6 +19,7 @@ pub(crate) mod span;
 pub(crate) mod tokens;
 
 mod errors;
+mod hs256;
 mod refresh;
 mod rotation_cache;
 mod sign_in;

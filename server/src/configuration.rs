@@ -150,6 +150,9 @@ pub(crate) struct SmtpSettings {
     pub(crate) port: u16,
     /// Transport security.
     pub(crate) tls: SmtpTls,
+    /// Certificate authorities (PEM) trusted besides the system's, checked
+    /// to hold at least one certificate.
+    pub(crate) extra_roots: Option<Vec<u8>>,
     /// Credentials, if the server wants them.
     pub(crate) credentials: Option<(String, SecretString)>,
     /// The From header.

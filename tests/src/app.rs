@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use codeedex_schema::api::auth::{SignInResponse, TokenPair};
 use serde_json::Value;
 
-use crate::mail_catcher::MailCatcher;
+use crate::mail_catcher::{MailCatcher, MailOptions};
 use crate::sms_provider::SmsProviderStub;
 
 /// The SMS account the stub accepts and the server is configured with.
@@ -67,12 +67,21 @@ pub struct AppConfig {
     /// Environment variables of the server process, at every start (for
     /// example, to preload libfiu: see [`crate::disk_faults`]).
     pub env: Vec<(String, String)>,
+    /// What the mail catcher asks of the server (TLS, AUTH); plain SMTP by
+    /// default. A test that sets it also sets the matching `--smtp-*` flags.
+    pub mail: MailOptions,
 }
 
 impl AppConfig {
     /// Adds one setting.
     pub fn with(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push((flag.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Runs the mail catcher with TLS or AUTH.
+    pub fn with_mail(mut self, mail: MailOptions) -> Self {
+        self.mail = mail;
         self
     }
 
@@ -93,7 +102,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server with extra settings.
 pub async fn spawn_app_with(config: AppConfig) -> TestApp {
-    let mail = MailCatcher::start().await;
+    let mail = MailCatcher::start_with(config.mail).await;
     let sms = SmsProviderStub::start(SMS_ACCOUNT, SMS_TOKEN).await;
     let data_dir = tempfile::tempdir().expect("a temporary directory");
     let mut args: Vec<String> = [

@@ -6,6 +6,7 @@
 //! ([`sms_provider`]). Tests talk to it over real HTTP and read its log.
 
 pub mod app;
+pub mod certificates;
 pub mod command_line;
 pub mod disk_faults;
 pub mod fault_proxy;

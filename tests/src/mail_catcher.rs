@@ -17,8 +17,15 @@
 //! `RCPT TO` (up to [`MAX_RECIPIENTS`]), `DATA` (dot-stuffing undone), `RSET`, `NOOP`,
 //! `VRFY` (252), `HELP`, `QUIT`. Unknown commands get 502, commands out of sequence 503,
 //! command lines longer than [`MAX_COMMAND_LINE`] 500, messages with a text line longer
-//! than [`MAX_TEXT_LINE`] 554 and messages larger than [`MAX_MESSAGE_SIZE`] 552. No TLS,
-//! no AUTH, no PIPELINING advertised (pipelined commands are still answered in order).
+//! than [`MAX_TEXT_LINE`] 554 and messages larger than [`MAX_MESSAGE_SIZE`] 552. No
+//! PIPELINING advertised (pipelined commands are still answered in order).
+//!
+//! What production mail servers require, when [`MailOptions`] ask for it: TLS, either
+//! implicit (RFC 8314: the handshake first) or by `STARTTLS` (RFC 3207: commands other
+//! than `EHLO`, `STARTTLS`, `NOOP`, `RSET` and `QUIT` get 530 until it), with a
+//! certificate the test made ([`crate::certificates`]); and `AUTH PLAIN` or `AUTH LOGIN`
+//! (RFC 4954), required before `MAIL` and offered only over TLS. Each message records
+//! whether it came over TLS and as whom; failed handshakes are counted.
 //!
 //! The file is longer than 600 lines because it is one protocol server with
 //! its tests: splitting the SMTP session from its reader would only spread
@@ -29,9 +36,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
+use tokio_rustls::TlsAcceptor;
+
+use crate::certificates::ServerIdentity;
 
 /// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -55,6 +65,10 @@ pub struct ReceivedMail {
     /// The whole message as sent after `DATA` (headers and body), dot-stuffing undone,
     /// lines ending in CRLF, without the final `.` line.
     pub data: String,
+    /// Whether the message came over TLS.
+    pub tls: bool,
+    /// The user name the sender authenticated as, if it did.
+    pub authenticated_as: Option<String>,
 }
 
 impl ReceivedMail {
@@ -142,6 +156,56 @@ pub fn extract_code(text: &str, digits: usize) -> Option<String> {
     None
 }
 
+/// How the catcher's connections start TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailTls {
+    /// Plain SMTP until the client sends `STARTTLS` (port 587 in production).
+    StartTls,
+    /// TLS from the first byte (port 465 in production).
+    Implicit,
+}
+
+/// What the catcher asks of the servers that send to it.
+#[derive(Debug, Clone, Default)]
+pub struct MailOptions {
+    /// TLS, how it starts, and the certificate presented; `None` is plain SMTP.
+    pub tls: Option<(MailTls, ServerIdentity)>,
+    /// The user name and password `AUTH` must give before `MAIL`; `None` takes mail
+    /// from anyone.
+    pub credentials: Option<(String, String)>,
+}
+
+/// What one connection needs of [`MailOptions`], ready to use.
+struct Security {
+    tls: Option<(MailTls, TlsAcceptor)>,
+    credentials: Option<(String, String)>,
+}
+
+impl Security {
+    fn new(options: MailOptions) -> Self {
+        let tls = options.tls.map(|(mode, identity)| {
+            let chain = identity
+                .chain
+                .into_iter()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(identity.key.into());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("the default protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("mail catcher: the test's certificate and key match");
+            (mode, TlsAcceptor::from(Arc::new(config)))
+        });
+        Self {
+            tls,
+            credentials: options.credentials,
+        }
+    }
+}
+
 /// A running SMTP server that records every message it accepts. Stops when dropped.
 #[derive(Debug)]
 pub struct MailCatcher {
@@ -151,11 +215,21 @@ pub struct MailCatcher {
 }
 
 impl MailCatcher {
-    /// Binds `127.0.0.1:0` and starts serving on a dedicated thread.
+    /// Binds `127.0.0.1:0` and starts serving plain SMTP on a dedicated thread.
     ///
     /// # Panics
     /// If the socket cannot be bound or the thread cannot be started.
     pub async fn start() -> MailCatcher {
+        Self::start_with(MailOptions::default()).await
+    }
+
+    /// Like [`Self::start`], with TLS and authentication as `options` say.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound, the thread cannot be started, or the certificate
+    /// and key in `options` do not match.
+    pub async fn start_with(options: MailOptions) -> MailCatcher {
+        let security = Arc::new(Security::new(options));
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
             .expect("mail catcher: cannot bind 127.0.0.1:0");
         listener
@@ -181,7 +255,7 @@ impl MailCatcher {
                     let _ = ready_tx.send(());
                     tokio::select! {
                         _ = shutdown_rx => {}
-                        _ = accept_loop(listener, thread_inbox) => {}
+                        _ = accept_loop(listener, thread_inbox, security) => {}
                     }
                 });
                 // Dropping the runtime here cancels every open connection's task.
@@ -205,6 +279,41 @@ impl MailCatcher {
     /// The full socket address the catcher listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many TLS handshakes failed so far (for example, because the client did not
+    /// trust the certificate).
+    pub fn failed_handshakes(&self) -> u64 {
+        *self
+            .inbox
+            .failed_handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until at least `count` TLS handshakes have failed.
+    pub async fn wait_for_failed_handshakes(
+        &self,
+        count: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inbox.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.failed_handshakes() >= count {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::ensure!(
+                    self.failed_handshakes() >= count,
+                    "{} TLS handshakes failed within {timeout:?}, not {count}",
+                    self.failed_handshakes()
+                );
+                return Ok(());
+            }
+        }
     }
 
     /// Every message accepted so far, oldest first (including those already returned by
@@ -263,6 +372,7 @@ fn normalize_address(address: &str) -> String {
 #[derive(Debug, Default)]
 struct Inbox {
     entries: Mutex<Vec<(ReceivedMail, bool)>>,
+    failed_handshakes: Mutex<u64>,
     notify: Notify,
 }
 
@@ -272,6 +382,14 @@ impl Inbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((mail, false));
+        self.notify.notify_waiters();
+    }
+
+    fn handshake_failed(&self) {
+        *self
+            .failed_handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
         self.notify.notify_waiters();
     }
 
@@ -314,14 +432,14 @@ impl Inbox {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inbox: Arc<Inbox>) {
+async fn accept_loop(listener: TcpListener, inbox: Arc<Inbox>, security: Arc<Security>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let inbox = Arc::clone(&inbox);
+                let (inbox, security) = (Arc::clone(&inbox), Arc::clone(&security));
                 tokio::spawn(async move {
                     // A connection error only ends that conversation.
-                    let _ = serve_connection(stream, inbox).await;
+                    let _ = serve_connection(stream, &inbox, &security).await;
                 });
             }
             // E.g. too many open files: back off briefly instead of spinning.
@@ -392,6 +510,12 @@ struct Session {
     greeted: bool,
     from: Option<String>,
     to: Vec<String>,
+    /// Whether the connection is encrypted now.
+    tls: bool,
+    /// Whether `STARTTLS` is offered (and required) on this connection.
+    offers_starttls: bool,
+    /// Whom `AUTH` accepted.
+    authenticated_as: Option<String>,
 }
 
 impl Session {
@@ -401,17 +525,152 @@ impl Session {
     }
 }
 
-async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Result<()> {
-    let (read_half, mut writer) = stream.into_split();
+/// How one SMTP session over a stream ended.
+enum Ended<S> {
+    /// The client quit or went away.
+    Closed,
+    /// The client asked for TLS and was told to start it: the stream, to wrap.
+    StartTls(S),
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    inbox: &Inbox,
+    security: &Security,
+) -> std::io::Result<()> {
+    let Some((mode, acceptor)) = &security.tls else {
+        serve_session(stream, inbox, security, Session::default(), true).await?;
+        return Ok(());
+    };
+    let plain = match mode {
+        MailTls::Implicit => stream,
+        MailTls::StartTls => {
+            let session = Session {
+                offers_starttls: true,
+                ..Session::default()
+            };
+            match serve_session(stream, inbox, security, session, true).await? {
+                Ended::Closed => return Ok(()),
+                Ended::StartTls(stream) => stream,
+            }
+        }
+    };
+    let tls = match acceptor.accept(plain).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            inbox.handshake_failed();
+            return Err(e);
+        }
+    };
+    // After STARTTLS the client starts afresh with EHLO, without a second greeting
+    // (RFC 3207 §4.2); with implicit TLS, the greeting comes over TLS.
+    let session = Session {
+        tls: true,
+        ..Session::default()
+    };
+    let greet = *mode == MailTls::Implicit;
+    serve_session(tls, inbox, security, session, greet).await?;
+    Ok(())
+}
+
+/// Reads one line as the answer to an `AUTH` challenge, base64 decoded; `None` when the
+/// client cancelled (`*`), went away, or sent something that does not decode.
+async fn auth_answer<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    match read_line(reader, line, MAX_COMMAND_LINE).await? {
+        Line::Complete if line.as_slice() != b"*" => {
+            Ok(base64::engine::general_purpose::STANDARD.decode(&line).ok())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Runs `AUTH` (PLAIN or LOGIN, with or without an initial response) and answers it;
+/// returns the user name on success.
+async fn authenticate<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut R,
+    writer: &mut W,
+    line: &mut Vec<u8>,
+    args: &str,
+    expected: &(String, String),
+) -> std::io::Result<Option<String>> {
+    let (mechanism, initial) = match args.split_once(' ') {
+        Some((mechanism, initial)) => (mechanism.to_ascii_uppercase(), Some(initial.trim())),
+        None => (args.to_ascii_uppercase(), None),
+    };
+    let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text).ok();
+    let (user, password) = match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(text) => decode(text),
+                None => {
+                    reply(writer, "334 ").await?;
+                    auth_answer(reader, line).await?
+                }
+            };
+            // authzid NUL authcid NUL password
+            let fields: Option<Vec<Vec<u8>>> =
+                response.map(|r| r.split(|&b| b == 0).map(<[u8]>::to_vec).collect());
+            match fields.as_deref() {
+                Some([_, user, password]) => (user.clone(), password.clone()),
+                _ => {
+                    reply(writer, "501 5.5.2 Cannot decode the response").await?;
+                    return Ok(None);
+                }
+            }
+        }
+        "LOGIN" => {
+            let user = match initial {
+                Some(text) => decode(text),
+                None => {
+                    reply(writer, "334 VXNlcm5hbWU6").await?;
+                    auth_answer(reader, line).await?
+                }
+            };
+            reply(writer, "334 UGFzc3dvcmQ6").await?;
+            let password = auth_answer(reader, line).await?;
+            match (user, password) {
+                (Some(user), Some(password)) => (user, password),
+                _ => {
+                    reply(writer, "501 5.5.2 Cannot decode the response").await?;
+                    return Ok(None);
+                }
+            }
+        }
+        _ => {
+            reply(writer, "504 5.5.4 Unrecognized authentication type").await?;
+            return Ok(None);
+        }
+    };
+    if user == expected.0.as_bytes() && password == expected.1.as_bytes() {
+        reply(writer, "235 2.7.0 Authentication successful").await?;
+        Ok(Some(expected.0.clone()))
+    } else {
+        reply(writer, "535 5.7.8 Authentication credentials invalid").await?;
+        Ok(None)
+    }
+}
+
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    inbox: &Inbox,
+    security: &Security,
+    mut session: Session,
+    greet: bool,
+) -> std::io::Result<Ended<S>> {
+    let (read_half, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(read_half);
     let mut line = Vec::with_capacity(MAX_COMMAND_LINE);
-    let mut session = Session::default();
 
-    reply(
-        &mut writer,
-        &format!("220 {SERVER_NAME} ESMTP CodeeDex mail catcher ready"),
-    )
-    .await?;
+    if greet {
+        reply(
+            &mut writer,
+            &format!("220 {SERVER_NAME} ESMTP CodeeDex mail catcher ready"),
+        )
+        .await?;
+    }
     loop {
         let read = tokio::time::timeout(
             IDLE_TIMEOUT,
@@ -424,10 +683,10 @@ async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Resu
                 "421 4.4.2 Idle for too long, closing connection",
             )
             .await?;
-            return Ok(());
+            return Ok(Ended::Closed);
         };
         match read? {
-            Line::Eof => return Ok(()),
+            Line::Eof => return Ok(Ended::Closed),
             Line::TooLong => {
                 reply(&mut writer, "500 5.5.2 Line too long").await?;
                 continue;
@@ -448,6 +707,18 @@ async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Resu
             None => (command, ""),
         };
         let verb = verb.to_ascii_uppercase();
+        if session.offers_starttls
+            && !session.tls
+            && !matches!(
+                verb.as_str(),
+                "EHLO" | "HELO" | "STARTTLS" | "NOOP" | "RSET" | "QUIT"
+            )
+        {
+            reply(&mut writer, "530 5.7.0 Must issue a STARTTLS command first").await?;
+            continue;
+        }
+        // AUTH is offered only where the password cannot be read on the wire.
+        let offers_auth = security.credentials.is_some() && (session.tls || security.tls.is_none());
         match verb.as_str() {
             "EHLO" | "HELO" => {
                 if args.is_empty() {
@@ -457,16 +728,51 @@ async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Resu
                 session.reset_transaction();
                 session.greeted = true;
                 if verb == "EHLO" {
-                    let text = format!(
+                    let mut text = format!(
                         "250-{SERVER_NAME} greets {args}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-                         250-SIZE {MAX_MESSAGE_SIZE}\r\n250 ENHANCEDSTATUSCODES"
+                         250-SIZE {MAX_MESSAGE_SIZE}\r\n"
                     );
+                    if session.offers_starttls && !session.tls {
+                        text.push_str("250-STARTTLS\r\n");
+                    }
+                    if offers_auth {
+                        text.push_str("250-AUTH PLAIN LOGIN\r\n");
+                    }
+                    text.push_str("250 ENHANCEDSTATUSCODES");
                     reply(&mut writer, &text).await?;
                 } else {
                     reply(&mut writer, &format!("250 {SERVER_NAME} greets {args}")).await?;
                 }
             }
+            "STARTTLS" => {
+                if !session.offers_starttls || session.tls {
+                    reply(&mut writer, "503 5.5.1 TLS not available now").await?;
+                    continue;
+                }
+                reply(&mut writer, "220 2.0.0 Ready to start TLS").await?;
+                // Anything the client sent after STARTTLS and before the handshake is
+                // dropped with the buffer (RFC 3207 §4.2 requires it).
+                return Ok(Ended::StartTls(reader.into_inner().unsplit(writer)));
+            }
+            "AUTH" => {
+                let Some(expected) = security.credentials.as_ref().filter(|_| offers_auth) else {
+                    reply(&mut writer, "502 5.5.1 Command not implemented").await?;
+                    continue;
+                };
+                if !session.greeted || session.authenticated_as.is_some() {
+                    reply(&mut writer, "503 5.5.1 Bad sequence of commands").await?;
+                    continue;
+                }
+                let args = args.to_owned();
+                let mut answer = Vec::with_capacity(MAX_COMMAND_LINE);
+                session.authenticated_as =
+                    authenticate(&mut reader, &mut writer, &mut answer, &args, expected).await?;
+            }
             "MAIL" => {
+                if security.credentials.is_some() && session.authenticated_as.is_none() {
+                    reply(&mut writer, "530 5.7.0 Authentication required").await?;
+                    continue;
+                }
                 let text = handle_mail(&mut session, args);
                 reply(&mut writer, &text).await?;
             }
@@ -497,13 +803,19 @@ async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Resu
                 }
                 reply(&mut writer, "354 Start mail input; end with <CRLF>.<CRLF>").await?;
                 let Some(outcome) = read_data(&mut reader, &mut line).await? else {
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 };
                 let from = session.from.take().unwrap_or_default();
                 let to = std::mem::take(&mut session.to);
                 match outcome {
                     DataOutcome::Message(data) => {
-                        inbox.push(ReceivedMail { from, to, data });
+                        inbox.push(ReceivedMail {
+                            from,
+                            to,
+                            data,
+                            tls: session.tls,
+                            authenticated_as: session.authenticated_as.clone(),
+                        });
                         reply(&mut writer, "250 2.0.0 OK: message accepted").await?;
                     }
                     DataOutcome::TooBig => {
@@ -545,14 +857,14 @@ async fn serve_connection(stream: TcpStream, inbox: Arc<Inbox>) -> std::io::Resu
             "HELP" => {
                 reply(
                     &mut writer,
-                    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                    "214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
                 )
                 .await?;
             }
             "QUIT" => {
                 reply(&mut writer, "221 2.0.0 Bye").await?;
                 let _ = writer.shutdown().await;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             "" => reply(&mut writer, "500 5.5.2 Syntax error, command unrecognized").await?,
             _ => reply(&mut writer, "502 5.5.1 Command not implemented").await?,
@@ -994,6 +1306,8 @@ mod tests {
         let mail = ReceivedMail {
             from: String::new(),
             to: vec![],
+            tls: false,
+            authenticated_as: None,
             data: "Content-Type: multipart/alternative;\r\n boundary=\"XyZ\"\r\n\r\n\
                    preamble\r\n--XyZ\r\nContent-Type: text/plain\r\n\
                    Content-Transfer-Encoding: base64\r\n\r\nWW91ciBjb2RlOiA0MjQyNDI=\r\n\

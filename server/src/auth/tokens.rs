@@ -92,6 +92,7 @@ impl std::fmt::Debug for AccessTokens {
 impl AccessTokens {
     /// Builds the issuer from the server's keys and the token policy.
     pub fn new(keys: &ServerKeys, policy: &TokenPolicy) -> Self {
+        super::hs256::install();
         Self {
             encoding: EncodingKey::from_secret(keys.jwt_key()),
             decoding: DecodingKey::from_secret(keys.jwt_key()),

@@ -55,10 +55,19 @@ impl Settings {
             (None, None) => None,
             _ => bail!("smtp_username and smtp_password must be given together"),
         };
+        let tls = pick!(smtp_tls, SmtpTls::Starttls);
+        let extra_roots = match cli.smtp_ca_file.clone().or(file.smtp_ca_file.clone()) {
+            None => None,
+            Some(_) if tls == SmtpTls::None => {
+                bail!("smtp_ca_file is set but smtp_tls is none: nothing would check it")
+            }
+            Some(path) => Some(read_certificate_authorities(&path)?),
+        };
         let smtp = SmtpSettings {
             host: pick!(smtp_host, String::new()),
             port: pick!(smtp_port, 587),
-            tls: pick!(smtp_tls, SmtpTls::Starttls),
+            tls,
+            extra_roots,
             credentials,
             from: pick!(smtp_from, "CodeeDex <no-reply@codeedex.invalid>".to_owned()),
         };
@@ -332,4 +341,26 @@ fn parse_test_codes(
         codes.len()
     ));
     Ok(codes)
+}
+
+/// Reads a PEM file of certificate authorities for SMTP, refusing one that
+/// holds no certificate lettre can use: a typo in the path or a key file
+/// given by mistake stops the server at start rather than every delivery.
+fn read_certificate_authorities(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read smtp_ca_file {}", path.display()))?;
+    // lettre takes a file without any certificate as an empty list.
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "smtp_ca_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "smtp_ca_file {} holds no usable certificate: {e}",
+            path.display()
+        )
+    })?;
+    Ok(pem)
 }

@@ -60,6 +60,10 @@ pub struct Overrides {
     /// SMTP security: none, starttls or tls [default: starttls].
     #[arg(long, env = "CODEEDEX_SMTP_TLS")]
     pub(crate) smtp_tls: Option<SmtpTls>,
+    /// A PEM file of certificate authorities to trust for the SMTP server,
+    /// besides the system's (a private relay's own authority) [default: none].
+    #[arg(long, env = "CODEEDEX_SMTP_CA_FILE")]
+    pub(crate) smtp_ca_file: Option<PathBuf>,
     /// SMTP user name (omit for no authentication).
     #[arg(long, env = "CODEEDEX_SMTP_USERNAME")]
     pub(crate) smtp_username: Option<String>,

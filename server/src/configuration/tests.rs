@@ -283,3 +283,25 @@ fn secrets_do_not_print() {
     let s = load(&["--sms-auth-token", "hunter2-secret"]).unwrap();
     assert!(!format!("{s:?}").contains("hunter2-secret"));
 }
+
+#[test]
+fn an_smtp_ca_file_must_hold_a_certificate_and_needs_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("key.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let smtp = ["--email-sender", "smtp", "--smtp-host", "mail.example.com"];
+    let with = |file: &std::path::Path, tls: &str| {
+        let mut args = smtp.to_vec();
+        let file = file.display().to_string();
+        args.extend(["--smtp-tls", tls, "--smtp-ca-file"]);
+        args.push(&file);
+        load(&args).map(|s| s.delivery.smtp.extra_roots.is_some())
+    };
+    let err = with(&not_pem, "starttls").unwrap_err().to_string();
+    assert!(err.contains("smtp_ca_file"), "{err}");
+    let missing = dir.path().join("missing.pem");
+    let err = format!("{:#}", with(&missing, "tls").unwrap_err());
+    assert!(err.contains("cannot read smtp_ca_file"), "{err}");
+    let err = with(&not_pem, "none").unwrap_err().to_string();
+    assert!(err.contains("smtp_tls is none"), "{err}");
+}

@@ -6,6 +6,7 @@ use anyhow::Context;
 use codeedex_schema::contact::EmailAddress;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -29,16 +30,13 @@ impl std::fmt::Debug for SmtpSender {
 impl SmtpSender {
     /// Builds the transport; connections are opened per message, from a pool.
     pub(crate) fn new(settings: &SmtpSettings, ttl_minutes: u64) -> anyhow::Result<Self> {
+        // `builder_dangerous` only means "no TLS unless set": every mode
+        // but `none` sets it, with certificate checks on.
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host);
         let builder = match settings.tls {
-            SmtpTls::None => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
-            }
-            SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
-                    .context("cannot set up STARTTLS for the SMTP host")?
-            }
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
-                .context("cannot set up TLS for the SMTP host")?,
+            SmtpTls::None => builder,
+            SmtpTls::Starttls => builder.tls(Tls::Required(tls_parameters(settings)?)),
+            SmtpTls::Tls => builder.tls(Tls::Wrapper(tls_parameters(settings)?)),
         };
         let mut builder = builder
             .port(settings.port)
@@ -83,4 +81,17 @@ impl SmtpSender {
             .context("the SMTP server did not accept the code mail")?;
         Ok(())
     }
+}
+
+/// Certificate checks for the SMTP host: the system's authorities, plus
+/// those of `smtp_ca_file`. The certificate must name the host.
+fn tls_parameters(settings: &SmtpSettings) -> anyhow::Result<TlsParameters> {
+    let mut parameters = TlsParameters::builder(settings.host.clone());
+    if let Some(pem) = &settings.extra_roots {
+        let roots = Certificate::from_pem(pem).context("smtp_ca_file holds no certificate")?;
+        parameters = parameters.add_root_certificate(roots);
+    }
+    parameters
+        .build_rustls()
+        .context("cannot set up TLS for the SMTP host")
 }

@@ -2,6 +2,7 @@
 
 mod bodies;
 mod delivery;
+mod mail_security;
 mod otp;
 mod refresh;
 mod server;
