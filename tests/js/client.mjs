@@ -4,6 +4,7 @@
 // Usage:
 //   node client.mjs <ws-url> <storage> [--peer-id ID] [--ephemeral|--not-ephemeral]
 //                   [--retry-ms MS] [--max-seconds S] [--ready-timeout-ms MS]
+//                   [--stock-errors]
 //
 //   <ws-url>   ws://host:port/v1/sync?access_token=...
 //   <storage>  "none" (in memory, ephemeral by default) or "fs:<dir>"
@@ -56,6 +57,14 @@
 //   {"cmd":"exit"}                            -> {"event":"bye"}, exit code 0 (also on stdin EOF)
 //
 // Diagnostics (frames in and out, with types and document ids) go to stderr.
+//
+// Socket errors: by default this client behaves as the stock adapter does in
+// a browser, where an error event is only logged (see the two patches under
+// "network"); that is what the web app and every other interop test need.
+// `--stock-errors` leaves the adapter exactly as it ships and installs no
+// handler for uncaught exceptions, so the process fares as a plain Node
+// application would: the adapter rethrows a refused upgrade (a 401 once the
+// token in its URL expired) and Node ends the process with exit code 1.
 
 import { Repo, cbor } from "@automerge/automerge-repo"
 import * as A from "@automerge/automerge"
@@ -80,9 +89,6 @@ function fatal(error) {
   process.exit(2)
 }
 
-process.on("uncaughtException", fatal)
-process.on("unhandledRejection", fatal)
-
 // ---- arguments ---------------------------------------------------------------
 
 const argv = process.argv.slice(2)
@@ -92,8 +98,13 @@ for (let i = 0; i < argv.length; i++) {
   const arg = argv[i]
   if (arg === "--ephemeral") flags.ephemeral = true
   else if (arg === "--not-ephemeral") flags.ephemeral = false
+  else if (arg === "--stock-errors") flags.stockErrors = true
   else if (arg.startsWith("--")) flags[arg.slice(2)] = argv[++i]
   else positional.push(arg)
+}
+if (!flags.stockErrors) {
+  process.on("uncaughtException", fatal)
+  process.on("unhandledRejection", fatal)
 }
 if (positional.length !== 2) {
   process.stderr.write("usage: node client.mjs <ws-url> <none|fs:DIR> [--peer-id ID] [--ephemeral|--not-ephemeral] [--retry-ms MS] [--max-seconds S]\n")
@@ -188,24 +199,30 @@ adapter.onError = event => {
   const message = event?.error?.message ?? event?.message ?? "unknown"
   diag("socket error:", message)
   out({ event: "socket-error", message })
-  // The stock handler throws anything but ECONNREFUSED (for example a 401
-  // on the upgrade), which would crash the process; report it instead.
+  if (flags.stockErrors) return stockOnError(event)
+  // Imitates a browser. On Node, the stock handler throws anything but
+  // ECONNREFUSED (for example a 401 on the upgrade), which ends the process;
+  // in a browser the same error is only logged, and the adapter's retry
+  // timer goes on. Report it instead of throwing. `--stock-errors` (and the
+  // interop test of the unpatched adapter) shows what Node does without this.
   if (event?.error?.code === "ECONNREFUSED") return stockOnError(event)
 }
 
-// A reconnect (the adapter's retry timer) takes its listeners off the socket
-// it replaces, which may still be connecting and fail later, for example
-// when the network resets it. A browser ignores an error event nobody
-// listens to; Node's EventEmitter throws it, which would end the process.
-// Give every socket the adapter opens a listener of its own, as a browser
-// would behave.
+// Imitates a browser, too. A reconnect (the adapter's retry timer) takes its
+// listeners off the socket it replaces, which may still be connecting and
+// fail later, for example when the network resets it. A browser ignores an
+// error event nobody listens to; Node's EventEmitter throws it, which would
+// end the process. Give every socket the adapter opens a listener of its
+// own, as a browser would behave.
 const stockConnect = adapter.connect.bind(adapter)
 adapter.connect = (...args) => {
   const result = stockConnect(...args)
   const socket = adapter.socket
-  socket?.on?.("error", e => {
-    if (socket !== adapter.socket) diag("error on a replaced socket:", String(e?.message ?? e))
-  })
+  if (!flags.stockErrors) {
+    socket?.on?.("error", e => {
+      if (socket !== adapter.socket) diag("error on a replaced socket:", String(e?.message ?? e))
+    })
+  }
   return result
 }
 

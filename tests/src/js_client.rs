@@ -139,6 +139,9 @@ pub struct JsClientOptions {
     pub peer_id: Option<String>,
     /// The adapter's reconnect interval (the stock default is 5 s).
     pub retry: Option<Duration>,
+    /// Leave the adapter's socket error handling as it ships, as a plain
+    /// Node application has it, instead of imitating a browser's.
+    pub stock_errors: bool,
 }
 
 impl JsClientOptions {
@@ -150,7 +153,15 @@ impl JsClientOptions {
             storage: Storage::None,
             peer_id: None,
             retry: None,
+            stock_errors: false,
         }
+    }
+
+    /// With the adapter's socket error handling as it ships (see
+    /// `tests/js/client.mjs`): on Node, a refused upgrade ends the process.
+    pub fn stock_errors(mut self) -> Self {
+        self.stock_errors = true;
+        self
     }
 
     /// With storage.
@@ -226,6 +237,9 @@ impl JsClient {
         }
         if let Some(retry) = options.retry {
             cmd.args(["--retry-ms", &retry.as_millis().to_string()]);
+        }
+        if options.stock_errors {
+            cmd.arg("--stock-errors");
         }
         let mut child = cmd
             .spawn()
@@ -579,6 +593,23 @@ impl JsClient {
             .request(json!({ "cmd": "connect", "timeout_ms": 12_000 }))
             .await;
         self.expect_event(&answer, "connected", "reconnect");
+    }
+
+    /// Waits for the process to end by itself; returns its exit status and
+    /// what it wrote to stderr.
+    pub async fn wait_for_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            other => self.fail(&format!("did not end within {timeout:?}: {other:?}")),
+        };
+        // The reader task may still be taking the last lines: the pipe closes
+        // with the process, so it ends soon after.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while Arc::strong_count(&self.stderr_log) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stderr = self.stderr_log.lock().expect("log lock").join("\n");
+        (status, stderr)
     }
 
     /// Kills the process (SIGKILL): no storage flush, no close handshake.

@@ -689,6 +689,48 @@ async fn an_expired_token_closes_the_socket_with_4001_and_is_refused_on_reconnec
     assert_eq!(next["message"], "Unexpected server response: 401", "{next}");
 }
 
+/// What a Node application gets from the stock adapter as it ships (the
+/// other tests imitate a browser, see `tests/js/client.mjs`): once the token
+/// in its URL has expired, the reconnect is refused with 401, the adapter
+/// rethrows the error, and Node ends the process. README's interop notes
+/// say what a Node application does instead.
+#[tokio::test]
+async fn on_node_the_unpatched_stock_adapter_ends_the_process_at_a_refused_reconnect() {
+    let app = spawn_app_with(AppConfig::default().with("--access-token-ttl-secs", 3)).await;
+    let token = token_of(&app, "node-user@example.com").await;
+    let mut js = JsClient::connect(
+        JsClientOptions::new("stock-node", sync_url(app.port, &token))
+            .retry(Duration::from_millis(500))
+            .stock_errors(),
+    )
+    .await;
+    let closed = js
+        .wait_for("the close at expiry", WAIT, |e| {
+            e["event"] == "socket-closed"
+        })
+        .await;
+    assert_eq!(closed["code"], 4001, "{closed}");
+    let refused = js
+        .wait_for("the refused reconnect", WAIT, |e| {
+            e["event"] == "socket-error"
+        })
+        .await;
+    assert_eq!(
+        refused["message"], "Unexpected server response: 401",
+        "{refused}"
+    );
+    let (status, stderr) = js.wait_for_exit(WAIT).await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "Node ends the process on the rethrown error; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Unexpected server response: 401"),
+        "the uncaught error is the refused upgrade; stderr:\n{stderr}"
+    );
+}
+
 // ---- A third peer written in Rust -----------------------------------------
 
 /// Two stock JS clients and a Rust peer (a frame-level automerge-repo peer
