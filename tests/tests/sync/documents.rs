@@ -13,6 +13,15 @@ async fn a_requested_unknown_document_arrives_when_another_device_of_the_user_up
     let mut b = joined(&app, "ann@example.com", "ann-b").await;
     let mut bob = joined(&app, "bob@example.com", "bob-1").await;
     let id = fresh_id();
+    // A document of Bob's own that he waits for too: when his other device
+    // uploads it, its arrival is the sign that his peer has been told
+    // everything it was going to be told before.
+    let bobs = fresh_id();
+    bob.request(bobs).await.unwrap();
+    match bob.next_message(WAIT).await.unwrap() {
+        Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, bobs.to_string()),
+        other => panic!("bob: expected doc-unavailable, got {other:?}"),
+    }
 
     // Nobody has it yet.
     for peer in [&mut b, &mut bob] {
@@ -33,12 +42,16 @@ async fn a_requested_unknown_document_arrives_when_another_device_of_the_user_up
     .await
     .unwrap();
 
-    // Bob, who asked for the same id, is told nothing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = bob.ping("marker", WAIT).await.unwrap();
+    // Bob, who asked for the same id, is told nothing: his own document,
+    // uploaded by his other device after Ann's, is the first news he gets.
+    let mut bob_phone = joined(&app, "bob@example.com", "bob-2").await;
+    bob_phone.create(bobs, |d| task(d, "bob's own", ""));
+    bob_phone.sync_to_server(bobs, WAIT).await.unwrap();
+    receive_sync_unasked(&mut bob, bobs, WAIT).await;
     assert!(
-        before.is_empty(),
-        "another user's waiting peer got: {before:?}"
+        bob.backlog.is_empty(),
+        "another user's waiting peer got: {:?}",
+        bob.backlog
     );
 }
 
@@ -112,17 +125,30 @@ async fn another_users_document_can_be_neither_read_nor_changed() {
     let response = app.get_as(&bob_token, &format!("/v1/tasks/{id}")).await;
     assert_eq!(response.status(), 404);
 
-    // The owner's live peer heard nothing, and the document is unchanged.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The owner's live peer heard nothing, and the document is unchanged:
+    // the owner's next edit is acknowledged with the owner's heads alone.
+    // Sync is about state, not notices, so a forged change the server had
+    // taken would come back with that acknowledgement, as a second head.
     let heard = owner.quiet_ping("marker", WAIT).await.unwrap();
     assert!(heard.is_empty(), "the owner's peer got: {heard:?}");
-    let mut heads_now = owner.docs.get_mut(&id).unwrap().0.get_heads();
+    let before_edit = owner.docs.get_mut(&id).unwrap().0.get_heads();
     let mut heads_before = owner_heads.clone();
-    heads_now.sort();
     heads_before.sort();
+    let mut sorted = before_edit.clone();
+    sorted.sort();
     assert_eq!(
-        heads_now, heads_before,
+        sorted, heads_before,
         "the owner's replica received foreign changes"
+    );
+    owner.change(id, |d| {
+        d.put(automerge::ROOT, "checked", true).unwrap();
+    });
+    let edit = owner.docs.get_mut(&id).unwrap().0.get_heads();
+    owner.sync_to_server(id, WAIT).await.unwrap();
+    assert_eq!(
+        owner.docs.get_mut(&id).unwrap().0.get_heads(),
+        edit,
+        "the server holds changes besides the owner's"
     );
     let view = rest_task(&app, &ann.tokens.access_token, id).await;
     assert_eq!(view.title, "ann's secret");
@@ -139,7 +165,7 @@ async fn another_users_document_can_be_neither_read_nor_changed() {
     let doc = &mut fresh.docs.get_mut(&id).unwrap().0;
     assert_eq!(read_string(doc, "title").as_deref(), Some("ann's secret"));
     let mut heads = doc.get_heads();
-    let mut expected = owner_heads.clone();
+    let mut expected = edit.clone();
     heads.sort();
     expected.sort();
     assert_eq!(
@@ -195,6 +221,27 @@ fn ephemeral(from: &SyncPeer, id: DocumentId, session: &str, count: u64, data: &
     }
 }
 
+/// The next ephemeral message `peer` gets is `count` of `sender`'s
+/// `session`: the positive sign that nothing relayed before it (an echo, a
+/// duplicate, a replay) is on its way, since a connection's relayed
+/// ephemeral messages go out in the order they came in.
+async fn expect_next_ephemeral_from(peer: &mut SyncPeer, sender: &str, session: &str, count: u64) {
+    match next_ephemeral(peer).await {
+        Message::Ephemeral {
+            sender_id,
+            session_id,
+            count: got,
+            ..
+        } => assert_eq!(
+            (sender_id.as_str(), session_id.as_str(), got),
+            (sender, session, count),
+            "{} got another ephemeral message first",
+            peer.peer_id
+        ),
+        _ => unreachable!(),
+    }
+}
+
 /// The next ephemeral message, skipping sync traffic.
 async fn next_ephemeral(peer: &mut SyncPeer) -> Message {
     loop {
@@ -246,15 +293,11 @@ async fn ephemeral_messages_reach_the_users_other_peer_once_and_are_never_stored
         }
         _ => unreachable!(),
     }
-    // Not echoed to A.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let echoed = a.ping("a-marker", WAIT).await.unwrap();
-    assert!(
-        echoed
-            .iter()
-            .all(|m| !matches!(m, Message::Ephemeral { .. })),
-        "echoed: {echoed:?}"
-    );
+    // Not echoed to A: a message B sends afterwards is the first A gets.
+    b.send(&ephemeral(&b, id, "b-session", 1, b"after"))
+        .await
+        .unwrap();
+    expect_next_ephemeral_from(&mut a, "ann-b", "b-session", 1).await;
 
     // The same (sender, session, count) again is dropped; the next count passes.
     a.send(&ephemeral(&a, id, "session-1", 1, b"\x01"))
@@ -288,17 +331,15 @@ async fn ephemeral_messages_reach_the_users_other_peer_once_and_are_never_stored
         *target_id = b.server_peer_id.clone();
     }
     b.send(&echo).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = a.ping("a-marker-2", WAIT).await.unwrap();
-    assert!(
-        got.iter().all(|m| !matches!(m, Message::Ephemeral { .. })),
-        "an echo came back: {got:?}"
-    );
-    let got = b.ping("b-marker", WAIT).await.unwrap();
-    assert!(
-        got.iter().all(|m| !matches!(m, Message::Ephemeral { .. })),
-        "B got more: {got:?}"
-    );
+    b.send(&ephemeral(&b, id, "b-session", 2, b"after the echo"))
+        .await
+        .unwrap();
+    expect_next_ephemeral_from(&mut a, "ann-b", "b-session", 2).await;
+    // Nor did B get more than A's three: A's next message is B's next.
+    a.send(&ephemeral(&a, id, "session-3", 1, b"last"))
+        .await
+        .unwrap();
+    expect_next_ephemeral_from(&mut b, "ann-a", "session-3", 1).await;
 
     let got = elsewhere.ping("elsewhere-marker", WAIT).await.unwrap();
     assert!(
@@ -314,13 +355,18 @@ async fn ephemeral_messages_reach_the_users_other_peer_once_and_are_never_stored
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut seen = c.ping("c-marker", WAIT).await.unwrap();
-    seen.append(&mut c.backlog);
     assert!(
-        seen.iter().all(|m| !matches!(m, Message::Ephemeral { .. })),
-        "the later joiner got: {seen:?}"
+        c.backlog
+            .iter()
+            .all(|m| !matches!(m, Message::Ephemeral { .. })),
+        "the later joiner got: {:?}",
+        c.backlog
     );
+    // Nothing older is replayed: A's next message is the first C gets.
+    a.send(&ephemeral(&a, id, "session-4", 1, b"now"))
+        .await
+        .unwrap();
+    expect_next_ephemeral_from(&mut c, "ann-a", "session-4", 1).await;
 }
 
 async fn listed_task_ids(app: &TestApp, token: &str) -> Vec<DocumentId> {
