@@ -544,6 +544,25 @@ impl SyncPeer {
         }
     }
 
+    /// Whether the socket is still open once the server has acted on every
+    /// event already pending for this connection (a session that ended, a
+    /// relayed change): two round trips ([`Self::ping`]). The server's task
+    /// for a connection writes the first answer and goes straight back to
+    /// its pending events, before the second request can have arrived (it
+    /// is sent only once the first answer is here); so a close those events
+    /// call for comes before the second answer. Other messages go to the
+    /// backlog. For an event still in the future (a timer), see
+    /// [`Self::still_open`].
+    pub async fn open_after_pending(&mut self, timeout: Duration) -> bool {
+        for marker in ["pending-events-1", "pending-events-2"] {
+            match self.ping(marker, timeout).await {
+                Ok(before) => self.backlog.extend(before),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Whether the socket is still open: nothing but a close within `wait`
     /// counts as open; messages go to the backlog.
     pub async fn still_open(&mut self, wait: Duration) -> bool {

@@ -87,7 +87,7 @@ impl Bystander {
     /// Her socket is still open and her edits still reach the server.
     async fn is_unaffected(&mut self) {
         assert!(
-            self.peer.still_open(Duration::from_millis(100)).await,
+            self.peer.open_after_pending(WAIT).await,
             "the bystander's socket was interrupted"
         );
         self.edits += 1;

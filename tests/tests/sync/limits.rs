@@ -39,10 +39,16 @@ async fn a_peer_id_joined_by_another_user_is_refused_with_4009_and_the_holder_is
 
     // Ann's connection neither closed nor lost anything.
     assert!(
-        ann.still_open(Duration::from_millis(300)).await,
+        ann.open_after_pending(WAIT).await,
         "the holder's socket closed"
     );
-    assert!(ann.quiet_ping("marker", WAIT).await.unwrap().is_empty());
+    assert!(
+        ann.backlog
+            .iter()
+            .all(|m| matches!(m, Message::Sync { .. })),
+        "{:?}",
+        ann.backlog
+    );
     ann.change(id, |d| {
         d.put(ROOT, "done", true).unwrap();
     });
@@ -58,7 +64,16 @@ async fn the_same_user_joining_again_with_a_peer_id_replaces_the_old_socket_with
     assert!(new.ping("marker", WAIT).await.unwrap().is_empty());
 
     // The old connection ending did not free the id: the new one holds it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the server counts one connection, the old one has released
+    // everything (its peer id first, its count last).
+    let deadline = Instant::now() + WAIT;
+    while app.metric("codeedex_sync_connections").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced connection never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bob_token = token_of(&app, "bob@example.com").await;
     let socket = connect(app.port, Some(&bob_token), TokenIn::Header, None)
         .await
@@ -68,7 +83,7 @@ async fn the_same_user_joining_again_with_a_peer_id_replaces_the_old_socket_with
         .await
         .unwrap();
     assert_eq!(bob.expect_close(WAIT).await.unwrap(), Some(4009));
-    assert!(new.still_open(Duration::from_millis(200)).await);
+    assert!(new.open_after_pending(WAIT).await);
     let id = fresh_id();
     new.create(id, |d| put_title(d, "after the takeover"));
     new.sync_to_server(id, WAIT).await.unwrap();
@@ -78,26 +93,38 @@ async fn the_same_user_joining_again_with_a_peer_id_replaces_the_old_socket_with
 async fn a_socket_that_does_not_join_within_the_handshake_timeout_is_closed_with_1008() {
     let app = spawn_app_with(AppConfig::default().with("--sync-handshake-timeout-secs", 1)).await;
     let token = token_of(&app, "ann@example.com").await;
+    // The prompt peer's socket opens first, so its handshake deadline
+    // passes before the silent one's.
+    let prompt_socket = connect(app.port, Some(&token), TokenIn::Header, None)
+        .await
+        .unwrap();
     let started = Instant::now();
     let socket = connect(app.port, Some(&token), TokenIn::Header, None)
         .await
         .unwrap();
     let mut silent = SyncPeer::unjoined(socket, "silent");
-    let mut prompt = SyncPeer::join(app.port, &token, "prompt", None, &[])
+    let (mut prompt, answer) = SyncPeer::unjoined(prompt_socket, "prompt")
+        .join_with(&join_as("prompt"))
         .await
         .unwrap();
+    assert!(
+        matches!(answer, Received::Message(Message::Peer { .. })),
+        "{answer:?}"
+    );
     expect_error_then_close(&mut silent, 1008, Duration::from_secs(5)).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed >= Duration::from_millis(900),
         "closed after {elapsed:?}, before the timeout"
     );
-    // A peer that joined in time stays.
+    // A peer that joined in time stays: its own deadline has passed too
+    // (the silent peer's close shows it), and its connection has acted on
+    // whatever that deadline called for.
     assert!(
-        prompt.still_open(Duration::from_millis(1200)).await,
+        prompt.open_after_pending(WAIT).await,
         "a joined peer was closed by the handshake timer"
     );
-    assert!(prompt.ping("marker", WAIT).await.unwrap().is_empty());
+    assert!(prompt.backlog.is_empty(), "{:?}", prompt.backlog);
 }
 
 #[tokio::test]
