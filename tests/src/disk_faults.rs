@@ -24,6 +24,14 @@ pub const WRITE_AND_SYNC_FAILURE_POINTS: [&str; 4] = [
     "posix/io/sync/fdatasync",
 ];
 
+/// The failure points of making writes durable alone: with these failing,
+/// writes still reach the page cache and only the flush fails.
+pub const SYNC_FAILURE_POINTS: [&str; 3] = [
+    "linux/io/sync_file_range",
+    "posix/io/sync/fsync",
+    "posix/io/sync/fdatasync",
+];
+
 /// `EIO`, what a failing disk answers.
 const EIO: i32 = 5;
 
@@ -83,6 +91,14 @@ impl DiskFaults {
     /// `EIO`.
     pub fn fail_writes(&self, pid: u32) {
         for point in WRITE_AND_SYNC_FAILURE_POINTS {
+            self.control(pid, &format!("enable name={point},failinfo={EIO}"));
+        }
+    }
+
+    /// From now on every sync to disk in process `pid` fails with `EIO`,
+    /// while writes still succeed: the flush fails, nothing else.
+    pub fn fail_syncs(&self, pid: u32) {
+        for point in SYNC_FAILURE_POINTS {
             self.control(pid, &format!("enable name={point},failinfo={EIO}"));
         }
     }

@@ -101,6 +101,88 @@ fn assert_no_panic(app: &mut TestApp) {
     assert!(panics.is_empty(), "the server panicked: {panics:#?}");
 }
 
+/// Whether any sync message the server sent carries `change` or says it
+/// holds it.
+fn reveals(messages: &[Message], change: ChangeHash) -> bool {
+    acknowledges(messages, change)
+        || messages.iter().any(|m| match m {
+            Message::Sync { data, .. } => sync::Message::decode(data)
+                .map(|m| {
+                    m.changes.iter().any(|bytes| {
+                        automerge::Change::from_bytes(bytes.to_vec())
+                            .is_ok_and(|c| c.hash() == change)
+                    })
+                })
+                .unwrap_or(false),
+            _ => false,
+        })
+}
+
+/// Only the flush fails (fsync and sync_file_range answer `EIO`, writes
+/// still succeed): the change is in the page cache, never on disk, and
+/// neither its sender nor the user's other device hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_only_the_flush_fails_nothing_is_acknowledged_or_relayed() {
+    let faults = DiskFaults::new();
+    let app = spawn_app_with(faults.preload(AppConfig::default())).await;
+    let laptop_token = app
+        .sign_in_email("cat@example.com")
+        .await
+        .tokens
+        .access_token;
+    let phone_token = app
+        .sign_in_email("cat@example.com")
+        .await
+        .tokens
+        .access_token;
+    let mut laptop = join(&app, &laptop_token, "cat-laptop").await;
+    let mut phone = join(&app, &phone_token, "cat-phone").await;
+    let doc = fresh_id();
+    laptop.create(doc, |d| put_title(d, "flushed"));
+    laptop.sync_to_server(doc, WAIT).await.unwrap();
+    phone.request(doc).await.unwrap();
+    let synced = heads(&mut laptop, doc);
+    phone
+        .sync_until(doc, WAIT, |d| {
+            let mut heads = d.clone().get_heads();
+            heads.sort();
+            heads == synced
+        })
+        .await
+        .unwrap();
+
+    faults.fail_syncs(app.pid());
+    laptop.change(doc, |d| {
+        d.put(ROOT, "never flushed", true).unwrap();
+    });
+    let change = heads(&mut laptop, doc)[0];
+    laptop.push(doc, false).await.unwrap();
+    assert_eq!(
+        laptop.expect_close(WAIT).await.unwrap(),
+        Some(STORAGE_UNAVAILABLE),
+        "the sender: {:?}",
+        laptop.backlog
+    );
+    assert!(
+        !reveals(&laptop.backlog, change),
+        "the server acknowledged a change whose flush failed"
+    );
+    // The other device's copy came from the failed engine: it is closed too,
+    // never having been sent the change.
+    assert_eq!(
+        phone.expect_close(WAIT).await.unwrap(),
+        Some(STORAGE_UNAVAILABLE),
+        "the other device: {:?}",
+        phone.backlog
+    );
+    assert!(
+        !reveals(&phone.backlog, change),
+        "the server relayed a change whose flush failed"
+    );
+    faults.heal(app.pid());
+    wait_until_ready(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_disk_fails_nothing_is_acknowledged_and_service_resumes_by_itself() {
     let faults = DiskFaults::new();
@@ -152,10 +234,22 @@ async fn while_the_disk_fails_nothing_is_acknowledged_and_service_resumes_by_its
     assert!(refused.headers().contains_key("retry-after"));
     assert_eq!(problem_code(refused).await, "storage_unavailable");
 
-    // Not ready, and it stays so while the disk fails, through several
-    // attempts of the store to reopen itself.
+    // Not ready, and it stays so while the disk fails, through the store's
+    // attempts to reopen itself: once one of them has failed (it says so in
+    // the log), the server is still not ready.
     assert_eq!(app.get("/readyz").await.status(), 503);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !app
+        .logs()
+        .iter()
+        .any(|l| l.contains("the store is still unavailable"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store never tried to reopen itself"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(app.get("/readyz").await.status(), 503);
     assert_eq!(
         create_task(&app, &token, "during the fault, again")
