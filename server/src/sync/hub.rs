@@ -31,7 +31,7 @@ use codeedex_schema::task_document::{self, TaskDocumentError};
 use super::mailbox::Mailbox;
 use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
-use crate::store::{Claim, QuotaExceeded, Store, StoreError, Ticket};
+use crate::store::{Append, Claim, IndexUpdate, QuotaExceeded, Store, StoreError, Ticket};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -141,7 +141,27 @@ struct DocState {
     /// The store's durability ticket for the newest change applied to `doc`:
     /// nothing generated from `doc` may be sent before it is durable.
     needs_durable: Ticket,
+    /// The message generated last from `doc` as it is now, for the peers
+    /// that are in the same sync state.
+    shared: Option<SharedGeneration>,
 }
+
+/// A message generated for one peer, with that peer's sync state before and
+/// after. Automerge's generation is a function of the document and the sync
+/// state alone, so another peer whose state equals `before` would get the
+/// same message and end in the same state: a change fanned out to many
+/// peers that were all up to date is looked up (what they lack, the bloom
+/// filter of what we have) once, not once per peer. It is valid only while
+/// the document is unchanged; [`DocState::doc_mut`] drops it.
+struct SharedGeneration {
+    before: sync::State,
+    after: sync::State,
+    message: sync::Message,
+}
+
+/// Messages larger than this are not kept for sharing: copying them would
+/// cost about what generating does, and such messages are rarely alike.
+const MAX_SHARED_MESSAGE_BYTES: usize = 64 * 1024;
 
 impl DocState {
     fn loaded(doc: Automerge, events: u64, snapshot_covers: u64) -> Self {
@@ -151,7 +171,40 @@ impl DocState {
             snapshot_covers,
             last_summary: None,
             needs_durable: Ticket::NONE,
+            shared: None,
         }
+    }
+
+    /// The document, for a change: what was generated from it before is
+    /// no longer shared.
+    fn doc_mut(&mut self) -> &mut Automerge {
+        self.shared = None;
+        &mut self.doc
+    }
+
+    /// Generates the next message for a peer in `state`, or takes the one
+    /// generated for a peer that was in the same state.
+    fn generate_for(
+        &mut self,
+        state: &mut sync::State,
+        metrics: &Metrics,
+    ) -> Option<sync::Message> {
+        if let Some(shared) = &self.shared
+            && shared.before == *state
+        {
+            state.clone_from(&shared.after);
+            Metrics::bump(&metrics.sync_messages_shared);
+            return Some(shared.message.clone());
+        }
+        let before = state.clone();
+        let message = self.doc.generate_sync_message(state)?;
+        let bytes: usize = message.changes.iter().map(<[u8]>::len).sum();
+        self.shared = (bytes <= MAX_SHARED_MESSAGE_BYTES).then(|| SharedGeneration {
+            before,
+            after: state.clone(),
+            message: message.clone(),
+        });
+        Some(message)
     }
 }
 
@@ -444,7 +497,7 @@ impl DocumentHub {
         }
         // The peer's bloom filters and heads, kept in `state`, steer this.
         let generated = contained("generating a sync message", || {
-            guard.doc.generate_sync_message(state)
+            guard.generate_for(state, &self.metrics)
         });
         match generated {
             Ok(Some(message)) => Ok(Generation::Message(message)),
@@ -518,7 +571,14 @@ impl DocumentHub {
         if live.is_deleted() {
             return Err(HubError::Deleted);
         }
-        let changed = match self.apply_locked(live, &mut guard, state, message, author, now) {
+        let received = match self.receive_locked(&mut guard, state, message) {
+            Ok(Some(changes)) => self
+                .record(live, &mut guard, changes, author, now)
+                .await
+                .map(|()| true),
+            other => other.map(|_| false),
+        };
+        let changed = match received {
             Ok(changed) => changed,
             Err(e) => {
                 // Automerge may have taken some of the message's changes
@@ -543,22 +603,19 @@ impl DocumentHub {
         Ok(ticket)
     }
 
-    /// [`DocumentHub::apply`] under the document's lock. Returns whether the
-    /// document changed. On error the document may hold changes that are
-    /// not in the log; the caller reloads it.
-    fn apply_locked(
+    /// Receives a peer's message into the document under its lock. Returns
+    /// the new changes to record, if any. On error the document may hold
+    /// changes that are not in the log; the caller reloads it.
+    fn receive_locked(
         &self,
-        live: &LiveDocument,
         guard: &mut DocState,
         state: &mut sync::State,
         message: sync::Message,
-        author: Author,
-        now: DateTime<Utc>,
-    ) -> Result<bool, HubError> {
+    ) -> Result<Option<Vec<Vec<u8>>>, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
         contained("applying a sync message", || {
-            guard.doc.receive_sync_message(state, message)
+            guard.doc_mut().receive_sync_message(state, message)
         })??;
         let (queued_changes, queued_bytes) =
             (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
@@ -582,7 +639,7 @@ impl DocumentHub {
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
         if guard.doc.get_heads() == before {
-            return Ok(false);
+            return Ok(None);
         }
         let changes: Vec<Vec<u8>> = contained("listing new changes", || {
             guard
@@ -592,33 +649,35 @@ impl DocumentHub {
                 .map(|c| c.raw_bytes().to_vec())
                 .collect()
         })?;
-        tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
-        if changes.is_empty() {
-            return Ok(false);
-        }
-        self.record(live, guard, &changes, author, now)?;
-        Ok(true)
+        Ok((!changes.is_empty()).then_some(changes))
     }
 
-    /// Appends changes to the log and updates the index; the caller waits for
-    /// durability (through `needs_durable`) before anything reveals them.
-    fn record(
+    /// Appends changes to the log, with the document's task-index entry, in
+    /// the flush group's transaction; the caller waits for durability
+    /// (through `needs_durable`) before anything reveals them.
+    async fn record(
         &self,
         live: &LiveDocument,
         state: &mut DocState,
-        changes: &[Vec<u8>],
+        changes: Vec<Vec<u8>>,
         author: Author,
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
-        live.store
-            .append_events(
-                live.id,
-                author.user,
-                author.session,
-                now,
+        tracing::debug!(doc = %live.id, changes = changes.len(), "recording changes");
+        let count = changes.len() as u64;
+        let (index, summary) = self.index_update(live, state)?;
+        let (_, ticket) = live
+            .store
+            .append_events(Append {
+                doc: live.id,
+                user: author.user,
+                session: author.session,
+                at: now,
                 changes,
-                &self.limits.quota,
-            )
+                quota: self.limits.quota,
+                index,
+            })
+            .await
             .map_err(|e| match e {
                 StoreError::DocumentDeleted => HubError::Deleted,
                 StoreError::QuotaExceeded(exceeded) => {
@@ -627,41 +686,9 @@ impl DocumentHub {
                 }
                 other => HubError::Store(other),
             })?;
-        state.events += changes.len() as u64;
-        state.needs_durable = live.store.durability_ticket();
-        // The task list shows what REST reads: every document that reads as
-        // a task (leniently: fields of the wrong type read as absent), so a
-        // listed task can always be read and deleted. A document that stops
-        // being a task leaves the list, and the root never enters it,
-        // whatever a device wrote into it.
-        match contained("reading a task", || task_document::read_task(&state.doc)) {
-            Ok(Ok(task)) => {
-                let view = TaskView::new(live.id, &task);
-                // Most changes to a busy document leave its summary as it was
-                // (edits outside the task fields, or repeated values): write
-                // the index only when the summary differs from the last one
-                // written. Whether the document is the root is asked before
-                // its first summary only; once one is written, it is not.
-                if state.last_summary.as_ref() != Some(&view) {
-                    let is_root = state.last_summary.is_none()
-                        && live
-                            .store
-                            .user(live.owner)?
-                            .and_then(|u| u.root_document_id)
-                            == Some(live.id);
-                    if is_root {
-                        live.store.remove_task_summary(live.owner, live.id)?;
-                    } else {
-                        live.store.put_task_summary(live.owner, live.id, &view)?;
-                        state.last_summary = Some(view);
-                    }
-                }
-            }
-            Ok(Err(_)) | Err(_) => {
-                state.last_summary = None;
-                live.store.remove_task_summary(live.owner, live.id)?;
-            }
-        }
+        state.events += count;
+        state.needs_durable = ticket;
+        state.last_summary = summary;
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             match contained("saving a snapshot", || state.doc.save()) {
                 Ok(bytes) => {
@@ -673,6 +700,46 @@ impl DocumentHub {
             }
         }
         Ok(())
+    }
+
+    /// What the append does to the document's task-index entry, and the
+    /// summary last written afterwards.
+    ///
+    /// The task list shows what REST reads: every document that reads as
+    /// a task (leniently: fields of the wrong type read as absent), so a
+    /// listed task can always be read and deleted. A document that stops
+    /// being a task leaves the list, and the root never enters it,
+    /// whatever a device wrote into it.
+    fn index_update(
+        &self,
+        live: &LiveDocument,
+        state: &DocState,
+    ) -> Result<(IndexUpdate, Option<TaskView>), HubError> {
+        match contained("reading a task", || task_document::read_task(&state.doc)) {
+            Ok(Ok(task)) => {
+                let view = TaskView::new(live.id, &task);
+                // Most changes to a busy document leave its summary as it was
+                // (edits outside the task fields, or repeated values): write
+                // the index only when the summary differs from the last one
+                // written. Whether the document is the root is asked before
+                // its first summary only; once one is written, it is not.
+                if state.last_summary.as_ref() == Some(&view) {
+                    return Ok((IndexUpdate::Keep, Some(view)));
+                }
+                let is_root = state.last_summary.is_none()
+                    && live
+                        .store
+                        .user(live.owner)?
+                        .and_then(|u| u.root_document_id)
+                        == Some(live.id);
+                if is_root {
+                    Ok((IndexUpdate::Remove, None))
+                } else {
+                    Ok((IndexUpdate::Put(view.clone()), Some(view)))
+                }
+            }
+            Ok(Err(_)) | Err(_) => Ok((IndexUpdate::Remove, None)),
+        }
     }
 
     /// Tells every subscriber except `except` (and any connection waiting for
@@ -733,7 +800,7 @@ impl DocumentHub {
             return Err(HubError::Deleted);
         }
         let before = guard.doc.get_heads();
-        let mut tx = guard.doc.transaction();
+        let mut tx = guard.doc_mut().transaction();
         if let Err(e) = edit(&mut tx) {
             tx.rollback();
             return Err(e.into());
@@ -748,7 +815,7 @@ impl DocumentHub {
         if changes.is_empty() {
             return Ok(false);
         }
-        if let Err(e) = self.record(live, &mut guard, &changes, author, now) {
+        if let Err(e) = self.record(live, &mut guard, changes, author, now).await {
             // The edit is in memory but not in the log (over quota, or the
             // store failed): take it back out.
             if !matches!(e, HubError::Deleted) {
@@ -962,6 +1029,81 @@ mod tests {
             .await
     }
 
+    /// Generates for `state` once the document is durable.
+    async fn generated(
+        hub: &DocumentHub,
+        live: &Arc<LiveDocument>,
+        state: &mut sync::State,
+    ) -> Option<sync::Message> {
+        loop {
+            match hub.generate(live, state).await.unwrap() {
+                Generation::Message(message) => return Some(message),
+                Generation::Nothing => return None,
+                Generation::NotDurable(ticket) => hub.store.wait_durable(ticket).await.unwrap(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_in_the_same_state_share_one_generation_until_the_document_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), Quota::default());
+        let (user, _, live) = claimed(&hub);
+        let mut device = AutoCommit::new();
+        device.put(ROOT, "title", "shared").unwrap();
+        push_all(&hub, &live, &mut device, user).await.unwrap();
+
+        // Three peers that know nothing yet: the same state.
+        let mut states = [sync::State::new(), sync::State::new(), sync::State::new()];
+        let first = generated(&hub, &live, &mut states[0])
+            .await
+            .unwrap()
+            .encode();
+        let second = generated(&hub, &live, &mut states[1])
+            .await
+            .unwrap()
+            .encode();
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+        assert_eq!(first, second);
+        assert_eq!(
+            states[0], states[1],
+            "a shared message leaves the same state"
+        );
+        // The shared result is exactly what generating would have given.
+        let mut fresh = sync::State::new();
+        let direct = live
+            .state
+            .lock()
+            .await
+            .doc
+            .generate_sync_message(&mut fresh)
+            .unwrap();
+        assert_eq!(direct.encode(), second);
+        assert_eq!(fresh, states[1]);
+
+        // A peer in another state gets its own message.
+        assert!(generated(&hub, &live, &mut states[0]).await.is_none());
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+
+        // Once the document changes (here by a server-side edit, with no
+        // generation in between), nothing generated before is shared: the
+        // third peer is still in the state the shared message was made for.
+        let author = Author {
+            user,
+            session: None,
+        };
+        hub.change(&live, author, Utc::now(), |tx| {
+            tx.put(ROOT, "title", "changed")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let third = generated(&hub, &live, &mut states[2]).await.unwrap();
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+        assert_eq!(third.heads, live.state.lock().await.doc.get_heads());
+        assert_ne!(third.encode(), first);
+    }
+
     #[tokio::test]
     async fn changes_the_store_refuses_are_taken_back_out_of_memory() {
         let dir = tempfile::tempdir().unwrap();
@@ -1011,7 +1153,7 @@ mod tests {
         let panicked = contained("testing", || {
             // What a panic half-way through applying a message leaves
             // behind: a change in memory that the log never got.
-            let mut tx = guard.doc.transaction();
+            let mut tx = guard.doc_mut().transaction();
             tx.put(ROOT, "half-applied", true).unwrap();
             tx.commit();
             panic!("automerge gave up half-way");

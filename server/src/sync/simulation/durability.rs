@@ -39,13 +39,15 @@ fn user() -> UserId {
 /// Runs every device and the server until nothing moves, with flushes
 /// working.
 async fn settle(world: &mut World) {
-    for _ in 0..4 {
+    for _ in 0..8 {
+        world.tick();
         for i in 0..world.devices.len() {
             world.device_sends(i);
             while !world.devices[i].to_server.is_empty() {
                 world.deliver_to_server(i).await;
             }
             world.deliver_notices(i).await;
+            world.release_held(i).await;
             while !world.devices[i].to_device.is_empty() {
                 world.deliver_to_device(i);
             }
@@ -148,15 +150,21 @@ async fn device_changes(world: &mut World, i: usize, n: u64) -> (ChangeHash, Vec
 }
 
 /// What the driver does next on connection `i`: waits for the earliest
-/// owed ticket, then generates.
+/// owed ticket, then generates; and sends at once whatever it holds back for
+/// the peer's answer (coalescing), as its deadline would.
 async fn driver_generates(world: &mut World, i: usize) -> Vec<Output> {
     let waited = world.devices[i]
         .conn
         .owed_durability()
         .expect("the connection owes its peer a message")
         .await;
-    let wall = world.wall;
-    world.devices[i].conn.durable(waited, wall).await
+    let (clock, wall) = (world.clock, world.wall);
+    let mut outputs = world.devices[i].conn.durable(waited, clock, wall).await;
+    if let Some(deadline) = world.devices[i].conn.hold_deadline() {
+        let later = deadline.max(clock);
+        outputs.extend(world.devices[i].conn.hold_elapsed(later, wall).await);
+    }
+    outputs
 }
 
 /// Polls `future` once.
@@ -216,7 +224,7 @@ async fn a_change_is_not_relayed_to_another_device_before_its_flush() {
         .try_next()
         .expect("device 1 is told of the change");
     let (clock, wall) = (world.clock, world.wall);
-    let mut outputs = world.devices[1].conn.notices(notices, wall).await;
+    let mut outputs = world.devices[1].conn.notices(notices, clock, wall).await;
     let ask = request(&world, 1, other);
     outputs.extend(world.devices[1].conn.frame(&ask, clock, wall).await);
     outputs.extend(driver_generates(&mut world, 1).await);
@@ -259,13 +267,18 @@ async fn a_rest_edit_is_answered_and_read_only_after_its_flush() {
         tx.put(ROOT, "title", "edited")?;
         Ok(())
     }));
-    // Nothing but the flush is left to wait for: the lock is free and the
-    // edit is applied on the first poll.
+    // The edit's append goes to the flusher thread, which writes it, answers
+    // it, and then stops at the gate before its flush: from then on only the
+    // flush stands between the edit and its answer.
+    tokio::select! {
+        biased;
+        () = flushes.flush_waiting() => {}
+        _ = edit.as_mut() => panic!("the edit was answered before the flush that makes it durable"),
+    }
     assert!(
         poll_once(edit.as_mut()).is_pending(),
         "the edit was answered before the flush that makes it durable"
     );
-    flushes.flush_waiting().await;
     let mut read = pin!(world.hub.read(&live, |doc| doc.get_heads()));
     assert!(
         poll_once(read.as_mut()).is_pending(),
@@ -320,8 +333,8 @@ async fn after_a_failed_flush_nothing_is_acknowledged_and_the_device_is_closed()
         .mailbox()
         .try_next()
         .expect("device 1 is told of the change");
-    let wall = world.wall;
-    let mut outputs = world.devices[1].conn.notices(notices, wall).await;
+    let (clock, wall) = (world.clock, world.wall);
+    let mut outputs = world.devices[1].conn.notices(notices, clock, wall).await;
     if world.devices[1].conn.owed_durability().is_some() {
         outputs.extend(driver_generates(&mut world, 1).await);
     }
