@@ -745,8 +745,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             "STARTTLS" => {
-                if !session.offers_starttls || session.tls {
-                    reply(&mut writer, "503 5.5.1 TLS not available now").await?;
+                if !session.offers_starttls {
+                    reply(&mut writer, "502 5.5.1 Command not implemented").await?;
+                    continue;
+                }
+                if session.tls {
+                    reply(&mut writer, "503 5.5.1 TLS already active").await?;
                     continue;
                 }
                 reply(&mut writer, "220 2.0.0 Ready to start TLS").await?;
