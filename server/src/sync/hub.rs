@@ -56,6 +56,9 @@ pub(crate) struct Author {
 pub(crate) enum Generation {
     /// The message to send.
     Message(sync::Message),
+    /// The message to send, which asks the peer for changes that its own
+    /// heads depend on and that the server does not have.
+    Asking(sync::Message),
     /// The peer is up to date.
     Nothing,
     /// The document holds a change that is not durable yet; ask again once
@@ -173,6 +176,16 @@ impl DocState {
             needs_durable: Ticket::NONE,
             shared: None,
         }
+    }
+
+    /// Whether the document lacks any of `heads` (a peer's heads that the
+    /// server cannot reach yet). Asked only when a message has a `need`,
+    /// which is rare, so the lookup by metadata is cheap enough.
+    fn lacks_any(&self, heads: Option<&[automerge::ChangeHash]>) -> bool {
+        heads
+            .unwrap_or_default()
+            .iter()
+            .any(|head| self.doc.get_change_meta_by_hash(head).is_none())
     }
 
     /// The document, for a change: what was generated from it before is
@@ -500,6 +513,11 @@ impl DocumentHub {
             guard.generate_for(state, &self.metrics)
         });
         match generated {
+            Ok(Some(message))
+                if !message.need.is_empty() && guard.lacks_any(state.their_heads.as_deref()) =>
+            {
+                Ok(Generation::Asking(message))
+            }
             Ok(Some(message)) => Ok(Generation::Message(message)),
             Ok(None) => Ok(Generation::Nothing),
             Err(e) => {
@@ -617,6 +635,16 @@ impl DocumentHub {
         contained("applying a sync message", || {
             guard.doc_mut().receive_sync_message(state, message)
         })??;
+        // A peer that asks for a change we count as sent never got it (a
+        // relay lost the message while the connection stayed open).
+        // Automerge never sends a change twice on one sync state, so without
+        // this the two sides would trade empty messages for ever; forgetting
+        // that it was sent makes the next message carry it.
+        if let Some(need) = &state.their_need {
+            for hash in need {
+                state.sent_hashes.remove(hash);
+            }
+        }
         let (queued_changes, queued_bytes) =
             (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
         if queued_changes > self.limits.max_queued_changes
