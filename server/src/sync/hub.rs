@@ -1065,7 +1065,7 @@ mod tests {
     ) -> Option<sync::Message> {
         loop {
             match hub.generate(live, state).await.unwrap() {
-                Generation::Message(message) => return Some(message),
+                Generation::Message(message) | Generation::Asking(message) => return Some(message),
                 Generation::Nothing => return None,
                 Generation::NotDurable(ticket) => hub.store.wait_durable(ticket).await.unwrap(),
             }
