@@ -569,7 +569,8 @@ impl DocumentHub {
     }
 
     /// Applies a peer's sync message, records any new changes and tells the
-    /// document's other peers. Returns the durability ticket that must be
+    /// document's other peers. Returns whether the message brought changes,
+    /// and the durability ticket that must be
     /// durable before anything generated from the document reaches a peer;
     /// the reply to this peer is generated later, with [`DocumentHub::generate`],
     /// so that a connection can go on applying messages while the group
@@ -582,7 +583,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<Ticket, HubError> {
+    ) -> Result<(Ticket, bool), HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         live.check_loaded()?;
@@ -618,7 +619,7 @@ impl DocumentHub {
             // is durable, so telling them now reveals nothing early.
             self.notify_changed(live, Some(from));
         }
-        Ok(ticket)
+        Ok((ticket, changed))
     }
 
     /// Receives a peer's message into the document under its lock. Returns
@@ -1055,6 +1056,7 @@ mod tests {
         let changes = doc.sync().generate_sync_message(&mut ours).unwrap();
         hub.apply(live, &mut theirs, changes, author, 1, Utc::now())
             .await
+            .map(|(ticket, _)| ticket)
     }
 
     /// Generates for `state` once the document is durable.
