@@ -139,10 +139,9 @@ fn fault_schedule(
                 }
                 // A relay that loses what it carries while the connection
                 // stays open: whole messages go missing mid-stream. Only on
-                // request (FAULTS_DROPPING=1): TCP never does this, and the
-                // stock JS client can be left with an unusable document
-                // handle when the server then closes the connection (see
-                // the out-of-step close, 4014, in schema::wire::close).
+                // request (FAULTS_DROPPING=1): TCP never does this, and a
+                // device whose own change was lost that way trades empty
+                // messages with the server until its next connection.
                 3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() == Ok("1") => {
                     proxy.black_hole_dropping(
                         rng.duration(Duration::from_millis(300), Duration::from_secs(1)),

@@ -56,9 +56,6 @@ pub(crate) struct Author {
 pub(crate) enum Generation {
     /// The message to send.
     Message(sync::Message),
-    /// The message to send, which asks the peer for changes that its own
-    /// heads depend on and that the server does not have.
-    Asking(sync::Message),
     /// The peer is up to date.
     Nothing,
     /// The document holds a change that is not durable yet; ask again once
@@ -176,16 +173,6 @@ impl DocState {
             needs_durable: Ticket::NONE,
             shared: None,
         }
-    }
-
-    /// Whether the document lacks any of `heads` (a peer's heads that the
-    /// server cannot reach yet). Asked only when a message has a `need`,
-    /// which is rare, so the lookup by metadata is cheap enough.
-    fn lacks_any(&self, heads: Option<&[automerge::ChangeHash]>) -> bool {
-        heads
-            .unwrap_or_default()
-            .iter()
-            .any(|head| self.doc.get_change_meta_by_hash(head).is_none())
     }
 
     /// The document, for a change: what was generated from it before is
@@ -513,11 +500,6 @@ impl DocumentHub {
             guard.generate_for(state, &self.metrics)
         });
         match generated {
-            Ok(Some(message))
-                if !message.need.is_empty() && guard.lacks_any(state.their_heads.as_deref()) =>
-            {
-                Ok(Generation::Asking(message))
-            }
             Ok(Some(message)) => Ok(Generation::Message(message)),
             Ok(None) => Ok(Generation::Nothing),
             Err(e) => {
@@ -1067,7 +1049,7 @@ mod tests {
     ) -> Option<sync::Message> {
         loop {
             match hub.generate(live, state).await.unwrap() {
-                Generation::Message(message) | Generation::Asking(message) => return Some(message),
+                Generation::Message(message) => return Some(message),
                 Generation::Nothing => return None,
                 Generation::NotDurable(ticket) => hub.store.wait_durable(ticket).await.unwrap(),
             }
