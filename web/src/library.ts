@@ -6,6 +6,7 @@ import type { DocHandle, DocumentId, Repo } from "@automerge/automerge-repo/slim
 import { type RootDoc, type Task, type TaskDoc, listedIds, readTask, urlOf } from "./tasks"
 import type { TokenWebSocketAdapter } from "./sync"
 import type { ViewCache } from "./view-cache"
+import type { Outbox } from "./outbox"
 
 export interface SyncState {
   online: boolean
@@ -28,16 +29,54 @@ export class Library {
   #cacheTimer: number | undefined
   /** True once the list reflects the documents, not only the cached view. */
   #live = false
+  /** Local changes whose write to IndexedDB has not finished. */
+  #writing = 0
 
   constructor(
     readonly repo: Repo,
     readonly socket: TokenWebSocketAdapter,
     cache: ViewCache,
+    /** Deletions the server has yet to confirm; sent at each connection. */
+    readonly outbox: Outbox,
   ) {
     this.#syncTimer = window.setInterval(() => this.#measureSync(), 500)
     this.#cache = cache
     // A page that is closed or hidden keeps the newest list.
     window.addEventListener("pagehide", this.#saveNow)
+    window.addEventListener("beforeunload", this.#holdUnload)
+  }
+
+  /** Whether the list shows the documents themselves, not the cached view. */
+  get live(): boolean {
+    return this.#live
+  }
+
+  /** Whether a change made here is still on its way to IndexedDB. */
+  get saving(): boolean {
+    return this.#writing > 0
+  }
+
+  /**
+   * Writes the named documents to IndexedDB now and resolves once the
+   * write has committed. The repo would save them by itself a little later,
+   * but a reload or a closed tab in between loses a change it has not saved,
+   * so the interface says a change is kept only after this resolves.
+   */
+  async persist(ids: DocumentId[]): Promise<void> {
+    this.#writing++
+    try {
+      await this.repo.flush(ids)
+    } finally {
+      this.#writing--
+    }
+  }
+
+  // A page closed while a write is still in flight would lose it: the
+  // browser asks the person to stay (it shows its own wording).
+  #holdUnload = (event: BeforeUnloadEvent) => {
+    if (this.#writing === 0) return
+    event.preventDefault()
+    event.returnValue = ""
   }
 
   #saveNow = () => {
@@ -146,6 +185,8 @@ export class Library {
       if (!theirs || !sameHeads(ours, theirs)) waiting++
     }
     const next = { online, connected, waiting }
+    // Connected again: the server can be reached, and a token is fresh.
+    if (connected && !this.sync.connected) void this.outbox.send()
     if (
       next.online !== this.sync.online ||
       next.connected !== this.sync.connected ||
@@ -158,10 +199,12 @@ export class Library {
 
   async close() {
     window.removeEventListener("pagehide", this.#saveNow)
+    window.removeEventListener("beforeunload", this.#holdUnload)
     window.clearInterval(this.#syncTimer)
     window.clearTimeout(this.#cacheTimer)
     this.#listeners.clear()
     await this.#cache.close()
+    await this.outbox.close()
   }
 }
 

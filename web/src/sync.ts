@@ -13,6 +13,7 @@ import { BroadcastChannelNetworkAdapter } from "@automerge/automerge-repo-networ
 import wasmUrl from "@automerge/automerge/automerge.wasm?url"
 import { currentToken } from "./session"
 import { viewCacheName } from "./view-cache"
+import { outboxName } from "./outbox"
 
 let wasm: Promise<void> | undefined
 
@@ -159,5 +160,5 @@ export async function deleteLocalData(userId: string, storage?: IndexedDBStorage
       // Another tab still has it open; it is deleted when that tab closes.
       request.onblocked = () => resolve()
     })
-  await Promise.all([remove(databaseName(userId)), remove(viewCacheName(userId))])
+  await Promise.all([remove(databaseName(userId)), remove(viewCacheName(userId)), remove(outboxName(userId))])
 }

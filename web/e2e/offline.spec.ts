@@ -1,0 +1,77 @@
+// Offline work that must survive a reload straight away: the app says a
+// change is kept (the editor closes, the new-task field clears) only once
+// it is in IndexedDB. A read-write transaction held open by the test stands
+// in for a slow disk, so that the write is still pending when the test
+// reloads unless the app waited for it.
+import { expect, test } from "@playwright/test"
+import {
+  addTask,
+  editTask,
+  email,
+  holdDocumentWrites,
+  newSignedInPage,
+  restTasks,
+  restToken,
+  task,
+  waitForDocuments,
+  waitForOfflineShell,
+} from "./helpers"
+
+test("a change made offline survives a reload right after the app says it is saved", async ({ browser }) => {
+  const { context, page } = await newSignedInPage(browser, email(12))
+  await addTask(page, "first draft")
+  await waitForOfflineShell(page)
+  await context.setOffline(true)
+  await expect(page.getByRole("status")).toContainText("Offline")
+
+  // The hold outlasts the few steps between the click and the reload, even
+  // on a loaded machine, so an app that closed the editor before its write
+  // committed would lose the edit here.
+  await holdDocumentWrites(page, 4000)
+  await editTask(page, "first draft", { title: "second draft" })
+  await page.reload()
+  await waitForDocuments(page)
+  await expect(task(page, "second draft")).toBeVisible()
+  await expect(task(page, "first draft")).toHaveCount(0)
+
+  await holdDocumentWrites(page, 3000)
+  await addTask(page, "added offline")
+  await page.reload()
+  await waitForDocuments(page)
+  await expect(task(page, "added offline")).toBeVisible()
+  await expect(task(page, "second draft")).toBeVisible()
+  await context.close()
+})
+
+test("a task deleted offline stays deleted across a reload, and REST stops listing it once online", async ({ browser }) => {
+  const APP = process.env.CODEEDEX_APP_URL!
+  const { context, page } = await newSignedInPage(browser, email(13))
+  await addTask(page, "old errand")
+  await addTask(page, "current errand")
+  await expect(page.getByRole("status")).toContainText("Up to date")
+  await waitForOfflineShell(page)
+  const token = await restToken(APP, email(13))
+  await expect
+    .poll(async () => (await restTasks(APP, token)).map(t => t.title).sort())
+    .toEqual(["current errand", "old errand"])
+
+  await context.setOffline(true)
+  await expect(page.getByRole("status")).toContainText("Offline")
+  await page.getByRole("button", { name: "Edit old errand", exact: true }).click()
+  const editor = page.getByRole("form", { name: "Edit task old errand" })
+  await editor.getByRole("button", { name: "Delete" }).click()
+  await expect(editor).toHaveCount(0)
+  await expect(task(page, "old errand")).toHaveCount(0)
+  // The deletion is waiting on this device: the server still lists it.
+  expect((await restTasks(APP, token)).map(t => t.title).sort()).toEqual(["current errand", "old errand"])
+
+  // The page that goes online is a new one, so what it sends came from disk.
+  await page.reload()
+  await waitForDocuments(page)
+  await expect(task(page, "old errand")).toHaveCount(0)
+  await expect(task(page, "current errand")).toBeVisible()
+  await context.setOffline(false)
+  await expect(page.getByRole("status")).toContainText("Up to date")
+  await expect.poll(async () => (await restTasks(APP, token)).map(t => t.title)).toEqual(["current errand"])
+  await context.close()
+})
