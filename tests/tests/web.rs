@@ -18,6 +18,9 @@ use tokio::process::Command;
 const TEST_CODE: &str = "246810";
 /// The access-token lifetime of the second server, in seconds.
 const SHORT_TOKEN_SECS: u64 = 4;
+/// The resend cooldown of the third server, in seconds: long enough to see
+/// the countdown, short enough to wait out twice.
+const LIMITS_COOLDOWN_SECS: u64 = 3;
 /// The whole browser suite; it takes about a minute and a half on two cores.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -129,17 +132,39 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
     assert!(cli.exists(), "{} is missing", cli.display());
     let app = server(&[]).await;
     let short = server(&[("--access-token-ttl-secs", SHORT_TOKEN_SECS.to_string())]).await;
+    // The sign-in limits, low enough to reach from the browser: a resend
+    // cooldown, two codes an hour per address, a lock after two wrong codes.
+    let limits = server(&[
+        (
+            "--otp-resend-cooldown-secs",
+            LIMITS_COOLDOWN_SECS.to_string(),
+        ),
+        ("--otp-hourly-cap", "2".into()),
+        ("--otp-failure-cap", "2".into()),
+    ])
+    .await;
 
     // The browser tests write the tokens they saw here, for the log check.
     let secrets = tempfile::NamedTempFile::new().expect("a temporary file");
+    // CODEEDEX_WEB_E2E_ARGS passes more arguments to Playwright when working
+    // on the app (a file name or `--grep`); the README's test command sets none.
+    let extra: Vec<String> = std::env::var("CODEEDEX_WEB_E2E_ARGS")
+        .map(|args| args.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let run = Command::new("node")
         .arg(node_module("@playwright/test/cli.js"))
         .arg("test")
+        .args(&extra)
         .current_dir(web_dir())
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
         .env("CODEEDEX_APP_URL", &app.address)
         .env("CODEEDEX_SHORT_TOKEN_APP_URL", &short.address)
         .env("CODEEDEX_SHORT_TOKEN_SECS", SHORT_TOKEN_SECS.to_string())
+        .env("CODEEDEX_LIMITS_APP_URL", &limits.address)
+        .env(
+            "CODEEDEX_LIMITS_COOLDOWN_SECS",
+            LIMITS_COOLDOWN_SECS.to_string(),
+        )
         .env("CODEEDEX_TEST_CODE", TEST_CODE)
         .env("CODEEDEX_CLI", &cli)
         .env("CODEEDEX_CHROMIUM", &chromium)
@@ -182,6 +207,8 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
     }
     app.remember_secret(TEST_CODE);
     short.remember_secret(TEST_CODE);
+    limits.remember_secret(TEST_CODE);
     app.assert_no_secrets_in_logs();
     short.assert_no_secrets_in_logs();
+    limits.assert_no_secrets_in_logs();
 }
