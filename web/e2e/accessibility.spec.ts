@@ -1,6 +1,7 @@
 // An axe-core audit of every view (signed out, the list, a task's details,
 // the devices) at phone width and at desktop width. Any serious or critical
-// violation fails the test; lesser ones are printed.
+// violation fails the test; lesser ones are printed. Also the keyboard path
+// through the task editor, which axe cannot judge.
 import { type Page, expect, test } from "@playwright/test"
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
@@ -83,3 +84,21 @@ for (const [width, height, name] of [
     await audit(page, "devices")
   })
 }
+
+test("a task is edited with the keyboard alone, and the focus comes back to it", async ({ page }) => {
+  await signIn(page, email(18))
+  await addTask(page, "sort the mail")
+  await page.getByRole("button", { name: "Edit sort the mail", exact: true }).focus()
+  await page.keyboard.press("Enter")
+  await expect(page.getByLabel("Title")).toBeFocused()
+  await expect(page.getByRole("button", { name: "Edit sort the mail", exact: true })).toHaveAttribute(
+    "aria-expanded",
+    "true",
+  )
+  await page.keyboard.press("Control+A")
+  await page.keyboard.type("sort the post")
+  await page.keyboard.press("Enter")
+  const edit = page.getByRole("button", { name: "Edit sort the post", exact: true })
+  await expect(edit).toBeFocused()
+  await expect(edit).toHaveAttribute("aria-expanded", "false")
+})

@@ -1,7 +1,7 @@
 // The signed-in app: sync status, the new-task form, views and search, the
 // task list with inline editing and history, and the devices panel.
 
-import { useEffect, useMemo, useState } from "preact/hooks"
+import { useEffect, useMemo, useRef, useState } from "preact/hooks"
 import type { DocumentId } from "@automerge/automerge-repo/slim"
 import { explain } from "./api"
 import { authed, currentSessionId } from "./session"
@@ -297,6 +297,15 @@ function TaskItem(props: {
   const { task } = props
   const box = `done-${task.id}`
   const overdue = !task.done && task.due !== null && task.due < today()
+  // When the editor closes, the focus it held goes back to its Edit button
+  // rather than to the top of the page.
+  const editButton = useRef<HTMLButtonElement>(null)
+  const wasEditing = useRef(props.editing)
+  useEffect(() => {
+    const active = document.activeElement
+    if (wasEditing.current && !props.editing && (!active || active === document.body)) editButton.current?.focus()
+    wasEditing.current = props.editing
+  }, [props.editing])
   return (
     <li class={task.done ? "task done" : "task"}>
       <div class="row">
@@ -309,7 +318,13 @@ function TaskItem(props: {
         <label for={box} class="title">
           {task.title}
         </label>
-        <button type="button" aria-label={`Edit ${task.title}`} onClick={props.editing ? props.onClose : props.onEdit}>
+        <button
+          type="button"
+          ref={editButton}
+          aria-label={`Edit ${task.title}`}
+          aria-expanded={props.editing}
+          onClick={props.editing ? props.onClose : props.onEdit}
+        >
           Edit
         </button>
       </div>
@@ -343,6 +358,8 @@ function TaskEditor(props: {
   const [history, setHistory] = useState(false)
   const [saving, setSaving] = useState(false)
   const id = task.id
+  const titleField = useRef<HTMLInputElement>(null)
+  useEffect(() => titleField.current?.focus(), [])
   // The editor stays open, its buttons disabled, until the change is in
   // IndexedDB; closing it is what tells the person the change is kept.
   const busy = (work: () => Promise<void>) => {
@@ -361,7 +378,7 @@ function TaskEditor(props: {
       }}
     >
       <label for={`title-${id}`}>Title</label>
-      <input id={`title-${id}`} value={title} maxLength={500} onInput={e => setTitle(e.currentTarget.value)} />
+      <input id={`title-${id}`} ref={titleField} value={title} maxLength={500} onInput={e => setTitle(e.currentTarget.value)} />
       <label for={`notes-${id}`}>Notes</label>
       <textarea id={`notes-${id}`} value={notes} onInput={e => setNotes(e.currentTarget.value)} />
       <label for={`due-${id}`}>Due</label>
@@ -472,7 +489,7 @@ function Devices(props: { who: string; onSignOut: (scope: "this" | "all") => voi
             {!s.current && (
               <button
                 type="button"
-                aria-label={`Revoke ${s.device_name || "unnamed device"}`}
+                aria-label={`Revoke ${s.device_name || "unnamed device"}, last used ${new Date(s.last_used_at).toLocaleString()}`}
                 onClick={() =>
                   authed("DELETE", `/v1/sessions/${s.id}`)
                     .then(load)
