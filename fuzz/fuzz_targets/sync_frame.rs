@@ -222,12 +222,12 @@ async fn after_frame(conn: &mut Connection, outputs: &[Output]) -> bool {
     // does it; a document that moved on meanwhile is owed again.
     while let Some(durable) = conn.owed_durability() {
         let waited = durable.await;
-        if closes(&conn.durable(waited, wall()).await) {
+        if closes(&conn.durable(waited, Instant::now(), wall()).await) {
             return true;
         }
     }
     if let Some(notices) = conn.mailbox().try_next() {
-        let out = conn.notices(notices, wall()).await;
+        let out = conn.notices(notices, Instant::now(), wall()).await;
         if closes(&out) {
             return true;
         }

@@ -64,6 +64,7 @@ counters! {
     http_server_errors => "HTTP requests answered with a 5xx status.",
     sync_messages_refused => "Sync messages refused by the admission check before Automerge saw them.",
     sync_panics_contained => "Automerge panics caught while handling a peer's message.",
+    sync_messages_shared => "Sync messages taken from another peer's identical generation instead of generated again.",
     sync_documents_reloaded => "Documents put back to what the log holds after a failed message.",
     sync_ephemeral_dropped => "Ephemeral messages dropped because a connection's mailbox was full.",
     sync_slow_readers_closed => "Sync connections closed because the peer stopped reading.",

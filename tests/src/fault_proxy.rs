@@ -119,6 +119,8 @@ pub struct Faults {
     pub black_hole_until: Option<Instant>,
     /// Whether the black hole ends in a reset (and the held data is lost).
     pub black_hole_resets: bool,
+    /// Whether the black hole discards what it reads instead of holding it.
+    pub black_hole_drops: bool,
     /// New connections are refused (the listener is closed).
     pub refusing: bool,
 }
@@ -307,6 +309,23 @@ impl FaultHandle {
         self.modify(|f| {
             f.black_hole_until = Some(Instant::now() + duration);
             f.black_hole_resets = false;
+            f.black_hole_drops = false;
+        });
+    }
+
+    /// Discards all traffic read for `duration`, whole reads at a time, and
+    /// leaves the connections open: a middlebox that loses what it relays.
+    /// TCP itself never does this; a user-space relay that drops its buffers
+    /// does, and the stream then goes on with whole messages missing.
+    pub fn black_hole_dropping(&self, duration: Duration) {
+        bump(&self.shared.counters.black_holes);
+        self.shared
+            .black_hole_generation
+            .fetch_add(1, Ordering::SeqCst);
+        self.modify(|f| {
+            f.black_hole_until = Some(Instant::now() + duration);
+            f.black_hole_resets = false;
+            f.black_hole_drops = true;
         });
     }
 
@@ -604,6 +623,9 @@ async fn direction(
                 Piece::Data { due, .. } | Piece::Eof { due } => *due,
             };
             tokio::time::sleep_until(due).await;
+            if matches!(piece, Piece::Data { .. }) && dropping(&faults_rx) {
+                continue;
+            }
             pass_black_hole(&mut faults_rx).await;
             let bytes = match piece {
                 Piece::Eof { .. } => {
@@ -665,6 +687,14 @@ fn take_budget(forwarded: &AtomicU64, limit: u64, want: usize) -> (usize, bool) 
     }
 }
 
+/// Whether a dropping black hole is in force now.
+fn dropping(faults: &watch::Receiver<Faults>) -> bool {
+    let f = faults.borrow();
+    f.black_hole_drops
+        && f.black_hole_until
+            .is_some_and(|until| Instant::now() < until)
+}
+
 /// Waits while a black hole is in force.
 async fn pass_black_hole(faults: &mut watch::Receiver<Faults>) {
     loop {
@@ -673,6 +703,9 @@ async fn pass_black_hole(faults: &mut watch::Receiver<Faults>) {
             (f.black_hole_until, f.black_hole_resets)
         };
         let Some(until) = until else { return };
+        if faults.borrow().black_hole_drops {
+            return;
+        }
         // A black hole that ends in a reset holds until the reset (which
         // the task that ends it sends before lifting the hole).
         if !resets && Instant::now() >= until {

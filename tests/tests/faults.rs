@@ -134,7 +134,12 @@ fn fault_schedule(
                     injected += 1;
                 }
                 1 if mix.black_holes => {
-                    proxy.black_hole(rng.duration(Duration::from_secs(1), Duration::from_secs(3)));
+                    let length = rng.duration(Duration::from_secs(1), Duration::from_secs(3));
+                    if std::env::var("FAULTS_BLACK_HOLE").as_deref() == Ok("drop") {
+                        proxy.black_hole_dropping(length);
+                    } else {
+                        proxy.black_hole(length);
+                    }
                     injected += 1;
                 }
                 2 if mix.tiny_writes => {

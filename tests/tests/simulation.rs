@@ -401,15 +401,32 @@ impl World {
 
     /// What a connection owes goes out once its ticket is durable.
     fn send_owed(&mut self, i: usize) {
+        let now = self.now();
         let Some(connection) = self.devices[i].connection.as_mut() else {
             return;
         };
         match connection.session.owed_ticket() {
             Some(ticket) if self.hub.is_durable(ticket) => {
-                let effects = connection.session.durable();
+                let effects = connection.session.durable(now);
                 self.perform(i, effects);
             }
             _ => {}
+        }
+    }
+
+    /// Messages held for the device's answer go out at their deadline.
+    fn release_held(&mut self, i: usize) {
+        let now = self.now();
+        let Some(connection) = self.devices[i].connection.as_mut() else {
+            return;
+        };
+        if connection
+            .session
+            .hold_deadline()
+            .is_some_and(|at| at <= now)
+        {
+            let effects = connection.session.hold_elapsed(now);
+            self.perform(i, effects);
         }
     }
 
@@ -429,6 +446,7 @@ impl World {
     /// The driver: performs the machine's effects in order, feeding each
     /// outcome back, as `codeedex_server::sync::connection` does.
     fn perform(&mut self, i: usize, effects: Vec<Effect>) {
+        let now = self.now();
         let hub = &mut self.hub;
         let Device {
             connection,
@@ -506,10 +524,17 @@ impl World {
                     };
                     connection.session.reconciled(doc, outcome)
                 }
-                Effect::Generate(doc) => {
+                Effect::Generate { doc, hold_until } => {
                     let outcome = match (connection.attached.get_mut(&doc), hub.docs.get(&doc)) {
                         (Some(_), Some(held)) if !hub.is_durable(held.needs_durable) => {
                             Generated::NotDurable(held.needs_durable)
+                        }
+                        (Some(state), Some(_))
+                            if hold_until.is_some()
+                                && state.in_flight
+                                && !state.sent_hashes.is_empty() =>
+                        {
+                            Generated::Held(hold_until.expect("checked"))
                         }
                         (Some(state), Some(held)) => match held.doc.generate_sync_message(state) {
                             Some(message) => Generated::Message(message),
@@ -517,7 +542,7 @@ impl World {
                         },
                         _ => Generated::Detached,
                     };
-                    connection.session.generated(doc, outcome)
+                    connection.session.generated(doc, outcome, now)
                 }
                 Effect::Forward { .. } => continue,
                 Effect::Authenticate { .. } => panic!("no token refresh in the simulation"),
@@ -545,6 +570,7 @@ impl World {
         self.deliver_to_server(i);
         self.deliver_notices(i);
         self.send_owed(i);
+        self.release_held(i);
         self.deliver_to_device(i);
     }
 
@@ -552,9 +578,11 @@ impl World {
         self.devices.iter().all(|d| {
             d.to_server.is_empty()
                 && d.to_device.is_empty()
-                && d.connection
-                    .as_ref()
-                    .is_some_and(|c| c.notices.is_empty() && c.session.owed_ticket().is_none())
+                && d.connection.as_ref().is_some_and(|c| {
+                    c.notices.is_empty()
+                        && c.session.owed_ticket().is_none()
+                        && c.session.hold_deadline().is_none()
+                })
         })
     }
 }
@@ -604,6 +632,7 @@ fn run(seed: u64) -> Vec<(usize, bool, Vec<u8>)> {
             "seed {seed}: the devices and the server never went quiet"
         );
         world.hub.durable = world.hub.written;
+        world.step += 1;
         for i in 0..DEVICES {
             world.pump(i);
         }

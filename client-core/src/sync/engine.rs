@@ -28,6 +28,10 @@ use crate::transport::{self, ConnectError, Connection, Incoming};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to answer `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long local changes to a document may wait for the server to answer
+/// the previous message of that document before they are sent anyway (the
+/// server's default coalescing bound is the same).
+const COALESCE_BOUND: Duration = Duration::from_millis(50);
 /// How long to wait before retrying a refresh that failed for lack of network.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
@@ -318,6 +322,7 @@ async fn drive(
     }
     let join_deadline = Instant::now() + JOIN_TIMEOUT;
     let mut refresh_not_before = Instant::now();
+    let mut release_at: Option<Instant> = None;
     loop {
         let refresh_in = device
             .auth()
@@ -337,6 +342,11 @@ async fn drive(
                 let ids = device.take_changed();
                 let mut replicas = device.replicas();
                 machine.local_change(&ids, &mut replicas)
+            }
+            () = async { tokio::time::sleep_until(release_at.expect("guarded")).await }, if release_at.is_some() => {
+                release_at = None;
+                let mut replicas = device.replicas();
+                machine.release_held(&mut replicas)
             }
             () = tokio::time::sleep_until(refresh_at) => {
                 match device.auth().access_token(Utc::now()).await {
@@ -373,6 +383,12 @@ async fn drive(
         };
         if let Err(ended) = perform(device, connection, effects).await {
             return ended;
+        }
+        // Held changes go out within the bound of the first one held.
+        if !machine.holding() {
+            release_at = None;
+        } else if release_at.is_none() {
+            release_at = Some(Instant::now() + COALESCE_BOUND);
         }
         if machine.is_joined() {
             backoff.reset();

@@ -87,6 +87,10 @@ pub struct SyncMachine {
     awaiting_catch_up: bool,
     /// The cursor from the catch-up answer, persisted once all settled.
     next_cursor: Option<u64>,
+    /// Documents changed locally while the server had not answered our
+    /// previous message: their changes go out with the reply to the
+    /// server's answer, or when the driver's coalescing timer releases them.
+    held: BTreeSet<DocumentId>,
 }
 
 fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
@@ -150,6 +154,7 @@ impl SyncMachine {
             unavailable: HashSet::new(),
             awaiting_catch_up: false,
             next_cursor: None,
+            held: BTreeSet::new(),
         }
     }
 
@@ -192,6 +197,7 @@ impl SyncMachine {
         self.unavailable.clear();
         self.awaiting_catch_up = false;
         self.next_cursor = None;
+        self.held.clear();
         // Keep what was established (shared heads), forget this session's
         // exchange, exactly as if loaded from storage.
         for state in self.states.values_mut() {
@@ -240,6 +246,13 @@ impl SyncMachine {
     }
 
     /// Documents changed on this device.
+    ///
+    /// A document whose previous message the server has not answered yet
+    /// (Automerge's sync state says so) is held: its changes go out with
+    /// the reply to that answer, in one message, instead of one message per
+    /// edit that the server must apply and acknowledge each. The driver
+    /// releases held documents after a short bound ([`Self::release_held`]),
+    /// so nothing waits for an answer that never comes.
     pub fn local_change(&mut self, ids: &[DocumentId], replicas: &mut Replicas) -> Vec<Effect> {
         if !self.is_joined() {
             return Vec::new();
@@ -247,9 +260,36 @@ impl SyncMachine {
         let mut effects = Vec::new();
         for id in ids {
             self.must_settle.insert(*id);
-            effects.extend(self.sync_document(*id, replicas));
+            // Changes we sent and the server has not acknowledged: only then
+            // is an answer on its way. A message of heads alone gets none.
+            let unanswered = self.attached.contains(id)
+                && self
+                    .states
+                    .get(id)
+                    .is_some_and(|state| state.in_flight && !state.sent_hashes.is_empty());
+            if unanswered {
+                self.held.insert(*id);
+            } else {
+                effects.extend(self.sync_document(*id, replicas));
+            }
         }
         effects
+    }
+
+    /// Whether some local change waits for the server's answer.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The coalescing bound passed: held documents' changes go out now.
+    pub fn release_held(&mut self, replicas: &mut Replicas) -> Vec<Effect> {
+        if !self.is_joined() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .filter_map(|id| self.sync_document(id, replicas))
+            .collect()
     }
 
     /// The next sync message for a document, if there is one; attaches it.
@@ -401,6 +441,8 @@ impl SyncMachine {
         if changed {
             effects.push(Effect::SaveDocument(id));
         }
+        // The reply carries every local change made since, held ones too.
+        self.held.remove(&id);
         if let Some(reply) = doc.generate_sync_message(state) {
             effects.push(Effect::Send(Message::Sync {
                 sender_id: self.peer_id.clone(),

@@ -258,6 +258,7 @@ async fn drive(
         // applying this peer's frames.
         let owed = peer.owed_durability();
         let owed_pending = owed.is_some();
+        let hold_deadline = peer.hold_deadline();
         let outputs = tokio::select! {
             incoming = stream.recv() => match incoming {
                 None | Some(Ok(AggregatedMessage::Close(_))) => break,
@@ -285,9 +286,14 @@ async fn drive(
                 }
                 Some(Err(e)) => peer.transport_fault(TransportFault::Protocol(e.to_string())),
             },
-            notices = mailbox.next() => peer.notices(notices, Utc::now()).await,
+            notices = mailbox.next() => peer.notices(notices, Instant::now(), Utc::now()).await,
             waited = async { owed.expect("guarded").await }, if owed_pending => {
-                peer.durable(waited, Utc::now()).await
+                peer.durable(waited, Instant::now(), Utc::now()).await
+            }
+            // Messages held for the peer's answer go out at their deadline
+            // even without it.
+            () = async { tokio::time::sleep_until(hold_deadline.expect("guarded").into()).await }, if hold_deadline.is_some() => {
+                peer.hold_elapsed(Instant::now(), Utc::now()).await
             }
             // A clean shutdown tells every peer to reconnect later; the
             // connection then saves its sync states as it ends.

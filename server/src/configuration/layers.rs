@@ -184,7 +184,14 @@ impl Settings {
                     defaults.write_timeout.as_secs()
                 ))?
                 .as_std(),
+            coalesce: std::time::Duration::from_millis(pick!(
+                sync_coalesce_ms,
+                u64::try_from(defaults.coalesce.as_millis()).unwrap_or(u64::MAX)
+            )),
         };
+        if sync_limits.coalesce > std::time::Duration::from_secs(1) {
+            bail!("sync_coalesce_ms must be at most 1000");
+        }
         if sync_limits.max_frame_bytes < 1024
             || sync_limits.messages_per_second == 0
             || sync_limits.message_burst == 0

@@ -77,6 +77,10 @@ pub struct SyncLimits {
     /// How long one frame may take to go out before the peer is taken to
     /// have stopped reading, and is closed.
     pub write_timeout: Duration,
+    /// How long a document's next message to a peer may wait for the peer
+    /// to answer the previous one, so that changes arriving meanwhile go out
+    /// together. Zero sends every message at once.
+    pub coalesce: Duration,
 }
 
 impl Default for SyncLimits {
@@ -95,6 +99,7 @@ impl Default for SyncLimits {
             },
             mailbox: MailboxLimits::default(),
             write_timeout: Duration::from_secs(30),
+            coalesce: Duration::from_millis(50),
         }
     }
 }

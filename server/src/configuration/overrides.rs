@@ -187,6 +187,12 @@ pub struct Overrides {
     /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub(crate) sync_write_timeout_secs: Option<u64>,
+    /// Milliseconds a document's next sync message to a peer may wait for
+    /// the peer to answer the previous one, so that the changes arriving
+    /// meanwhile go out in one message; 0 sends each at once, at most 1000
+    /// [default: 50].
+    #[arg(long, env = "CODEEDEX_SYNC_COALESCE_MS")]
+    pub(crate) sync_coalesce_ms: Option<u64>,
     /// New sync connections the node opens per second; beyond the rate (and
     /// the burst) an upgrade answers 503 with a Retry-After [default: 2000].
     #[arg(long, env = "CODEEDEX_SYNC_CONNECTIONS_PER_SECOND")]

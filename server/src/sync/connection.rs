@@ -217,29 +217,47 @@ impl Connection {
     /// Handles one binary frame.
     pub async fn frame(&mut self, bytes: &[u8], now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
         let effects = self.session.frame(bytes, now);
-        self.perform(effects, wall).await
+        self.perform(effects, now, wall).await
     }
 
     /// Handles what the hub posted to this connection's mailbox.
-    pub async fn notices(&mut self, notices: Notices, wall: DateTime<Utc>) -> Vec<Output> {
+    pub async fn notices(
+        &mut self,
+        notices: Notices,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
         let effects = self.session.notices(&notices.ephemeral, notices.changed);
-        self.perform(effects, wall).await
+        self.perform(effects, now, wall).await
     }
 
     /// The wait of [`Connection::owed_durability`] ended.
     pub async fn durable(
         &mut self,
         waited: Result<(), StoreError>,
+        now: Instant,
         wall: DateTime<Utc>,
     ) -> Vec<Output> {
         let effects = match waited {
-            Ok(()) => self.session.durable(),
+            Ok(()) => self.session.durable(now),
             Err(e) => {
                 let failure = store_failure(self.conn, e);
                 self.session.durability_failed(failure)
             }
         };
-        self.perform(effects, wall).await
+        self.perform(effects, now, wall).await
+    }
+
+    /// When the earliest message held for the peer's answer is due anyway;
+    /// the transport calls [`Connection::hold_elapsed`] then.
+    pub fn hold_deadline(&self) -> Option<Instant> {
+        self.session.hold_deadline()
+    }
+
+    /// The hold deadline passed: the held messages go out.
+    pub async fn hold_elapsed(&mut self, now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
+        let effects = self.session.hold_elapsed(now);
+        self.perform(effects, now, wall).await
     }
 
     /// The outputs for something the transport saw.
@@ -303,7 +321,12 @@ impl Connection {
     /// Performs effects in order, feeding each request's outcome back to the
     /// machine, whose further effects go to the back of the queue. Stops at
     /// the first close.
-    async fn perform(&mut self, effects: Vec<Effect>, wall: DateTime<Utc>) -> Vec<Output> {
+    async fn perform(
+        &mut self,
+        effects: Vec<Effect>,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
         let mut queue = VecDeque::from(effects);
         let mut outputs = Vec::new();
         while let Some(effect) = queue.pop_front() {
@@ -331,9 +354,9 @@ impl Connection {
                     let outcome = self.reconcile(doc, wall);
                     self.session.reconciled(doc, outcome)
                 }
-                Effect::Generate(doc) => {
-                    let outcome = self.generate(doc).await;
-                    self.session.generated(doc, outcome)
+                Effect::Generate { doc, hold_until } => {
+                    let outcome = self.generate(doc, hold_until).await;
+                    self.session.generated(doc, outcome, now)
                 }
                 Effect::Forward {
                     doc,
@@ -501,10 +524,20 @@ impl Connection {
         Reconciled::Current(self.ctx.store.latest_ticket())
     }
 
-    async fn generate(&mut self, doc: DocumentId) -> Generated {
+    async fn generate(&mut self, doc: DocumentId, hold_until: Option<Instant>) -> Generated {
         let Some(attachment) = self.attachments.get_mut(&doc) else {
             return Generated::Detached;
         };
+        // Automerge's sync state knows whether the peer has acknowledged
+        // the changes we sent last (a message of heads alone gets no
+        // answer, so only sent changes count); the machine knows when that
+        // was.
+        if let Some(until) = hold_until
+            && attachment.state.in_flight
+            && !attachment.state.sent_hashes.is_empty()
+        {
+            return Generated::Held(until);
+        }
         let live = Arc::clone(&attachment.live);
         match self.ctx.hub.generate(&live, &mut attachment.state).await {
             Ok(Generation::Message(message)) => Generated::Message(message),

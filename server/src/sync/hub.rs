@@ -141,7 +141,27 @@ struct DocState {
     /// The store's durability ticket for the newest change applied to `doc`:
     /// nothing generated from `doc` may be sent before it is durable.
     needs_durable: Ticket,
+    /// The message generated last from `doc` as it is now, for the peers
+    /// that are in the same sync state.
+    shared: Option<SharedGeneration>,
 }
+
+/// A message generated for one peer, with that peer's sync state before and
+/// after. Automerge's generation is a function of the document and the sync
+/// state alone, so another peer whose state equals `before` would get the
+/// same message and end in the same state: a change fanned out to many
+/// peers that were all up to date is looked up (what they lack, the bloom
+/// filter of what we have) once, not once per peer. It is valid only while
+/// the document is unchanged; [`DocState::doc_mut`] drops it.
+struct SharedGeneration {
+    before: sync::State,
+    after: sync::State,
+    message: sync::Message,
+}
+
+/// Messages larger than this are not kept for sharing: copying them would
+/// cost about what generating does, and such messages are rarely alike.
+const MAX_SHARED_MESSAGE_BYTES: usize = 64 * 1024;
 
 impl DocState {
     fn loaded(doc: Automerge, events: u64, snapshot_covers: u64) -> Self {
@@ -151,7 +171,40 @@ impl DocState {
             snapshot_covers,
             last_summary: None,
             needs_durable: Ticket::NONE,
+            shared: None,
         }
+    }
+
+    /// The document, for a change: what was generated from it before is
+    /// no longer shared.
+    fn doc_mut(&mut self) -> &mut Automerge {
+        self.shared = None;
+        &mut self.doc
+    }
+
+    /// Generates the next message for a peer in `state`, or takes the one
+    /// generated for a peer that was in the same state.
+    fn generate_for(
+        &mut self,
+        state: &mut sync::State,
+        metrics: &Metrics,
+    ) -> Option<sync::Message> {
+        if let Some(shared) = &self.shared
+            && shared.before == *state
+        {
+            state.clone_from(&shared.after);
+            Metrics::bump(&metrics.sync_messages_shared);
+            return Some(shared.message.clone());
+        }
+        let before = state.clone();
+        let message = self.doc.generate_sync_message(state)?;
+        let bytes: usize = message.changes.iter().map(<[u8]>::len).sum();
+        self.shared = (bytes <= MAX_SHARED_MESSAGE_BYTES).then(|| SharedGeneration {
+            before,
+            after: state.clone(),
+            message: message.clone(),
+        });
+        Some(message)
     }
 }
 
@@ -444,7 +497,7 @@ impl DocumentHub {
         }
         // The peer's bloom filters and heads, kept in `state`, steer this.
         let generated = contained("generating a sync message", || {
-            guard.doc.generate_sync_message(state)
+            guard.generate_for(state, &self.metrics)
         });
         match generated {
             Ok(Some(message)) => Ok(Generation::Message(message)),
@@ -558,7 +611,7 @@ impl DocumentHub {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
         contained("applying a sync message", || {
-            guard.doc.receive_sync_message(state, message)
+            guard.doc_mut().receive_sync_message(state, message)
         })??;
         let (queued_changes, queued_bytes) =
             (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
@@ -733,7 +786,7 @@ impl DocumentHub {
             return Err(HubError::Deleted);
         }
         let before = guard.doc.get_heads();
-        let mut tx = guard.doc.transaction();
+        let mut tx = guard.doc_mut().transaction();
         if let Err(e) = edit(&mut tx) {
             tx.rollback();
             return Err(e.into());
@@ -962,6 +1015,81 @@ mod tests {
             .await
     }
 
+    /// Generates for `state` once the document is durable.
+    async fn generated(
+        hub: &DocumentHub,
+        live: &Arc<LiveDocument>,
+        state: &mut sync::State,
+    ) -> Option<sync::Message> {
+        loop {
+            match hub.generate(live, state).await.unwrap() {
+                Generation::Message(message) => return Some(message),
+                Generation::Nothing => return None,
+                Generation::NotDurable(ticket) => hub.store.wait_durable(ticket).await.unwrap(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_in_the_same_state_share_one_generation_until_the_document_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), Quota::default());
+        let (user, _, live) = claimed(&hub);
+        let mut device = AutoCommit::new();
+        device.put(ROOT, "title", "shared").unwrap();
+        push_all(&hub, &live, &mut device, user).await.unwrap();
+
+        // Three peers that know nothing yet: the same state.
+        let mut states = [sync::State::new(), sync::State::new(), sync::State::new()];
+        let first = generated(&hub, &live, &mut states[0])
+            .await
+            .unwrap()
+            .encode();
+        let second = generated(&hub, &live, &mut states[1])
+            .await
+            .unwrap()
+            .encode();
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+        assert_eq!(first, second);
+        assert_eq!(
+            states[0], states[1],
+            "a shared message leaves the same state"
+        );
+        // The shared result is exactly what generating would have given.
+        let mut fresh = sync::State::new();
+        let direct = live
+            .state
+            .lock()
+            .await
+            .doc
+            .generate_sync_message(&mut fresh)
+            .unwrap();
+        assert_eq!(direct.encode(), second);
+        assert_eq!(fresh, states[1]);
+
+        // A peer in another state gets its own message.
+        assert!(generated(&hub, &live, &mut states[0]).await.is_none());
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+
+        // Once the document changes (here by a server-side edit, with no
+        // generation in between), nothing generated before is shared: the
+        // third peer is still in the state the shared message was made for.
+        let author = Author {
+            user,
+            session: None,
+        };
+        hub.change(&live, author, Utc::now(), |tx| {
+            tx.put(ROOT, "title", "changed")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let third = generated(&hub, &live, &mut states[2]).await.unwrap();
+        assert_eq!(hub.metrics.sync_messages_shared.load(Ordering::Relaxed), 1);
+        assert_eq!(third.heads, live.state.lock().await.doc.get_heads());
+        assert_ne!(third.encode(), first);
+    }
+
     #[tokio::test]
     async fn changes_the_store_refuses_are_taken_back_out_of_memory() {
         let dir = tempfile::tempdir().unwrap();
@@ -1011,7 +1139,7 @@ mod tests {
         let panicked = contained("testing", || {
             // What a panic half-way through applying a message leaves
             // behind: a change in memory that the log never got.
-            let mut tx = guard.doc.transaction();
+            let mut tx = guard.doc_mut().transaction();
             tx.put(ROOT, "half-applied", true).unwrap();
             tx.commit();
             panic!("automerge gave up half-way");

@@ -32,7 +32,7 @@
 //! are read in order (rate, decode, handshake, sender, admission, limits,
 //! then requests) and split apart they would no longer show that order.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -141,6 +141,12 @@ pub struct Session {
     /// durability ticket to wait for before asking for them.
     owed: BTreeSet<DocumentId>,
     owed_ticket: Ticket,
+    /// When each document's last message went to this peer; a document
+    /// whose message is still unanswered waits (see [`Session::durable`]).
+    last_sent: HashMap<DocumentId, Instant>,
+    /// Documents whose message waits for the peer's answer to the previous
+    /// one, each until its deadline at the latest.
+    held: BTreeMap<DocumentId, Instant>,
 }
 
 fn fail(code: u16, message: &str) -> Vec<Effect> {
@@ -185,6 +191,8 @@ impl Session {
             ephemeral: RecentEphemeral::default(),
             owed: BTreeSet::new(),
             owed_ticket: Ticket::NONE,
+            last_sent: HashMap::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -438,6 +446,7 @@ impl Session {
             }
             Synced::Deleted => {
                 self.attached.remove(&doc);
+                self.forget(doc);
                 vec![self.unavailable(doc.to_string())]
             }
             Synced::Failed(failure) => self.failed(Some(doc), failure),
@@ -567,6 +576,7 @@ impl Session {
                 Vec::new()
             }
             Reconciled::Gone => {
+                self.forget(doc);
                 if self.attached.remove(&doc) {
                     vec![self.unavailable(doc.to_string())]
                 } else {
@@ -584,6 +594,13 @@ impl Session {
             }
             Reconciled::Failed(_) => Vec::new(),
         }
+    }
+
+    /// Drops what the machine remembers of sending `doc`: it is no longer
+    /// synced here.
+    fn forget(&mut self, doc: DocumentId) {
+        self.last_sent.remove(&doc);
+        self.held.remove(&doc);
     }
 
     /// The driver attached `doc` (or it was attached already) and the peer
@@ -608,15 +625,59 @@ impl Session {
             self.owed_ticket.min(ticket)
         };
         self.owed.insert(doc);
+        self.held.remove(&doc);
     }
 
     /// The owed ticket is durable: ask for every owed document's message.
     /// Those whose documents moved on since come back
     /// [`Generated::NotDurable`] and are owed again.
-    pub fn durable(&mut self) -> Vec<Effect> {
+    ///
+    /// A peer that has not answered this document's previous message yet
+    /// (Automerge's sync state says so, and only the driver holds it) gets
+    /// the next one when it answers, or at the coalescing deadline: under
+    /// load, changes that arrive meanwhile go out together in one message
+    /// instead of one message each, every one of which the peer would have
+    /// to decode, apply and acknowledge. An idle peer has answered, so its
+    /// message goes out at once.
+    pub fn durable(&mut self, now: Instant) -> Vec<Effect> {
         std::mem::take(&mut self.owed)
             .into_iter()
-            .map(Effect::Generate)
+            .map(|doc| Effect::Generate {
+                doc,
+                hold_until: self.hold_until(doc, now),
+            })
+            .collect()
+    }
+
+    /// Until when a message of `doc` may wait for the peer's answer to the
+    /// previous one: the coalescing bound after that one was sent.
+    fn hold_until(&self, doc: DocumentId, now: Instant) -> Option<Instant> {
+        let until = *self.last_sent.get(&doc)? + self.config.limits.coalesce;
+        (until > now).then_some(until)
+    }
+
+    /// The earliest deadline of a held message, for the driver's timer.
+    pub fn hold_deadline(&self) -> Option<Instant> {
+        self.held.values().min().copied()
+    }
+
+    /// The hold timer fired: every held message whose deadline has passed
+    /// is generated now, answered or not.
+    pub fn hold_elapsed(&mut self, now: Instant) -> Vec<Effect> {
+        let due: Vec<DocumentId> = self
+            .held
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(doc, _)| *doc)
+            .collect();
+        due.into_iter()
+            .map(|doc| {
+                self.held.remove(&doc);
+                Effect::Generate {
+                    doc,
+                    hold_until: None,
+                }
+            })
             .collect()
     }
 
@@ -626,13 +687,22 @@ impl Session {
     }
 
     /// The answer to [`Effect::Generate`].
-    pub fn generated(&mut self, doc: DocumentId, outcome: Generated) -> Vec<Effect> {
+    pub fn generated(&mut self, doc: DocumentId, outcome: Generated, now: Instant) -> Vec<Effect> {
         match outcome {
             Generated::Message(message) => {
                 tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
+                self.last_sent.insert(doc, now);
                 vec![self.sync_frame(doc, message)]
             }
-            Generated::Nothing | Generated::Detached => Vec::new(),
+            Generated::Held(until) => {
+                self.held.insert(doc, until);
+                Vec::new()
+            }
+            Generated::Nothing => Vec::new(),
+            Generated::Detached => {
+                self.forget(doc);
+                Vec::new()
+            }
             Generated::NotDurable(ticket) => {
                 self.owe(doc, ticket);
                 Vec::new()
@@ -743,3 +813,6 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

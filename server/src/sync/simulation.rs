@@ -102,16 +102,30 @@ impl World {
     async fn send_owed(&mut self, i: usize) {
         while let Some(durable) = self.devices[i].conn.owed_durability() {
             let waited = durable.await;
-            let wall = self.wall;
-            let outputs = self.devices[i].conn.durable(waited, wall).await;
+            let (clock, wall) = (self.clock, self.wall);
+            let outputs = self.devices[i].conn.durable(waited, clock, wall).await;
+            self.route(i, outputs);
+        }
+    }
+
+    /// Messages held for a device's answer go out once their deadline has
+    /// passed on the simulated clock.
+    async fn release_held(&mut self, i: usize) {
+        if self.devices[i]
+            .conn
+            .hold_deadline()
+            .is_some_and(|at| at <= self.clock)
+        {
+            let (clock, wall) = (self.clock, self.wall);
+            let outputs = self.devices[i].conn.hold_elapsed(clock, wall).await;
             self.route(i, outputs);
         }
     }
 
     async fn deliver_notices(&mut self, i: usize) {
         while let Some(notices) = self.devices[i].conn.mailbox().try_next() {
-            let wall = self.wall;
-            let outputs = self.devices[i].conn.notices(notices, wall).await;
+            let (clock, wall) = (self.clock, self.wall);
+            let outputs = self.devices[i].conn.notices(notices, clock, wall).await;
             self.route(i, outputs);
         }
         self.send_owed(i).await;
@@ -274,6 +288,7 @@ async fn run(seed: u64) {
             world.device_sends(i);
             world.deliver_to_server(i).await;
             world.deliver_notices(i).await;
+            world.release_held(i).await;
             world.deliver_to_device(i);
         }
     }
@@ -282,12 +297,14 @@ async fn run(seed: u64) {
         d.online = true;
     }
     for _ in 0..200 {
+        world.tick();
         for i in 0..3 {
             world.device_sends(i);
             while !world.devices[i].to_server.is_empty() {
                 world.deliver_to_server(i).await;
             }
             world.deliver_notices(i).await;
+            world.release_held(i).await;
             while !world.devices[i].to_device.is_empty() {
                 world.deliver_to_device(i);
             }

@@ -449,3 +449,58 @@ async fn while_the_server_drains_for_a_shutdown_new_sync_connections_get_503_not
     let status = app.terminate();
     assert!(status.success(), "the server exited with {status}");
 }
+
+/// Receives sync messages for `id` without answering any, applying each to
+/// the replica, until `done` holds; returns how many arrived.
+async fn receive_silently(
+    peer: &mut SyncPeer,
+    id: DocumentId,
+    done: impl Fn(&AutoCommit) -> bool,
+) -> usize {
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !peer.docs.get(&id).is_some_and(|(d, _)| done(d)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match peer.recv(left).await {
+            Ok(Received::Message(codeedex_schema::wire::Message::Sync { data, .. })) => {
+                received += 1;
+                let (doc, state) = peer.docs.get_mut(&id).expect("tracked");
+                doc.sync()
+                    .receive_sync_message(state, automerge::sync::Message::decode(&data).unwrap())
+                    .unwrap();
+            }
+            Ok(Received::Message(_)) => {}
+            Ok(Received::Closed(frame)) => panic!("the socket closed: {frame:?}"),
+            Err(e) => panic!("the changes never all arrived without an answer: {e:#}"),
+        }
+    }
+    received
+}
+
+#[tokio::test]
+async fn changes_for_a_peer_that_has_not_answered_go_out_together_within_the_bound() {
+    // B reads but never answers. Each of A's twenty changes is durable on
+    // the server before the next is made, so without coalescing B would get
+    // one message per change. B has not acknowledged the first message, so
+    // the server holds the rest and sends what gathered at the coalescing
+    // bound (50 ms): fewer messages, and every change still arrives although
+    // B never says a word.
+    let app = spawn_app().await;
+    let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
+    for n in 0..20 {
+        a.change(id, |d| append_text(d, "notes", &format!(" {n}")));
+        a.sync_to_server(id, WAIT).await.unwrap();
+    }
+    let expected = format!(
+        "2 litres{}",
+        (0..20).map(|n| format!(" {n}")).collect::<String>()
+    );
+    let received = receive_silently(&mut b, id, |d| {
+        read_string(d, "notes").as_deref() == Some(expected.as_str())
+    })
+    .await;
+    assert!(
+        received < 10,
+        "{received} messages for 20 changes to a peer that never answered"
+    );
+}

@@ -381,3 +381,87 @@ fn garbage_from_the_server_is_ignored() {
     assert!(lists(&server.docs[&root], id));
     assert_eq!(a.machine.pending(&a.replicas), 0);
 }
+
+fn edit_notes(device: &mut Device, id: DocumentId, notes: &str) {
+    device
+        .replicas
+        .get_or_empty(id)
+        .transact(|tx| {
+            task_document::apply_patch(
+                tx,
+                &TaskPatch {
+                    notes: Some(codeedex_schema::task::Notes::parse(notes).unwrap()),
+                    ..Default::default()
+                },
+                Utc::now(),
+            )
+        })
+        .unwrap();
+}
+
+fn sync_messages(device: &Device) -> usize {
+    device
+        .sent
+        .iter()
+        .filter(|m| matches!(m, Message::Sync { .. }))
+        .count()
+}
+
+#[test]
+fn edits_while_the_server_has_not_answered_wait_and_go_out_together() {
+    let (mut server, root) = server_with_root();
+    let mut a = Device::new("a", root);
+    let id = a.create("Coalesce");
+    connect(&mut a, &mut server);
+    pump(&mut [&mut a], &mut server);
+    assert_eq!(a.machine.pending(&a.replicas), 0);
+
+    // The first edit goes out at once; the server's answer is not delivered.
+    edit_notes(&mut a, id, "one");
+    a.local(&[id], &mut server);
+    let after_first = sync_messages(&a);
+    // Two more edits while it is unanswered: nothing is sent, both wait.
+    edit_notes(&mut a, id, "two");
+    a.local(&[id], &mut server);
+    edit_notes(&mut a, id, "three");
+    a.local(&[id], &mut server);
+    assert_eq!(
+        sync_messages(&a),
+        after_first,
+        "an edit went out unanswered"
+    );
+    assert!(a.machine.holding());
+    assert!(
+        a.machine.pending(&a.replicas) > 0,
+        "held edits are not synced yet"
+    );
+
+    // The server's answer arrives: the reply carries both held edits.
+    pump(&mut [&mut a], &mut server);
+    assert!(!a.machine.holding());
+    assert_eq!(
+        server.docs[&id].get_heads(),
+        a.replicas.get(id).unwrap().get_heads(),
+        "the held edits did not reach the server with the reply"
+    );
+    assert_eq!(a.machine.pending(&a.replicas), 0);
+
+    // Without an answer, the driver's bound releases what is held.
+    edit_notes(&mut a, id, "four");
+    a.local(&[id], &mut server);
+    let outbox = std::mem::take(&mut server.outbox);
+    edit_notes(&mut a, id, "five");
+    a.local(&[id], &mut server);
+    assert!(a.machine.holding());
+    let before_release = sync_messages(&a);
+    let effects = a.machine.release_held(&mut a.replicas);
+    a.apply(effects, &mut server);
+    assert_eq!(sync_messages(&a), before_release + 1);
+    assert!(!a.machine.holding());
+    server.outbox.extend(outbox);
+    pump(&mut [&mut a], &mut server);
+    assert_eq!(
+        server.docs[&id].get_heads(),
+        a.replicas.get(id).unwrap().get_heads()
+    );
+}

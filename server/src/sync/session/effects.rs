@@ -45,8 +45,15 @@ pub enum Effect {
     /// [`super::Session::reconciled`].
     Reconcile(DocumentId),
     /// Generate the document's next message for this peer; answer with
-    /// [`super::Session::generated`].
-    Generate(DocumentId),
+    /// [`super::Session::generated`]. With `hold_until`, a peer that has not
+    /// answered the previous message yet gets nothing now
+    /// ([`Generated::Held`] until then).
+    Generate {
+        /// The document.
+        doc: DocumentId,
+        /// The coalescing deadline, if the previous message is recent.
+        hold_until: Option<std::time::Instant>,
+    },
     /// Relay an ephemeral message to the document's other peers.
     Forward {
         /// The document.
@@ -148,6 +155,9 @@ pub enum Generated {
     Detached,
     /// The document holds a change that is not durable yet.
     NotDurable(Ticket),
+    /// The peer has not answered the previous message; nothing was
+    /// generated, and the message waits for the answer or this deadline.
+    Held(std::time::Instant),
     /// Generating failed.
     Failed(Failure),
 }
