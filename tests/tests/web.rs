@@ -183,6 +183,23 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("{report}");
+    if !output.status.success() {
+        // What the servers said about sockets and refusals, to tell a
+        // server-side cause from an app-side one. The logs hold no secrets
+        // (checked below on success).
+        for (name, server) in [("app", &app), ("short-token", &short), ("limits", &limits)] {
+            let lines = server.logs();
+            let notable: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("sync"))
+                .collect();
+            let from = notable.len().saturating_sub(150);
+            println!("--- {name} server, last notable log lines ---");
+            for line in &notable[from..] {
+                println!("{line}");
+            }
+        }
+    }
     assert!(output.status.success(), "browser tests failed:\n{report}");
 
     // The short-lived tokens really expired on open sockets (the server

@@ -29,8 +29,23 @@ export async function signIn(page: Page, identifier: string) {
 export async function newSignedInPage(browser: Browser, identifier: string, baseURL?: string) {
   const context = await browser.newContext(baseURL ? { baseURL } : {})
   const page = await context.newPage()
+  reportPageErrors(page)
   await signIn(page, identifier)
   return { context, page }
+}
+
+/**
+ * Prints what the page reports as errors (uncaught exceptions, console
+ * errors other than requests refused by an offline network), so that a
+ * failing test's output says what went wrong inside the app.
+ */
+export function reportPageErrors(page: Page) {
+  page.on("pageerror", e => console.log(`page error: ${e.message}`))
+  page.on("console", m => {
+    // Socket URLs carry an access token: it is left out.
+    const text = m.text().replace(/access_token=[^'"\s&]*/g, "access_token=…")
+    if (m.type() === "error" && !text.startsWith("Failed to load resource")) console.log(`page console: ${text}`)
+  })
 }
 
 /** Adds a task and waits until the app has kept it (the field clears once it is in IndexedDB). */
@@ -67,7 +82,9 @@ export async function waitForOfflineShell(page: Page) {
 
 /** Waits until the list shows the documents themselves, not the view cached from the last visit. */
 export async function waitForDocuments(page: Page) {
-  await expect(page.getByRole("list", { name: "Tasks" })).toHaveAttribute("aria-busy", "false")
+  // Opening documents from IndexedDB takes milliseconds, but seconds on a
+  // machine busy with other work: a longer wait than the default.
+  await expect(page.getByRole("list", { name: "Tasks" })).toHaveAttribute("aria-busy", "false", { timeout: 30_000 })
 }
 
 /**

@@ -122,6 +122,11 @@ export function TasksApp(props: {
           {problem}
         </p>
       )}
+      {library.openProblem && (
+        <p class="error" role="alert">
+          Your tasks could not be opened on this device ({library.openProblem}). Trying again…
+        </p>
+      )}
       {panel === "devices" ? (
         <Devices who={props.who} onSignOut={props.onSignOut} />
       ) : (

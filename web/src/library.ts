@@ -23,6 +23,8 @@ export class Library {
   #scheduled = false
   #syncTimer: number | undefined
   loaded = false
+  /** Why the task list could not be opened, while it cannot. */
+  openProblem: string | undefined
   sync: SyncState = { online: navigator.onLine, connected: false, waiting: 0 }
 
   #cache: ViewCache
@@ -31,6 +33,7 @@ export class Library {
   #live = false
   /** Local changes whose write to IndexedDB has not finished. */
   #writing = 0
+  #closed = false
 
   constructor(
     readonly repo: Repo,
@@ -118,6 +121,30 @@ export class Library {
     })
   }
 
+  /**
+   * Opens the task list, trying again with a growing pause while it cannot
+   * be opened (its document not yet on this device and the server out of
+   * reach, or storage failing); the interface says why meanwhile.
+   */
+  async openPersistently(rootId: DocumentId) {
+    let pause = 1000
+    for (;;) {
+      try {
+        await this.open(rootId)
+        this.openProblem = undefined
+        this.changed()
+        return
+      } catch (e) {
+        console.error("cannot open the task list", e)
+        this.openProblem = e instanceof Error ? e.message : String(e)
+        this.changed()
+      }
+      if (this.#closed) return
+      await new Promise(resolve => window.setTimeout(resolve, pause))
+      pause = Math.min(pause * 2, 30_000)
+    }
+  }
+
   async open(rootId: DocumentId) {
     const root = await this.repo.find<RootDoc>(urlOf(rootId))
     this.root = root
@@ -198,6 +225,7 @@ export class Library {
   }
 
   async close() {
+    this.#closed = true
     window.removeEventListener("pagehide", this.#saveNow)
     window.removeEventListener("beforeunload", this.#holdUnload)
     window.clearInterval(this.#syncTimer)

@@ -94,9 +94,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   }
   if (!online) check()
   void cached.then(tasks => lib.paintFromCache(tasks))
-  void lib.open(profile.rootId as DocumentId).catch(e => {
-    console.error("cannot open the task list", e)
-  })
+  void lib.openPersistently(profile.rootId as DocumentId)
   return {
     kind: "signed-in",
     profile,
