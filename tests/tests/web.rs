@@ -201,6 +201,10 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
         }
     }
     assert!(output.status.success(), "browser tests failed:\n{report}");
+    if !extra.is_empty() {
+        // Part of the suite ran: the checks below need all of it.
+        return;
+    }
 
     // The short-lived tokens really expired on open sockets (the server
     // closed them for it) while the test saw sync go on.

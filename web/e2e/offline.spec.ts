@@ -75,3 +75,26 @@ test("a task deleted offline stays deleted across a reload, and REST stops listi
   await expect.poll(async () => (await restTasks(APP, token)).map(t => t.title)).toEqual(["current errand"])
   await context.close()
 })
+
+test("a page left while a change is still being written asks to stay, and keeps the change", async ({ browser }) => {
+  const { context, page } = await newSignedInPage(browser, email(19))
+  await addTask(page, "pack the bags")
+  await holdDocumentWrites(page, 4000)
+  await page.getByRole("button", { name: "Edit pack the bags", exact: true }).click()
+  const editor = page.getByRole("form", { name: "Edit task pack the bags" })
+  await editor.getByLabel("Title").fill("pack the car")
+  await editor.getByRole("button", { name: "Save" }).click()
+  // A reload while the write waits: the browser asks first, and the person stays.
+  const asked = page.waitForEvent("dialog")
+  const reloading = page.evaluate(() => location.reload()).catch(() => undefined)
+  const dialog = await asked
+  expect(dialog.type()).toBe("beforeunload")
+  await dialog.dismiss()
+  await reloading
+  // Still the same page: the editor closes once the write is through.
+  await expect(page.getByRole("form", { name: /^Edit task / })).toHaveCount(0)
+  await page.reload()
+  await waitForDocuments(page)
+  await expect(task(page, "pack the car")).toBeVisible()
+  await context.close()
+})
