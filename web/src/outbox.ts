@@ -38,6 +38,8 @@ export class Outbox {
   #db: Promise<IDBDatabase>
   #sending = false
   #again = false
+  #retry: number | undefined
+  #closed = false
 
   constructor(userId: string) {
     this.#db = open(userId)
@@ -55,6 +57,7 @@ export class Outbox {
    * for the next attempt.
    */
   async send(): Promise<void> {
+    if (this.#closed) return
     if (this.#sending) {
       this.#again = true
       return
@@ -67,9 +70,16 @@ export class Outbox {
         const ids = (await run(db, "readonly", store => store.getAllKeys())) as DocumentId[]
         for (const id of ids) {
           try {
-            await authed("DELETE", `/v1/tasks/${id}`)
+            await authed("DELETE", `/v1/tasks/${encodeURIComponent(id)}`)
           } catch (e) {
-            if (!refusedForGood(e)) return
+            if (!refusedForGood(e)) {
+              if (this.#closed) return
+              // Offline, or the server could not do it now: the next
+              // connection tries again, and so does a timer meanwhile.
+              window.clearTimeout(this.#retry)
+              this.#retry = window.setTimeout(() => void this.send(), 30_000)
+              return
+            }
           }
           await run(db, "readwrite", store => store.delete(id))
         }
@@ -82,6 +92,8 @@ export class Outbox {
   }
 
   async close() {
+    this.#closed = true
+    window.clearTimeout(this.#retry)
     ;(await this.#db.catch(() => undefined))?.close()
   }
 }
