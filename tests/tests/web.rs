@@ -132,8 +132,9 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
     assert!(cli.exists(), "{} is missing", cli.display());
     let app = server(&[]).await;
     let short = server(&[("--access-token-ttl-secs", SHORT_TOKEN_SECS.to_string())]).await;
-    // The sign-in limits, low enough to reach from the browser: a resend
-    // cooldown, two codes an hour per address, a lock after two wrong codes.
+    // Limits low enough to reach from the browser: a resend cooldown, two
+    // codes an hour per address, a lock after two wrong codes, and one new
+    // sync connection a second.
     let limits = server(&[
         (
             "--otp-resend-cooldown-secs",
@@ -141,6 +142,8 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
         ),
         ("--otp-hourly-cap", "2".into()),
         ("--otp-failure-cap", "2".into()),
+        ("--sync-connections-per-second", "1".into()),
+        ("--sync-connection-burst", "1".into()),
     ])
     .await;
 

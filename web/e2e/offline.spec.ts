@@ -2,7 +2,8 @@
 // change is kept (the editor closes, the new-task field clears) only once
 // it is in IndexedDB. A read-write transaction held open by the test stands
 // in for a slow disk, so that the write is still pending when the test
-// reloads unless the app waited for it.
+// reloads unless the app waited for it. Also: a deletion made offline, and
+// coming back online when the server turns the first attempt away.
 import { expect, test } from "@playwright/test"
 import {
   addTask,
@@ -96,5 +97,24 @@ test("a page left while a change is still being written asks to stay, and keeps 
   await page.reload()
   await waitForDocuments(page)
   await expect(task(page, "pack the car")).toBeVisible()
+  await context.close()
+})
+
+test("tabs back online at once all reconnect, although the server turns all but one away at first", async ({ browser }) => {
+  // This server opens one new sync connection a second: of two tabs that
+  // reconnect together, one is refused (503) and must try again by itself.
+  const LIMITS = process.env.CODEEDEX_LIMITS_APP_URL!
+  const { context, page: one } = await newSignedInPage(browser, email(33), LIMITS)
+  const two = await context.newPage()
+  await two.goto("/")
+  await expect(two.getByRole("status")).toContainText("Up to date")
+  await context.setOffline(true)
+  for (const page of [one, two]) await expect(page.getByRole("status")).toContainText("Offline")
+  await addTask(one, "written in tab one")
+  await context.setOffline(false)
+  for (const page of [one, two]) {
+    await expect(page.getByRole("status")).toContainText("Up to date")
+    await expect(task(page, "written in tab one")).toBeVisible()
+  }
   await context.close()
 })
