@@ -33,7 +33,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub(crate) use crate::durability::Ticket;
 pub use documents::StoredDocument;
-pub(crate) use documents::{Claim, EventRecord};
+pub(crate) use documents::{Append, Claim, EventRecord, IndexUpdate};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
@@ -141,8 +141,6 @@ pub(crate) struct Engine {
     snapshots: Tree,
     /// user id ‖ feed sequence → document id: the user's documents in order of last change.
     user_feed: Tree,
-    /// user id ‖ document id → feed sequence: where a document sits in the feed.
-    user_feed_position: Tree,
     /// document id ‖ storage id → encoded Automerge sync state.
     sync_states: Tree,
     /// user id ‖ document id → task summary (JSON), for listing without loading documents.
@@ -285,6 +283,21 @@ impl Engine {
                 });
             }
         }
+        let documents = db.open_tree("documents")?;
+        let events = db.open_tree("events")?;
+        let user_feed = db.open_tree("user_feed")?;
+        let user_feed_position = db.open_tree("user_feed_position")?;
+        let task_index = db.open_tree("task_index")?;
+        let usage = db.open_tree("usage")?;
+        let log = documents::AppendLog {
+            db: db.clone(),
+            documents: documents.clone(),
+            events: events.clone(),
+            user_feed: user_feed.clone(),
+            user_feed_position,
+            usage: usage.clone(),
+            task_index: task_index.clone(),
+        };
         let engine = Self {
             epoch,
             users: db.open_tree("users")?,
@@ -295,16 +308,15 @@ impl Engine {
             refresh_tokens: db.open_tree("refresh_tokens")?,
             session_tokens: db.open_tree("session_tokens")?,
             audit: db.open_tree("audit")?,
-            documents: db.open_tree("documents")?,
-            events: db.open_tree("events")?,
+            documents,
+            events,
             snapshots: db.open_tree("snapshots")?,
-            user_feed: db.open_tree("user_feed")?,
-            user_feed_position: db.open_tree("user_feed_position")?,
+            user_feed,
             sync_states: db.open_tree("sync_states")?,
-            task_index: db.open_tree("task_index")?,
-            usage: db.open_tree("usage")?,
+            task_index,
+            usage,
             meta,
-            group_commit: group_commit::GroupCommit::start(db.clone()).map_err(sled::Error::Io)?,
+            group_commit: group_commit::GroupCommit::start(log).map_err(sled::Error::Io)?,
             db,
         };
         // Stores written before quotas existed have documents but no usage:

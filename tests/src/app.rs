@@ -235,6 +235,23 @@ impl TestApp {
         self.logs.lock().expect("log lock").clone()
     }
 
+    /// Waits until some line of the log contains `needle`; false if none
+    /// does within `within`. The log reaches the test through a pipe read
+    /// by another thread, so a line written just before a counter moved may
+    /// still be on its way when the counter is read.
+    pub async fn log_appears(&self, needle: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.logs().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Remembers a secret (code or token) that must never appear in the log.
     pub fn remember_secret(&self, secret: &str) {
         self.secrets

@@ -211,6 +211,10 @@ async fn run(device: Arc<Device>, mut stop: watch::Receiver<bool>) {
                     Some(close::TOKEN_EXPIRED) => {
                         // Reconnect at once; the loop refreshes the token first.
                     }
+                    Some(close::OUT_OF_STEP) => {
+                        // Reconnect at once: joining resets every sync state
+                        // to its shared heads, so what was lost goes again.
+                    }
                     Some(close::SESSION_ENDED) => match device.auth().refresh(None).await {
                         Err(ClientError::SessionEnded) => device.logged_out(),
                         Ok(_) | Err(ClientError::NotLoggedIn) => {}

@@ -61,3 +61,10 @@ pub const QUOTA: u16 = 4011;
 /// not acknowledged are lost. Like 1013, "try again later": reconnect later
 /// (the server recovers by itself) with a fresh sync state, and send again.
 pub const STORAGE_UNAVAILABLE: u16 = 4013;
+
+/// The peer is out of step: the server asked several times for changes the
+/// peer's messages depend on, and the peer never sent them, because its sync
+/// state counts them as sent (a relay between the two lost a message while
+/// the connection stayed open). Reconnect at once with a fresh sync state,
+/// as automerge-repo does on every reconnect, and the changes go again.
+pub const OUT_OF_STEP: u16 = 4014;

@@ -7,13 +7,14 @@
 //! before anything it covers could be pruned, and by default nothing is.
 
 use chrono::{DateTime, TimeZone, Utc};
+use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::quota::{QuotaExceeded, decode_usage};
-use super::{Engine, Store, StoreError, TxResult, decode, encode, pair_key, seq_in_key};
+use super::{Engine, Store, StoreError, Ticket, TxResult, decode, encode, pair_key, seq_in_key};
 use crate::configuration::limits::Quota;
 
 /// What the store knows about a document.
@@ -131,6 +132,163 @@ pub struct StoredDocument {
     pub changes: Vec<Vec<u8>>,
 }
 
+/// What an append does to the document's task-index entry: the hub reads
+/// the document after the change and says; the entry is written in the
+/// append's transaction, so that the flush that makes the change durable
+/// makes its summary durable too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IndexUpdate {
+    /// The summary did not change.
+    Keep,
+    /// The document reads as this task.
+    Put(TaskView),
+    /// The document is not a task (or no longer one).
+    Remove,
+}
+
+/// Changes accepted into a document, to be appended to its log.
+#[derive(Debug, Clone)]
+pub(crate) struct Append {
+    pub(crate) doc: DocumentId,
+    pub(crate) user: UserId,
+    pub(crate) session: Option<SessionId>,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) changes: Vec<Vec<u8>>,
+    pub(crate) quota: Quota,
+    pub(crate) index: IndexUpdate,
+}
+
+impl Append {
+    /// Bytes of change the append adds to the log.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.changes.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// The trees an append writes, for the flusher thread, which writes each
+/// flush group's appends in one transaction: one transaction seals one of
+/// sled's log buffers, so a hundred concurrent appends cost one seal, not a
+/// hundred.
+#[derive(Clone)]
+pub(crate) struct AppendLog {
+    pub(crate) db: sled::Db,
+    pub(crate) documents: sled::Tree,
+    pub(crate) events: sled::Tree,
+    pub(crate) user_feed: sled::Tree,
+    /// user id ‖ document id → feed sequence: where a document sits in the
+    /// feed; only appends read and write it.
+    pub(crate) user_feed_position: sled::Tree,
+    pub(crate) usage: sled::Tree,
+    pub(crate) task_index: sled::Tree,
+}
+
+impl AppendLog {
+    /// Writes `batch` in one transaction. Each append gets its own outcome
+    /// (its feed sequence, or why it was refused, with nothing of it
+    /// written); an error of the engine fails them all.
+    pub(crate) fn write(
+        &self,
+        batch: &[&Append],
+    ) -> Result<Vec<Result<u64, StoreError>>, sled::Error> {
+        let feed_seqs = batch
+            .iter()
+            .map(|_| self.db.generate_id())
+            .collect::<Result<Vec<u64>, sled::Error>>()?;
+        let written = (
+            &self.documents,
+            &self.events,
+            &self.user_feed,
+            &self.user_feed_position,
+            &self.usage,
+            &self.task_index,
+        )
+            .transaction(
+                |(documents, events, feed, positions, usage, index)| -> TxResult<Vec<Result<u64, StoreError>>> {
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for (append, feed_seq) in batch.iter().zip(&feed_seqs) {
+                        let Some(meta) = documents.get(append.doc.as_bytes())? else {
+                            outcomes.push(Err(StoreError::Malformed {
+                                tree: "documents",
+                                what: "appending to a document nobody claimed",
+                            }));
+                            continue;
+                        };
+                        let mut meta: DocumentMeta = match decode("documents", &meta) {
+                            Ok(meta) => meta,
+                            Err(e) => {
+                                outcomes.push(Err(e));
+                                continue;
+                            }
+                        };
+                        if meta.deleted_at.is_some() {
+                            outcomes.push(Err(StoreError::DocumentDeleted));
+                            continue;
+                        }
+                        // Reads see this transaction's earlier writes, so two
+                        // appends of one owner in a batch count together.
+                        let used = match decode_usage(usage.get(meta.owner.as_bytes())?) {
+                            Ok(used) => used,
+                            Err(e) => {
+                                outcomes.push(Err(e));
+                                continue;
+                            }
+                        };
+                        let (used, document_bytes) =
+                            match used.grow(meta.bytes, append.bytes(), &append.quota) {
+                                Ok(grown) => grown,
+                                Err(exceeded) => {
+                                    outcomes.push(Err(StoreError::QuotaExceeded(exceeded)));
+                                    continue;
+                                }
+                            };
+                        usage.insert(meta.owner.as_bytes(), encode(&used))?;
+                        meta.bytes = document_bytes;
+                        for change in &append.changes {
+                            let record = EventRecord {
+                                seq: meta.next_seq,
+                                user: append.user,
+                                session: append.session,
+                                at: append.at,
+                                change: change.clone(),
+                            };
+                            events.insert(seq_key(append.doc, meta.next_seq), record.encode())?;
+                            meta.next_seq += 1;
+                        }
+                        documents.insert(append.doc.as_bytes(), encode(&meta))?;
+                        let owner = meta.owner;
+                        let position_key = pair_key(owner.as_bytes(), append.doc.as_bytes());
+                        if let Some(old) = positions.get(&position_key)? {
+                            feed.remove(pair_key(owner.as_bytes(), &old))?;
+                        }
+                        positions.insert(position_key.clone(), &feed_seq.to_be_bytes())?;
+                        feed.insert(
+                            pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
+                            append.doc.as_bytes(),
+                        )?;
+                        match &append.index {
+                            IndexUpdate::Keep => {}
+                            IndexUpdate::Put(view) => {
+                                index.insert(position_key, encode(view))?;
+                            }
+                            IndexUpdate::Remove => {
+                                index.remove(position_key)?;
+                            }
+                        }
+                        outcomes.push(Ok(*feed_seq));
+                    }
+                    Ok(outcomes)
+                },
+            );
+        // Nothing above aborts: a refused append is an outcome, so that it
+        // does not take the rest of its group down with it.
+        match written {
+            Ok(outcomes) => Ok(outcomes),
+            Err(TransactionError::Storage(e)) => Err(e),
+            Err(TransactionError::Abort(e)) => Err(sled::Error::Unsupported(e.to_string())),
+        }
+    }
+}
+
 pub(crate) fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
     pair_key(doc.as_bytes(), &seq.to_be_bytes())
 }
@@ -190,81 +348,22 @@ impl Store {
         })
     }
 
-    /// Appends changes to a document's log and moves the document to the
-    /// front of its owner's feed, in one transaction, unless that would take
-    /// the document or its owner over `quota`. Returns the feed position.
-    /// The caller makes it durable with [`Store::persist`].
-    pub(crate) fn append_events(
-        &self,
-        doc: DocumentId,
-        user: UserId,
-        session: Option<SessionId>,
-        at: DateTime<Utc>,
-        changes: &[Vec<u8>],
-        quota: &Quota,
-    ) -> Result<u64, StoreError> {
-        self.run(|e| {
-            let feed_seq = e.db.generate_id()?;
-            let added: u64 = changes.iter().map(|c| c.len() as u64).sum();
-            (
-                &e.documents,
-                &e.events,
-                &e.user_feed,
-                &e.user_feed_position,
-                &e.usage,
-            )
-                .transaction(
-                    |(documents, events, feed, positions, usage)| -> TxResult<u64> {
-                        let Some(meta) = documents.get(doc.as_bytes())? else {
-                            return Err(ConflictableTransactionError::Abort(
-                                StoreError::Malformed {
-                                    tree: "documents",
-                                    what: "appending to a document nobody claimed",
-                                },
-                            ));
-                        };
-                        let mut meta: DocumentMeta = decode("documents", &meta)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        if meta.deleted_at.is_some() {
-                            return Err(ConflictableTransactionError::Abort(
-                                StoreError::DocumentDeleted,
-                            ));
-                        }
-                        let used = decode_usage(usage.get(meta.owner.as_bytes())?)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        let (used, document_bytes) =
-                            used.grow(meta.bytes, added, quota).map_err(|e| {
-                                ConflictableTransactionError::Abort(StoreError::QuotaExceeded(e))
-                            })?;
-                        usage.insert(meta.owner.as_bytes(), encode(&used))?;
-                        meta.bytes = document_bytes;
-                        for change in changes {
-                            let record = EventRecord {
-                                seq: meta.next_seq,
-                                user,
-                                session,
-                                at,
-                                change: change.clone(),
-                            };
-                            events.insert(seq_key(doc, meta.next_seq), record.encode())?;
-                            meta.next_seq += 1;
-                        }
-                        documents.insert(doc.as_bytes(), encode(&meta))?;
-                        let owner = meta.owner;
-                        let position_key = pair_key(owner.as_bytes(), doc.as_bytes());
-                        if let Some(old) = positions.get(&position_key)? {
-                            feed.remove(pair_key(owner.as_bytes(), &old))?;
-                        }
-                        positions.insert(position_key, &feed_seq.to_be_bytes())?;
-                        feed.insert(
-                            pair_key(owner.as_bytes(), &feed_seq.to_be_bytes()),
-                            doc.as_bytes(),
-                        )?;
-                        Ok(feed_seq)
-                    },
-                )?;
-            Ok(feed_seq)
-        })
+    /// Appends changes to a document's log, bumps its feed position and
+    /// usage, and updates its task-index entry, all in one transaction with
+    /// the other appends of the same flush group (see `group_commit`).
+    /// Returns the document's new feed sequence and the ticket that makes
+    /// the append durable. Refused, with nothing written, if the document
+    /// is unknown or deleted, or if the owner's quota would be exceeded.
+    pub(crate) async fn append_events(&self, append: Append) -> Result<(u64, Ticket), StoreError> {
+        let engine = self.engine()?;
+        match engine.group_commit.append(append).await {
+            Ok((feed_seq, ticket)) => Ok((feed_seq, Ticket::new(engine.epoch, ticket))),
+            Err(StoreError::Engine(sled::Error::Io(error))) => {
+                self.shared.fail(&engine, &error);
+                Err(StoreError::Unavailable)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// The document's snapshot and the changes after it.
@@ -401,4 +500,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

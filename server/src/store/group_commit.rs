@@ -6,6 +6,12 @@
 //! noted one durable: a hundred concurrent writers share one fsync instead
 //! of queueing for a hundred.
 //!
+//! Appends to the document log go through the same thread: writers hand
+//! their [`Append`] over, and the flusher writes every append waiting at
+//! the start of a round in one transaction, then flushes. Concurrent edits
+//! of different users share one transaction and one flush instead of
+//! queueing behind each other's transactions on the request threads.
+//!
 //! The flush runs on a thread of its own, called synchronously, rather than
 //! through sled's `flush_async`: that hands each flush to sled's shared IO
 //! pool, whose queue wakes every idle pool thread on every job. Under a
@@ -15,7 +21,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+
+use super::StoreError;
+use super::documents::{Append, AppendLog};
+
+/// The most change bytes one transaction takes; the rest waits for the next
+/// round. sled holds a transaction's writes in memory until it commits.
+const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// An append handed to the flusher, and where its outcome goes: the feed
+/// sequence and the ticket that makes it durable.
+struct PendingAppend {
+    append: Append,
+    reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
+}
 
 /// What the flusher has made durable so far.
 #[derive(Debug, Clone)]
@@ -26,20 +46,29 @@ enum Durable {
     Failed(sled::Error),
 }
 
-/// The flusher's inbox: the newest ticket somebody waits for, and whether
-/// the store is closing.
-#[derive(Debug, Default)]
+/// The flusher's inbox: the newest ticket somebody waits for, the appends
+/// to write, and whether the store is closing (or the flusher has stopped).
+/// Appends are bounded by their writers: each holds its document's lock
+/// while it waits, and each connection performs one request at a time.
+#[derive(Default)]
 struct Wanted {
     ticket: u64,
+    appends: Vec<PendingAppend>,
     stop: bool,
+    stopped: bool,
 }
 
-#[derive(Debug)]
 struct Shared {
     tickets: AtomicU64,
     wanted: Mutex<Wanted>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
 }
 
 /// Owns the flusher thread; stops and joins it when the last handle to the
@@ -51,8 +80,8 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher thread for `db`.
-    pub(crate) fn start(db: sled::Db) -> std::io::Result<Self> {
+    /// Starts the flusher thread for `log`'s database.
+    pub(crate) fn start(log: AppendLog) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             tickets: AtomicU64::new(0),
             wanted: Mutex::new(Wanted::default()),
@@ -63,12 +92,41 @@ impl GroupCommit {
             .name("store-flusher".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || flush_loop(&shared, &db)
+                move || {
+                    flush_loop(&shared, &log);
+                    // Whoever hands over an append from now on, or handed
+                    // one over that was not written, hears at once.
+                    let left = {
+                        let mut wanted = lock(&shared.wanted);
+                        wanted.stopped = true;
+                        std::mem::take(&mut wanted.appends)
+                    };
+                    for pending in left {
+                        let _ = pending.reply.send(Err(StoreError::Engine(closed())));
+                    }
+                }
             })?;
         Ok(Self {
             shared,
             flusher: Some(flusher),
         })
+    }
+
+    /// Writes `append` with the next group, and returns its feed sequence
+    /// and the ticket that makes it durable.
+    pub(crate) async fn append(&self, append: Append) -> Result<(u64, u64), StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        {
+            let mut wanted = lock(&self.shared.wanted);
+            if wanted.stopped {
+                return Err(StoreError::Engine(closed()));
+            }
+            wanted.appends.push(PendingAppend { append, reply });
+            self.shared.wake.notify_one();
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Engine(closed())))
     }
 
     /// A ticket covering every write finished before this call.
@@ -139,13 +197,13 @@ fn settled(durable: &Durable, ticket: u64) -> Option<Result<(), sled::Error>> {
 /// arrives after a quiet spell is flushed at once.
 const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_micros(500);
 
-fn flush_loop(shared: &Shared, db: &sled::Db) {
+fn flush_loop(shared: &Shared, log: &AppendLog) {
     let mut done = 0;
     let mut last_start: Option<std::time::Instant> = None;
     loop {
-        {
+        let batch = {
             let mut wanted = lock(&shared.wanted);
-            while wanted.ticket <= done && !wanted.stop {
+            while wanted.ticket <= done && wanted.appends.is_empty() && !wanted.stop {
                 wanted = shared
                     .wake
                     .wait(wanted)
@@ -154,6 +212,10 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
             if wanted.stop {
                 return;
             }
+            take_batch(&mut wanted.appends)
+        };
+        if !batch.is_empty() && write_batch(shared, log, batch).is_err() {
+            return;
         }
         if let Some(rest) = last_start.and_then(|at| MIN_FLUSH_INTERVAL.checked_sub(at.elapsed())) {
             std::thread::sleep(rest);
@@ -162,7 +224,7 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
         // Every ticket up to here was taken after its writes finished, so
         // this flush covers all of them.
         let covered = shared.tickets.load(Ordering::SeqCst);
-        match db.flush() {
+        match log.db.flush() {
             Ok(_) => {
                 done = covered;
                 shared.durable.send_replace(Durable::UpTo(covered));
@@ -172,6 +234,47 @@ fn flush_loop(shared: &Shared, db: &sled::Db) {
                 shared.durable.send_replace(Durable::Failed(error));
                 return;
             }
+        }
+    }
+}
+
+/// The appends waiting, oldest first, up to [`MAX_BATCH_BYTES`] (at least
+/// one); the rest stay for the next round.
+fn take_batch(waiting: &mut Vec<PendingAppend>) -> Vec<PendingAppend> {
+    let mut bytes = 0;
+    let mut take = 0;
+    for pending in waiting.iter() {
+        bytes += pending.append.bytes();
+        if take > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        take += 1;
+    }
+    waiting.drain(..take).collect()
+}
+
+/// Writes one group of appends in one transaction and tells each writer its
+/// outcome with a ticket the next flush covers. An engine error fails them
+/// all and stops the flusher, as a failed flush does.
+fn write_batch(shared: &Shared, log: &AppendLog, batch: Vec<PendingAppend>) -> Result<(), ()> {
+    let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
+    match log.write(&appends) {
+        Ok(outcomes) => {
+            let ticket = shared.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = pending
+                    .reply
+                    .send(outcome.map(|feed_seq| (feed_seq, ticket)));
+            }
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "writing to the store failed");
+            for pending in batch {
+                let _ = pending.reply.send(Err(StoreError::Engine(error.clone())));
+            }
+            shared.durable.send_replace(Durable::Failed(error));
+            Err(())
         }
     }
 }
@@ -199,10 +302,23 @@ mod tests {
         (dir, db)
     }
 
+    fn log(db: &sled::Db) -> AppendLog {
+        let tree = |name: &str| db.open_tree(name).expect("open tree");
+        AppendLog {
+            db: db.clone(),
+            documents: tree("documents"),
+            events: tree("events"),
+            user_feed: tree("user_feed"),
+            user_feed_position: tree("user_feed_position"),
+            usage: tree("usage"),
+            task_index: tree("task_index"),
+        }
+    }
+
     #[tokio::test]
     async fn a_waited_ticket_becomes_durable_and_later_tickets_do_not() {
         let (_dir, db) = open();
-        let commit = GroupCommit::start(db.clone()).expect("flusher starts");
+        let commit = GroupCommit::start(log(&db)).expect("flusher starts");
         db.insert(b"k", b"v").expect("insert");
         let first = commit.ticket();
         assert!(!commit.is_durable(first));
@@ -218,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn every_concurrent_waiter_is_released() {
         let (_dir, db) = open();
-        let commit = Arc::new(GroupCommit::start(db.clone()).expect("flusher starts"));
+        let commit = Arc::new(GroupCommit::start(log(&db)).expect("flusher starts"));
         let waiters: Vec<_> = (0..64u32)
             .map(|i| {
                 let (commit, db) = (Arc::clone(&commit), db.clone());
@@ -240,7 +356,7 @@ mod tests {
     #[test]
     fn dropping_the_last_handle_stops_the_flusher() {
         let (_dir, db) = open();
-        let commit = GroupCommit::start(db).expect("flusher starts");
+        let commit = GroupCommit::start(log(&db)).expect("flusher starts");
         // Drop joins the flusher thread, so it returns only once the thread
         // has stopped.
         let (done, dropped) = std::sync::mpsc::channel();

@@ -1,40 +1,14 @@
-//! The task index: a summary of every task per user, kept up to date by the
-//! hub as documents change, so that REST can list and filter tasks without
-//! loading their documents.
+//! The task index: a summary of every task per user, so that REST can list
+//! and filter tasks without loading their documents. The hub says what an
+//! append does to a document's entry, and the append writes it in its own
+//! transaction ([`super::documents::IndexUpdate`]).
 
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, UserId};
 
-use super::{Store, StoreError, decode, encode, pair_key};
+use super::{Store, StoreError, decode};
 
 impl Store {
-    /// Records a task's summary for listing.
-    pub(crate) fn put_task_summary(
-        &self,
-        user: UserId,
-        doc: DocumentId,
-        summary: &TaskView,
-    ) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.task_index
-                .insert(pair_key(user.as_bytes(), doc.as_bytes()), encode(summary))?;
-            Ok(())
-        })
-    }
-
-    /// Drops a document's summary from the task list, if it has one.
-    pub(crate) fn remove_task_summary(
-        &self,
-        user: UserId,
-        doc: DocumentId,
-    ) -> Result<(), StoreError> {
-        self.run(|e| {
-            e.task_index
-                .remove(pair_key(user.as_bytes(), doc.as_bytes()))?;
-            Ok(())
-        })
-    }
-
     /// Every task summary of a user, ordered by document id. A summary of
     /// another shape (written before a field was added, say) is left out,
     /// as listing would leave it out; one that is not JSON is corruption.

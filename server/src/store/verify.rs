@@ -129,6 +129,7 @@ mod tests {
     use super::*;
     use crate::configuration::limits::Quota;
     use crate::store::documents::seq_key;
+    use crate::store::documents::tests::append;
 
     #[test]
     fn a_store_written_through_its_api_verifies_and_a_half_written_log_does_not() {
@@ -143,16 +144,16 @@ mod tests {
             store
                 .claim_document(doc, ann, Utc::now(), &Quota::default())
                 .unwrap();
-            store
-                .append_events(
-                    doc,
-                    ann,
-                    None,
-                    Utc::now(),
-                    &[vec![1; 5], vec![2; 3]],
-                    &Quota::default(),
-                )
-                .unwrap();
+            append(
+                &store,
+                doc,
+                ann,
+                None,
+                Utc::now(),
+                &[vec![1; 5], vec![2; 3]],
+                &Quota::default(),
+            )
+            .unwrap();
         }
         store.write_snapshot(kept, 2, b"snapshot").unwrap();
         store.tombstone_document(deleted, Utc::now()).unwrap();

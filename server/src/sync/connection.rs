@@ -541,6 +541,7 @@ impl Connection {
         let live = Arc::clone(&attachment.live);
         match self.ctx.hub.generate(&live, &mut attachment.state).await {
             Ok(Generation::Message(message)) => Generated::Message(message),
+            Ok(Generation::Asking(message)) => Generated::Asking(message),
             Ok(Generation::Nothing) => Generated::Nothing,
             Ok(Generation::NotDurable(ticket)) => Generated::NotDurable(ticket),
             Err(e) => Generated::Failed(hub_failure(self.conn, doc, e)),

@@ -31,7 +31,7 @@ use codeedex_schema::task_document::{self, TaskDocumentError};
 use super::mailbox::Mailbox;
 use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
-use crate::store::{Claim, QuotaExceeded, Store, StoreError, Ticket};
+use crate::store::{Append, Claim, IndexUpdate, QuotaExceeded, Store, StoreError, Ticket};
 
 /// Write a snapshot once this many events accumulated after the last one.
 const SNAPSHOT_EVERY: u64 = 256;
@@ -56,6 +56,9 @@ pub(crate) struct Author {
 pub(crate) enum Generation {
     /// The message to send.
     Message(sync::Message),
+    /// The message to send, which asks the peer for changes that its own
+    /// heads depend on and that the server does not have.
+    Asking(sync::Message),
     /// The peer is up to date.
     Nothing,
     /// The document holds a change that is not durable yet; ask again once
@@ -173,6 +176,16 @@ impl DocState {
             needs_durable: Ticket::NONE,
             shared: None,
         }
+    }
+
+    /// Whether the document lacks any of `heads` (a peer's heads that the
+    /// server cannot reach yet). Asked only when a message has a `need`,
+    /// which is rare, so the lookup by metadata is cheap enough.
+    fn lacks_any(&self, heads: Option<&[automerge::ChangeHash]>) -> bool {
+        heads
+            .unwrap_or_default()
+            .iter()
+            .any(|head| self.doc.get_change_meta_by_hash(head).is_none())
     }
 
     /// The document, for a change: what was generated from it before is
@@ -500,6 +513,11 @@ impl DocumentHub {
             guard.generate_for(state, &self.metrics)
         });
         match generated {
+            Ok(Some(message))
+                if !message.need.is_empty() && guard.lacks_any(state.their_heads.as_deref()) =>
+            {
+                Ok(Generation::Asking(message))
+            }
             Ok(Some(message)) => Ok(Generation::Message(message)),
             Ok(None) => Ok(Generation::Nothing),
             Err(e) => {
@@ -571,7 +589,14 @@ impl DocumentHub {
         if live.is_deleted() {
             return Err(HubError::Deleted);
         }
-        let changed = match self.apply_locked(live, &mut guard, state, message, author, now) {
+        let received = match self.receive_locked(&mut guard, state, message) {
+            Ok(Some(changes)) => self
+                .record(live, &mut guard, changes, author, now)
+                .await
+                .map(|()| true),
+            other => other.map(|_| false),
+        };
+        let changed = match received {
             Ok(changed) => changed,
             Err(e) => {
                 // Automerge may have taken some of the message's changes
@@ -596,23 +621,30 @@ impl DocumentHub {
         Ok(ticket)
     }
 
-    /// [`DocumentHub::apply`] under the document's lock. Returns whether the
-    /// document changed. On error the document may hold changes that are
-    /// not in the log; the caller reloads it.
-    fn apply_locked(
+    /// Receives a peer's message into the document under its lock. Returns
+    /// the new changes to record, if any. On error the document may hold
+    /// changes that are not in the log; the caller reloads it.
+    fn receive_locked(
         &self,
-        live: &LiveDocument,
         guard: &mut DocState,
         state: &mut sync::State,
         message: sync::Message,
-        author: Author,
-        now: DateTime<Utc>,
-    ) -> Result<bool, HubError> {
+    ) -> Result<Option<Vec<Vec<u8>>>, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
         contained("applying a sync message", || {
             guard.doc_mut().receive_sync_message(state, message)
         })??;
+        // A peer that asks for a change we count as sent never got it (a
+        // relay lost the message while the connection stayed open).
+        // Automerge never sends a change twice on one sync state, so without
+        // this the two sides would trade empty messages for ever; forgetting
+        // that it was sent makes the next message carry it.
+        if let Some(need) = &state.their_need {
+            for hash in need {
+                state.sent_hashes.remove(hash);
+            }
+        }
         let (queued_changes, queued_bytes) =
             (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
         if queued_changes > self.limits.max_queued_changes
@@ -635,7 +667,7 @@ impl DocumentHub {
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
         if guard.doc.get_heads() == before {
-            return Ok(false);
+            return Ok(None);
         }
         let changes: Vec<Vec<u8>> = contained("listing new changes", || {
             guard
@@ -645,33 +677,35 @@ impl DocumentHub {
                 .map(|c| c.raw_bytes().to_vec())
                 .collect()
         })?;
-        tracing::debug!(doc = %live.id, changes = changes.len(), "received sync message");
-        if changes.is_empty() {
-            return Ok(false);
-        }
-        self.record(live, guard, &changes, author, now)?;
-        Ok(true)
+        Ok((!changes.is_empty()).then_some(changes))
     }
 
-    /// Appends changes to the log and updates the index; the caller waits for
-    /// durability (through `needs_durable`) before anything reveals them.
-    fn record(
+    /// Appends changes to the log, with the document's task-index entry, in
+    /// the flush group's transaction; the caller waits for durability
+    /// (through `needs_durable`) before anything reveals them.
+    async fn record(
         &self,
         live: &LiveDocument,
         state: &mut DocState,
-        changes: &[Vec<u8>],
+        changes: Vec<Vec<u8>>,
         author: Author,
         now: DateTime<Utc>,
     ) -> Result<(), HubError> {
-        live.store
-            .append_events(
-                live.id,
-                author.user,
-                author.session,
-                now,
+        tracing::debug!(doc = %live.id, changes = changes.len(), "recording changes");
+        let count = changes.len() as u64;
+        let (index, summary) = self.index_update(live, state)?;
+        let (_, ticket) = live
+            .store
+            .append_events(Append {
+                doc: live.id,
+                user: author.user,
+                session: author.session,
+                at: now,
                 changes,
-                &self.limits.quota,
-            )
+                quota: self.limits.quota,
+                index,
+            })
+            .await
             .map_err(|e| match e {
                 StoreError::DocumentDeleted => HubError::Deleted,
                 StoreError::QuotaExceeded(exceeded) => {
@@ -680,41 +714,9 @@ impl DocumentHub {
                 }
                 other => HubError::Store(other),
             })?;
-        state.events += changes.len() as u64;
-        state.needs_durable = live.store.durability_ticket();
-        // The task list shows what REST reads: every document that reads as
-        // a task (leniently: fields of the wrong type read as absent), so a
-        // listed task can always be read and deleted. A document that stops
-        // being a task leaves the list, and the root never enters it,
-        // whatever a device wrote into it.
-        match contained("reading a task", || task_document::read_task(&state.doc)) {
-            Ok(Ok(task)) => {
-                let view = TaskView::new(live.id, &task);
-                // Most changes to a busy document leave its summary as it was
-                // (edits outside the task fields, or repeated values): write
-                // the index only when the summary differs from the last one
-                // written. Whether the document is the root is asked before
-                // its first summary only; once one is written, it is not.
-                if state.last_summary.as_ref() != Some(&view) {
-                    let is_root = state.last_summary.is_none()
-                        && live
-                            .store
-                            .user(live.owner)?
-                            .and_then(|u| u.root_document_id)
-                            == Some(live.id);
-                    if is_root {
-                        live.store.remove_task_summary(live.owner, live.id)?;
-                    } else {
-                        live.store.put_task_summary(live.owner, live.id, &view)?;
-                        state.last_summary = Some(view);
-                    }
-                }
-            }
-            Ok(Err(_)) | Err(_) => {
-                state.last_summary = None;
-                live.store.remove_task_summary(live.owner, live.id)?;
-            }
-        }
+        state.events += count;
+        state.needs_durable = ticket;
+        state.last_summary = summary;
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             match contained("saving a snapshot", || state.doc.save()) {
                 Ok(bytes) => {
@@ -726,6 +728,46 @@ impl DocumentHub {
             }
         }
         Ok(())
+    }
+
+    /// What the append does to the document's task-index entry, and the
+    /// summary last written afterwards.
+    ///
+    /// The task list shows what REST reads: every document that reads as
+    /// a task (leniently: fields of the wrong type read as absent), so a
+    /// listed task can always be read and deleted. A document that stops
+    /// being a task leaves the list, and the root never enters it,
+    /// whatever a device wrote into it.
+    fn index_update(
+        &self,
+        live: &LiveDocument,
+        state: &DocState,
+    ) -> Result<(IndexUpdate, Option<TaskView>), HubError> {
+        match contained("reading a task", || task_document::read_task(&state.doc)) {
+            Ok(Ok(task)) => {
+                let view = TaskView::new(live.id, &task);
+                // Most changes to a busy document leave its summary as it was
+                // (edits outside the task fields, or repeated values): write
+                // the index only when the summary differs from the last one
+                // written. Whether the document is the root is asked before
+                // its first summary only; once one is written, it is not.
+                if state.last_summary.as_ref() == Some(&view) {
+                    return Ok((IndexUpdate::Keep, Some(view)));
+                }
+                let is_root = state.last_summary.is_none()
+                    && live
+                        .store
+                        .user(live.owner)?
+                        .and_then(|u| u.root_document_id)
+                        == Some(live.id);
+                if is_root {
+                    Ok((IndexUpdate::Remove, None))
+                } else {
+                    Ok((IndexUpdate::Put(view.clone()), Some(view)))
+                }
+            }
+            Ok(Err(_)) | Err(_) => Ok((IndexUpdate::Remove, None)),
+        }
     }
 
     /// Tells every subscriber except `except` (and any connection waiting for
@@ -801,7 +843,7 @@ impl DocumentHub {
         if changes.is_empty() {
             return Ok(false);
         }
-        if let Err(e) = self.record(live, &mut guard, &changes, author, now) {
+        if let Err(e) = self.record(live, &mut guard, changes, author, now).await {
             // The edit is in memory but not in the log (over quota, or the
             // store failed): take it back out.
             if !matches!(e, HubError::Deleted) {
@@ -1023,7 +1065,7 @@ mod tests {
     ) -> Option<sync::Message> {
         loop {
             match hub.generate(live, state).await.unwrap() {
-                Generation::Message(message) => return Some(message),
+                Generation::Message(message) | Generation::Asking(message) => return Some(message),
                 Generation::Nothing => return None,
                 Generation::NotDurable(ticket) => hub.store.wait_durable(ticket).await.unwrap(),
             }

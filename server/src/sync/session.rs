@@ -147,7 +147,17 @@ pub struct Session {
     /// Documents whose message waits for the peer's answer to the previous
     /// one, each until its deadline at the latest.
     held: BTreeMap<DocumentId, Instant>,
+    /// Per document, the changes our last message asked the peer for (the
+    /// ones its own heads depend on), and how many messages in a row asked
+    /// for exactly those.
+    asked: HashMap<DocumentId, (Vec<automerge::ChangeHash>, u32)>,
 }
+
+/// Messages in a row that may ask a peer for the same missing changes
+/// before the peer is taken to be out of step (close 4014). A peer sends a
+/// change once it is asked for it, so asking again means it believes the
+/// change was sent: only a fresh sync state sends it again.
+const ASKED_IN_VAIN: u32 = 4;
 
 fn fail(code: u16, message: &str) -> Vec<Effect> {
     vec![
@@ -193,6 +203,7 @@ impl Session {
             owed_ticket: Ticket::NONE,
             last_sent: HashMap::new(),
             held: BTreeMap::new(),
+            asked: HashMap::new(),
         }
     }
 
@@ -601,6 +612,19 @@ impl Session {
     fn forget(&mut self, doc: DocumentId) {
         self.last_sent.remove(&doc);
         self.held.remove(&doc);
+        self.asked.remove(&doc);
+    }
+
+    /// Notes what a message about to go out asks the peer for; true when it
+    /// is the [`ASKED_IN_VAIN`]th message in a row to ask for the same.
+    fn asked_in_vain(&mut self, doc: DocumentId, need: &[automerge::ChangeHash]) -> bool {
+        let entry = self.asked.entry(doc).or_insert_with(|| (Vec::new(), 0));
+        if entry.0 == need {
+            entry.1 += 1;
+        } else {
+            *entry = (need.to_vec(), 1);
+        }
+        entry.1 >= ASKED_IN_VAIN
     }
 
     /// The driver attached `doc` (or it was attached already) and the peer
@@ -692,6 +716,19 @@ impl Session {
             Generated::Message(message) => {
                 tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
                 self.last_sent.insert(doc, now);
+                self.asked.remove(&doc);
+                vec![self.sync_frame(doc, message)]
+            }
+            Generated::Asking(message) => {
+                tracing::debug!(conn = self.identity.conn, %doc, need = message.need.len(), "asking the peer for changes");
+                self.last_sent.insert(doc, now);
+                if self.asked_in_vain(doc, &message.need) {
+                    tracing::warn!(conn = self.identity.conn, user = %self.identity.user, %doc, "closing a sync connection: the peer never sends changes it was asked for");
+                    return fail(
+                        close::OUT_OF_STEP,
+                        "out of step: changes asked for were never sent; reconnect with a fresh sync state",
+                    );
+                }
                 vec![self.sync_frame(doc, message)]
             }
             Generated::Held(until) => {

@@ -1,7 +1,7 @@
 //! Devices going offline, the server crashing, REST edits, catching up.
 
 use codeedex_schema::api::tasks::TaskView;
-use codeedex_schema::wire::message_type;
+use codeedex_schema::wire::{close, message_type};
 use codeedex_tests::app::{AppConfig, spawn_app_with};
 use codeedex_tests::sync_peer::{Replicas, TokenIn, connect, refused_status};
 use serde_json::json;
@@ -503,4 +503,71 @@ async fn changes_for_a_peer_that_has_not_answered_go_out_together_within_the_bou
         received < 10,
         "{received} messages for 20 changes to a peer that never answered"
     );
+}
+
+#[tokio::test]
+async fn a_change_a_relay_lost_on_the_way_in_arrives_after_an_out_of_step_close() {
+    // A relay between A and the server loses A's message with one change
+    // while the connection stays open. A's sync state counts the change as
+    // sent, so Automerge never sends it again on this connection; A's next
+    // change depends on it and cannot be applied. The server asks for the
+    // lost change, in vain, and then closes with 4014; A reconnects with a
+    // fresh sync state, as every automerge-repo client does, and both
+    // changes arrive.
+    let app = spawn_app().await;
+    let (mut a, _b, ta, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " lost"));
+    {
+        let (doc, state) = a.docs.get_mut(&id).expect("a replica");
+        doc.sync()
+            .generate_sync_message(state)
+            .expect("a message with the change, which the relay loses");
+    }
+    a.change(id, |d| append_text(d, "notes", " later"));
+    a.push(id, false).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let code = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match a.recv(left).await.expect("the server never closed") {
+            Received::Message(m @ codeedex_schema::wire::Message::Sync { .. }) => {
+                a.apply(&m).await.unwrap()
+            }
+            Received::Message(_) => {}
+            Received::Closed(frame) => break frame.map(|(code, _)| code),
+        }
+    };
+    assert_eq!(code, Some(close::OUT_OF_STEP));
+    let replicas = a.go_offline().await;
+    let mut a = SyncPeer::rejoin(app.port, &ta, "ann-a", Some("storage-a"), &[], replicas)
+        .await
+        .unwrap();
+    a.sync_to_server(id, WAIT).await.unwrap();
+    assert_eq!(rest_task(&app, &ta, id).await.notes, "2 litres lost later");
+}
+
+#[tokio::test]
+async fn a_change_a_relay_lost_on_the_way_out_is_sent_again_when_the_device_asks() {
+    // The server's message with A's change to B is lost on the way. B's
+    // next messages ask for it; the server counts it as sent, and forgets
+    // that it did when B asks, so the connection carries on and B converges
+    // without a reconnect.
+    let app = spawn_app().await;
+    let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " lost"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    let lost = b.recv(WAIT).await.unwrap();
+    assert!(
+        matches!(
+            lost,
+            Received::Message(codeedex_schema::wire::Message::Sync { .. })
+        ),
+        "expected the relayed change, got {lost:?}"
+    );
+    a.change(id, |d| append_text(d, "notes", " later"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "notes").as_deref() == Some("2 litres lost later")
+    })
+    .await
+    .unwrap();
 }

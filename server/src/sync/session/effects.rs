@@ -149,6 +149,10 @@ pub enum Reconciled {
 pub enum Generated {
     /// The message to send.
     Message(sync::Message),
+    /// The message to send; it asks the peer for changes that the peer's
+    /// own heads depend on (the peer claims changes the server cannot
+    /// apply yet).
+    Asking(sync::Message),
     /// The peer is up to date.
     Nothing,
     /// The document is not attached any more.
