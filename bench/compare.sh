@@ -45,3 +45,26 @@ for target in reference codeedex; do
   lg "${args[@]}" idle --connections "${IDLE_CONNECTIONS:-2000}" --users 10 --concurrency 32 --hold 3
   lg "${args[@]}" catchup --tasks 1000 --edits 10 --without-extension
 done
+
+# Ten devices on one document at rising offered rates (edits/s over all
+# ten), frames and bytes per edit: the Rust generator, then the stock JS
+# automerge-repo client (bench/reference/js-fanout.mjs, ten Repos in one
+# Node process), against both servers.
+rates=${ONE_DOC_RATES:-10 20 50 100 200}
+for target in reference codeedex; do
+  if [ "$target" = reference ]; then
+    args=(--server http://127.0.0.1:18300 --ws-path / --no-auth --server-pid "$ref_pid")
+    js=(--no-auth --url ws://127.0.0.1:18300)
+  else
+    args=(--server http://127.0.0.1:18301 --server-pid "$our_pid")
+    js=(--url ws://127.0.0.1:18301/v1/sync --server http://127.0.0.1:18301)
+  fi
+  echo "=== $target: ten devices on one document"
+  for rate in $rates; do
+    per_device=$(awk "BEGIN { print $rate / 10 }")
+    echo "--- Rust generator, $rate edits/s offered"
+    lg "${args[@]}" fanout --users 1 --devices 10 --tasks 1 --rate "$per_device" --seconds 10
+    echo "--- stock JS client, $rate edits/s offered"
+    (cd bench/reference && "${pin_generator[@]}" node js-fanout.mjs "${js[@]}" --rate "$rate" --seconds 10)
+  done
+done

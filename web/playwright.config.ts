@@ -10,6 +10,11 @@ export default defineConfig({
   testDir: "e2e",
   // Two cores on CI: two workers keep the suite to about a minute.
   workers: Number(process.env.CODEEDEX_BROWSER_WORKERS ?? 2),
+  // Every test signs in as its own identity, so tests of one file may run
+  // side by side; the slow ones then spread over both workers. Tests start
+  // in file order, so the slowest (access-token-expiry.spec.ts, half a
+  // minute of waiting for expiries) starts first rather than last.
+  fullyParallel: true,
   timeout: 90_000,
   expect: { timeout: 15_000 },
   retries: 0,

@@ -8,7 +8,7 @@
 //          [--devices 10] [--rate 20] [--seconds 10] [--no-auth]
 // With --no-auth the url is used as it is (the reference server); otherwise
 // each device signs in as bench-0@example.com with the bench code.
-import { Repo } from "@automerge/automerge-repo";
+import { Repo, cbor } from "@automerge/automerge-repo";
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
 
 const args = Object.fromEntries(
@@ -44,12 +44,24 @@ async function token() {
 class CountingAdapter extends WebSocketClientAdapter {
   up = 0;
   down = 0;
+  upBytes = 0;
+  downBytes = 0;
+  // Edits made on this device whose first frame has not left yet.
+  pendingEdits = [];
   send(message) {
-    if (message.type === "sync" || message.type === "request") this.up += 1;
+    if (message.type === "sync" || message.type === "request") {
+      const now = Date.now();
+      for (const at of this.pendingEdits) clientDelays.push(now - at);
+      this.pendingEdits = [];
+      this.up += 1;
+      // The frame as the stock adapter encodes it.
+      this.upBytes += cbor.encode(message).byteLength;
+    }
     return super.send(message);
   }
   receiveMessage(bytes) {
     this.down += 1;
+    this.downBytes += bytes.byteLength;
     return super.receiveMessage(bytes);
   }
   // A socket error on Node rethrows in the stock adapter; a benchmark run
@@ -57,6 +69,9 @@ class CountingAdapter extends WebSocketClientAdapter {
   onError = () => {};
 }
 
+// From an edit to the first frame its device sends after it: the floor the
+// stock client's own batching (up to 100 ms) sets under any server.
+const clientDelays = [];
 const peers = [];
 for (let d = 0; d < devices; d++) {
   const url = noAuth ? args.url : `${args.url}?access_token=${await token()}`;
@@ -96,7 +111,7 @@ handles.forEach((handle, d) => {
 });
 for (let d = 0; d < devices; d++) for (const m of Object.keys(handles[d].doc().marks)) seen[d].add(m);
 
-const before = peers.map(p => ({ up: p.adapter.up, down: p.adapter.down }));
+const before = peers.map(p => ({ ...p.adapter }));
 const started = Date.now();
 let edits = 0;
 const interval = 1000 / rate;
@@ -110,6 +125,7 @@ await new Promise(resolve => {
     handles[d].change(doc => {
       doc.marks[mark] = Date.now();
     });
+    peers[d].adapter.pendingEdits.push(Date.now());
     edits += 1;
     n += 1;
     setTimeout(tick, Math.max(0, due + interval - Date.now()));
@@ -124,11 +140,13 @@ while (Date.now() < drainUntil) {
   if (complete >= edits) break;
   await new Promise(r => setTimeout(r, 50));
 }
-const up = peers.reduce((s, p, i) => s + p.adapter.up - before[i].up, 0);
-const down = peers.reduce((s, p, i) => s + p.adapter.down - before[i].down, 0);
+const total = key => peers.reduce((s, p, i) => s + p.adapter[key] - before[i][key], 0);
+const [up, down, upBytes, downBytes] = ["up", "down", "upBytes", "downBytes"].map(total);
 const complete = [...deliveredTo.values()].filter(c => c === devices - 1).length;
 latencies.sort((a, b) => a - b);
-const pct = q => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] : NaN;
+clientDelays.sort((a, b) => a - b);
+const pctOf = (list, q) => list.length ? list[Math.min(list.length - 1, Math.floor(q * list.length))] : NaN;
+const pct = q => pctOf(latencies, q);
 console.log(
   JSON.stringify({
     devices,
@@ -136,10 +154,17 @@ console.log(
     edits,
     frames_up_per_edit: +(up / edits).toFixed(1),
     frames_down_per_edit: +(down / edits).toFixed(1),
+    bytes_up_per_edit: Math.round(upBytes / edits),
+    bytes_down_per_edit: Math.round(downBytes / edits),
+    // The same per device: what one phone sends and receives for an edit.
+    frames_per_edit_per_device: +((up + down) / edits / devices).toFixed(2),
+    bytes_per_edit_per_device: Math.round((upBytes + downBytes) / edits / devices),
     delivered_edits_per_s: +(complete / editing).toFixed(1),
     delivered_everywhere: `${complete}/${edits}`,
     fanout_p50_ms: pct(0.5),
     fanout_p99_ms: pct(0.99),
+    client_batching_p50_ms: pctOf(clientDelays, 0.5),
+    client_batching_p99_ms: pctOf(clientDelays, 0.99),
   }),
 );
 process.exit(0);

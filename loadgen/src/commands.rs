@@ -94,6 +94,14 @@ pub(crate) async fn fanout(target: &Target, args: &FanoutArgs) -> anyhow::Result
         "edits: {}, deliveries/s: {:.0}, missing deliveries: {}",
         result.edits, result.delivered_per_second, result.missing
     );
+    let [frames_up, frames_down, bytes_up, bytes_down] = result.traffic.per_edit(result.edits);
+    // An edit concerns the devices of its own user.
+    let per_device = (*devices).max(1) as f64;
+    println!(
+        "per edit: frames up {frames_up:.1} / down {frames_down:.1}, bytes up {bytes_up:.0} / down {bytes_down:.0}; per edit per device: frames {:.2}, bytes {:.0}",
+        (frames_up + frames_down) / per_device,
+        (bytes_up + bytes_down) / per_device
+    );
     if let (Some(pid), Some(before)) = (target.server_pid, cpu_before) {
         let used = stats::cpu_time(pid).map(|after| after.saturating_sub(before));
         println!(

@@ -18,6 +18,9 @@
 //!   [`FaultHandle::black_hole_then_reset`] is the partition that outlives
 //!   the connection (a NAT mapping or a mobile link that expired): the held
 //!   data is lost and both sides are reset when it ends;
+//!   [`FaultHandle::black_hole_dropping`] discards what it reads and leaves
+//!   the connection open, as a broken relay does: whole messages go missing
+//!   mid-stream;
 //! - [`FaultHandle::reset_after_bytes`]: each connection is reset once this
 //!   many bytes (both directions together, counted from when the fault is
 //!   set or the connection opened) have been forwarded: the cut falls at
@@ -858,6 +861,25 @@ mod tests {
         assert!(!errored);
         assert_eq!(got, b"held");
         assert!(started.elapsed() >= Duration::from_millis(450));
+    }
+
+    #[tokio::test]
+    async fn a_dropping_black_hole_loses_what_it_reads_and_the_connection_goes_on() {
+        let (port, task) = sink().await;
+        let proxy = FaultProxy::start(port, 7).await;
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
+        client.write_all(b"kept ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.black_hole_dropping(Duration::from_millis(300));
+        client.write_all(b"lost ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.write_all(b"after").await.unwrap();
+        client.shutdown().await.unwrap();
+        let (got, errored) = task.await.unwrap();
+        assert!(!errored, "the connection was reset");
+        assert_eq!(got, b"kept after");
     }
 
     #[tokio::test]

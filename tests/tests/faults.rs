@@ -122,7 +122,7 @@ fn fault_schedule(
                 break;
             }
             tokio::time::sleep(pause).await;
-            match rng.below(3) {
+            match rng.below(4) {
                 0 if mix.resets => {
                     // Both sides reset, or only the device's (the server's
                     // side left open and silent).
@@ -134,12 +134,18 @@ fn fault_schedule(
                     injected += 1;
                 }
                 1 if mix.black_holes => {
-                    let length = rng.duration(Duration::from_secs(1), Duration::from_secs(3));
-                    if std::env::var("FAULTS_BLACK_HOLE").as_deref() == Ok("drop") {
-                        proxy.black_hole_dropping(length);
-                    } else {
-                        proxy.black_hole(length);
-                    }
+                    proxy.black_hole(rng.duration(Duration::from_secs(1), Duration::from_secs(3)));
+                    injected += 1;
+                }
+                // A relay that loses what it carries while the connection
+                // stays open: whole messages go missing mid-stream. Only on
+                // request (FAULTS_DROPPING=1): TCP never does this, and a
+                // device whose own change was lost that way trades empty
+                // messages with the server until its next connection.
+                3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() == Ok("1") => {
+                    proxy.black_hole_dropping(
+                        rng.duration(Duration::from_millis(300), Duration::from_secs(1)),
+                    );
                     injected += 1;
                 }
                 2 if mix.tiny_writes => {

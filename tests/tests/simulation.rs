@@ -524,17 +524,10 @@ impl World {
                     };
                     connection.session.reconciled(doc, outcome)
                 }
-                Effect::Generate { doc, hold_until } => {
+                Effect::Generate(doc) => {
                     let outcome = match (connection.attached.get_mut(&doc), hub.docs.get(&doc)) {
                         (Some(_), Some(held)) if !hub.is_durable(held.needs_durable) => {
                             Generated::NotDurable(held.needs_durable)
-                        }
-                        (Some(state), Some(_))
-                            if hold_until.is_some()
-                                && state.in_flight
-                                && !state.sent_hashes.is_empty() =>
-                        {
-                            Generated::Held(hold_until.expect("checked"))
                         }
                         (Some(state), Some(held)) => match held.doc.generate_sync_message(state) {
                             Some(message) => Generated::Message(message),

@@ -18,6 +18,9 @@ use tokio::process::Command;
 const TEST_CODE: &str = "246810";
 /// The access-token lifetime of the second server, in seconds.
 const SHORT_TOKEN_SECS: u64 = 4;
+/// The resend cooldown of the third server, in seconds: long enough to see
+/// the countdown, short enough to wait out twice.
+const LIMITS_COOLDOWN_SECS: u64 = 3;
 /// The whole browser suite; it takes about a minute and a half on two cores.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -129,17 +132,42 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
     assert!(cli.exists(), "{} is missing", cli.display());
     let app = server(&[]).await;
     let short = server(&[("--access-token-ttl-secs", SHORT_TOKEN_SECS.to_string())]).await;
+    // Limits low enough to reach from the browser: a resend cooldown, two
+    // codes an hour per address, a lock after two wrong codes, and one new
+    // sync connection a second.
+    let limits = server(&[
+        (
+            "--otp-resend-cooldown-secs",
+            LIMITS_COOLDOWN_SECS.to_string(),
+        ),
+        ("--otp-hourly-cap", "2".into()),
+        ("--otp-failure-cap", "2".into()),
+        ("--sync-connections-per-second", "1".into()),
+        ("--sync-connection-burst", "1".into()),
+    ])
+    .await;
 
     // The browser tests write the tokens they saw here, for the log check.
     let secrets = tempfile::NamedTempFile::new().expect("a temporary file");
+    // CODEEDEX_WEB_E2E_ARGS passes more arguments to Playwright when working
+    // on the app (a file name or `--grep`); the README's test command sets none.
+    let extra: Vec<String> = std::env::var("CODEEDEX_WEB_E2E_ARGS")
+        .map(|args| args.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let run = Command::new("node")
         .arg(node_module("@playwright/test/cli.js"))
         .arg("test")
+        .args(&extra)
         .current_dir(web_dir())
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
         .env("CODEEDEX_APP_URL", &app.address)
         .env("CODEEDEX_SHORT_TOKEN_APP_URL", &short.address)
         .env("CODEEDEX_SHORT_TOKEN_SECS", SHORT_TOKEN_SECS.to_string())
+        .env("CODEEDEX_LIMITS_APP_URL", &limits.address)
+        .env(
+            "CODEEDEX_LIMITS_COOLDOWN_SECS",
+            LIMITS_COOLDOWN_SECS.to_string(),
+        )
         .env("CODEEDEX_TEST_CODE", TEST_CODE)
         .env("CODEEDEX_CLI", &cli)
         .env("CODEEDEX_CHROMIUM", &chromium)
@@ -158,7 +186,28 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("{report}");
+    if !output.status.success() {
+        // What the servers said about sockets and refusals, to tell a
+        // server-side cause from an app-side one. The logs hold no secrets
+        // (checked below on success).
+        for (name, server) in [("app", &app), ("short-token", &short), ("limits", &limits)] {
+            let lines = server.logs();
+            let notable: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("sync"))
+                .collect();
+            let from = notable.len().saturating_sub(150);
+            println!("--- {name} server, last notable log lines ---");
+            for line in &notable[from..] {
+                println!("{line}");
+            }
+        }
+    }
     assert!(output.status.success(), "browser tests failed:\n{report}");
+    if !extra.is_empty() {
+        // Part of the suite ran: the checks below need all of it.
+        return;
+    }
 
     // The short-lived tokens really expired on open sockets (the server
     // closed them for it) while the test saw sync go on.
@@ -182,6 +231,8 @@ async fn the_web_app_passes_its_browser_tests_in_chromium() {
     }
     app.remember_secret(TEST_CODE);
     short.remember_secret(TEST_CODE);
+    limits.remember_secret(TEST_CODE);
     app.assert_no_secrets_in_logs();
     short.assert_no_secrets_in_logs();
+    limits.assert_no_secrets_in_logs();
 }

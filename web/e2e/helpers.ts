@@ -29,14 +29,31 @@ export async function signIn(page: Page, identifier: string) {
 export async function newSignedInPage(browser: Browser, identifier: string, baseURL?: string) {
   const context = await browser.newContext(baseURL ? { baseURL } : {})
   const page = await context.newPage()
+  reportPageErrors(page)
   await signIn(page, identifier)
   return { context, page }
 }
 
+/**
+ * Prints what the page reports as errors (uncaught exceptions, console
+ * errors other than requests refused by an offline network), so that a
+ * failing test's output says what went wrong inside the app.
+ */
+export function reportPageErrors(page: Page) {
+  page.on("pageerror", e => console.log(`page error: ${e.message}`))
+  page.on("console", m => {
+    // Socket URLs carry an access token: it is left out.
+    const text = m.text().replace(/access_token=[^'"\s&]*/g, "access_token=…")
+    if (m.type() === "error" && !text.startsWith("Failed to load resource")) console.log(`page console: ${text}`)
+  })
+}
+
+/** Adds a task and waits until the app has kept it (the field clears once it is in IndexedDB). */
 export async function addTask(page: Page, title: string) {
   await page.getByLabel("New task").fill(title)
   await page.getByRole("button", { name: "Add", exact: true }).click()
   await expect(task(page, title)).toBeVisible()
+  await expect(page.getByLabel("New task")).toHaveValue("")
 }
 
 /** The list item of the task whose checkbox is named `title`. */
@@ -50,6 +67,49 @@ export async function editTask(page: Page, title: string, fields: { title?: stri
   if (fields.title !== undefined) await form.getByLabel("Title").fill(fields.title)
   if (fields.notes !== undefined) await form.getByLabel("Notes").fill(fields.notes)
   await form.getByRole("button", { name: "Save" }).click()
+  // The editor closes once the change is in IndexedDB. (Its name follows
+  // the title, which changes on Save: any editor is looked for.)
+  await expect(page.getByRole("form", { name: /^Edit task / })).toHaveCount(0)
+}
+
+/** Waits until the service worker controls the page, so that it loads with the network off. */
+export async function waitForOfflineShell(page: Page) {
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.ready
+  })
+  await expect.poll(() => page.evaluate(() => !!navigator.serviceWorker.controller)).toBe(true)
+}
+
+/** Waits until the list shows the documents themselves, not the view cached from the last visit. */
+export async function waitForDocuments(page: Page) {
+  // Opening documents from IndexedDB takes milliseconds, but seconds on a
+  // machine busy with other work: a longer wait than the default.
+  await expect(page.getByRole("list", { name: "Tasks" })).toHaveAttribute("aria-busy", "false", { timeout: 30_000 })
+}
+
+/**
+ * Holds a read-write transaction on the app's document store for `ms`
+ * milliseconds, as a slow disk would: the app's own writes wait behind it.
+ */
+export async function holdDocumentWrites(page: Page, ms: number) {
+  await page.evaluate(async ms => {
+    const names = (await indexedDB.databases()).map(d => d.name ?? "")
+    const name = names.find(n => /^codeedex-(?!view-)/.test(n))
+    if (!name) throw new Error(`no document database among ${names.join(", ")}`)
+    const db: IDBDatabase = await new Promise((resolve, reject) => {
+      const r = indexedDB.open(name)
+      r.onsuccess = () => resolve(r.result)
+      r.onerror = () => reject(r.error)
+    })
+    const store = db.transaction("documents", "readwrite").objectStore("documents")
+    const until = Date.now() + ms
+    // A transaction stays open while it has requests in flight.
+    const spin = () => {
+      if (Date.now() < until) store.get("held").onsuccess = spin
+      else db.close()
+    }
+    spin()
+  }, ms)
 }
 
 /** Signs in over REST with the fixed code; returns an access token. */

@@ -62,20 +62,14 @@ export function explain(error: unknown): string {
     return "The server cannot be reached. Check your connection and try again."
   }
   if (error instanceof ApiError) {
-    const wait = error.retryAfter
-    const when =
-      wait === undefined
-        ? "later"
-        : wait >= 120
-          ? `in ${Math.ceil(wait / 60)} minutes`
-          : `in ${wait} seconds`
+    const when = waitInWords(error.retryAfter)
     switch (error.code) {
       case "invalid_code":
         return "That code is wrong or has expired. Check it, or ask for a new code."
       case "too_many_attempts":
         return `Too many wrong codes were entered. This sign-in is locked; try again ${when}.`
       case "rate_limited":
-        return `Too many attempts in a short time. Try again ${when}.`
+        return `Too many requests in a short time. Try again ${when}.`
       case "invalid_identifier":
         return "That is not an email address or a phone number. Phone numbers start with + and the country code, like +44 7700 900123."
       case "quota_exceeded":
@@ -93,4 +87,12 @@ export function explain(error: unknown): string {
     }
   }
   return "Something went wrong. Try again."
+}
+
+/** "in 40 seconds", "in 12 minutes", "in 24 hours": when a limit lifts. */
+function waitInWords(seconds: number | undefined): string {
+  if (seconds === undefined) return "later"
+  if (seconds < 120) return `in ${seconds} ${seconds === 1 ? "second" : "seconds"}`
+  if (seconds < 2 * 3600) return `in ${Math.ceil(seconds / 60)} minutes`
+  return `in ${Math.ceil(seconds / 3600)} hours`
 }

@@ -1,7 +1,7 @@
 // The signed-in app: sync status, the new-task form, views and search, the
 // task list with inline editing and history, and the devices panel.
 
-import { useEffect, useMemo, useState } from "preact/hooks"
+import { useEffect, useMemo, useRef, useState } from "preact/hooks"
 import type { DocumentId } from "@automerge/automerge-repo/slim"
 import { explain } from "./api"
 import { authed, currentSessionId } from "./session"
@@ -81,15 +81,25 @@ export function TasksApp(props: {
     return handle
   }
 
-  const guard = (action: () => void) => {
+  // Runs a change, then waits until it is in IndexedDB: only then does the
+  // interface treat it as kept (the editor closes, the new-task field
+  // clears), so a reload right after that point cannot lose it. Resolves
+  // to whether it worked; a refused change is explained.
+  const guard = async (action: () => DocumentId[] | Promise<DocumentId[]>): Promise<boolean> => {
+    setProblem(undefined)
+    let changed: DocumentId[]
     try {
-      setProblem(undefined)
-      action()
-      // Write what changed to IndexedDB now rather than after the repo's
-      // save delay, so that a tab closed right after an edit keeps it.
-      void library.repo.flush().catch(() => undefined)
+      changed = await action()
     } catch (e) {
       setProblem(e instanceof Error ? `That did not work: ${e.message}.` : explain(e))
+      return false
+    }
+    try {
+      await library.persist(changed)
+      return true
+    } catch (e) {
+      setProblem(`This change could not be saved on this device: ${e instanceof Error ? e.message : String(e)}.`)
+      return false
     }
   }
 
@@ -112,13 +122,24 @@ export function TasksApp(props: {
           {problem}
         </p>
       )}
+      {library.openProblem && (
+        <p class="error" role="alert">
+          Your tasks could not be opened on this device ({library.openProblem}). Trying again…
+        </p>
+      )}
       {panel === "devices" ? (
         <Devices who={props.who} onSignOut={props.onSignOut} />
       ) : (
         <main>
           <NewTask
             disabled={!library.root}
-            onAdd={fields => guard(() => library.root && createTask(library.repo, library.root, fields))}
+            onAdd={fields =>
+              guard(() => {
+                const root = library.root
+                if (!root) return []
+                return [createTask(library.repo, root, fields), root.documentId]
+              })
+            }
           />
           <section aria-label="Filters" class="filters">
             <div role="group" aria-label="View" class="views">
@@ -154,7 +175,7 @@ export function TasksApp(props: {
           ) : shown.length === 0 ? (
             <p class="empty">{search || tag ? "No task matches." : EMPTY[view]}</p>
           ) : null}
-          <ul aria-label="Tasks" class="tasks">
+          <ul aria-label="Tasks" class="tasks" aria-busy={!library.live}>
             {shown.map(task => (
               <TaskItem
                 key={task.id}
@@ -163,23 +184,32 @@ export function TasksApp(props: {
                 onEdit={() => setEditing(task.id)}
                 onClose={() => setEditing(null)}
                 onToggle={done =>
-                  guard(() => updateTask(handleOf(task.id), { done }))
+                  void guard(() => {
+                    updateTask(handleOf(task.id), { done })
+                    return [task.id]
+                  })
                 }
-                onSave={patch =>
-                  guard(() => {
+                onSave={async patch => {
+                  const kept = await guard(() => {
                     updateTask(handleOf(task.id), patch)
-                    setEditing(null)
+                    return [task.id]
                   })
-                }
-                onDelete={() =>
-                  guard(() => {
-                    if (library.root) unlistTask(library.root, task.id)
-                    setEditing(null)
-                    // The server also tombstones it, so REST stops listing
-                    // it; offline, unlisting is enough until then.
-                    authed("DELETE", `/v1/tasks/${task.id}`).catch(() => undefined)
+                  if (kept) setEditing(null)
+                }}
+                onDelete={async () => {
+                  const root = library.root
+                  const kept = await guard(async () => {
+                    if (!root) return []
+                    // Queued first: a reload after the unlisting still
+                    // tells the server, whenever it can be reached.
+                    await library.outbox.add(task.id)
+                    unlistTask(root, task.id)
+                    return [root.documentId]
                   })
-                }
+                  if (!kept) return
+                  setEditing(null)
+                  if (navigator.onLine) void library.outbox.send()
+                }}
               />
             ))}
           </ul>
@@ -191,7 +221,7 @@ export function TasksApp(props: {
 
 function NewTask(props: {
   disabled: boolean
-  onAdd: (fields: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
+  onAdd: (fields: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => Promise<boolean>
 }) {
   const [title, setTitle] = useState("")
   const [more, setMore] = useState(false)
@@ -199,13 +229,18 @@ function NewTask(props: {
   const [priority, setPriority] = useState<Priority>("none")
   const [tags, setTags] = useState("")
   const [notes, setNotes] = useState("")
+  const [saving, setSaving] = useState(false)
   return (
     <form
       class="new-task"
-      onSubmit={e => {
+      aria-busy={saving}
+      onSubmit={async e => {
         e.preventDefault()
-        if (!title.trim()) return
-        props.onAdd({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) })
+        if (!title.trim() || saving) return
+        setSaving(true)
+        const kept = await props.onAdd({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) })
+        setSaving(false)
+        if (!kept) return
         setTitle("")
         setDue("")
         setPriority("none")
@@ -224,7 +259,7 @@ function NewTask(props: {
           value={title}
           onInput={e => setTitle(e.currentTarget.value)}
         />
-        <button type="submit" disabled={props.disabled}>
+        <button type="submit" disabled={props.disabled || saving}>
           Add
         </button>
         <button type="button" aria-expanded={more} onClick={() => setMore(!more)}>
@@ -261,12 +296,21 @@ function TaskItem(props: {
   onEdit: () => void
   onClose: () => void
   onToggle: (done: boolean) => void
-  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
-  onDelete: () => void
+  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => Promise<void>
+  onDelete: () => Promise<void>
 }) {
   const { task } = props
   const box = `done-${task.id}`
   const overdue = !task.done && task.due !== null && task.due < today()
+  // When the editor closes, the focus it held goes back to its Edit button
+  // rather than to the top of the page.
+  const editButton = useRef<HTMLButtonElement>(null)
+  const wasEditing = useRef(props.editing)
+  useEffect(() => {
+    const active = document.activeElement
+    if (wasEditing.current && !props.editing && (!active || active === document.body)) editButton.current?.focus()
+    wasEditing.current = props.editing
+  }, [props.editing])
   return (
     <li class={task.done ? "task done" : "task"}>
       <div class="row">
@@ -279,7 +323,13 @@ function TaskItem(props: {
         <label for={box} class="title">
           {task.title}
         </label>
-        <button type="button" aria-label={`Edit ${task.title}`} onClick={props.editing ? props.onClose : props.onEdit}>
+        <button
+          type="button"
+          ref={editButton}
+          aria-label={`Edit ${task.title}`}
+          aria-expanded={props.editing}
+          onClick={props.editing ? props.onClose : props.onEdit}
+        >
           Edit
         </button>
       </div>
@@ -300,9 +350,9 @@ function TaskItem(props: {
 
 function TaskEditor(props: {
   task: Task
-  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => void
+  onSave: (patch: { title: string; notes: string; due: string | null; priority: Priority; tags: string[] }) => Promise<void>
   onCancel: () => void
-  onDelete: () => void
+  onDelete: () => Promise<void>
 }) {
   const { task } = props
   const [title, setTitle] = useState(task.title)
@@ -311,19 +361,29 @@ function TaskEditor(props: {
   const [priority, setPriority] = useState<Priority>(task.priority)
   const [tags, setTags] = useState(task.tags.join(", "))
   const [history, setHistory] = useState(false)
+  const [saving, setSaving] = useState(false)
   const id = task.id
+  const titleField = useRef<HTMLInputElement>(null)
+  useEffect(() => titleField.current?.focus(), [])
+  // The editor stays open, its buttons disabled, until the change is in
+  // IndexedDB; closing it is what tells the person the change is kept.
+  const busy = (work: () => Promise<void>) => {
+    setSaving(true)
+    void work().finally(() => setSaving(false))
+  }
   return (
     <form
       class="editor"
       aria-label={`Edit task ${task.title}`}
+      aria-busy={saving}
       onSubmit={e => {
         e.preventDefault()
-        if (!title.trim()) return
-        props.onSave({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) })
+        if (!title.trim() || saving) return
+        busy(() => props.onSave({ title: title.trim(), notes, due: due || null, priority, tags: parseTags(tags) }))
       }}
     >
       <label for={`title-${id}`}>Title</label>
-      <input id={`title-${id}`} value={title} maxLength={500} onInput={e => setTitle(e.currentTarget.value)} />
+      <input id={`title-${id}`} ref={titleField} value={title} maxLength={500} onInput={e => setTitle(e.currentTarget.value)} />
       <label for={`notes-${id}`}>Notes</label>
       <textarea id={`notes-${id}`} value={notes} onInput={e => setNotes(e.currentTarget.value)} />
       <label for={`due-${id}`}>Due</label>
@@ -337,14 +397,16 @@ function TaskEditor(props: {
       <label for={`tags-${id}`}>Tags</label>
       <input id={`tags-${id}`} value={tags} onInput={e => setTags(e.currentTarget.value)} />
       <div class="row">
-        <button type="submit">Save</button>
+        <button type="submit" disabled={saving}>
+          Save
+        </button>
         <button type="button" onClick={props.onCancel}>
           Cancel
         </button>
         <button type="button" aria-expanded={history} onClick={() => setHistory(!history)}>
           History
         </button>
-        <button type="button" class="danger" onClick={props.onDelete}>
+        <button type="button" class="danger" disabled={saving} onClick={() => busy(props.onDelete)}>
           Delete
         </button>
       </div>
@@ -432,7 +494,7 @@ function Devices(props: { who: string; onSignOut: (scope: "this" | "all") => voi
             {!s.current && (
               <button
                 type="button"
-                aria-label={`Revoke ${s.device_name || "unnamed device"}`}
+                aria-label={`Revoke ${s.device_name || "unnamed device"}, last used ${new Date(s.last_used_at).toLocaleString()}`}
                 onClick={() =>
                   authed("DELETE", `/v1/sessions/${s.id}`)
                     .then(load)

@@ -6,6 +6,7 @@ import type { DocHandle, DocumentId, Repo } from "@automerge/automerge-repo/slim
 import { type RootDoc, type Task, type TaskDoc, listedIds, readTask, urlOf } from "./tasks"
 import type { TokenWebSocketAdapter } from "./sync"
 import type { ViewCache } from "./view-cache"
+import type { Outbox } from "./outbox"
 
 export interface SyncState {
   online: boolean
@@ -22,22 +23,63 @@ export class Library {
   #scheduled = false
   #syncTimer: number | undefined
   loaded = false
+  /** Why the task list could not be opened, while it cannot. */
+  openProblem: string | undefined
   sync: SyncState = { online: navigator.onLine, connected: false, waiting: 0 }
 
   #cache: ViewCache
   #cacheTimer: number | undefined
   /** True once the list reflects the documents, not only the cached view. */
   #live = false
+  /** Local changes whose write to IndexedDB has not finished. */
+  #writing = 0
+  #closed = false
 
   constructor(
     readonly repo: Repo,
     readonly socket: TokenWebSocketAdapter,
     cache: ViewCache,
+    /** Deletions the server has yet to confirm; sent at each connection. */
+    readonly outbox: Outbox,
   ) {
     this.#syncTimer = window.setInterval(() => this.#measureSync(), 500)
     this.#cache = cache
     // A page that is closed or hidden keeps the newest list.
     window.addEventListener("pagehide", this.#saveNow)
+    window.addEventListener("beforeunload", this.#holdUnload)
+  }
+
+  /** Whether the list shows the documents themselves, not the cached view. */
+  get live(): boolean {
+    return this.#live
+  }
+
+  /** Whether a change made here is still on its way to IndexedDB. */
+  get saving(): boolean {
+    return this.#writing > 0
+  }
+
+  /**
+   * Writes the named documents to IndexedDB now and resolves once the
+   * write has committed. The repo would save them by itself a little later,
+   * but a reload or a closed tab in between loses a change it has not saved,
+   * so the interface says a change is kept only after this resolves.
+   */
+  async persist(ids: DocumentId[]): Promise<void> {
+    this.#writing++
+    try {
+      await this.repo.flush(ids)
+    } finally {
+      this.#writing--
+    }
+  }
+
+  // A page closed while a write is still in flight would lose it: the
+  // browser asks the person to stay (it shows its own wording).
+  #holdUnload = (event: BeforeUnloadEvent) => {
+    if (this.#writing === 0) return
+    event.preventDefault()
+    event.returnValue = ""
   }
 
   #saveNow = () => {
@@ -77,6 +119,30 @@ export class Library {
       this.#scheduled = false
       for (const l of this.#listeners) l()
     })
+  }
+
+  /**
+   * Opens the task list, trying again with a growing pause while it cannot
+   * be opened (its document not yet on this device and the server out of
+   * reach, or storage failing); the interface says why meanwhile.
+   */
+  async openPersistently(rootId: DocumentId) {
+    let pause = 1000
+    for (;;) {
+      try {
+        await this.open(rootId)
+        this.openProblem = undefined
+        this.changed()
+        return
+      } catch (e) {
+        console.error("cannot open the task list", e)
+        this.openProblem = e instanceof Error ? e.message : String(e)
+        this.changed()
+      }
+      if (this.#closed) return
+      await new Promise(resolve => window.setTimeout(resolve, pause))
+      pause = Math.min(pause * 2, 30_000)
+    }
   }
 
   async open(rootId: DocumentId) {
@@ -146,6 +212,8 @@ export class Library {
       if (!theirs || !sameHeads(ours, theirs)) waiting++
     }
     const next = { online, connected, waiting }
+    // Connected again: the server can be reached, and a token is fresh.
+    if (connected && !this.sync.connected) void this.outbox.send()
     if (
       next.online !== this.sync.online ||
       next.connected !== this.sync.connected ||
@@ -157,11 +225,14 @@ export class Library {
   }
 
   async close() {
+    this.#closed = true
     window.removeEventListener("pagehide", this.#saveNow)
+    window.removeEventListener("beforeunload", this.#holdUnload)
     window.clearInterval(this.#syncTimer)
     window.clearTimeout(this.#cacheTimer)
     this.#listeners.clear()
     await this.#cache.close()
+    await this.outbox.close()
   }
 }
 

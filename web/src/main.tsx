@@ -11,6 +11,7 @@ import { expiresSoon, forget, freshToken, me, onToken, refresh, signOut, type Us
 import { deleteLocalData, loadAutomerge, openRepo } from "./sync"
 import { Library } from "./library"
 import { ViewCache } from "./view-cache"
+import { Outbox } from "./outbox"
 import { SignIn } from "./signin"
 import { TasksApp } from "./app"
 
@@ -47,7 +48,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   await loadAutomerge()
   const library = { current: undefined as Library | undefined }
   const { repo, socket, storage } = openRepo(profile.userId, online, () => library.current?.changed())
-  const lib = new Library(repo, socket, cache)
+  const lib = new Library(repo, socket, cache, new Outbox(profile.userId))
   library.current = lib
   const goOffline = () => {
     socket.pause()
@@ -93,9 +94,7 @@ async function start(profile: Profile, online: boolean): Promise<State> {
   }
   if (!online) check()
   void cached.then(tasks => lib.paintFromCache(tasks))
-  void lib.open(profile.rootId as DocumentId).catch(e => {
-    console.error("cannot open the task list", e)
-  })
+  void lib.openPersistently(profile.rootId as DocumentId)
   return {
     kind: "signed-in",
     profile,

@@ -13,6 +13,7 @@ import { BroadcastChannelNetworkAdapter } from "@automerge/automerge-repo-networ
 import wasmUrl from "@automerge/automerge/automerge.wasm?url"
 import { currentToken } from "./session"
 import { viewCacheName } from "./view-cache"
+import { outboxName } from "./outbox"
 
 let wasm: Promise<void> | undefined
 
@@ -41,6 +42,12 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
       this.peerMetadata = peerMetadata ?? {}
       return
     }
+    // The stock adapter retries on a timer and, on each retry, drops the
+    // previous socket's listeners without closing it: a retry while an
+    // attempt is still under way (a slow upgrade on a busy machine) would
+    // leave that socket open and unheard. Let the attempt finish instead.
+    const state = this.socket?.readyState
+    if (state === WebSocket.CONNECTING || state === WebSocket.OPEN) return
     // The stock adapter keeps one URL for its lifetime; each (re)connect
     // here takes the newest access token instead.
     ;(this as unknown as { url: string }).url = socketUrl()
@@ -51,7 +58,9 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
   /** Called when a socket closes (the token expired, the network dropped, the session ended). */
   onClosed: () => void = () => {}
 
-  #closed = () => {
+  #closed = (event: Event) => {
+    // Only the current socket's end matters.
+    if (event.target !== this.socket) return
     this.connected = false
     this.#onState()
     this.onClosed()
@@ -100,7 +109,7 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
 
   #restart() {
     if (!this.socket || !this.peerId) return
-    this.disconnect()
+    this.#drop()
     this.connected = false
     this.#onState()
     this.onClosed()
@@ -111,8 +120,27 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
   pause() {
     this.#wanted = false
     this.connected = false
-    if (this.socket) this.disconnect()
+    this.#drop()
     this.#onState()
+  }
+
+  // Closes the current socket without the stock `disconnect()`, which
+  // clears its retry timer but keeps the timer's id: from then on the stock
+  // adapter believes a retry is scheduled and never reconnects after a
+  // failed attempt (seen as a tab stuck "connecting" after coming back
+  // online). Here the stock retry state is left alone; while paused, its
+  // retries reach `connect` above and stop there.
+  #drop() {
+    const socket = this.socket
+    if (!socket) return
+    socket.removeEventListener("open", this.onOpen)
+    socket.removeEventListener("close", this.onClose)
+    socket.removeEventListener("message", this.onMessage)
+    socket.removeEventListener("error", this.onError)
+    socket.removeEventListener("close", this.#closed)
+    socket.close()
+    if (this.remotePeerId) this.emit("peer-disconnected", { peerId: this.remotePeerId })
+    this.socket = undefined
   }
 
   /** Starts syncing again with the newest token. */
@@ -159,5 +187,5 @@ export async function deleteLocalData(userId: string, storage?: IndexedDBStorage
       // Another tab still has it open; it is deleted when that tab closes.
       request.onblocked = () => resolve()
     })
-  await Promise.all([remove(databaseName(userId)), remove(viewCacheName(userId))])
+  await Promise.all([remove(databaseName(userId)), remove(viewCacheName(userId)), remove(outboxName(userId))])
 }

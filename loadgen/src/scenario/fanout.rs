@@ -42,6 +42,45 @@ pub struct FanOutResult {
     pub edits: u64,
     /// Deliveries expected but not seen by the end.
     pub missing: u64,
+    /// What the devices sent and received from the start of the edits to
+    /// the end of the drain.
+    pub traffic: Traffic,
+}
+
+/// Frames and bytes through the devices' sockets, both ways.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Frames the devices sent.
+    pub frames_up: std::sync::atomic::AtomicU64,
+    /// Bytes of those frames' payloads.
+    pub bytes_up: std::sync::atomic::AtomicU64,
+    /// Frames the devices received.
+    pub frames_down: std::sync::atomic::AtomicU64,
+    /// Bytes of those frames' payloads.
+    pub bytes_down: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    fn count(
+        frames: &std::sync::atomic::AtomicU64,
+        bytes: &std::sync::atomic::AtomicU64,
+        len: usize,
+    ) {
+        frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Frames up, frames down, bytes up, bytes down, each per edit.
+    pub fn per_edit(&self, edits: u64) -> [f64; 4] {
+        let edits = edits.max(1) as f64;
+        [
+            &self.frames_up,
+            &self.frames_down,
+            &self.bytes_up,
+            &self.bytes_down,
+        ]
+        .map(|n| n.load(std::sync::atomic::Ordering::Relaxed) as f64 / edits)
+    }
 }
 
 type SendTimes = Arc<Mutex<HashMap<(usize, usize, i64), Instant>>>;
@@ -56,6 +95,7 @@ pub async fn run(
     let sent: SendTimes = Arc::default();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic = Arc::new(Traffic::default());
     let mut tasks = Vec::new();
     let start_at =
         Instant::now() + Duration::from_millis(500 + 20 * (params.users * params.devices) as u64);
@@ -80,16 +120,17 @@ pub async fn run(
                 .collect();
             let token = token.clone();
             let url = ws_url.to_owned();
-            let (sent, latencies, delivered) = (
+            let (sent, latencies, delivered, traffic) = (
                 Arc::clone(&sent),
                 Arc::clone(&latencies),
                 Arc::clone(&delivered),
+                Arc::clone(&traffic),
             );
             let params = params.clone();
             tasks.push(tokio::spawn(async move {
                 device_loop(
                     url, token, user, device, replicas, params, start_at, sent, latencies,
-                    delivered,
+                    delivered, traffic,
                 )
                 .await
             }));
@@ -107,6 +148,7 @@ pub async fn run(
         delivered_per_second: got as f64 / params.duration.as_secs_f64(),
         edits,
         missing: expected.saturating_sub(got),
+        traffic: Arc::try_unwrap(traffic).unwrap_or_default(),
     })
 }
 
@@ -139,6 +181,7 @@ async fn device_loop(
     sent: SendTimes,
     latencies: Arc<Mutex<Vec<Duration>>>,
     delivered: Arc<std::sync::atomic::AtomicU64>,
+    traffic: Arc<Traffic>,
 ) -> anyhow::Result<u64> {
     let peer_id = format!("lg-{user}-{device}-{}", std::process::id());
     let mut peer = peer::join(&url, token.as_deref(), &peer_id, &[]).await?;
@@ -182,6 +225,7 @@ async fn device_loop(
                 doc.put(ROOT, format!("d{device}"), edits)?;
                 sent.lock().expect("no panics").insert((user, device, edits), Instant::now());
                 if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
+                    Traffic::count(&traffic.frames_up, &traffic.bytes_up, frame.len());
                     peer.sink.send(frame).await?;
                 }
             }
@@ -189,6 +233,7 @@ async fn device_loop(
             frame = peer.stream.next() => {
                 let Some(frame) = frame else { anyhow::bail!("server closed the socket") };
                 let tungstenite::Message::Binary(bytes) = frame? else { continue };
+                Traffic::count(&traffic.frames_down, &traffic.bytes_down, bytes.len());
                 let message = wire::decode(&bytes)?;
                 let Some(id) = replicas.apply(&message)? else { continue };
                 let Some(&task) = task_by_id.get(&id) else { continue };
@@ -212,6 +257,7 @@ async fn device_loop(
                     *last = (*last).max(value);
                 }
                 if let Some(frame) = replicas.outgoing(&peer.peer_id, &peer.server_id, id) {
+                    Traffic::count(&traffic.frames_up, &traffic.bytes_up, frame.len());
                     peer.sink.send(frame).await?;
                 }
             }

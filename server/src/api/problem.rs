@@ -148,6 +148,10 @@ macro_rules! endpoint_error {
                 // each request it refuses meanwhile is only a warning.
                 if parts.code == codeedex_schema::problem::ErrorCode::StorageUnavailable {
                     tracing::warn!(error = %self, "request refused: the store is unavailable");
+                } else if parts.code == codeedex_schema::problem::ErrorCode::ServerBusy {
+                    // Shedding load (a reconnect storm, a clean stop) is the
+                    // server working as designed, not a failure.
+                    tracing::warn!(error = %self, "request refused: the server is busy");
                 } else if parts.status.is_server_error() {
                     tracing::error!(error = ?self, "request failed");
                 }

@@ -284,6 +284,10 @@ async fn drive(
                 Some(Err(ProtocolError::Io(e))) if e.to_string().contains("maximum continuation size") => {
                     peer.transport_fault(TransportFault::MessageTooBig)
                 }
+                // The peer's connection ended in the middle of a frame (the
+                // process or its network went away): a lost connection, not
+                // a protocol violation.
+                Some(Err(ProtocolError::Io(e))) if e.to_string().contains("payload reached EOF") => break,
                 Some(Err(e)) => peer.transport_fault(TransportFault::Protocol(e.to_string())),
             },
             notices = mailbox.next() => peer.notices(notices, Instant::now(), Utc::now()).await,

@@ -354,8 +354,8 @@ impl Connection {
                     let outcome = self.reconcile(doc, wall);
                     self.session.reconciled(doc, outcome)
                 }
-                Effect::Generate { doc, hold_until } => {
-                    let outcome = self.generate(doc, hold_until).await;
+                Effect::Generate(doc) => {
+                    let outcome = self.generate(doc).await;
                     self.session.generated(doc, outcome, now)
                 }
                 Effect::Forward {
@@ -484,7 +484,8 @@ impl Connection {
             )
             .await
         {
-            Ok(ticket) => Synced::Applied(ticket),
+            Ok((ticket, true)) => Synced::Changed(ticket),
+            Ok((ticket, false)) => Synced::Applied(ticket),
             Err(HubError::Deleted) => {
                 self.detach(doc);
                 Synced::Deleted
@@ -524,20 +525,10 @@ impl Connection {
         Reconciled::Current(self.ctx.store.latest_ticket())
     }
 
-    async fn generate(&mut self, doc: DocumentId, hold_until: Option<Instant>) -> Generated {
+    async fn generate(&mut self, doc: DocumentId) -> Generated {
         let Some(attachment) = self.attachments.get_mut(&doc) else {
             return Generated::Detached;
         };
-        // Automerge's sync state knows whether the peer has acknowledged
-        // the changes we sent last (a message of heads alone gets no
-        // answer, so only sent changes count); the machine knows when that
-        // was.
-        if let Some(until) = hold_until
-            && attachment.state.in_flight
-            && !attachment.state.sent_hashes.is_empty()
-        {
-            return Generated::Held(until);
-        }
         let live = Arc::clone(&attachment.live);
         match self.ctx.hub.generate(&live, &mut attachment.state).await {
             Ok(Generation::Message(message)) => Generated::Message(message),

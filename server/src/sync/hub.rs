@@ -551,7 +551,8 @@ impl DocumentHub {
     }
 
     /// Applies a peer's sync message, records any new changes and tells the
-    /// document's other peers. Returns the durability ticket that must be
+    /// document's other peers. Returns whether the message brought changes,
+    /// and the durability ticket that must be
     /// durable before anything generated from the document reaches a peer;
     /// the reply to this peer is generated later, with [`DocumentHub::generate`],
     /// so that a connection can go on applying messages while the group
@@ -564,7 +565,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<Ticket, HubError> {
+    ) -> Result<(Ticket, bool), HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         live.check_loaded()?;
@@ -600,7 +601,7 @@ impl DocumentHub {
             // is durable, so telling them now reveals nothing early.
             self.notify_changed(live, Some(from));
         }
-        Ok(ticket)
+        Ok((ticket, changed))
     }
 
     /// Receives a peer's message into the document under its lock. Returns
@@ -617,6 +618,16 @@ impl DocumentHub {
         contained("applying a sync message", || {
             guard.doc_mut().receive_sync_message(state, message)
         })??;
+        // A peer that asks for a change we count as sent never got it (a
+        // relay lost the message while the connection stayed open).
+        // Automerge never sends a change twice on one sync state, so without
+        // this the two sides would trade empty messages for ever; forgetting
+        // that it was sent makes the next message carry it.
+        if let Some(need) = &state.their_need {
+            for hash in need {
+                state.sent_hashes.remove(hash);
+            }
+        }
         let (queued_changes, queued_bytes) =
             (guard.doc.queued_changes(), guard.doc.queued_change_bytes());
         if queued_changes > self.limits.max_queued_changes
@@ -1027,6 +1038,7 @@ mod tests {
         let changes = doc.sync().generate_sync_message(&mut ours).unwrap();
         hub.apply(live, &mut theirs, changes, author, 1, Utc::now())
             .await
+            .map(|(ticket, _)| ticket)
     }
 
     /// Generates for `state` once the document is durable.

@@ -141,12 +141,14 @@ pub struct Session {
     /// durability ticket to wait for before asking for them.
     owed: BTreeSet<DocumentId>,
     owed_ticket: Ticket,
-    /// When each document's last message went to this peer; a document
-    /// whose message is still unanswered waits (see [`Session::durable`]).
+    /// When each document's last message went to this peer (see
+    /// [`Session::durable`]).
     last_sent: HashMap<DocumentId, Instant>,
-    /// Documents whose message waits for the peer's answer to the previous
-    /// one, each until its deadline at the latest.
+    /// Documents whose next message waits, each until its deadline.
     held: BTreeMap<DocumentId, Instant>,
+    /// Owed documents whose peer sent changes it waits to see acknowledged:
+    /// their message never waits.
+    urgent: HashSet<DocumentId>,
 }
 
 fn fail(code: u16, message: &str) -> Vec<Effect> {
@@ -193,6 +195,7 @@ impl Session {
             owed_ticket: Ticket::NONE,
             last_sent: HashMap::new(),
             held: BTreeMap::new(),
+            urgent: HashSet::new(),
         }
     }
 
@@ -434,6 +437,11 @@ impl Session {
                 self.attach(doc, ticket);
                 Vec::new()
             }
+            Synced::Changed(ticket) => {
+                self.attach(doc, ticket);
+                self.urgent.insert(doc);
+                Vec::new()
+            }
             Synced::Unavailable => {
                 let mut effects = Vec::new();
                 // A peer that asks for a document nobody has hears of it
@@ -601,6 +609,7 @@ impl Session {
     fn forget(&mut self, doc: DocumentId) {
         self.last_sent.remove(&doc);
         self.held.remove(&doc);
+        self.urgent.remove(&doc);
     }
 
     /// The driver attached `doc` (or it was attached already) and the peer
@@ -625,44 +634,52 @@ impl Session {
             self.owed_ticket.min(ticket)
         };
         self.owed.insert(doc);
-        self.held.remove(&doc);
     }
 
     /// The owed ticket is durable: ask for every owed document's message.
     /// Those whose documents moved on since come back
     /// [`Generated::NotDurable`] and are owed again.
     ///
-    /// A peer that has not answered this document's previous message yet
-    /// (Automerge's sync state says so, and only the driver holds it) gets
-    /// the next one when it answers, or at the coalescing deadline: under
-    /// load, changes that arrive meanwhile go out together in one message
-    /// instead of one message each, every one of which the peer would have
-    /// to decode, apply and acknowledge. An idle peer has answered, so its
-    /// message goes out at once.
+    /// Coalescing: a document whose last message to this peer went out less
+    /// than the coalescing bound ago waits until that bound has passed, and
+    /// whatever changed meanwhile goes out in one message, instead of one
+    /// message per change, each of which the peer would decode, apply and
+    /// acknowledge (and the stock client acknowledges at once, so waiting
+    /// for its answer alone saves little). A peer that was sent nothing for
+    /// a while gets its message at once, so light load waits for nothing;
+    /// and a peer that sent changes gets its acknowledgement at once, with
+    /// whatever was waiting for it.
     pub fn durable(&mut self, now: Instant) -> Vec<Effect> {
-        std::mem::take(&mut self.owed)
-            .into_iter()
-            .map(|doc| Effect::Generate {
-                doc,
-                hold_until: self.hold_until(doc, now),
-            })
-            .collect()
+        let mut effects = Vec::new();
+        for doc in std::mem::take(&mut self.owed) {
+            if self.urgent.contains(&doc) {
+                self.held.remove(&doc);
+                effects.push(Effect::Generate(doc));
+            } else if self.held.contains_key(&doc) {
+                // Already waiting; it goes out at its deadline.
+            } else if let Some(until) = self.hold_until(doc, now) {
+                self.held.insert(doc, until);
+            } else {
+                effects.push(Effect::Generate(doc));
+            }
+        }
+        effects
     }
 
-    /// Until when a message of `doc` may wait for the peer's answer to the
-    /// previous one: the coalescing bound after that one was sent.
+    /// Until when a message of `doc` waits: the coalescing bound after the
+    /// last one, if that is still ahead.
     fn hold_until(&self, doc: DocumentId, now: Instant) -> Option<Instant> {
         let until = *self.last_sent.get(&doc)? + self.config.limits.coalesce;
         (until > now).then_some(until)
     }
 
-    /// The earliest deadline of a held message, for the driver's timer.
+    /// The earliest deadline of a waiting message, for the driver's timer.
     pub fn hold_deadline(&self) -> Option<Instant> {
         self.held.values().min().copied()
     }
 
-    /// The hold timer fired: every held message whose deadline has passed
-    /// is generated now, answered or not.
+    /// The hold timer fired: every waiting message whose deadline has
+    /// passed is generated now.
     pub fn hold_elapsed(&mut self, now: Instant) -> Vec<Effect> {
         let due: Vec<DocumentId> = self
             .held
@@ -673,10 +690,7 @@ impl Session {
         due.into_iter()
             .map(|doc| {
                 self.held.remove(&doc);
-                Effect::Generate {
-                    doc,
-                    hold_until: None,
-                }
+                Effect::Generate(doc)
             })
             .collect()
     }
@@ -692,13 +706,13 @@ impl Session {
             Generated::Message(message) => {
                 tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
                 self.last_sent.insert(doc, now);
+                self.urgent.remove(&doc);
                 vec![self.sync_frame(doc, message)]
             }
-            Generated::Held(until) => {
-                self.held.insert(doc, until);
+            Generated::Nothing => {
+                self.urgent.remove(&doc);
                 Vec::new()
             }
-            Generated::Nothing => Vec::new(),
             Generated::Detached => {
                 self.forget(doc);
                 Vec::new()

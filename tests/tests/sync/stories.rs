@@ -504,3 +504,30 @@ async fn changes_for_a_peer_that_has_not_answered_go_out_together_within_the_bou
         "{received} messages for 20 changes to a peer that never answered"
     );
 }
+
+#[tokio::test]
+async fn a_change_a_relay_lost_on_the_way_out_is_sent_again_when_the_device_asks() {
+    // The server's message with A's change to B is lost on the way. B's
+    // next messages ask for it; the server counts it as sent, and forgets
+    // that it did when B asks, so the connection carries on and B converges
+    // without a reconnect.
+    let app = spawn_app().await;
+    let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " lost"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    let lost = b.recv(WAIT).await.unwrap();
+    assert!(
+        matches!(
+            lost,
+            Received::Message(codeedex_schema::wire::Message::Sync { .. })
+        ),
+        "expected the relayed change, got {lost:?}"
+    );
+    a.change(id, |d| append_text(d, "notes", " later"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "notes").as_deref() == Some("2 litres lost later")
+    })
+    .await
+    .unwrap();
+}

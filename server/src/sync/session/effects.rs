@@ -45,15 +45,8 @@ pub enum Effect {
     /// [`super::Session::reconciled`].
     Reconcile(DocumentId),
     /// Generate the document's next message for this peer; answer with
-    /// [`super::Session::generated`]. With `hold_until`, a peer that has not
-    /// answered the previous message yet gets nothing now
-    /// ([`Generated::Held`] until then).
-    Generate {
-        /// The document.
-        doc: DocumentId,
-        /// The coalescing deadline, if the previous message is recent.
-        hold_until: Option<std::time::Instant>,
-    },
+    /// [`super::Session::generated`].
+    Generate(DocumentId),
     /// Relay an ephemeral message to the document's other peers.
     Forward {
         /// The document.
@@ -117,8 +110,12 @@ pub enum Bound {
 /// The outcome of [`Effect::Sync`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Synced {
-    /// Applied; the reply is due once `ticket` is durable.
+    /// Applied, and it brought no new change (an acknowledgement, heads,
+    /// a request); the reply is due once `ticket` is durable.
     Applied(Ticket),
+    /// Applied, and it brought new changes: the peer waits for them to be
+    /// acknowledged, so the reply goes out as soon as `ticket` is durable.
+    Changed(Ticket),
     /// The user may not sync the document (unknown, someone else's, or
     /// deleted); nothing was attached.
     Unavailable,
@@ -155,9 +152,6 @@ pub enum Generated {
     Detached,
     /// The document holds a change that is not durable yet.
     NotDurable(Ticket),
-    /// The peer has not answered the previous message; nothing was
-    /// generated, and the message waits for the answer or this deadline.
-    Held(std::time::Instant),
     /// Generating failed.
     Failed(Failure),
 }

@@ -54,66 +54,27 @@ fn notice(session: &mut Session, doc: DocumentId) {
     );
 }
 
-fn generate_request(effects: &[Effect]) -> Option<Option<Instant>> {
-    match effects {
-        [Effect::Generate { hold_until, .. }] => Some(*hold_until),
-        _ => None,
-    }
+fn generates(effects: &[Effect], doc: DocumentId) -> bool {
+    matches!(effects, [Effect::Generate(d)] if *d == doc)
 }
 
-#[test]
-fn a_message_soon_after_the_last_may_wait_for_the_answer_until_the_bound() {
-    let t0 = Instant::now();
-    let bound = SyncLimits::default().coalesce;
-    let doc = DocumentId::from_random_bytes([3; 16]);
-    let mut session = joined_session(t0);
-
-    // Nothing was sent yet: the first message may not wait.
-    notice(&mut session, doc);
-    assert_eq!(generate_request(&session.durable(t0)), Some(None));
-    let sent = session.generated(doc, Generated::Message(message()), t0);
+fn sent(session: &mut Session, doc: DocumentId, now: Instant) {
+    let effects = session.generated(doc, Generated::Message(message()), now);
     assert!(matches!(
-        sent.as_slice(),
+        effects.as_slice(),
         [Effect::Send(Message::Sync { .. })]
     ));
+}
 
-    // Soon after, the next may wait until the bound after the last one.
-    let soon = t0 + bound / 5;
-    notice(&mut session, doc);
-    assert_eq!(
-        generate_request(&session.durable(soon)),
-        Some(Some(t0 + bound))
-    );
-    // The driver found it unanswered: held, with a deadline for the timer.
-    assert!(
-        session
-            .generated(doc, Generated::Held(t0 + bound), soon)
-            .is_empty()
-    );
-    assert_eq!(session.hold_deadline(), Some(t0 + bound));
-    assert!(session.hold_elapsed(t0 + bound / 2).is_empty());
-    // At the deadline it is generated, answered or not.
-    assert_eq!(
-        generate_request(&session.hold_elapsed(t0 + bound)),
-        Some(None)
-    );
-    assert_eq!(session.hold_deadline(), None);
-
-    // A held document that the peer answers is owed again at once, and no
-    // timer is left for it.
-    let t1 = t0 + bound * 3;
-    session.generated(doc, Generated::Message(message()), t1);
-    notice(&mut session, doc);
-    let _ = session.durable(t1 + Duration::from_millis(1));
-    session.generated(doc, Generated::Held(t1 + bound), t1);
-    assert!(session.hold_deadline().is_some());
-    let answer = wire::encode(&Message::Sync {
+/// The peer sends `doc` a message; `changed` says whether it brought changes.
+fn peer_sends(session: &mut Session, doc: DocumentId, changed: bool, now: Instant) {
+    let frame = wire::encode(&Message::Sync {
         sender_id: "device".into(),
         target_id: "server".into(),
         document_id: doc.to_string(),
         data: message().encode(),
     });
-    let effects = session.frame(&answer, t1 + Duration::from_millis(2));
+    let effects = session.frame(&frame, now);
     let [
         Effect::Sync {
             doc: synced, kind, ..
@@ -122,19 +83,62 @@ fn a_message_soon_after_the_last_may_wait_for_the_answer_until_the_bound() {
     else {
         panic!("expected a sync request, got {effects:?}");
     };
-    assert!(
-        session
-            .synced(*synced, *kind, Synced::Applied(Ticket::NONE))
-            .is_empty()
+    let outcome = if changed {
+        Synced::Changed(Ticket::NONE)
+    } else {
+        Synced::Applied(Ticket::NONE)
+    };
+    assert!(session.synced(*synced, *kind, outcome).is_empty());
+}
+
+#[test]
+fn a_message_soon_after_the_last_waits_until_the_bound_and_an_idle_peer_gets_it_at_once() {
+    let t0 = Instant::now();
+    let bound = SyncLimits::default().coalesce;
+    let doc = DocumentId::from_random_bytes([3; 16]);
+    let mut session = joined_session(t0);
+
+    // Nothing was sent yet: the first message goes out at once.
+    notice(&mut session, doc);
+    assert!(generates(&session.durable(t0), doc));
+    sent(&mut session, doc, t0);
+
+    // Soon after, the next waits until the bound after the last one, and
+    // every change meanwhile joins it.
+    let soon = t0 + bound / 5;
+    notice(&mut session, doc);
+    assert!(session.durable(soon).is_empty());
+    assert_eq!(session.hold_deadline(), Some(t0 + bound));
+    notice(&mut session, doc);
+    assert!(session.durable(soon + bound / 5).is_empty());
+    assert_eq!(
+        session.hold_deadline(),
+        Some(t0 + bound),
+        "a later change does not push the deadline"
     );
+    // The peer's acknowledgement (no changes of its own) does not release it.
+    peer_sends(&mut session, doc, false, soon);
+    assert!(session.durable(soon).is_empty());
+    assert!(session.hold_elapsed(t0 + bound / 2).is_empty());
+    // At the deadline it goes out.
+    assert!(generates(&session.hold_elapsed(t0 + bound), doc));
     assert_eq!(session.hold_deadline(), None);
-    assert!(session.owed_ticket().is_some());
+    sent(&mut session, doc, t0 + bound);
+
+    // Changes from the peer are acknowledged at once, and what waited for
+    // the deadline goes with them.
+    let t1 = t0 + bound + bound / 5;
+    notice(&mut session, doc);
+    assert!(session.durable(t1).is_empty());
+    assert!(session.hold_deadline().is_some());
+    peer_sends(&mut session, doc, true, t1);
+    assert!(generates(&session.durable(t1), doc));
+    assert_eq!(session.hold_deadline(), None);
+    sent(&mut session, doc, t1);
 
     // Long after the last message nothing waits.
-    assert_eq!(
-        generate_request(&session.durable(t1 + bound * 2)),
-        Some(None)
-    );
+    notice(&mut session, doc);
+    assert!(generates(&session.durable(t1 + bound * 2), doc));
 }
 
 #[test]
@@ -145,7 +149,7 @@ fn with_coalescing_off_no_message_waits() {
     session.config.limits.coalesce = Duration::ZERO;
     notice(&mut session, doc);
     let _ = session.durable(t0);
-    session.generated(doc, Generated::Message(message()), t0);
+    sent(&mut session, doc, t0);
     notice(&mut session, doc);
-    assert_eq!(generate_request(&session.durable(t0)), Some(None));
+    assert!(generates(&session.durable(t0), doc));
 }
