@@ -63,7 +63,10 @@ for target in reference codeedex; do
   for rate in $rates; do
     per_device=$(awk "BEGIN { print $rate / 10 }")
     echo "--- Rust generator, $rate edits/s offered"
-    lg "${args[@]}" fanout --users 1 --devices 10 --tasks 1 --rate "$per_device" --seconds 10
+    # Past a server's knee some deliveries are missing at the end, which
+    # the scenario reports as a failure; here it is the measurement.
+    lg "${args[@]}" fanout --users 1 --devices 10 --tasks 1 --rate "$per_device" --seconds 10 \
+      || echo "(saturated: deliveries missing)"
     echo "--- stock JS client, $rate edits/s offered"
     (cd bench/reference && "${pin_generator[@]}" node js-fanout.mjs "${js[@]}" --rate "$rate" --seconds 10)
   done
