@@ -5,7 +5,7 @@
 // latency (an edit's timestamp to its arrival on each other device).
 //
 // Usage: node js-fanout.mjs --url ws://127.0.0.1:PORT/v1/sync --server http://127.0.0.1:PORT \
-//          [--devices 10] [--rate 20] [--seconds 10] [--no-auth]
+//          [--devices 10] [--rate 20] [--seconds 10] [--no-auth] [--safe-send]
 // With --no-auth the url is used as it is (the reference server); otherwise
 // each device signs in as bench-0@example.com with the bench code.
 import { Repo, cbor } from "@automerge/automerge-repo";
@@ -49,6 +49,11 @@ class CountingAdapter extends WebSocketClientAdapter {
   // Edits made on this device whose first frame has not left yet.
   pendingEdits = [];
   send(message) {
+    // With --safe-send, what cannot be sent is dropped (README, interop
+    // notes): the stock send throws on a closing socket, which leaves the
+    // document's handle outdated for good.
+    const socket = this.socket;
+    if (args["safe-send"] === "true" && !(socket && socket.readyState === socket.OPEN)) return;
     if (message.type === "sync" || message.type === "request") {
       const now = Date.now();
       for (const at of this.pendingEdits) clientDelays.push(now - at);

@@ -4,8 +4,8 @@
 // and the sync socket always go to the network.
 //
 // The build fills in the file list and the version (see vite.config.ts).
-const SHELL = ["/","/manifest.webmanifest","/icons/icon.svg","/assets/automerge-LjMxZKTS.wasm","/assets/index-BpevMD-H.css","/assets/index-CAWgNHvo.js"]
-const CACHE = "codeedex-shell-4d149f57"
+const SHELL = ["/","/manifest.webmanifest","/icons/icon.svg","/assets/automerge-LjMxZKTS.wasm","/assets/index-BpevMD-H.css","/assets/index-DxnnVOPt.js"]
+const CACHE = "codeedex-shell-89f0a503"
 
 self.addEventListener("install", event => {
   event.waitUntil(

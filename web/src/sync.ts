@@ -85,6 +85,18 @@ export class TokenWebSocketAdapter extends WebSocketClientAdapter {
     return this.#wanted ? super.whenReady() : Promise.resolve()
   }
 
+  // The stock `send` throws when the socket is closing or closed, and the
+  // repo calls it while applying an incoming message: the throw leaves that
+  // document's handle with an outdated copy, and every later change to it
+  // fails until a reload. What cannot be sent now is dropped instead; the
+  // repo sends it again after the next connection (it starts each from the
+  // shared heads).
+  send(message: Parameters<WebSocketClientAdapter["send"]>[0]) {
+    const socket = this.socket
+    if (!socket || socket.readyState !== WebSocket.OPEN) return
+    super.send(message)
+  }
+
   // The server ends a connection with an `error` message and a close frame
   // (an expired token, a revoked session). Browsers report the close only
   // once the closing handshake finishes, which took two seconds against
