@@ -77,9 +77,9 @@ pub struct SyncLimits {
     /// How long one frame may take to go out before the peer is taken to
     /// have stopped reading, and is closed.
     pub write_timeout: Duration,
-    /// How long a document's next message to a peer may wait for the peer
-    /// to answer the previous one, so that changes arriving meanwhile go out
-    /// together. Zero sends every message at once.
+    /// How long after a document's last message to a peer the next one
+    /// waits, so that changes arriving meanwhile go out together. Zero sends
+    /// every message at once.
     pub coalesce: Duration,
 }
 

@@ -191,9 +191,10 @@ pub struct Overrides {
     /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub(crate) sync_write_timeout_secs: Option<u64>,
-    /// Milliseconds a document's next sync message to a peer may wait for
-    /// the peer to answer the previous one, so that the changes arriving
-    /// meanwhile go out in one message; 0 sends each at once, at most 1000
+    /// Milliseconds a document's next sync message to a peer waits after the
+    /// last one, so that the changes arriving meanwhile go out in one
+    /// message (a peer sent nothing lately, or one whose changes are being
+    /// acknowledged, does not wait); 0 sends each at once, at most 1000
     /// [default: 50].
     #[arg(long, env = "CODEEDEX_SYNC_COALESCE_MS")]
     pub(crate) sync_coalesce_ms: Option<u64>,
