@@ -183,10 +183,13 @@ impl DocState {
     }
 
     /// Generates the next message for a peer in `state`, or takes the one
-    /// generated for a peer that was in the same state.
+    /// generated for a peer that was in the same state. With `keep`, the
+    /// new message is kept for the others; a document with one peer keeps
+    /// nothing, so its every message costs no copies.
     fn generate_for(
         &mut self,
         state: &mut sync::State,
+        keep: bool,
         metrics: &Metrics,
     ) -> Option<sync::Message> {
         if let Some(shared) = &self.shared
@@ -196,14 +199,16 @@ impl DocState {
             Metrics::bump(&metrics.sync_messages_shared);
             return Some(shared.message.clone());
         }
-        let before = state.clone();
+        let before = keep.then(|| state.clone());
         let message = self.doc.generate_sync_message(state)?;
         let bytes: usize = message.changes.iter().map(<[u8]>::len).sum();
-        self.shared = (bytes <= MAX_SHARED_MESSAGE_BYTES).then(|| SharedGeneration {
-            before,
-            after: state.clone(),
-            message: message.clone(),
-        });
+        self.shared = before
+            .filter(|_| bytes <= MAX_SHARED_MESSAGE_BYTES)
+            .map(|before| SharedGeneration {
+                before,
+                after: state.clone(),
+                message: message.clone(),
+            });
         Some(message)
     }
 }
@@ -496,8 +501,9 @@ impl DocumentHub {
             return Ok(Generation::NotDurable(ticket));
         }
         // The peer's bloom filters and heads, kept in `state`, steer this.
+        let keep = self.subscriber_count(live) > 1;
         let generated = contained("generating a sync message", || {
-            guard.generate_for(state, &self.metrics)
+            guard.generate_for(state, keep, &self.metrics)
         });
         match generated {
             Ok(Some(message)) => Ok(Generation::Message(message)),
@@ -1065,7 +1071,15 @@ mod tests {
         device.put(ROOT, "title", "shared").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
 
-        // Three peers that know nothing yet: the same state.
+        // Three peers, subscribed as their connections would be, that know
+        // nothing yet: the same state.
+        for conn in 1..=3 {
+            let mailbox = Arc::new(Mailbox::new(
+                crate::configuration::limits::MailboxLimits::default(),
+                Arc::clone(&hub.metrics),
+            ));
+            hub.subscribe(&live, conn, mailbox);
+        }
         let mut states = [sync::State::new(), sync::State::new(), sync::State::new()];
         let first = generated(&hub, &live, &mut states[0])
             .await
