@@ -439,7 +439,6 @@ impl DocumentHub {
     }
 
     /// How many connections are subscribed to a document.
-    #[cfg(test)]
     pub(crate) fn subscriber_count(&self, live: &LiveDocument) -> usize {
         live.subscribers.lock().expect("never poisoned").len()
     }
