@@ -21,6 +21,10 @@ mod documents;
 #[cfg(test)]
 pub(crate) mod flush_control;
 mod group_commit;
+// Nothing outside its tests calls the PostgreSQL engine until the store's
+// facade dispatches to it (issue 14); until then its items look unused.
+#[allow(dead_code)]
+mod postgres;
 mod quota;
 mod records;
 mod recovery;
@@ -82,6 +86,17 @@ pub enum StoreError {
         /// What is wrong, in words.
         what: &'static str,
     },
+    /// The PostgreSQL database refused a statement for a reason other than
+    /// being unreachable (which is [`StoreError::Unavailable`]).
+    #[error("database error")]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The PostgreSQL transaction that held this write with others failed
+    /// as a whole; every write in it failed with the same cause.
+    #[error("the transaction holding this write failed")]
+    BatchFailed(#[source] std::sync::Arc<StoreError>),
+    /// The PostgreSQL database's schema could not be brought up to date.
+    #[error("migrating the database failed")]
+    Migration(#[source] Box<refinery::Error>),
     /// A JSON record could not be decoded.
     #[error("corrupt record in {tree}")]
     Corrupt {

@@ -1,0 +1,257 @@
+//! The PostgreSQL engine: the same store, kept in a PostgreSQL database so
+//! that several server nodes can share it (issue 14).
+//!
+//! [`PgEngine`] has one async method per [`Store`](super::Store) operation,
+//! with the same name, arguments, results and errors as the sled engine;
+//! the store's facade dispatches to it when the server is configured with a
+//! database URL. Nothing calls it yet outside its tests, so the module is
+//! compiled with `dead_code` allowed (see `mod postgres` in `store.rs`)
+//! until the facade is wired in.
+//!
+//! What is kept, by concept, mirrors the sled side: `accounts` (users,
+//! codes, sessions, refresh tokens, audit), `documents` (ownership, log,
+//! snapshots, feed), `appends` (the batch writer), `sync_states`,
+//! `task_index`, `quota`, `verify`. The tables are created by versioned
+//! migrations in `server/migrations/postgres`, applied at connect by
+//! refinery.
+//!
+//! Durability: a PostgreSQL commit is durable when it returns, so there are
+//! no tickets here; an append answers its caller only after the COMMIT that
+//! holds it has returned.
+//!
+//! Errors: a lost connection, a server that shuts down or refuses
+//! connections, or an exhausted pool is [`StoreError::Unavailable`], with
+//! the cause logged at warn once per outage (never a parameter: nothing
+//! secret reaches the log). Any other database error is
+//! [`StoreError::Postgres`].
+
+mod accounts;
+mod appends;
+mod documents;
+mod quota;
+mod sync_states;
+mod task_index;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::StoreError;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// How long an operation waits for a free connection, or for a new one to
+/// be made, before the store reports itself unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Serialises migrations of one database: nodes that start together must
+/// not apply the same migration twice. An arbitrary constant, the key of a
+/// PostgreSQL advisory lock ("codeedex" in ASCII).
+const MIGRATION_LOCK: i64 = 0x636f_6465_6564_6578;
+
+/// The PostgreSQL engine: a pool of connections and the writer task that
+/// batches appends. Cheap to clone; the writer stops when the last clone is
+/// dropped.
+#[derive(Clone)]
+pub(crate) struct PgEngine {
+    pool: Pool,
+    appends: appends::Appender,
+    outage: Arc<Outage>,
+}
+
+impl std::fmt::Debug for PgEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEngine").finish_non_exhaustive()
+    }
+}
+
+/// Whether an outage has been logged, so that a database that is down is
+/// reported once rather than once per request.
+#[derive(Debug, Default)]
+struct Outage {
+    reported: AtomicBool,
+}
+
+impl Outage {
+    /// Logs the cause of an outage unless this outage was logged already.
+    fn report(&self, cause: &dyn std::fmt::Display) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %cause, "the PostgreSQL store is unavailable");
+        }
+    }
+
+    /// The database answered again: the next outage is news.
+    fn over(&self) {
+        if self.reported.load(Ordering::Relaxed) {
+            self.reported.store(false, Ordering::Relaxed);
+            tracing::info!("the PostgreSQL store is available again");
+        }
+    }
+}
+
+impl PgEngine {
+    /// Connects to the database at `url` with a pool of up to `pool_size`
+    /// connections, and brings its schema up to date. The URL (which may
+    /// hold a password) is never logged.
+    pub(crate) async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection that the server closed is noticed by the
+                // next query, which reports the store unavailable; the
+                // pool then drops it. Checking each connection with a
+                // query before every use would cost a round trip each.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|_| StoreError::Unavailable)?;
+        let outage = Arc::new(Outage::default());
+        let engine = Self {
+            appends: appends::Appender::start(pool.clone(), Arc::clone(&outage)),
+            pool,
+            outage,
+        };
+        engine.migrate().await?;
+        Ok(engine)
+    }
+
+    /// Applies the migrations this build has and the database lacks, one
+    /// node at a time.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let fail = |e| self.fail(e);
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(fail)?;
+        let client_ref: &mut tokio_postgres::Client = &mut client;
+        let applied = embedded::migrations::runner()
+            .run_async(client_ref)
+            .await
+            .map_err(|e| StoreError::Migration(Box::new(e)));
+        // The lock is the session's: unlock it before the connection goes
+        // back to the pool, whatever the outcome.
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(fail)?;
+        applied.map(|_| ())
+    }
+
+    /// A connection from the pool, or [`StoreError::Unavailable`].
+    async fn client(&self) -> Result<Object, StoreError> {
+        match self.pool.get().await {
+            Ok(client) => {
+                self.outage.over();
+                Ok(client)
+            }
+            Err(PoolError::Backend(e)) => Err(self.fail(e)),
+            Err(e) => {
+                self.outage.report(&e);
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+
+    /// The store's error for a database error, logging an outage once.
+    fn fail(&self, error: tokio_postgres::Error) -> StoreError {
+        classify(error, &self.outage)
+    }
+
+    /// True when the database answers; for the readiness probe.
+    pub(crate) async fn is_healthy(&self) -> bool {
+        match self.client().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Whether `error` means the database cannot be reached (the connection is
+/// gone, the server is shutting down or refusing connections) rather than
+/// that this statement failed.
+fn is_outage(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => {
+            let code = code.code();
+            // Class 08: connection exception; 53: insufficient resources
+            // (too many connections, out of memory or disk); 57P0x: the
+            // server is shutting down or starting; 58: system (IO) error.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("58")
+                || [
+                    SqlState::ADMIN_SHUTDOWN.code(),
+                    SqlState::CRASH_SHUTDOWN.code(),
+                    SqlState::CANNOT_CONNECT_NOW.code(),
+                ]
+                .contains(&code)
+        }
+        // No SQLSTATE: the error came from the connection itself (an IO
+        // error, a timeout, a protocol violation), not from a statement.
+        None => {
+            std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+        }
+    }
+}
+
+fn classify(error: tokio_postgres::Error, outage: &Outage) -> StoreError {
+    if is_outage(&error) {
+        outage.report(&error);
+        StoreError::Unavailable
+    } else {
+        StoreError::Postgres(error)
+    }
+}
+
+/// Whether a transaction failed only because it raced another one and may
+/// simply run again.
+fn is_retryable(error: &StoreError) -> bool {
+    matches!(error, StoreError::Postgres(e)
+        if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+            || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+/// How often a transaction that lost a race is run again before its error
+/// is reported.
+const RETRIES: usize = 5;
+
+/// A sequence number or counter read from a bigint column, which the
+/// schema keeps non-negative.
+fn unsigned(value: i64, table: &'static str, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Malformed { tree: table, what })
+}
+
+/// A sequence number or counter for a bigint column.
+fn signed(value: u64, table: &'static str, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Malformed { tree: table, what })
+}
+
+/// A 16-byte id read from a bytea column.
+fn id16(bytes: &[u8], table: &'static str) -> Result<[u8; 16], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Malformed {
+        tree: table,
+        what: "id is not 16 bytes",
+    })
+}

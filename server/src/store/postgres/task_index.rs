@@ -1,0 +1,38 @@
+//! The task index in PostgreSQL: a summary of every task per user, so that
+//! REST can list and filter tasks without loading their documents. Appends
+//! write a document's entry in their own transaction (see `appends.rs`).
+
+use codeedex_schema::api::tasks::TaskView;
+use codeedex_schema::id::{DocumentId, UserId};
+
+use super::{PgEngine, id16};
+use crate::store::StoreError;
+
+impl PgEngine {
+    /// Every task summary of a user, ordered by document id. A summary of
+    /// another shape (written before a field was added, say) is left out,
+    /// as listing would leave it out.
+    pub(crate) async fn task_summaries(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(DocumentId, TaskView)>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT doc, summary FROM task_index WHERE user_id = $1 ORDER BY doc")
+            .await
+            .map_err(|e| self.fail(e))?;
+        let rows = client
+            .query(&statement, &[&user.as_bytes().as_slice()])
+            .await
+            .map_err(|e| self.fail(e))?;
+        let mut summaries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let doc = DocumentId::from_bytes(id16(row.get(0), "task_index")?);
+            let summary: serde_json::Value = row.get(1);
+            if let Ok(task) = serde_json::from_value::<TaskView>(summary) {
+                summaries.push((doc, task));
+            }
+        }
+        Ok(summaries)
+    }
+}
