@@ -139,7 +139,7 @@ impl StoreError {
 
 /// Writes the batch, running it again when it lost a race with another
 /// transaction (a deadlock or serialization failure rolls all of it back).
-async fn write_with_retries(
+pub(super) async fn write_with_retries(
     pool: &Pool,
     outage: &Outage,
     batch: &[&Append],
