@@ -995,3 +995,125 @@ async fn append_after_reconnect(engine: &PgEngine, user: UserId) {
     }
     assert_eq!(engine.load_document(d).await.unwrap().changes.len(), 1);
 }
+
+// Several nodes on one database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_writing_one_users_documents_number_without_gaps() {
+    let (db, first) = engine().await;
+    let second = PgEngine::connect(&db.url(), 4).await.unwrap();
+    let (ann, bob, _, _) = ids();
+    let quota = Quota::default();
+    let docs: Vec<(DocumentId, UserId)> = (0..4u8)
+        .map(|n| (doc(50 + n), if n < 3 { ann } else { bob }))
+        .collect();
+    for (doc, owner) in &docs {
+        first
+            .claim_document(*doc, *owner, now(), &quota)
+            .await
+            .unwrap();
+    }
+    // Each node has its own writer, so their batches are concurrent
+    // transactions that meet on the same document rows and counters.
+    let writers: Vec<_> = [first.clone(), second.clone()]
+        .into_iter()
+        .flat_map(|node| {
+            docs.iter()
+                .map(move |&(doc, owner)| (node.clone(), doc, owner))
+                .collect::<Vec<_>>()
+        })
+        .map(|(node, doc, owner)| {
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..15u8 {
+                    seqs.push(
+                        append(&node, doc, owner, &[vec![n; 3]], &Quota::default())
+                            .await
+                            .unwrap(),
+                    );
+                }
+                (owner, seqs)
+            })
+        })
+        .collect();
+    let mut feed: std::collections::HashMap<UserId, Vec<u64>> = Default::default();
+    for writer in writers {
+        let (owner, seqs) = writer.await.unwrap();
+        feed.entry(owner).or_default().extend(seqs);
+    }
+    let mut of_ann = feed.remove(&ann).unwrap();
+    of_ann.sort();
+    assert_eq!(of_ann, (1..=90).collect::<Vec<_>>());
+    let mut of_bob = feed.remove(&bob).unwrap();
+    of_bob.sort();
+    assert_eq!(of_bob, (1..=30).collect::<Vec<_>>());
+    for (doc, _) in &docs {
+        let seqs: Vec<u64> = second
+            .events_of(*doc)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+    }
+    assert_eq!(second.verify().await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_appends_and_deletes_on_two_nodes_stay_consistent() {
+    let (db, first) = engine().await;
+    let second = PgEngine::connect(&db.url(), 4).await.unwrap();
+    let (ann, bob, _, _) = ids();
+    let quota = Quota {
+        documents_per_user: 12,
+        bytes_per_user: 400,
+        bytes_per_document: 100,
+    };
+    // Both users work on both nodes at once: each task claims documents
+    // (some of them the other user's), appends to what it owns and deletes
+    // some of it, so that every kind of transaction meets every other on
+    // the same rows.
+    let tasks: Vec<_> = [
+        (first.clone(), ann),
+        (second.clone(), bob),
+        (second.clone(), ann),
+        (first.clone(), bob),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(t, (node, user))| {
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for n in 0..16u8 {
+                let d = doc(120 + (n + t as u8 * 3) % 20);
+                match node.claim_document(d, user, now(), &quota).await.unwrap() {
+                    Claim::Owned(_) => {}
+                    Claim::Unavailable | Claim::OverQuota(_) => {
+                        refused += 1;
+                        continue;
+                    }
+                }
+                match append(&node, d, user, &[vec![n; 10]], &quota).await {
+                    Ok(_) => {}
+                    Err(StoreError::DocumentDeleted | StoreError::QuotaExceeded(_)) => refused += 1,
+                    Err(other) => panic!("{other:?}"),
+                }
+                if n % 5 == 4 {
+                    node.tombstone_document(d, now()).await.unwrap();
+                }
+            }
+            refused
+        })
+    })
+    .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(first.verify().await.unwrap(), Vec::<String>::new());
+    for user in [ann, bob] {
+        let used = first.usage(user).await.unwrap();
+        assert!(used.documents <= quota.documents_per_user, "{used:?}");
+        assert!(used.bytes <= quota.bytes_per_user, "{used:?}");
+    }
+}
