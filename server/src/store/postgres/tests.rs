@@ -187,11 +187,11 @@ async fn otp_updates_are_atomic_under_contention() {
 #[tokio::test]
 async fn an_otp_record_is_replaced_and_removed() {
     let (_db, engine) = engine().await;
-    let seen = engine
-        .update_otp("phone:+4412345", |r| (r, ()))
+    let missing = engine
+        .update_otp("phone:+4412345", |r| (None, r.is_none()))
         .await
-        .map(|()| ());
-    assert!(seen.is_ok());
+        .unwrap();
+    assert!(missing, "there is no record before the first update");
     let record = OtpRecord {
         pending: None,
         sends: vec![Utc::now()],
