@@ -15,6 +15,8 @@
 //! `sync_states`, `task_index`, `quota`; how: `recovery` (the engine in use
 //! and its replacement after a disk failure), `group_commit` (shared
 //! flushes), `verify` (consistency check), `records` (the record types).
+//! `postgres` is the PostgreSQL engine with the same operations, for
+//! several server nodes on one database; it is not behind `Store` yet.
 
 mod accounts;
 mod documents;
