@@ -67,6 +67,72 @@ pub(crate) struct PgEngine {
     pool: Pool,
     appends: appends::Appender,
     outage: Arc<Outage>,
+    /// Where the connections and the writer run; shut down with the last
+    /// clone.
+    _runtime: Arc<EngineRuntime>,
+}
+
+/// The engine's own Tokio runtime. Every connection's I/O task and the
+/// append writer run on it, whichever runtime the callers are on: the HTTP
+/// layer runs one runtime per worker thread, and a connection made on one
+/// of them would stall whenever that worker is busy and die when it stops
+/// (before the server's last writes at shutdown).
+struct EngineRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for EngineRuntime {
+    fn drop(&mut self) {
+        // The last handle may be dropped inside another runtime, where a
+        // blocking shutdown is not allowed; nothing on this one needs
+        // waiting for (a transaction cut short is rolled back).
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Threads of the engine's runtime: connection tasks only encode, decode
+/// and move bytes, and the writer is one task.
+const RUNTIME_THREADS: usize = 2;
+
+/// Makes the pool's connections on the engine's runtime.
+struct Connector {
+    runtime: tokio::runtime::Handle,
+}
+
+type Connected =
+    Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>;
+
+/// Opens a connection and runs its I/O task on the current runtime.
+async fn open(config: tokio_postgres::Config) -> Connected {
+    let (client, connection) = config.connect(NoTls).await?;
+    let task = tokio::spawn(async move {
+        // Whoever used the connection hears of its end from its own
+        // statement, and the outage is logged there once.
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, "a PostgreSQL connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Connected> + Send + '_>> {
+        let config = config.clone();
+        let runtime = self.runtime.clone();
+        Box::pin(async move {
+            match runtime.spawn(open(config.clone())).await {
+                Ok(connected) => connected,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                // The engine's runtime is shutting down: the engine is
+                // being dropped, so a connection on the caller's runtime
+                // serves the little that is left.
+                Err(_) => open(config).await,
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for PgEngine {
@@ -105,9 +171,22 @@ impl PgEngine {
     /// hold a password) is never logged.
     pub(crate) async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
-        let manager = Manager::from_config(
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("store-postgres")
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                tracing::error!(error = %error, "starting the PostgreSQL store's threads failed");
+                StoreError::Unavailable
+            })?;
+        let handle = runtime.handle().clone();
+        let runtime = Arc::new(EngineRuntime(Some(runtime)));
+        let manager = Manager::from_connect(
             config,
-            NoTls,
+            Connector {
+                runtime: handle.clone(),
+            },
             ManagerConfig {
                 // A connection that the server closed is noticed by the
                 // next query, which reports the store unavailable; the
@@ -125,9 +204,10 @@ impl PgEngine {
             .map_err(|_| StoreError::Unavailable)?;
         let outage = Arc::new(Outage::default());
         let engine = Self {
-            appends: appends::Appender::start(pool.clone(), Arc::clone(&outage)),
+            appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage)),
             pool,
             outage,
+            _runtime: runtime,
         };
         engine.migrate().await?;
         Ok(engine)

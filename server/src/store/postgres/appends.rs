@@ -60,10 +60,10 @@ pub(super) struct Appender {
 }
 
 impl Appender {
-    /// Starts the writer task on the current Tokio runtime.
-    pub(super) fn start(pool: Pool, outage: Arc<Outage>) -> Self {
+    /// Starts the writer task on `runtime` (the engine's).
+    pub(super) fn start(runtime: &tokio::runtime::Handle, pool: Pool, outage: Arc<Outage>) -> Self {
         let (inbox, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(pool, outage, waiting));
+        runtime.spawn(write_loop(pool, outage, waiting));
         Self { inbox }
     }
 }

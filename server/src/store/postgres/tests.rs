@@ -1117,3 +1117,45 @@ async fn claims_appends_and_deletes_on_two_nodes_stay_consistent() {
         assert!(used.bytes <= quota.bytes_per_user, "{used:?}");
     }
 }
+
+#[test]
+fn the_engine_does_not_wait_for_the_runtime_it_was_made_on() {
+    // The HTTP layer runs a runtime per worker thread, and they stop one by
+    // one at shutdown: connections and the writer must not depend on them.
+    let db = Cluster::shared().database();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    let (ann, _, d1, _) = ids();
+    let first = runtime();
+    let engine = first.block_on(async {
+        let engine = PgEngine::connect(&db.url(), 2).await.unwrap();
+        engine
+            .claim_document(d1, ann, now(), &Quota::default())
+            .await
+            .unwrap();
+        append(&engine, d1, ann, &[b"one".to_vec()], &Quota::default())
+            .await
+            .unwrap();
+        engine
+    });
+    // The first runtime is idle now (a current-thread runtime runs only
+    // inside `block_on`), as a busy worker would be: nothing may wait for it.
+    let used = runtime().block_on(async move {
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            append(&engine, d1, ann, &[b"two".to_vec()], &Quota::default())
+                .await
+                .unwrap();
+            engine.load_document(d1).await.unwrap().changes
+        })
+        .await
+    });
+    assert_eq!(
+        used.expect("the engine does not wait for an idle runtime"),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    drop(first);
+}
