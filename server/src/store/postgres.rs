@@ -223,7 +223,12 @@ impl PgEngine {
             .await
             .map_err(fail)?;
         let client_ref: &mut tokio_postgres::Client = &mut client;
+        // Grouped: every pending migration in one transaction (PostgreSQL's
+        // DDL is transactional), so a schema is either wholly new or wholly
+        // old. refinery refuses a database with a migration this build does
+        // not have (written by a newer build) or one that differs from ours.
         let applied = embedded::migrations::runner()
+            .set_grouped(true)
             .run_async(client_ref)
             .await
             .map_err(|e| StoreError::Migration(Box::new(e)));

@@ -899,6 +899,23 @@ async fn connecting_again_runs_no_migration_and_keeps_the_data() {
     assert_eq!(history.trim(), "1|initial");
 }
 
+#[tokio::test]
+async fn a_database_written_by_a_newer_build_is_refused() {
+    let (db, engine) = engine().await;
+    drop(engine);
+    // What a build with a second migration leaves behind.
+    Cluster::shared().psql(
+        db.name(),
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (2, 'from_the_future', '2026-11-26T00:00:00Z', '1')",
+    );
+    let refused = PgEngine::connect(&db.url(), 1).await;
+    let Err(StoreError::Migration(error)) = refused else {
+        panic!("expected a migration error, got {refused:?}");
+    };
+    assert!(error.to_string().contains("from_the_future"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_migrate_once() {
     let db = Cluster::shared().database();
