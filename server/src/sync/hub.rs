@@ -322,8 +322,8 @@ impl DocumentHub {
     /// Loads a document from its snapshot and the events after it. The log
     /// holds only changes that Automerge accepted, but loading is contained
     /// all the same: one bad document must not take the server down.
-    fn load_state(&self, store: &Store, id: DocumentId) -> Result<DocState, HubError> {
-        let stored = store.load_document(id)?;
+    async fn load_state(&self, store: &Store, id: DocumentId) -> Result<DocState, HubError> {
+        let stored = store.load_document(id).await?;
         let mut doc = contained("loading a stored document", || {
             let mut doc = match &stored.snapshot {
                 Some(bytes) => Automerge::load(bytes)?,
@@ -339,12 +339,12 @@ impl DocumentHub {
         Ok(DocState::loaded(doc, events, stored.snapshot_covers))
     }
 
-    fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
+    async fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
         let store = self.store.pinned()?;
         Ok(Arc::new(LiveDocument {
             id,
             owner,
-            state: tokio::sync::Mutex::new(self.load_state(&store, id)?),
+            state: tokio::sync::Mutex::new(self.load_state(&store, id).await?),
             store,
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
@@ -358,9 +358,9 @@ impl DocumentHub {
     /// log holds only what was accepted whole, so whatever the failed
     /// message added is gone. If even that fails, this copy is dropped from
     /// memory, and the next to open the document loads it afresh.
-    fn reload(&self, live: &LiveDocument, state: &mut DocState) {
+    async fn reload(&self, live: &LiveDocument, state: &mut DocState) {
         Metrics::bump(&self.metrics.sync_documents_reloaded);
-        match self.load_state(&live.store, live.id) {
+        match self.load_state(&live.store, live.id).await {
             Ok(fresh) => {
                 let needs_durable = state.needs_durable;
                 *state = fresh;
@@ -383,7 +383,7 @@ impl DocumentHub {
     /// The document if `user` may sync it. A document nobody has seen is
     /// claimed for `user` only with [`IfUnseen::Claim`]. `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
-    pub(crate) fn open(
+    pub(crate) async fn open(
         &self,
         id: DocumentId,
         user: UserId,
@@ -404,14 +404,15 @@ impl DocumentHub {
                 None => {}
             }
         }
-        let meta = self.store.document_meta(id)?;
+        let meta = self.store.document_meta(id).await?;
         let owner = match meta {
             Some(meta) if meta.owner == user && meta.deleted_at.is_none() => user,
             Some(_) => return Ok(None),
             None if if_unseen == IfUnseen::Claim => {
                 match self
                     .store
-                    .claim_document(id, user, now, &self.limits.quota)?
+                    .claim_document(id, user, now, &self.limits.quota)
+                    .await?
                 {
                     Claim::Owned(_) => user,
                     Claim::Unavailable => return Ok(None),
@@ -423,7 +424,7 @@ impl DocumentHub {
             }
             None => return Ok(None),
         };
-        let loaded = self.load(id, owner)?;
+        let loaded = self.load(id, owner).await?;
         let mut live = self.live.lock().expect("never poisoned");
         // Another connection may have loaded it meanwhile; keep the first,
         // unless it came from a store engine that failed since.
@@ -508,15 +509,15 @@ impl DocumentHub {
             Ok(Some(message)) => Ok(Generation::Message(message)),
             Ok(None) => Ok(Generation::Nothing),
             Err(e) => {
-                self.contained_panic(live, &mut guard);
+                self.contained_panic(live, &mut guard).await;
                 Err(e)
             }
         }
     }
 
-    fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
+    async fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
         Metrics::bump(&self.metrics.sync_panics_contained);
-        self.reload(live, state);
+        self.reload(live, state).await;
     }
 
     /// The ticket to wait for before anything read from the document may
@@ -592,9 +593,9 @@ impl DocumentHub {
                 // document back to what the log holds, so that nothing
                 // unlogged ever reaches another peer.
                 if matches!(e, HubError::Panicked(_)) {
-                    self.contained_panic(live, &mut guard);
+                    self.contained_panic(live, &mut guard).await;
                 } else if !matches!(e, HubError::Deleted) {
-                    self.reload(live, &mut guard);
+                    self.reload(live, &mut guard).await;
                 }
                 return Err(e);
             }
@@ -681,7 +682,7 @@ impl DocumentHub {
     ) -> Result<(), HubError> {
         tracing::debug!(doc = %live.id, changes = changes.len(), "recording changes");
         let count = changes.len() as u64;
-        let (index, summary) = self.index_update(live, state)?;
+        let (index, summary) = self.index_update(live, state).await?;
         let (_, ticket) = live
             .store
             .append_events(Append {
@@ -708,7 +709,9 @@ impl DocumentHub {
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             match contained("saving a snapshot", || state.doc.save()) {
                 Ok(bytes) => {
-                    live.store.write_snapshot(live.id, state.events, &bytes)?;
+                    live.store
+                        .write_snapshot(live.id, state.events, &bytes)
+                        .await?;
                     state.snapshot_covers = state.events;
                     state.needs_durable = live.store.durability_ticket();
                 }
@@ -726,7 +729,7 @@ impl DocumentHub {
     /// listed task can always be read and deleted. A document that stops
     /// being a task leaves the list, and the root never enters it,
     /// whatever a device wrote into it.
-    fn index_update(
+    async fn index_update(
         &self,
         live: &LiveDocument,
         state: &DocState,
@@ -745,7 +748,8 @@ impl DocumentHub {
                 let is_root = state.last_summary.is_none()
                     && live
                         .store
-                        .user(live.owner)?
+                        .user(live.owner)
+                        .await?
                         .and_then(|u| u.root_document_id)
                         == Some(live.id);
                 if is_root {
@@ -835,7 +839,7 @@ impl DocumentHub {
             // The edit is in memory but not in the log (over quota, or the
             // store failed): take it back out.
             if !matches!(e, HubError::Deleted) {
-                self.reload(live, &mut guard);
+                self.reload(live, &mut guard).await;
             }
             return Err(e);
         }
@@ -873,9 +877,9 @@ impl DocumentHub {
             Some(live) => {
                 let _guard = live.state.lock().await;
                 live.deleted.store(true, Ordering::SeqCst);
-                self.store.tombstone_document(id, now)?
+                self.store.tombstone_document(id, now).await?
             }
-            None => self.store.tombstone_document(id, now)?,
+            None => self.store.tombstone_document(id, now).await?,
         };
         self.live.lock().expect("never poisoned").remove(&id);
         if let Some(live) = live {
@@ -894,18 +898,19 @@ impl DocumentHub {
     ) -> Result<DocumentId, HubError> {
         if let Some(id) = self
             .store
-            .user(user)?
+            .user(user)
+            .await?
             .ok_or(HubError::UnknownUser)?
             .root_document_id
         {
             return Ok(id);
         }
         let _one_at_a_time = self.root_creation.lock().await;
-        let mut record = self.store.user(user)?.ok_or(HubError::UnknownUser)?;
+        let mut record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
         if let Some(id) = record.root_document_id {
             return Ok(id);
         }
-        let Some(live) = self.open(fresh_id, user, IfUnseen::Claim, now)? else {
+        let Some(live) = self.open(fresh_id, user, IfUnseen::Claim, now).await? else {
             return Err(HubError::FreshIdTaken);
         };
         self.change(
@@ -919,7 +924,7 @@ impl DocumentHub {
         )
         .await?;
         record.root_document_id = Some(fresh_id);
-        self.store.put_user(&record)?;
+        self.store.put_user(&record).await?;
         self.store.persist().await?;
         Ok(fresh_id)
     }
@@ -1010,11 +1015,12 @@ mod tests {
     }
 
     /// A new document, claimed for a user.
-    fn claimed(hub: &DocumentHub) -> (UserId, DocumentId, Arc<LiveDocument>) {
+    async fn claimed(hub: &DocumentHub) -> (UserId, DocumentId, Arc<LiveDocument>) {
         let user = UserId::from_random_bytes([1; 16]);
         let id = DocumentId::from_random_bytes([2; 16]);
         let live = hub
             .open(id, user, IfUnseen::Claim, Utc::now())
+            .await
             .unwrap()
             .unwrap();
         (user, id, live)
@@ -1065,7 +1071,7 @@ mod tests {
     async fn peers_in_the_same_state_share_one_generation_until_the_document_changes() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), Quota::default());
-        let (user, _, live) = claimed(&hub);
+        let (user, _, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "shared").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1139,7 +1145,7 @@ mod tests {
                 ..Quota::default()
             },
         );
-        let (user, id, live) = claimed(&hub);
+        let (user, id, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "small").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1161,14 +1167,17 @@ mod tests {
         // Automerge had taken the changes; the log did not. Nothing that is
         // not in the log may stay in memory, where it would reach peers.
         assert_eq!(hub.heads(&live).await.unwrap(), accepted);
-        assert_eq!(hub.store().load_document(id).unwrap().changes.len(), 1);
+        assert_eq!(
+            hub.store().load_document(id).await.unwrap().changes.len(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn a_contained_panic_is_an_error_and_the_document_is_reloaded_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), Quota::default());
-        let (user, _, live) = claimed(&hub);
+        let (user, _, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "kept").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1185,7 +1194,7 @@ mod tests {
         });
         assert!(matches!(panicked, Err(HubError::Panicked("testing"))));
         assert_ne!(guard.doc.get_heads(), logged);
-        hub.contained_panic(&live, &mut guard);
+        hub.contained_panic(&live, &mut guard).await;
         assert_eq!(guard.doc.get_heads(), logged);
         drop(guard);
         assert_eq!(

@@ -23,8 +23,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch};
 
+use super::Append;
 use super::StoreError;
-use super::documents::{Append, AppendLog};
+use super::documents::AppendLog;
 
 /// The most change bytes one transaction takes; the rest waits for the next
 /// round. sled holds a transaction's writes in memory until it commits.
