@@ -31,7 +31,7 @@ pub(crate) use embedded::StoreHealth;
 #[cfg(test)]
 pub(crate) use embedded::flush_control;
 pub use log::StoredDocument;
-pub(crate) use log::{Append, Claim, DocumentMeta, EventRecord, IndexUpdate};
+pub(crate) use log::{Append, Appended, Claim, DocumentMeta, EventRecord, IndexUpdate};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
@@ -348,9 +348,12 @@ impl Store {
     }
 
     /// Appends accepted changes to a document's log, with its feed and
-    /// task-index entries; returns the feed sequence and the ticket that
+    /// task-index entries; returns where they landed and the ticket that
     /// says when the append is durable.
-    pub(crate) async fn append_events(&self, append: Append) -> Result<(u64, Ticket), StoreError> {
+    pub(crate) async fn append_events(
+        &self,
+        append: Append,
+    ) -> Result<(Appended, Ticket), StoreError> {
         on_engine!(self, e => e.append_events(append).await)
     }
 
@@ -372,6 +375,16 @@ impl Store {
     /// Every event of a document's log, in order.
     pub(crate) async fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
         on_engine!(self, e => e.events_of(doc))
+    }
+
+    /// The events of a document's log from sequence `from` on, in order:
+    /// what another node appended since this one last read.
+    pub(crate) async fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        on_engine!(self, e => e.events_from(doc, from))
     }
 
     /// A user's documents changed after feed position `cursor`, oldest

@@ -31,8 +31,9 @@ use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    Append, AuditRecord, Claim, DocumentMeta, EventRecord, IndexUpdate, OtpRecord, RefreshEntry,
-    SessionRecord, StoreError, StoreOptions, StoredDocument, Ticket, UserRecord, decode, encode,
+    Append, Appended, AuditRecord, Claim, DocumentMeta, EventRecord, IndexUpdate, OtpRecord,
+    RefreshEntry, SessionRecord, StoreError, StoreOptions, StoredDocument, Ticket, UserRecord,
+    decode, encode,
 };
 pub(crate) use recovery::StoreHealth;
 

@@ -95,3 +95,12 @@ impl Append {
         self.changes.iter().map(|c| c.len() as u64).sum()
     }
 }
+
+/// Where an append landed: the sequence of its first event in the
+/// document's log (the others follow it without a gap) and its position in
+/// the owner's feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub(crate) first_seq: u64,
+    pub(crate) feed_seq: u64,
+}

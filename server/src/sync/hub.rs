@@ -28,6 +28,7 @@ use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task_document::{self, TaskDocumentError};
 
+use super::doorbell::{Doorbell, Ring};
 use super::mailbox::Mailbox;
 use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
@@ -133,8 +134,13 @@ fn contained<T>(what: &'static str, work: impl FnOnce() -> T) -> Result<T, HubEr
 
 struct DocState {
     doc: Automerge,
-    /// Events in the log, and how many of them the snapshot covers.
+    /// Every event of the log below this sequence is in `doc`. The
+    /// document may hold later ones too: this node's own appends land after
+    /// events other nodes appended meanwhile, which it reads only when it
+    /// catches up ([`DocumentHub::catch_up`]). A snapshot covers exactly
+    /// this many events, so that loading one never skips an event.
     events: u64,
+    /// How many events the snapshot in the store covers.
     snapshot_covers: u64,
     /// The task summary last written to the index for this document.
     last_summary: Option<TaskView>,
@@ -283,6 +289,9 @@ pub struct DocumentHub {
     /// when their user's other device uploads it.
     waiting: Mutex<HashMap<DocumentId, Waiters>>,
     root_creation: tokio::sync::Mutex<()>,
+    /// This node's number and the doorbell it rings after every append,
+    /// when other nodes share the store.
+    doorbell: Option<(u64, Arc<dyn Doorbell>)>,
 }
 
 impl std::fmt::Debug for DocumentHub {
@@ -303,7 +312,25 @@ impl DocumentHub {
             live: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             root_creation: tokio::sync::Mutex::new(()),
+            doorbell: None,
         }
+    }
+
+    /// The hub, ringing `doorbell` as node `node` after every append, so
+    /// that other nodes on the same store catch up.
+    pub fn with_doorbell(mut self, node: u64, doorbell: Arc<dyn Doorbell>) -> Self {
+        self.doorbell = Some((node, doorbell));
+        self
+    }
+
+    /// The ids of the documents in memory.
+    pub(crate) fn loaded_ids(&self) -> Vec<DocumentId> {
+        self.live
+            .lock()
+            .expect("never poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// The store behind the hub (for tests: outside the hub, only the
@@ -683,7 +710,7 @@ impl DocumentHub {
         tracing::debug!(doc = %live.id, changes = changes.len(), "recording changes");
         let count = changes.len() as u64;
         let (index, summary) = self.index_update(live, state).await?;
-        let (_, ticket) = live
+        let (appended, ticket) = live
             .store
             .append_events(Append {
                 doc: live.id,
@@ -703,7 +730,20 @@ impl DocumentHub {
                 }
                 other => HubError::Store(other),
             })?;
-        state.events += count;
+        // The append follows everything this node had applied only if no
+        // other node appended in between; otherwise the events before it
+        // are read when this node catches up.
+        if appended.first_seq == state.events {
+            state.events += count;
+        }
+        if let Some((node, doorbell)) = &self.doorbell {
+            doorbell.ring(Ring {
+                node: *node,
+                user: live.owner,
+                doc: live.id,
+                seq: appended.first_seq + count - 1,
+            });
+        }
         state.needs_durable = ticket;
         state.last_summary = summary;
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
@@ -782,6 +822,61 @@ impl DocumentHub {
                 mailbox.changed(live.id);
             }
         }
+    }
+
+    /// Applies what other nodes appended to a document's log since this
+    /// node last read it, if the document is in memory here, and tells its
+    /// peers. Returns whether the document changed. Events this node
+    /// appended itself come back too; Automerge ignores changes it has.
+    ///
+    /// Nodes that share one database call this when another node rings
+    /// that the document changed, and for every loaded document when they
+    /// may have missed a ring. What it applies is in the log already, so it
+    /// is durable: no ticket to wait for.
+    pub(crate) async fn catch_up(&self, id: DocumentId) -> Result<bool, HubError> {
+        let Some(live) = self.live.lock().expect("never poisoned").get(&id).cloned() else {
+            return Ok(false);
+        };
+        let mut guard = live.state.lock().await;
+        live.check_loaded()?;
+        let events = live.store.events_from(id, guard.events).await?;
+        let before = guard.doc.get_heads();
+        let mut read = guard.events;
+        for event in &events {
+            // The log has no gaps; an event out of order means the read
+            // raced a writer in a way the engine should not allow. Stop at
+            // the gap and read the rest next time.
+            if event.seq != read {
+                break;
+            }
+            let applied = contained("applying a change from the log", || {
+                guard.doc_mut().load_incremental(&event.change)
+            });
+            match applied {
+                Ok(Ok(_)) => read += 1,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, doc = %id, seq = event.seq, "cannot apply a logged change");
+                    self.reload(&live, &mut guard).await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    self.contained_panic(&live, &mut guard).await;
+                    return Err(e);
+                }
+            }
+        }
+        guard.events = read;
+        let changed = guard.doc.get_heads() != before;
+        if changed {
+            // The summary in the index was written by whichever node
+            // appended last; this node's record of it is no longer known.
+            guard.last_summary = None;
+        }
+        drop(guard);
+        if changed {
+            self.notify_changed(&live, None);
+        }
+        Ok(changed)
     }
 
     /// Forwards an ephemeral message of `bytes` payload bytes to the

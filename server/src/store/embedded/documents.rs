@@ -13,7 +13,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::usage::decode_usage;
 use super::{
-    Append, Claim, DocumentMeta, Embedded, Engine, EventRecord, IndexUpdate, StoreError,
+    Append, Appended, Claim, DocumentMeta, Embedded, Engine, EventRecord, IndexUpdate, StoreError,
     StoredDocument, Ticket, TxResult, decode, encode, pair_key, seq_in_key,
 };
 use crate::configuration::limits::Quota;
@@ -103,7 +103,7 @@ impl AppendLog {
     pub(crate) fn write(
         &self,
         batch: &[&Append],
-    ) -> Result<Vec<Result<u64, StoreError>>, sled::Error> {
+    ) -> Result<Vec<Result<Appended, StoreError>>, sled::Error> {
         let feed_seqs = batch
             .iter()
             .map(|_| self.db.generate_id())
@@ -117,7 +117,7 @@ impl AppendLog {
             &self.task_index,
         )
             .transaction(
-                |(documents, events, feed, positions, usage, index)| -> TxResult<Vec<Result<u64, StoreError>>> {
+                |(documents, events, feed, positions, usage, index)| -> TxResult<Vec<Result<Appended, StoreError>>> {
                     let mut outcomes = Vec::with_capacity(batch.len());
                     for (append, feed_seq) in batch.iter().zip(&feed_seqs) {
                         let Some(meta) = documents.get(append.doc.as_bytes())? else {
@@ -157,6 +157,7 @@ impl AppendLog {
                             };
                         usage.insert(meta.owner.as_bytes(), encode(&used))?;
                         meta.bytes = document_bytes;
+                        let first_seq = meta.next_seq;
                         for change in &append.changes {
                             let record = EventRecord {
                                 seq: meta.next_seq,
@@ -188,7 +189,10 @@ impl AppendLog {
                                 index.remove(position_key)?;
                             }
                         }
-                        outcomes.push(Ok(*feed_seq));
+                        outcomes.push(Ok(Appended {
+                            first_seq,
+                            feed_seq: *feed_seq,
+                        }));
                     }
                     Ok(outcomes)
                 },
@@ -268,10 +272,13 @@ impl Embedded {
     /// Returns the document's new feed sequence and the ticket that makes
     /// the append durable. Refused, with nothing written, if the document
     /// is unknown or deleted, or if the owner's quota would be exceeded.
-    pub(crate) async fn append_events(&self, append: Append) -> Result<(u64, Ticket), StoreError> {
+    pub(crate) async fn append_events(
+        &self,
+        append: Append,
+    ) -> Result<(Appended, Ticket), StoreError> {
         let engine = self.engine()?;
         match engine.group_commit.append(append).await {
-            Ok((feed_seq, ticket)) => Ok((feed_seq, Ticket::new(engine.epoch, ticket))),
+            Ok((appended, ticket)) => Ok((appended, Ticket::new(engine.epoch, ticket))),
             Err(StoreError::Engine(sled::Error::Io(error))) => {
                 self.shared.fail(&engine, &error);
                 Err(StoreError::Unavailable)
@@ -331,7 +338,16 @@ impl Embedded {
 
     /// Every event of a document, oldest first.
     pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
-        self.run(|e| e.events_of(doc))
+        self.run(|e| e.events_from(doc, 0))
+    }
+
+    /// The events of a document's log from sequence `from` on, in order.
+    pub(crate) fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.run(|e| e.events_from(doc, from))
     }
 
     /// The user's documents that changed after feed position `cursor`, oldest
@@ -401,9 +417,13 @@ impl Embedded {
 
 impl Engine {
     /// Every event of a document, oldest first.
-    pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+    pub(crate) fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         self.events
-            .scan_prefix(doc.as_bytes())
+            .range(seq_key(doc, from)..=seq_key(doc, u64::MAX))
             .map(|item| {
                 let (key, value) = item?;
                 let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;

@@ -34,7 +34,7 @@ impl Engine {
                     what: "key is not a document id",
                 })?;
                 meta.bytes = self
-                    .events_of(DocumentId::from_bytes(id))?
+                    .events_from(DocumentId::from_bytes(id), 0)?
                     .iter()
                     .map(|event| event.change.len() as u64)
                     .sum();

@@ -41,7 +41,7 @@ impl Engine {
             };
             let doc = DocumentId::from_bytes(id);
             let meta: DocumentMeta = decode("documents", &value)?;
-            let events = match self.events_of(doc) {
+            let events = match self.events_from(doc, 0) {
                 Ok(events) => events,
                 Err(e) => {
                     problems.push(format!("document {doc}: its log does not decode: {e}"));

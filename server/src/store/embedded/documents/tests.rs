@@ -27,7 +27,7 @@ pub(crate) fn append(
         .build()
         .expect("a runtime")
         .block_on(store.append_events(append))
-        .map(|(feed_seq, _)| feed_seq)
+        .map(|(appended, _)| appended.feed_seq)
 }
 
 fn ids() -> (UserId, UserId, DocumentId, DocumentId) {
