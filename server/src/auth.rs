@@ -150,7 +150,7 @@ impl Auth {
             .inspect_err(|_| Metrics::bump(&self.metrics.rate_limited))
     }
 
-    fn audit(
+    async fn audit(
         &self,
         user: UserId,
         kind: AuditKind,
@@ -167,7 +167,7 @@ impl Auth {
         };
         // The audit trail is a record, not a gate: a failure to write it is
         // logged and does not fail the user's request.
-        if let Err(e) = self.store.append_audit(user, &record) {
+        if let Err(e) = self.store.append_audit(user, &record).await {
             tracing::error!(error = ?e, "cannot append audit event");
         }
     }
@@ -203,14 +203,15 @@ impl Auth {
 
     /// Whether a session still exists and is live: not logged out, not
     /// revoked, not idle or older than the policy allows.
-    pub(crate) fn session_is_live(
+    pub(crate) async fn session_is_live(
         &self,
         id: SessionId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         Ok(self
             .store
-            .session(id)?
+            .session(id)
+            .await?
             .is_some_and(|session| self.is_live(&session, now)))
     }
 
@@ -220,8 +221,8 @@ impl Auth {
         now - session.last_used_at < idle && now - session.created_at < max
     }
 
-    fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
-        let existed = self.store.delete_session(id)?;
+    async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let existed = self.store.delete_session(id).await?;
         self.rotations.forget(id);
         // Nobody listening is fine: no socket is open for this session.
         let _ = self.revocations.send(id);
@@ -229,7 +230,7 @@ impl Auth {
     }
 
     /// Checks an access token: signature, claims, and that its session lives.
-    pub(crate) fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         token: &str,
         now: DateTime<Utc>,
@@ -238,7 +239,7 @@ impl Auth {
             TokenRejection::Expired => AuthenticateError::Expired,
             TokenRejection::Invalid => AuthenticateError::Invalid,
         })?;
-        let Some(session) = self.store.session(claims.sid)? else {
+        let Some(session) = self.store.session(claims.sid).await? else {
             return Err(AuthenticateError::Invalid);
         };
         if session.user_id != claims.sub || !self.is_live(&session, now) {
@@ -263,7 +264,8 @@ impl Auth {
             LogoutScope::This => vec![who.session_id],
             LogoutScope::Others | LogoutScope::All => self
                 .store
-                .sessions_of(who.user_id)?
+                .sessions_of(who.user_id)
+                .await?
                 .into_iter()
                 .map(|s| s.id)
                 .filter(|id| scope == LogoutScope::All || *id != who.session_id)
@@ -271,9 +273,10 @@ impl Auth {
         };
         let mut ended = 0;
         for id in targets {
-            if self.end_session(id)? {
+            if self.end_session(id).await? {
                 ended += 1;
-                self.audit(who.user_id, AuditKind::Logout, Some(id), ctx, now);
+                self.audit(who.user_id, AuditKind::Logout, Some(id), ctx, now)
+                    .await;
             }
         }
         self.store.persist().await?;
@@ -289,10 +292,11 @@ impl Auth {
         ctx: &ClientContext,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        match self.store.session(id)? {
+        match self.store.session(id).await? {
             Some(s) if s.user_id == who.user_id => {
-                self.end_session(id)?;
-                self.audit(who.user_id, AuditKind::SessionRevoked, Some(id), ctx, now);
+                self.end_session(id).await?;
+                self.audit(who.user_id, AuditKind::SessionRevoked, Some(id), ctx, now)
+                    .await;
                 self.store.persist().await?;
                 Ok(true)
             }
@@ -301,12 +305,12 @@ impl Auth {
     }
 
     /// The caller's account.
-    pub(crate) fn me(&self, who: &Authenticated) -> Result<Option<UserView>, StoreError> {
-        Ok(self.store.user(who.user_id)?.map(|u| user_view(&u)))
+    pub(crate) async fn me(&self, who: &Authenticated) -> Result<Option<UserView>, StoreError> {
+        Ok(self.store.user(who.user_id).await?.map(|u| user_view(&u)))
     }
 
     /// The caller's live sessions, newest first.
-    pub(crate) fn sessions(
+    pub(crate) async fn sessions(
         &self,
         who: &Authenticated,
         now: DateTime<Utc>,
@@ -315,7 +319,8 @@ impl Auth {
         let max = self.token_policy.session_max.as_delta();
         let mut sessions: Vec<SessionView> = self
             .store
-            .sessions_of(who.user_id)?
+            .sessions_of(who.user_id)
+            .await?
             .into_iter()
             .filter(|s| self.is_live(s, now))
             .map(|s| SessionView {
@@ -332,13 +337,14 @@ impl Auth {
     }
 
     /// The caller's newest audit events.
-    pub(crate) fn audit_events(
+    pub(crate) async fn audit_events(
         &self,
         who: &Authenticated,
     ) -> Result<Vec<AuditEventView>, StoreError> {
         Ok(self
             .store
-            .audit_of(who.user_id, 200)?
+            .audit_of(who.user_id, 200)
+            .await?
             .into_iter()
             .map(|r| AuditEventView {
                 at: r.at,

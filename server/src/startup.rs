@@ -75,7 +75,9 @@ impl Application {
             delivery,
             Arc::clone(&metrics),
         ));
-        let storage_id = store.server_storage_id(|| uuid::Uuid::new_v4().to_string())?;
+        let storage_id = store
+            .server_storage_id(|| uuid::Uuid::new_v4().to_string())
+            .await?;
         let actor = automerge::ActorId::from(
             uuid::Uuid::parse_str(&storage_id)
                 .map(|u| u.as_bytes().to_vec())

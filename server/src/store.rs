@@ -1,56 +1,46 @@
-//! The store: the only module that knows sled.
+//! The store: everything the server keeps, behind one interface with two
+//! engines. Only this module knows them.
 //!
-//! Everything the server keeps lives in one sled database under the data
-//! directory, in named trees. Records are JSON so that a person can inspect a
-//! store with a sled shell; keys are fixed-width bytes so that prefix scans
-//! never match a longer neighbouring key.
+//! - `embedded`: sled in the data directory, the default. Writes reach the
+//!   disk in the background; a [`Ticket`] says when they have.
+//! - (PostgreSQL, for several nodes on one database, comes next; its commits
+//!   are durable when they return.)
 //!
-//! sled writes to disk in the background; `Store::persist` waits until
-//! every write made so far is on disk. Callers await it before answering a
-//! request whose effect must survive a crash.
+//! [`Store`] is the handle every other part of the server holds. Its
+//! operations are async so that an engine across the network never blocks a
+//! worker thread; the embedded engine answers them without waiting.
 //!
-//! This file holds the handle, its errors, record encoding and durability.
-//! What is kept, by concept: `accounts` (users, codes, sessions, refresh
-//! tokens, audit), `documents` (ownership, change log, snapshots, feed),
-//! `sync_states`, `task_index`, `quota`; how: `recovery` (the engine in use
-//! and its replacement after a disk failure), `group_commit` (shared
-//! flushes), `verify` (consistency check), `records` (the record types).
+//! This file holds the handle, its errors and the record encoding; `records`
+//! and `log` hold the types both engines keep, `quota` the limits on them.
 //! `postgres` is the PostgreSQL engine with the same operations, for
 //! several server nodes on one database; it is not behind `Store` yet.
 
-mod accounts;
-mod documents;
-#[cfg(test)]
-pub(crate) mod flush_control;
-mod group_commit;
+mod embedded;
+mod log;
 // Nothing outside its tests calls the PostgreSQL engine until the store's
 // facade dispatches to it (issue 14); until then its items look unused.
 #[allow(dead_code)]
 mod postgres;
 mod quota;
 mod records;
-mod recovery;
-mod sync_states;
-mod task_index;
-mod verify;
 
 use std::path::{Path, PathBuf};
 
-use sled::Tree;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use chrono::{DateTime, Utc};
+use codeedex_schema::api::tasks::TaskView;
+use codeedex_schema::id::{DocumentId, SessionId, UserId};
 
+use crate::configuration::limits::Quota;
 pub(crate) use crate::durability::Ticket;
-pub use documents::StoredDocument;
-pub(crate) use documents::{Append, Claim, EventRecord, IndexUpdate};
+use embedded::Embedded;
+pub(crate) use embedded::StoreHealth;
+#[cfg(test)]
+pub(crate) use embedded::flush_control;
+pub use log::StoredDocument;
+pub(crate) use log::{Append, Appended, Claim, DocumentMeta, EventRecord, IndexUpdate};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
-pub(crate) use recovery::StoreHealth;
-
-/// The on-disk format this build reads and writes. Bump it with a migration.
-pub(crate) const FORMAT_VERSION: u32 = 1;
-
-const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,149 +100,6 @@ pub enum StoreError {
     },
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Engine(e)
-    }
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e),
-        }
-    }
-}
-
-pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// One open database: the sled handle, its trees and its flusher. The store
-/// keeps one at a time and replaces it, whole, after the disk failed (see
-/// [`recovery`]).
-pub(crate) struct Engine {
-    /// Which engine this is: 1 for the first one the process opened, one
-    /// more for each reopen. Durability tickets carry it, so that no ticket
-    /// of a failed engine is ever reported durable by its successor.
-    epoch: u64,
-    db: sled::Db,
-    /// user id → [`UserRecord`].
-    users: Tree,
-    /// contact key (`email:…` / `phone:…`) → user id.
-    identities: Tree,
-    /// contact key → [`OtpRecord`]: the pending code and the send and failure history.
-    otp: Tree,
-    /// session id → [`SessionRecord`].
-    sessions: Tree,
-    /// user id ‖ session id → nothing: the sessions of a user.
-    user_sessions: Tree,
-    /// keyed hash of a refresh token → [`RefreshEntry`].
-    refresh_tokens: Tree,
-    /// session id ‖ generation → keyed hash: the whole chain, to delete it with the session.
-    session_tokens: Tree,
-    /// user id ‖ sequence → [`AuditRecord`].
-    audit: Tree,
-    /// document id → [`DocumentMeta`](documents::DocumentMeta): owner, tombstone, log position.
-    documents: Tree,
-    /// document id ‖ sequence → [`EventRecord`](documents::EventRecord): the append-only change log.
-    events: Tree,
-    /// document id → snapshot (`u64` sequence the snapshot covers, then Automerge bytes).
-    snapshots: Tree,
-    /// user id ‖ feed sequence → document id: the user's documents in order of last change.
-    user_feed: Tree,
-    /// document id ‖ storage id → encoded Automerge sync state.
-    sync_states: Tree,
-    /// user id ‖ document id → task summary (JSON), for listing without loading documents.
-    task_index: Tree,
-    /// user id → [`Usage`](quota::Usage): live documents and their stored bytes, for quotas.
-    usage: Tree,
-    /// Server-wide values: the format version, the server's storage id.
-    meta: Tree,
-    /// Coalesces concurrent [`Store::persist`] calls into shared flushes.
-    group_commit: group_commit::GroupCommit,
-}
-
-/// The server's persistent state: a cheap handle, cloned into every part of
-/// the server, over the engine in use.
-///
-/// When the disk fails, the store refuses every operation with
-/// [`StoreError::Unavailable`] until a fresh engine, reopened from what is
-/// on disk, has proved that it can write and flush again.
-#[derive(Clone)]
-pub struct Store {
-    shared: std::sync::Arc<recovery::Shared>,
-    /// When set, the handle works only while the engine of this epoch is in
-    /// use (see [`Store::pinned`]).
-    pinned: Option<u64>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
-    }
-}
-
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Serialising these plain structs to JSON cannot fail: they have string
-    // keys and no custom serialisers that error.
-    serde_json::to_vec(value).expect("records always serialise")
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    tree: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
-}
-
-/// The big-endian sequence number after the 16-byte id of a key in
-/// `tree`; a key of another length is malformed (`what` says which layout
-/// was expected).
-pub(crate) fn seq_in_key(
-    key: &[u8],
-    tree: &'static str,
-    what: &'static str,
-) -> Result<u64, StoreError> {
-    key.get(16..24)
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-        .map(u64::from_be_bytes)
-        .ok_or(StoreError::Malformed { tree, what })
-}
-
-pub(crate) fn pair_key(a: &[u8; 16], b: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + b.len());
-    key.extend_from_slice(a);
-    key.extend_from_slice(b);
-    key
-}
-
-/// How long an open waits for another handle in this process to let go of
-/// the store's file lock.
-const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Opens a sled database, waiting briefly while its file lock is held.
-///
-/// Dropping a `sled::Db` does not release the lock at once: a write job on
-/// sled's IO thread pool may still hold the file for a moment after the
-/// flush it belongs to has completed. A store closed and opened again in one
-/// process (a restart in the simulation, a test that reopens) would then be
-/// refused at random, so the open retries for a bounded time. Another
-/// process that keeps the store open is still refused, only later.
-fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Where a store lives and how much memory its engine may cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -277,125 +124,62 @@ impl StoreOptions {
     }
 }
 
-impl Engine {
-    /// Opens (or creates) the database, checking its format version.
-    fn open(options: &StoreOptions, epoch: u64) -> Result<Self, StoreError> {
-        let dir = options.dir.as_path();
-        let db = open_waiting_for_lock(
-            &sled::Config::new()
-                .path(dir.join("store"))
-                .cache_capacity(options.cache_bytes),
-        )?;
-        let meta = db.open_tree("meta")?;
-        let usage_was_kept = db.tree_names().iter().any(|name| name.as_ref() == b"usage");
-        match meta.get(FORMAT_KEY)? {
-            None => {
-                meta.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
-                db.flush()?;
-            }
-            Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
-            Some(found) => {
-                return Err(StoreError::IncompatibleFormat {
-                    path: dir.display().to_string(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                    expected: FORMAT_VERSION,
-                });
-            }
-        }
-        let documents = db.open_tree("documents")?;
-        let events = db.open_tree("events")?;
-        let user_feed = db.open_tree("user_feed")?;
-        let user_feed_position = db.open_tree("user_feed_position")?;
-        let task_index = db.open_tree("task_index")?;
-        let usage = db.open_tree("usage")?;
-        let log = documents::AppendLog {
-            db: db.clone(),
-            documents: documents.clone(),
-            events: events.clone(),
-            user_feed: user_feed.clone(),
-            user_feed_position,
-            usage: usage.clone(),
-            task_index: task_index.clone(),
-        };
-        let engine = Self {
-            epoch,
-            users: db.open_tree("users")?,
-            identities: db.open_tree("identities")?,
-            otp: db.open_tree("otp")?,
-            sessions: db.open_tree("sessions")?,
-            user_sessions: db.open_tree("user_sessions")?,
-            refresh_tokens: db.open_tree("refresh_tokens")?,
-            session_tokens: db.open_tree("session_tokens")?,
-            audit: db.open_tree("audit")?,
-            documents,
-            events,
-            snapshots: db.open_tree("snapshots")?,
-            user_feed,
-            sync_states: db.open_tree("sync_states")?,
-            task_index,
-            usage,
-            meta,
-            group_commit: group_commit::GroupCommit::start(log).map_err(sled::Error::Io)?,
-            db,
-        };
-        // Stores written before quotas existed have documents but no usage:
-        // count it once, so that quotas hold for existing users too.
-        if !usage_was_kept {
-            engine.rebuild_usage()?;
-        }
-        Ok(engine)
-    }
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail: they have string
+    // keys and no custom serialisers that error.
+    serde_json::to_vec(value).expect("records always serialise")
+}
 
-    /// Proves that the disk takes writes again: rewrites the format version
-    /// (the value it already has) and flushes it.
-    fn check_writable(&self) -> Result<(), StoreError> {
-        self.meta
-            .insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())?;
-        self.db.flush()?;
-        Ok(())
-    }
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// The server's persistent state: a cheap handle, cloned into every part of
+/// the server, over the engine chosen at start.
+#[derive(Clone, Debug)]
+pub struct Store {
+    engine: EngineHandle,
+}
+
+#[derive(Clone, Debug)]
+enum EngineHandle {
+    Embedded(Embedded),
+}
+
+/// Runs the same call on whichever engine the store uses.
+macro_rules! on_engine {
+    ($store:expr, $engine:ident => $call:expr) => {
+        match &$store.engine {
+            EngineHandle::Embedded($engine) => $call,
+        }
+    };
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` with the default cache,
-    /// checking its format version.
+    /// Opens (or creates) the embedded store in `dir` with the default
+    /// cache, checking its format version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with(StoreOptions::new(dir))
     }
 
-    /// Opens (or creates) the store as `options` say.
+    /// Opens (or creates) the embedded store as `options` say.
     pub fn open_with(options: StoreOptions) -> Result<Self, StoreError> {
-        let engine = Engine::open(&options, 1)?;
         Ok(Self {
-            shared: recovery::Shared::new(options, engine),
-            pinned: None,
+            engine: EngineHandle::Embedded(Embedded::open_with(options)?),
         })
     }
 
-    /// Runs `op` on the engine in use, or fails at once with
-    /// [`StoreError::Unavailable`] while there is none that works. An IO
-    /// error from sled marks the engine failed (sled refuses every later
-    /// operation on it anyway) and starts the recovery; the caller sees
-    /// `Unavailable`.
-    fn run<T>(&self, op: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let engine = self.engine()?;
-        match op(&engine) {
-            Err(StoreError::Engine(sled::Error::Io(error))) => {
-                self.shared.fail(&engine, &error);
-                Err(StoreError::Unavailable)
-            }
-            other => other,
-        }
+    /// Writes a value to the embedded store's metadata, for the format
+    /// version test.
+    #[doc(hidden)]
+    pub fn overwrite_format_version_for_tests(dir: &Path, version: &str) -> Result<(), StoreError> {
+        Embedded::overwrite_format_version_for_tests(dir, version)
     }
 
-    /// The engine in use, if it works (and is the pinned one, for a pinned
-    /// handle).
-    fn engine(&self) -> Result<std::sync::Arc<Engine>, StoreError> {
-        self.shared
-            .current()
-            .filter(|engine| self.pinned.is_none_or(|epoch| epoch == engine.epoch))
-            .ok_or(StoreError::Unavailable)
-    }
+    // Availability and durability.
 
     /// A handle on the engine in use now: every operation through it fails
     /// with [`StoreError::Unavailable`] once that engine has failed, even
@@ -404,172 +188,281 @@ impl Store {
     /// so that nothing it derived from an engine that lost writes reaches
     /// the next one.
     pub(crate) fn pinned(&self) -> Result<Store, StoreError> {
-        let engine = self.engine()?;
-        Ok(Self {
-            shared: std::sync::Arc::clone(&self.shared),
-            pinned: Some(engine.epoch),
-        })
+        on_engine!(self, e => Ok(Self { engine: EngineHandle::Embedded(e.pinned()?) }))
     }
 
-    /// Whether operations through this handle can succeed now: the store
-    /// works, and for a pinned handle, on the engine it was pinned to.
+    /// Whether operations through this handle can succeed now.
     pub(crate) fn is_current(&self) -> bool {
-        self.engine().is_ok()
+        on_engine!(self, e => e.is_current())
     }
 
-    /// Follows the store's availability: it changes when the disk fails and
-    /// when the store has recovered.
+    /// Follows the store's availability: it changes when the engine fails
+    /// and when it has recovered.
     pub(crate) fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
-        self.shared.health()
+        on_engine!(self, e => e.health())
     }
 
-    /// Waits until every write made so far is on disk.
+    /// True when the engine answers; for the readiness probe.
+    pub(crate) async fn is_healthy(&self) -> bool {
+        on_engine!(self, e => e.is_healthy())
+    }
+
+    /// Waits until every write made so far is durable.
     pub(crate) async fn persist(&self) -> Result<(), StoreError> {
-        let ticket = self.durability_ticket();
-        self.wait_durable(ticket).await
+        on_engine!(self, e => e.persist().await)
     }
 
     /// A ticket for every write made so far: once [`Store::is_durable`]
-    /// says so for it, those writes are on disk. While the store is
-    /// unavailable, a ticket that never becomes durable.
+    /// says so for it, those writes are durable.
     pub(crate) fn durability_ticket(&self) -> Ticket {
-        match self.engine() {
-            Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.ticket()),
-            Err(_) => self.unreachable_ticket(),
-        }
+        on_engine!(self, e => e.durability_ticket())
     }
 
     /// The newest ticket handed out, without taking a new one: it covers
     /// every write finished before any caller took its ticket.
     pub(crate) fn latest_ticket(&self) -> Ticket {
-        match self.engine() {
-            Ok(engine) => Ticket::new(engine.epoch, engine.group_commit.latest()),
-            Err(_) => self.unreachable_ticket(),
-        }
+        on_engine!(self, e => e.latest_ticket())
     }
 
-    fn unreachable_ticket(&self) -> Ticket {
-        Ticket::unreachable(self.pinned.unwrap_or_else(|| self.shared.epoch()))
-    }
-
-    /// Whether the writes behind `ticket` are on disk. A ticket of an
-    /// engine that is no longer in use never is: whatever it covered was
-    /// either flushed and acknowledged back then, or lost with the engine.
+    /// Whether the writes behind `ticket` are durable.
     pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
-        if ticket.is_none() {
-            return true;
-        }
-        self.engine_of(ticket)
-            .is_some_and(|engine| engine.group_commit.is_durable(ticket.sequence()))
+        on_engine!(self, e => e.is_durable(ticket))
     }
 
-    fn engine_of(&self, ticket: Ticket) -> Option<std::sync::Arc<Engine>> {
-        self.shared
-            .current()
-            .filter(|engine| engine.epoch == ticket.epoch())
-    }
-
-    /// Waits until the writes behind `ticket` are on disk; one flush covers
-    /// every ticket taken before it started. Fails with
-    /// [`StoreError::Unavailable`] when the flush fails, and at once while
-    /// the store is unavailable or when the ticket belongs to an engine
-    /// that is gone.
+    /// Waits until the writes behind `ticket` are durable; fails with
+    /// [`StoreError::Unavailable`] when they cannot be made so.
     pub(crate) async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        if ticket.is_none() {
-            return Ok(());
-        }
-        let engine = self.engine_of(ticket).ok_or(StoreError::Unavailable)?;
-        match engine.group_commit.wait(ticket.sequence()).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.shared.fail(&engine, &error);
-                Err(StoreError::Unavailable)
-            }
-        }
+        on_engine!(self, e => e.wait_durable(ticket).await)
     }
 
-    /// The test's hand on the flushes of the engine in use.
+    /// The test's hand on the embedded engine's flushes.
     #[cfg(test)]
     pub(crate) fn flush_control(&self) -> std::sync::Arc<flush_control::FlushControl> {
-        self.engine()
-            .expect("the store is available")
-            .group_commit
-            .control()
+        on_engine!(self, e => e.flush_control())
     }
 
-    /// Writes a value to the store's metadata, for the format version test.
-    #[doc(hidden)]
-    pub fn overwrite_format_version_for_tests(dir: &Path, version: &str) -> Result<(), StoreError> {
-        let db = open_waiting_for_lock(&sled::Config::new().path(dir.join("store")))?;
-        db.open_tree("meta")?
-            .insert(FORMAT_KEY, version.as_bytes())?;
-        db.flush()?;
-        Ok(())
+    // Accounts.
+
+    /// The user with this id.
+    pub(crate) async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        on_engine!(self, e => e.user(id))
     }
 
-    /// True when the database answers; for the readiness probe.
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.run(|e| Ok(e.meta.get(FORMAT_KEY)?)).is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-    use codeedex_schema::id::UserId;
-
-    fn user(contact: &str, byte: u8) -> UserRecord {
-        UserRecord {
-            id: UserId::from_random_bytes([byte; 16]),
-            contact_key: contact.to_owned(),
-            created_at: Utc::now(),
-            root_document_id: None,
-        }
+    /// The user who signs in with this contact key.
+    pub(crate) async fn user_by_contact(
+        &self,
+        contact_key: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        on_engine!(self, e => e.user_by_contact(contact_key))
     }
 
-    #[test]
-    fn a_store_of_another_format_version_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        Store::overwrite_format_version_for_tests(dir.path(), "999").unwrap();
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("format version 999"), "{err}");
+    /// The user with `candidate`'s contact key, created from `candidate` if
+    /// there is none; `true` when it was created.
+    pub async fn find_or_create_user(
+        &self,
+        candidate: &UserRecord,
+    ) -> Result<(UserRecord, bool), StoreError> {
+        on_engine!(self, e => e.find_or_create_user(candidate))
     }
 
-    #[test]
-    fn find_or_create_user_creates_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (first, created) = store.find_or_create_user(&user("email:a@b.co", 1)).unwrap();
-        assert!(created);
-        let (second, created) = store.find_or_create_user(&user("email:a@b.co", 2)).unwrap();
-        assert!(!created);
-        assert_eq!(first.id, second.id);
+    /// Replaces a user record.
+    pub(crate) async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        on_engine!(self, e => e.put_user(user))
     }
 
-    #[test]
-    fn otp_updates_are_atomic_under_contention() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..100 {
-                        store
-                            .update_otp("email:a@b.co", |r| {
-                                let mut r = r.unwrap_or_default();
-                                r.failures.push(Utc::now());
-                                (Some(r), ())
-                            })
-                            .unwrap();
-                    }
-                });
-            }
-        });
-        let count = store
-            .update_otp("email:a@b.co", |r| (r.clone(), r.unwrap().failures.len()))
-            .unwrap();
-        assert_eq!(count, 400);
+    /// Atomically reads and replaces the code state of one identifier.
+    /// `change` may run more than once when another request changes the
+    /// same record at the same time; only its last run takes effect, so it
+    /// must be a pure function of its input.
+    pub(crate) async fn update_otp<T: Send>(
+        &self,
+        contact_key: &str,
+        change: impl FnMut(Option<OtpRecord>) -> (Option<OtpRecord>, T) + Send,
+    ) -> Result<T, StoreError> {
+        on_engine!(self, e => e.update_otp(contact_key, change))
+    }
+
+    /// Stores a new session with its first refresh token.
+    pub async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        on_engine!(self, e => e.insert_session(session, refresh_hash))
+    }
+
+    /// Stores a rotated session and its new refresh token together; `false`
+    /// if the session is gone or was rotated meanwhile.
+    pub(crate) async fn rotate_session(
+        &self,
+        session: &SessionRecord,
+        refresh_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        on_engine!(self, e => e.rotate_session(session, refresh_hash))
+    }
+
+    /// The session with this id.
+    pub(crate) async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        on_engine!(self, e => e.session(id))
+    }
+
+    /// What a refresh token's keyed hash belongs to.
+    pub(crate) async fn refresh_entry(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<RefreshEntry>, StoreError> {
+        on_engine!(self, e => e.refresh_entry(hash))
+    }
+
+    /// Every session of a user.
+    pub(crate) async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        on_engine!(self, e => e.sessions_of(user))
+    }
+
+    /// Deletes a session with every refresh token it had; `false` if there
+    /// was none.
+    pub(crate) async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        on_engine!(self, e => e.delete_session(id))
+    }
+
+    /// Adds an event to a user's audit trail.
+    pub(crate) async fn append_audit(
+        &self,
+        user: UserId,
+        event: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        on_engine!(self, e => e.append_audit(user, event))
+    }
+
+    /// A user's newest audit events, newest first, at most `limit`.
+    pub(crate) async fn audit_of(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        on_engine!(self, e => e.audit_of(user, limit))
+    }
+
+    // Documents.
+
+    /// What the store knows about a document.
+    pub(crate) async fn document_meta(
+        &self,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentMeta>, StoreError> {
+        on_engine!(self, e => e.document_meta(doc))
+    }
+
+    /// Claims a document nobody has seen for `user`, within the quota.
+    pub(crate) async fn claim_document(
+        &self,
+        doc: DocumentId,
+        user: UserId,
+        now: DateTime<Utc>,
+        quota: &Quota,
+    ) -> Result<Claim, StoreError> {
+        on_engine!(self, e => e.claim_document(doc, user, now, quota))
+    }
+
+    /// Appends accepted changes to a document's log, with its feed and
+    /// task-index entries; returns where they landed and the ticket that
+    /// says when the append is durable.
+    pub(crate) async fn append_events(
+        &self,
+        append: Append,
+    ) -> Result<(Appended, Ticket), StoreError> {
+        on_engine!(self, e => e.append_events(append).await)
+    }
+
+    /// A document as stored: its snapshot and the changes after it.
+    pub async fn load_document(&self, doc: DocumentId) -> Result<StoredDocument, StoreError> {
+        on_engine!(self, e => e.load_document(doc))
+    }
+
+    /// Saves a snapshot covering the first `covers` events.
+    pub(crate) async fn write_snapshot(
+        &self,
+        doc: DocumentId,
+        covers: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        on_engine!(self, e => e.write_snapshot(doc, covers, bytes))
+    }
+
+    /// Every event of a document's log, in order.
+    pub(crate) async fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+        on_engine!(self, e => e.events_of(doc))
+    }
+
+    /// The events of a document's log from sequence `from` on, in order:
+    /// what another node appended since this one last read.
+    pub(crate) async fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        on_engine!(self, e => e.events_from(doc, from))
+    }
+
+    /// A user's documents changed after feed position `cursor`, oldest
+    /// change first, at most `limit`, with the position to ask from next.
+    pub(crate) async fn changed_since(
+        &self,
+        user: UserId,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<DocumentId>, u64), StoreError> {
+        on_engine!(self, e => e.changed_since(user, cursor, limit))
+    }
+
+    /// Marks a document deleted; `false` if it already was.
+    pub(crate) async fn tombstone_document(
+        &self,
+        doc: DocumentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        on_engine!(self, e => e.tombstone_document(doc, at))
+    }
+
+    // Sync states and the task index.
+
+    /// The persisted sync state of a document with a peer's storage.
+    pub async fn sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        on_engine!(self, e => e.sync_state(doc, storage_id))
+    }
+
+    /// Persists the sync state of a document with a peer's storage.
+    pub(crate) async fn put_sync_state(
+        &self,
+        doc: DocumentId,
+        storage_id: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        on_engine!(self, e => e.put_sync_state(doc, storage_id, state))
+    }
+
+    /// The server's storage id, created on first use.
+    pub(crate) async fn server_storage_id(
+        &self,
+        fresh: impl FnOnce() -> String + Send,
+    ) -> Result<String, StoreError> {
+        on_engine!(self, e => e.server_storage_id(fresh))
+    }
+
+    /// Every task summary of a user, ordered by document id.
+    pub(crate) async fn task_summaries(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(DocumentId, TaskView)>, StoreError> {
+        on_engine!(self, e => e.task_summaries(user))
+    }
+
+    /// Checks the store's invariants; every problem found, in words.
+    pub async fn verify(&self) -> Result<Vec<String>, StoreError> {
+        on_engine!(self, e => e.verify())
     }
 }

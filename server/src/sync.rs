@@ -9,6 +9,7 @@
 //! `Auth`; the transport (in `api`) only moves bytes and runs timers.
 
 pub mod connection;
+pub mod doorbell;
 pub(crate) mod gate;
 pub mod hub;
 pub(crate) mod mailbox;

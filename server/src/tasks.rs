@@ -119,7 +119,8 @@ impl Tasks {
         let root = self.root_document(who.user, now).await?;
         let id = DocumentId::from_random_bytes(random_bytes());
         let live = self
-            .open(who.user, id, IfUnseen::Claim, now)?
+            .open(who.user, id, IfUnseen::Claim, now)
+            .await?
             .ok_or(TasksError::FreshIdTaken)?;
         self.hub
             .change(&live, who.author(), now, |tx| {
@@ -138,7 +139,7 @@ impl Tasks {
         id: DocumentId,
         now: DateTime<Utc>,
     ) -> Result<TaskView, TasksError> {
-        let live = self.open_task(user, id, now)?;
+        let live = self.open_task(user, id, now).await?;
         self.view(&live).await
     }
 
@@ -151,7 +152,7 @@ impl Tasks {
         patch: &TaskPatch,
         now: DateTime<Utc>,
     ) -> Result<TaskView, TasksError> {
-        let live = self.open_task(who.user, id, now)?;
+        let live = self.open_task(who.user, id, now).await?;
         if !patch.is_empty() {
             self.hub
                 .change(&live, who.author(), now, |tx| {
@@ -170,7 +171,7 @@ impl Tasks {
         id: DocumentId,
         now: DateTime<Utc>,
     ) -> Result<(), TasksError> {
-        let live = self.open_task(who.user, id, now)?;
+        let live = self.open_task(who.user, id, now).await?;
         self.view(&live).await?;
         drop(live);
         let root = self.root_document(who.user, now).await?;
@@ -183,11 +184,15 @@ impl Tasks {
 
     /// One page of the user's tasks that pass the query, ordered by id, from
     /// the task index (no document is loaded).
-    pub(crate) fn list(&self, user: UserId, query: &TaskQuery) -> Result<TaskPage, TasksError> {
-        let summaries = self.store.task_summaries(user)?;
+    pub(crate) async fn list(
+        &self,
+        user: UserId,
+        query: &TaskQuery,
+    ) -> Result<TaskPage, TasksError> {
+        let summaries = self.store.task_summaries(user).await?;
         // The index never takes the root, but one written before that rule
         // may still hold it.
-        let root = self.root_of(user)?;
+        let root = self.root_of(user).await?;
         let candidates = summaries
             .into_iter()
             .filter(|(id, _)| Some(*id) != root)
@@ -196,15 +201,15 @@ impl Tasks {
     }
 
     /// Who changed what, when: rebuilt from the event log.
-    pub(crate) fn history(
+    pub(crate) async fn history(
         &self,
         user: UserId,
         id: DocumentId,
         now: DateTime<Utc>,
     ) -> Result<TaskHistory, TasksError> {
         // Opening proves ownership; the history itself comes from the log.
-        self.open_task(user, id, now)?;
-        let events = self.store.events_of(id)?;
+        self.open_task(user, id, now).await?;
+        let events = self.store.events_of(id).await?;
         history::replay(events).map_err(TasksError::Replay)
     }
 
@@ -217,7 +222,8 @@ impl Tasks {
         edit: impl FnOnce(&mut Transaction<'_>) -> Result<(), TaskDocumentError>,
     ) -> Result<(), TasksError> {
         let root = self
-            .open(who.user, root, IfUnseen::Refuse, now)?
+            .open(who.user, root, IfUnseen::Refuse, now)
+            .await?
             .ok_or(TasksError::NotFound)?;
         self.hub.change(&root, who.author(), now, edit).await?;
         Ok(())
@@ -225,35 +231,40 @@ impl Tasks {
 
     /// The document if it is the user's; `None` when it is unknown, someone
     /// else's or deleted.
-    fn open(
+    async fn open(
         &self,
         user: UserId,
         id: DocumentId,
         if_unseen: IfUnseen,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<LiveDocument>>, TasksError> {
-        Ok(self.hub.open(id, user, if_unseen, now)?)
+        Ok(self.hub.open(id, user, if_unseen, now).await?)
     }
 
     /// The user's root document, if it was made yet.
-    fn root_of(&self, user: UserId) -> Result<Option<DocumentId>, TasksError> {
-        Ok(self.store.user(user)?.and_then(|u| u.root_document_id))
+    async fn root_of(&self, user: UserId) -> Result<Option<DocumentId>, TasksError> {
+        Ok(self
+            .store
+            .user(user)
+            .await?
+            .and_then(|u| u.root_document_id))
     }
 
     /// Opens one of the user's tasks. The root document is never a task,
     /// whatever a device wrote into it: it is answered like any other
     /// document that is not one, so that it can be neither patched nor
     /// deleted here.
-    fn open_task(
+    async fn open_task(
         &self,
         user: UserId,
         id: DocumentId,
         now: DateTime<Utc>,
     ) -> Result<Arc<LiveDocument>, TasksError> {
-        if self.root_of(user)? == Some(id) {
+        if self.root_of(user).await? == Some(id) {
             return Err(TasksError::NotFound);
         }
-        self.open(user, id, IfUnseen::Refuse, now)?
+        self.open(user, id, IfUnseen::Refuse, now)
+            .await?
             .ok_or(TasksError::NotFound)
     }
 

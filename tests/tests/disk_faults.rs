@@ -326,7 +326,7 @@ async fn while_the_disk_fails_nothing_is_acknowledged_and_service_resumes_by_its
     let status = app.terminate();
     assert!(status.success(), "the server exited with {status}");
     let store = codeedex_server::store::Store::open(app.data_dir.path()).unwrap();
-    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    assert_eq!(store.verify().await.unwrap(), Vec::<String>::new());
 }
 
 /// Changes a round makes at most; the server snapshots a document every
@@ -415,13 +415,13 @@ async fn a_server_killed_while_snapshotting_reopens_and_keeps_every_acknowledged
     assert!(status.success(), "the server exited with {status}");
     let store = codeedex_server::store::Store::open(app.data_dir.path()).unwrap();
     assert_eq!(
-        store.verify().unwrap(),
+        store.verify().await.unwrap(),
         Vec::<String>::new(),
         "[seed {seed}]"
     );
     // Every kill came after the first snapshot of its document.
     for id in &documents {
-        let stored = store.load_document(*id).unwrap();
+        let stored = store.load_document(*id).await.unwrap();
         assert!(
             stored.snapshot.is_some(),
             "[seed {seed}] no snapshot of {id}"

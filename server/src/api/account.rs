@@ -76,6 +76,7 @@ pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     let mut user = state
         .auth
         .me(&caller.0)
+        .await
         .map_err(unexpected)?
         .ok_or(AccountError::NotFound)?;
     user.root_document_id = Some(root);
@@ -92,6 +93,7 @@ pub async fn sessions(
     let sessions = state
         .auth
         .sessions(&caller.0, Utc::now())
+        .await
         .map_err(unexpected)?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
@@ -125,6 +127,10 @@ pub async fn audit_events(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, AccountError> {
-    let events = state.auth.audit_events(&caller.0).map_err(unexpected)?;
+    let events = state
+        .auth
+        .audit_events(&caller.0)
+        .await
+        .map_err(unexpected)?;
     Ok(HttpResponse::Ok().json(AuditEventList { events }))
 }

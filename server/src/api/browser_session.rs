@@ -339,6 +339,7 @@ pub async fn logout(
         let who = state
             .auth
             .authenticate(&pair.access_token, now)
+            .await
             .map_err(|e| match e {
                 AuthenticateError::Store(e) => BrowserSessionError::Unexpected(e.into()),
                 AuthenticateError::Expired | AuthenticateError::Invalid => {

@@ -1,7 +1,8 @@
 //! The authenticated caller: an extractor that checks the bearer token and
 //! that its session still exists, on every request.
 
-use std::future::{Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
 
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
@@ -67,24 +68,33 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
 
 impl FromRequest for Caller {
     type Error = actix_web::Error;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = (|| {
-            let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| {
-                CallerError::Unexpected(anyhow::anyhow!("application state missing"))
-            })?;
-            let token = bearer_token(req).ok_or(CallerError::Unauthorized)?;
-            state
-                .auth
-                .authenticate(token, chrono::Utc::now())
-                .map(Caller)
-                .map_err(|e| match e {
-                    AuthenticateError::Expired => CallerError::Expired,
-                    AuthenticateError::Invalid => CallerError::Unauthorized,
-                    AuthenticateError::Store(e) => CallerError::Unexpected(e.into()),
-                })
-        })();
-        ready(result.map_err(Into::into))
+        // Checking a session reads the store, which may be across the
+        // network; the extractor reads what it needs from the request first,
+        // so that the future owns its inputs.
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer_token(req).map(str::to_owned);
+        Box::pin(async move {
+            let result = async {
+                let state = state.ok_or_else(|| {
+                    CallerError::Unexpected(anyhow::anyhow!("application state missing"))
+                })?;
+                let token = token.ok_or(CallerError::Unauthorized)?;
+                state
+                    .auth
+                    .authenticate(&token, chrono::Utc::now())
+                    .await
+                    .map(Caller)
+                    .map_err(|e| match e {
+                        AuthenticateError::Expired => CallerError::Expired,
+                        AuthenticateError::Invalid => CallerError::Unauthorized,
+                        AuthenticateError::Store(e) => CallerError::Unexpected(e.into()),
+                    })
+            }
+            .await;
+            result.map_err(Into::into)
+        })
     }
 }

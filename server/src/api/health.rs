@@ -17,7 +17,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.store.is_healthy() {
+    if state.store.is_healthy().await {
         HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n")

@@ -169,6 +169,7 @@ async fn sync_socket(
     let who = state
         .auth
         .authenticate(&token, Utc::now())
+        .await
         .map_err(|e| match e {
             AuthenticateError::Expired => SyncSocketError::Expired,
             AuthenticateError::Invalid => SyncSocketError::Unauthorized,
@@ -231,6 +232,18 @@ fn until_epoch(seconds: i64) -> Duration {
 
 async fn drive(
     mut peer: Connection,
+    session: actix_ws::Session,
+    stream: actix_ws::AggregatedMessageStream,
+    ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
+    state: &AppState,
+) {
+    exchange(&mut peer, session, stream, ends, state).await;
+    peer.finish().await;
+}
+
+/// Runs the connection until either side ends it.
+async fn exchange(
+    peer: &mut Connection,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
@@ -306,7 +319,7 @@ async fn drive(
                 Ok(id) if id == peer.session() => peer.session_ended(),
                 Ok(_) => continue,
                 // Some notices were lost; ask whether ours ended.
-                Err(broadcast::error::RecvError::Lagged(_)) => peer.session_may_have_ended(Utc::now()),
+                Err(broadcast::error::RecvError::Lagged(_)) => peer.session_may_have_ended(Utc::now()).await,
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             () = tokio::time::sleep_until(handshake_deadline), if !peer.has_joined() => {
@@ -356,7 +369,7 @@ async fn drive(
         }
         if let Some(reason) = closing {
             if let Some((code, reason)) = reason {
-                log_close(&peer, code, &reason);
+                log_close(peer, code, &reason);
                 let reason = CloseReason {
                     code: CloseCode::from(code),
                     description: Some(reason),

@@ -161,7 +161,7 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, TaskApiError> {
     let query = query.into_inner().parse()?;
-    let page = state.tasks.list(caller.0.user_id, &query)?;
+    let page = state.tasks.list(caller.0.user_id, &query).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -239,6 +239,9 @@ pub async fn history(
     caller: Caller,
     id: web::Path<DocumentId>,
 ) -> Result<HttpResponse, TaskApiError> {
-    let history = state.tasks.history(caller.0.user_id, *id, Utc::now())?;
+    let history = state
+        .tasks
+        .history(caller.0.user_id, *id, Utc::now())
+        .await?;
     Ok(HttpResponse::Ok().json(history))
 }

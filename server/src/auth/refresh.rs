@@ -35,16 +35,16 @@ impl Auth {
             return Err(RefreshError::Invalid);
         }
         let hash = self.refresh_hash(token);
-        let Some(entry) = self.store.refresh_entry(&hash)? else {
+        let Some(entry) = self.store.refresh_entry(&hash).await? else {
             return Err(RefreshError::Invalid);
         };
         let lock = self.rotations.session_lock(entry.session_id);
         let _guard = lock.lock().await;
-        let Some(session) = self.store.session(entry.session_id)? else {
+        let Some(session) = self.store.session(entry.session_id).await? else {
             return Err(RefreshError::Invalid);
         };
         if !self.is_live(&session, now) {
-            self.end_session(session.id)?;
+            self.end_session(session.id).await?;
             return Err(RefreshError::Invalid);
         }
         let grace = self.token_policy.refresh_grace.as_delta();
@@ -63,14 +63,15 @@ impl Auth {
         if entry.generation != session.generation {
             Metrics::bump(&self.metrics.refresh_reuse_detected);
             tracing::warn!(session = %session.id, "refresh token reuse detected; session revoked");
-            self.end_session(session.id)?;
+            self.end_session(session.id).await?;
             self.audit(
                 session.user_id,
                 AuditKind::ReuseDetected,
                 Some(session.id),
                 ctx,
                 now,
-            );
+            )
+            .await;
             self.store.persist().await?;
             return Err(RefreshError::Invalid);
         }
@@ -89,7 +90,8 @@ impl Auth {
         session.last_used_at = now;
         if !self
             .store
-            .rotate_session(&session, &self.refresh_hash(refresh.expose_secret()))?
+            .rotate_session(&session, &self.refresh_hash(refresh.expose_secret()))
+            .await?
         {
             return Err(RefreshError::Invalid);
         }
@@ -99,7 +101,8 @@ impl Auth {
             Some(session.id),
             ctx,
             now,
-        );
+        )
+        .await;
         self.store.persist().await?;
         Metrics::bump(&self.metrics.refreshes);
         let grace = self.token_policy.refresh_grace.as_delta();

@@ -36,7 +36,8 @@ impl Auth {
         let policy = self.otp_policy;
         let outcome = self
             .store
-            .update_otp(&contact.key(), |r| otp::record_send(r, &hash, now, &policy))?;
+            .update_otp(&contact.key(), |r| otp::record_send(r, &hash, now, &policy))
+            .await?;
         match outcome {
             Ok(()) => {}
             Err(SendRefusal::RateLimited { retry_after }) => {
@@ -48,9 +49,10 @@ impl Auth {
                 return Err(RequestCodeError::Locked { retry_after });
             }
         }
-        let user = self.store.user_by_contact(&contact.key())?;
+        let user = self.store.user_by_contact(&contact.key()).await?;
         if let Some(user) = &user {
-            self.audit(user.id, AuditKind::CodeRequested, None, ctx, now);
+            self.audit(user.id, AuditKind::CodeRequested, None, ctx, now)
+                .await;
         }
         self.store.persist().await?;
         Metrics::bump(&self.metrics.otp_requested);
@@ -71,7 +73,7 @@ impl Auth {
                             ip: ctx.ip.map(|ip| ip.to_string()),
                             user_agent: ctx.user_agent.clone(),
                         };
-                        if let Err(e) = store.append_audit(user.id, &record) {
+                        if let Err(e) = store.append_audit(user.id, &record).await {
                             tracing::error!(error = ?e, "cannot append audit event");
                         } else if let Err(e) = store.persist().await {
                             tracing::error!(error = ?e, "cannot flush audit event");
@@ -111,10 +113,13 @@ impl Auth {
             [0u8; 32]
         };
         let policy = self.otp_policy;
-        let outcome = self.store.update_otp(&contact.key(), |r| {
-            otp::record_attempt(r, &hash, now, &policy)
-        })?;
-        let existing = self.store.user_by_contact(&contact.key())?;
+        let outcome = self
+            .store
+            .update_otp(&contact.key(), |r| {
+                otp::record_attempt(r, &hash, now, &policy)
+            })
+            .await?;
+        let existing = self.store.user_by_contact(&contact.key()).await?;
         match outcome {
             VerifyOutcome::Accepted if well_formed => {}
             VerifyOutcome::Locked { retry_after } => {
@@ -124,9 +129,10 @@ impl Auth {
             VerifyOutcome::Rejected { now_locked } => {
                 Metrics::bump(&self.metrics.otp_rejected);
                 if let Some(user) = existing {
-                    self.audit(user.id, AuditKind::CodeFailed, None, ctx, now);
+                    self.audit(user.id, AuditKind::CodeFailed, None, ctx, now)
+                        .await;
                     if now_locked {
-                        self.audit(user.id, AuditKind::Locked, None, ctx, now);
+                        self.audit(user.id, AuditKind::Locked, None, ctx, now).await;
                     }
                 }
                 self.store.persist().await?;
@@ -141,7 +147,7 @@ impl Auth {
             created_at: now,
             root_document_id: None,
         };
-        let (user, new_user) = self.store.find_or_create_user(&candidate)?;
+        let (user, new_user) = self.store.find_or_create_user(&candidate).await?;
         let session = SessionRecord {
             id: SessionId::from_random_bytes(random_bytes()),
             user_id: user.id,
@@ -153,8 +159,10 @@ impl Auth {
         };
         let refresh = new_refresh_token();
         self.store
-            .insert_session(&session, &self.refresh_hash(refresh.expose_secret()))?;
-        self.audit(user.id, AuditKind::Login, Some(session.id), ctx, now);
+            .insert_session(&session, &self.refresh_hash(refresh.expose_secret()))
+            .await?;
+        self.audit(user.id, AuditKind::Login, Some(session.id), ctx, now)
+            .await;
         self.store.persist().await?;
         Metrics::bump(&self.metrics.sessions_created);
         let tokens = self.pair(&session, refresh, now);

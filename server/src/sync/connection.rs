@@ -293,8 +293,13 @@ impl Connection {
     /// Some session-end notices were missed: asks whether this
     /// connection's session is still live, and ends the connection if not
     /// (or if nobody can tell).
-    pub(crate) fn session_may_have_ended(&self, now: DateTime<Utc>) -> Vec<Output> {
-        match self.ctx.auth.session_is_live(self.session.session(), now) {
+    pub(crate) async fn session_may_have_ended(&self, now: DateTime<Utc>) -> Vec<Output> {
+        match self
+            .ctx
+            .auth
+            .session_is_live(self.session.session(), now)
+            .await
+        {
             Ok(true) => Vec::new(),
             Ok(false) | Err(_) => self.session_ended(),
         }
@@ -351,7 +356,7 @@ impl Connection {
                     continue;
                 }
                 Effect::Reconcile(doc) => {
-                    let outcome = self.reconcile(doc, wall);
+                    let outcome = self.reconcile(doc, wall).await;
                     self.session.reconciled(doc, outcome)
                 }
                 Effect::Generate(doc) => {
@@ -371,7 +376,7 @@ impl Connection {
                     continue;
                 }
                 Effect::Authenticate { token } => {
-                    let outcome = match self.ctx.auth.authenticate(&token, wall) {
+                    let outcome = match self.ctx.auth.authenticate(&token, wall).await {
                         Ok(who) => Authenticated::Valid {
                             user: who.user_id,
                             session: who.session_id,
@@ -391,6 +396,7 @@ impl Connection {
                         .ctx
                         .store
                         .changed_since(self.session.user(), cursor, 100_000)
+                        .await
                         .map_err(|e| store_failure(self.conn, e));
                     self.session.caught_up(outcome)
                 }
@@ -418,9 +424,9 @@ impl Connection {
     }
 
     /// The peer's saved sync state of `doc`, or a fresh one.
-    fn initial_state(&self, doc: DocumentId) -> sync::State {
+    async fn initial_state(&self, doc: DocumentId) -> sync::State {
         if let Some(storage) = self.session.storage_id()
-            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, &storage)
+            && let Ok(Some(bytes)) = self.ctx.store.sync_state(doc, &storage).await
             && let Ok(state) = sync::State::decode(&bytes)
         {
             return state;
@@ -430,9 +436,9 @@ impl Connection {
 
     /// Attaches `live` to this connection: subscribes to its changes and
     /// restores the peer's sync state.
-    fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>) {
+    async fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>) {
         self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
-        let state = self.initial_state(doc);
+        let state = self.initial_state(doc).await;
         self.attachments.insert(doc, Attachment { live, state });
     }
 
@@ -457,8 +463,8 @@ impl Connection {
                 SyncKind::Sync => IfUnseen::Claim,
                 SyncKind::Request => IfUnseen::Refuse,
             };
-            match self.ctx.hub.open(doc, user, if_unseen, wall) {
-                Ok(Some(live)) => self.attach(doc, live),
+            match self.ctx.hub.open(doc, user, if_unseen, wall).await {
+                Ok(Some(live)) => self.attach(doc, live).await,
                 Ok(None) => return Synced::Unavailable,
                 Err(e) => return Synced::Failed(hub_failure(self.conn, doc, e)),
             }
@@ -494,7 +500,7 @@ impl Connection {
         }
     }
 
-    fn reconcile(&mut self, doc: DocumentId, wall: DateTime<Utc>) -> Reconciled {
+    async fn reconcile(&mut self, doc: DocumentId, wall: DateTime<Utc>) -> Reconciled {
         let attached = self.attachments.get(&doc).map(|a| Arc::clone(&a.live));
         if attached.as_ref().is_some_and(|live| !live.is_current()) {
             return Reconciled::Stale;
@@ -505,6 +511,7 @@ impl Connection {
             .ctx
             .hub
             .open(doc, self.session.user(), IfUnseen::Refuse, wall)
+            .await
         {
             Ok(Some(live)) => match &attached {
                 Some(current) if Arc::ptr_eq(current, &live) => {}
@@ -512,7 +519,7 @@ impl Connection {
                     self.detach(doc);
                     return Reconciled::Gone;
                 }
-                None => self.attach(doc, live),
+                None => self.attach(doc, live).await,
             },
             Ok(None) => {
                 self.detach(doc);
@@ -537,34 +544,56 @@ impl Connection {
             Err(e) => Generated::Failed(hub_failure(self.conn, doc, e)),
         }
     }
+    /// Ends the connection: leaves every document and the registry, and
+    /// saves the peer's sync states so that its next connection exchanges
+    /// heads only. The socket driver awaits it when the connection ends.
+    pub async fn finish(&mut self) {
+        let states = self.release();
+        save_sync_states(&self.ctx.store, states).await;
+    }
 
-    /// Ends the connection: saves sync states, drops subscriptions and the
-    /// peer-id binding. Idempotent; dropping the connection calls it too.
-    pub fn finish(&mut self) {
+    /// The part of ending that needs no waiting: unsubscribes, unbinds, and
+    /// returns the sync states to save (none for a peer without a storage
+    /// id, or of a copy loaded before the store failed: such a state may
+    /// name changes that are lost, so the peer starts afresh instead).
+    fn release(&mut self) -> Vec<(DocumentId, String, Vec<u8>)> {
         let storage = self.session.storage_id();
+        let mut states = Vec::new();
         for (doc, attachment) in self.attachments.drain() {
             self.ctx.hub.unsubscribe(&attachment.live, self.conn);
-            // A sync state of a copy loaded before the store failed may
-            // name changes that are lost: the peer starts afresh instead.
             if let Some(storage) = &storage
                 && attachment.live.is_current()
-                && let Err(e) =
-                    self.ctx
-                        .store
-                        .put_sync_state(doc, storage, &attachment.state.encode())
             {
-                tracing::warn!(error = ?e, %doc, "cannot save a sync state");
+                states.push((doc, storage.clone(), attachment.state.encode()));
             }
         }
         self.ctx.hub.stop_waiting(self.conn);
         if let Some(peer_id) = self.bound_peer_id.take() {
             self.ctx.registry.unbind(&peer_id, self.conn);
         }
+        states
     }
 }
 
+async fn save_sync_states(store: &Store, states: Vec<(DocumentId, String, Vec<u8>)>) {
+    for (doc, storage, state) in states {
+        if let Err(e) = store.put_sync_state(doc, &storage, &state).await {
+            tracing::warn!(error = ?e, %doc, "cannot save a sync state");
+        }
+    }
+}
+
+/// A connection dropped without [`Connection::finish`] (its task was
+/// cancelled, or panicked) still leaves everything it joined, and saves its
+/// sync states on the runtime if there is one.
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.finish();
+        let states = self.release();
+        if !states.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.ctx.store.clone();
+            runtime.spawn(async move { save_sync_states(&store, states).await });
+        }
     }
 }

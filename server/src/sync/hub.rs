@@ -28,6 +28,7 @@ use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use codeedex_schema::task_document::{self, TaskDocumentError};
 
+use super::doorbell::{Doorbell, Ring};
 use super::mailbox::Mailbox;
 use crate::configuration::limits::HubLimits;
 use crate::metrics::Metrics;
@@ -133,8 +134,13 @@ fn contained<T>(what: &'static str, work: impl FnOnce() -> T) -> Result<T, HubEr
 
 struct DocState {
     doc: Automerge,
-    /// Events in the log, and how many of them the snapshot covers.
+    /// Every event of the log below this sequence is in `doc`. The
+    /// document may hold later ones too: this node's own appends land after
+    /// events other nodes appended meanwhile, which it reads only when it
+    /// catches up ([`DocumentHub::catch_up`]). A snapshot covers exactly
+    /// this many events, so that loading one never skips an event.
     events: u64,
+    /// How many events the snapshot in the store covers.
     snapshot_covers: u64,
     /// The task summary last written to the index for this document.
     last_summary: Option<TaskView>,
@@ -283,6 +289,9 @@ pub struct DocumentHub {
     /// when their user's other device uploads it.
     waiting: Mutex<HashMap<DocumentId, Waiters>>,
     root_creation: tokio::sync::Mutex<()>,
+    /// This node's number and the doorbell it rings after every append,
+    /// when other nodes share the store.
+    doorbell: Option<(u64, Arc<dyn Doorbell>)>,
 }
 
 impl std::fmt::Debug for DocumentHub {
@@ -303,7 +312,25 @@ impl DocumentHub {
             live: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             root_creation: tokio::sync::Mutex::new(()),
+            doorbell: None,
         }
+    }
+
+    /// The hub, ringing `doorbell` as node `node` after every append, so
+    /// that other nodes on the same store catch up.
+    pub fn with_doorbell(mut self, node: u64, doorbell: Arc<dyn Doorbell>) -> Self {
+        self.doorbell = Some((node, doorbell));
+        self
+    }
+
+    /// The ids of the documents in memory.
+    pub(crate) fn loaded_ids(&self) -> Vec<DocumentId> {
+        self.live
+            .lock()
+            .expect("never poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// The store behind the hub (for tests: outside the hub, only the
@@ -322,8 +349,8 @@ impl DocumentHub {
     /// Loads a document from its snapshot and the events after it. The log
     /// holds only changes that Automerge accepted, but loading is contained
     /// all the same: one bad document must not take the server down.
-    fn load_state(&self, store: &Store, id: DocumentId) -> Result<DocState, HubError> {
-        let stored = store.load_document(id)?;
+    async fn load_state(&self, store: &Store, id: DocumentId) -> Result<DocState, HubError> {
+        let stored = store.load_document(id).await?;
         let mut doc = contained("loading a stored document", || {
             let mut doc = match &stored.snapshot {
                 Some(bytes) => Automerge::load(bytes)?,
@@ -339,12 +366,12 @@ impl DocumentHub {
         Ok(DocState::loaded(doc, events, stored.snapshot_covers))
     }
 
-    fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
+    async fn load(&self, id: DocumentId, owner: UserId) -> Result<Arc<LiveDocument>, HubError> {
         let store = self.store.pinned()?;
         Ok(Arc::new(LiveDocument {
             id,
             owner,
-            state: tokio::sync::Mutex::new(self.load_state(&store, id)?),
+            state: tokio::sync::Mutex::new(self.load_state(&store, id).await?),
             store,
             subscribers: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
@@ -358,9 +385,9 @@ impl DocumentHub {
     /// log holds only what was accepted whole, so whatever the failed
     /// message added is gone. If even that fails, this copy is dropped from
     /// memory, and the next to open the document loads it afresh.
-    fn reload(&self, live: &LiveDocument, state: &mut DocState) {
+    async fn reload(&self, live: &LiveDocument, state: &mut DocState) {
         Metrics::bump(&self.metrics.sync_documents_reloaded);
-        match self.load_state(&live.store, live.id) {
+        match self.load_state(&live.store, live.id).await {
             Ok(fresh) => {
                 let needs_durable = state.needs_durable;
                 *state = fresh;
@@ -383,7 +410,7 @@ impl DocumentHub {
     /// The document if `user` may sync it. A document nobody has seen is
     /// claimed for `user` only with [`IfUnseen::Claim`]. `None` means unavailable: unknown, someone else's, or
     /// deleted, which peers must not be able to tell apart.
-    pub(crate) fn open(
+    pub(crate) async fn open(
         &self,
         id: DocumentId,
         user: UserId,
@@ -404,14 +431,15 @@ impl DocumentHub {
                 None => {}
             }
         }
-        let meta = self.store.document_meta(id)?;
+        let meta = self.store.document_meta(id).await?;
         let owner = match meta {
             Some(meta) if meta.owner == user && meta.deleted_at.is_none() => user,
             Some(_) => return Ok(None),
             None if if_unseen == IfUnseen::Claim => {
                 match self
                     .store
-                    .claim_document(id, user, now, &self.limits.quota)?
+                    .claim_document(id, user, now, &self.limits.quota)
+                    .await?
                 {
                     Claim::Owned(_) => user,
                     Claim::Unavailable => return Ok(None),
@@ -423,7 +451,7 @@ impl DocumentHub {
             }
             None => return Ok(None),
         };
-        let loaded = self.load(id, owner)?;
+        let loaded = self.load(id, owner).await?;
         let mut live = self.live.lock().expect("never poisoned");
         // Another connection may have loaded it meanwhile; keep the first,
         // unless it came from a store engine that failed since.
@@ -508,15 +536,15 @@ impl DocumentHub {
             Ok(Some(message)) => Ok(Generation::Message(message)),
             Ok(None) => Ok(Generation::Nothing),
             Err(e) => {
-                self.contained_panic(live, &mut guard);
+                self.contained_panic(live, &mut guard).await;
                 Err(e)
             }
         }
     }
 
-    fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
+    async fn contained_panic(&self, live: &LiveDocument, state: &mut DocState) {
         Metrics::bump(&self.metrics.sync_panics_contained);
-        self.reload(live, state);
+        self.reload(live, state).await;
     }
 
     /// The ticket to wait for before anything read from the document may
@@ -592,9 +620,9 @@ impl DocumentHub {
                 // document back to what the log holds, so that nothing
                 // unlogged ever reaches another peer.
                 if matches!(e, HubError::Panicked(_)) {
-                    self.contained_panic(live, &mut guard);
+                    self.contained_panic(live, &mut guard).await;
                 } else if !matches!(e, HubError::Deleted) {
-                    self.reload(live, &mut guard);
+                    self.reload(live, &mut guard).await;
                 }
                 return Err(e);
             }
@@ -681,8 +709,8 @@ impl DocumentHub {
     ) -> Result<(), HubError> {
         tracing::debug!(doc = %live.id, changes = changes.len(), "recording changes");
         let count = changes.len() as u64;
-        let (index, summary) = self.index_update(live, state)?;
-        let (_, ticket) = live
+        let (index, summary) = self.index_update(live, state).await?;
+        let (appended, ticket) = live
             .store
             .append_events(Append {
                 doc: live.id,
@@ -702,13 +730,28 @@ impl DocumentHub {
                 }
                 other => HubError::Store(other),
             })?;
-        state.events += count;
+        // The append follows everything this node had applied only if no
+        // other node appended in between; otherwise the events before it
+        // are read when this node catches up.
+        if appended.first_seq == state.events {
+            state.events += count;
+        }
+        if let Some((node, doorbell)) = &self.doorbell {
+            doorbell.ring(Ring {
+                node: *node,
+                user: live.owner,
+                doc: live.id,
+                seq: appended.first_seq + count - 1,
+            });
+        }
         state.needs_durable = ticket;
         state.last_summary = summary;
         if state.events - state.snapshot_covers >= SNAPSHOT_EVERY {
             match contained("saving a snapshot", || state.doc.save()) {
                 Ok(bytes) => {
-                    live.store.write_snapshot(live.id, state.events, &bytes)?;
+                    live.store
+                        .write_snapshot(live.id, state.events, &bytes)
+                        .await?;
                     state.snapshot_covers = state.events;
                     state.needs_durable = live.store.durability_ticket();
                 }
@@ -726,7 +769,7 @@ impl DocumentHub {
     /// listed task can always be read and deleted. A document that stops
     /// being a task leaves the list, and the root never enters it,
     /// whatever a device wrote into it.
-    fn index_update(
+    async fn index_update(
         &self,
         live: &LiveDocument,
         state: &DocState,
@@ -745,7 +788,8 @@ impl DocumentHub {
                 let is_root = state.last_summary.is_none()
                     && live
                         .store
-                        .user(live.owner)?
+                        .user(live.owner)
+                        .await?
                         .and_then(|u| u.root_document_id)
                         == Some(live.id);
                 if is_root {
@@ -778,6 +822,61 @@ impl DocumentHub {
                 mailbox.changed(live.id);
             }
         }
+    }
+
+    /// Applies what other nodes appended to a document's log since this
+    /// node last read it, if the document is in memory here, and tells its
+    /// peers. Returns whether the document changed. Events this node
+    /// appended itself come back too; Automerge ignores changes it has.
+    ///
+    /// Nodes that share one database call this when another node rings
+    /// that the document changed, and for every loaded document when they
+    /// may have missed a ring. What it applies is in the log already, so it
+    /// is durable: no ticket to wait for.
+    pub(crate) async fn catch_up(&self, id: DocumentId) -> Result<bool, HubError> {
+        let Some(live) = self.live.lock().expect("never poisoned").get(&id).cloned() else {
+            return Ok(false);
+        };
+        let mut guard = live.state.lock().await;
+        live.check_loaded()?;
+        let events = live.store.events_from(id, guard.events).await?;
+        let before = guard.doc.get_heads();
+        let mut read = guard.events;
+        for event in &events {
+            // The log has no gaps; an event out of order means the read
+            // raced a writer in a way the engine should not allow. Stop at
+            // the gap and read the rest next time.
+            if event.seq != read {
+                break;
+            }
+            let applied = contained("applying a change from the log", || {
+                guard.doc_mut().load_incremental(&event.change)
+            });
+            match applied {
+                Ok(Ok(_)) => read += 1,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, doc = %id, seq = event.seq, "cannot apply a logged change");
+                    self.reload(&live, &mut guard).await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    self.contained_panic(&live, &mut guard).await;
+                    return Err(e);
+                }
+            }
+        }
+        guard.events = read;
+        let changed = guard.doc.get_heads() != before;
+        if changed {
+            // The summary in the index was written by whichever node
+            // appended last; this node's record of it is no longer known.
+            guard.last_summary = None;
+        }
+        drop(guard);
+        if changed {
+            self.notify_changed(&live, None);
+        }
+        Ok(changed)
     }
 
     /// Forwards an ephemeral message of `bytes` payload bytes to the
@@ -835,7 +934,7 @@ impl DocumentHub {
             // The edit is in memory but not in the log (over quota, or the
             // store failed): take it back out.
             if !matches!(e, HubError::Deleted) {
-                self.reload(live, &mut guard);
+                self.reload(live, &mut guard).await;
             }
             return Err(e);
         }
@@ -873,9 +972,9 @@ impl DocumentHub {
             Some(live) => {
                 let _guard = live.state.lock().await;
                 live.deleted.store(true, Ordering::SeqCst);
-                self.store.tombstone_document(id, now)?
+                self.store.tombstone_document(id, now).await?
             }
-            None => self.store.tombstone_document(id, now)?,
+            None => self.store.tombstone_document(id, now).await?,
         };
         self.live.lock().expect("never poisoned").remove(&id);
         if let Some(live) = live {
@@ -894,18 +993,19 @@ impl DocumentHub {
     ) -> Result<DocumentId, HubError> {
         if let Some(id) = self
             .store
-            .user(user)?
+            .user(user)
+            .await?
             .ok_or(HubError::UnknownUser)?
             .root_document_id
         {
             return Ok(id);
         }
         let _one_at_a_time = self.root_creation.lock().await;
-        let mut record = self.store.user(user)?.ok_or(HubError::UnknownUser)?;
+        let mut record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
         if let Some(id) = record.root_document_id {
             return Ok(id);
         }
-        let Some(live) = self.open(fresh_id, user, IfUnseen::Claim, now)? else {
+        let Some(live) = self.open(fresh_id, user, IfUnseen::Claim, now).await? else {
             return Err(HubError::FreshIdTaken);
         };
         self.change(
@@ -919,7 +1019,7 @@ impl DocumentHub {
         )
         .await?;
         record.root_document_id = Some(fresh_id);
-        self.store.put_user(&record)?;
+        self.store.put_user(&record).await?;
         self.store.persist().await?;
         Ok(fresh_id)
     }
@@ -1010,11 +1110,12 @@ mod tests {
     }
 
     /// A new document, claimed for a user.
-    fn claimed(hub: &DocumentHub) -> (UserId, DocumentId, Arc<LiveDocument>) {
+    async fn claimed(hub: &DocumentHub) -> (UserId, DocumentId, Arc<LiveDocument>) {
         let user = UserId::from_random_bytes([1; 16]);
         let id = DocumentId::from_random_bytes([2; 16]);
         let live = hub
             .open(id, user, IfUnseen::Claim, Utc::now())
+            .await
             .unwrap()
             .unwrap();
         (user, id, live)
@@ -1065,7 +1166,7 @@ mod tests {
     async fn peers_in_the_same_state_share_one_generation_until_the_document_changes() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), Quota::default());
-        let (user, _, live) = claimed(&hub);
+        let (user, _, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "shared").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1139,7 +1240,7 @@ mod tests {
                 ..Quota::default()
             },
         );
-        let (user, id, live) = claimed(&hub);
+        let (user, id, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "small").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1161,14 +1262,17 @@ mod tests {
         // Automerge had taken the changes; the log did not. Nothing that is
         // not in the log may stay in memory, where it would reach peers.
         assert_eq!(hub.heads(&live).await.unwrap(), accepted);
-        assert_eq!(hub.store().load_document(id).unwrap().changes.len(), 1);
+        assert_eq!(
+            hub.store().load_document(id).await.unwrap().changes.len(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn a_contained_panic_is_an_error_and_the_document_is_reloaded_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path(), Quota::default());
-        let (user, _, live) = claimed(&hub);
+        let (user, _, live) = claimed(&hub).await;
         let mut device = AutoCommit::new();
         device.put(ROOT, "title", "kept").unwrap();
         push_all(&hub, &live, &mut device, user).await.unwrap();
@@ -1185,7 +1289,7 @@ mod tests {
         });
         assert!(matches!(panicked, Err(HubError::Panicked("testing"))));
         assert_ne!(guard.doc.get_heads(), logged);
-        hub.contained_panic(&live, &mut guard);
+        hub.contained_panic(&live, &mut guard).await;
         assert_eq!(guard.doc.get_heads(), logged);
         drop(guard);
         assert_eq!(

@@ -59,7 +59,7 @@ struct World {
 
 impl World {
     /// The server's copy of the document.
-    fn server_copy(&self) -> Arc<super::hub::LiveDocument> {
+    async fn server_copy(&self) -> Arc<super::hub::LiveDocument> {
         self.hub
             .open(
                 self.doc,
@@ -67,6 +67,7 @@ impl World {
                 IfUnseen::Refuse,
                 self.wall,
             )
+            .await
             .unwrap()
             .unwrap()
     }
@@ -196,6 +197,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             created_at: wall,
             root_document_id: None,
         })
+        .await
         .unwrap();
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let hub = Arc::new(DocumentHub::new(
@@ -232,7 +234,7 @@ async fn build_world(dir: &std::path::Path, devices: usize) -> World {
             generation: 0,
             rotated_at: wall,
         };
-        store.insert_session(&record, &[i as u8; 32]).unwrap();
+        store.insert_session(&record, &[i as u8; 32]).await.unwrap();
         let mut conn = Connection::new(ctx.clone(), i as u64, user, session, i64::MAX, clock);
         let peer_id = format!("device-{i}");
         let join = wire::encode(&Message::Join {
@@ -312,7 +314,7 @@ async fn run(seed: u64) {
             }
         }
     }
-    let live = world.server_copy();
+    let live = world.server_copy().await;
     let mut server_heads = world.hub.heads(&live).await.unwrap();
     server_heads.sort();
     for (i, d) in world.devices.iter_mut().enumerate() {
@@ -332,11 +334,12 @@ async fn run(seed: u64) {
     // Ending a connection saves its sync state under the peer's storage id,
     // so that a reconnect can start from the shared heads.
     for (i, d) in world.devices.iter_mut().enumerate() {
-        d.conn.finish();
+        d.conn.finish().await;
         let saved = world
             .hub
             .store()
             .sync_state(world.doc, &format!("storage-{i}"))
+            .await
             .unwrap();
         assert!(
             saved.is_some(),
@@ -344,7 +347,7 @@ async fn run(seed: u64) {
         );
     }
     // The event log alone rebuilds the same document.
-    let stored = world.hub.store().load_document(world.doc).unwrap();
+    let stored = world.hub.store().load_document(world.doc).await.unwrap();
     let mut rebuilt = automerge::Automerge::new();
     for change in &stored.changes {
         rebuilt.load_incremental(change).unwrap();
@@ -371,18 +374,28 @@ async fn a_dropped_connection_leaves_no_subscription_and_saves_its_sync_state() 
     world.edit(0, 0);
     world.device_sends(0);
     world.deliver_to_server(0).await;
-    let live = world.server_copy();
+    let live = world.server_copy().await;
     assert_eq!(world.hub.subscriber_count(&live), 1);
     // However its task ends (a panic unwinding through it included), a
-    // dropped connection runs `finish`.
+    // dropped connection leaves at once and saves its sync state on the
+    // runtime soon after.
     drop(world.devices.remove(0));
     assert_eq!(world.hub.subscriber_count(&live), 0);
-    assert!(
-        world
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let saved = world
             .hub
             .store()
             .sync_state(world.doc, "storage-0")
-            .unwrap()
-            .is_some()
-    );
+            .await
+            .unwrap();
+        if saved.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped connection's sync state was never saved"
+        );
+        tokio::task::yield_now().await;
+    }
 }

@@ -365,7 +365,7 @@ async fn a_clean_shutdown_tells_peers_to_go_away_and_saves_their_sync_states() {
     // restart the server knows what this device's storage holds.
     {
         let store = codeedex_server::store::Store::open(app.data_dir.path()).unwrap();
-        let saved = store.sync_state(id, "storage-ann-laptop").unwrap();
+        let saved = store.sync_state(id, "storage-ann-laptop").await.unwrap();
         assert!(saved.is_some(), "no sync state was saved at shutdown");
     }
     app.start_again();

@@ -33,9 +33,8 @@ use tokio_postgres::types::Json;
 use super::documents::{META_COLUMNS, meta_from};
 use super::quota::usage_from;
 use super::{Outage, PgEngine, RETRIES, classify, id16, is_retryable, signed, unsigned};
-use crate::store::documents::DocumentMeta;
 use crate::store::quota::Usage;
-use crate::store::{Append, IndexUpdate, StoreError};
+use crate::store::{Append, Appended, DocumentMeta, IndexUpdate, StoreError};
 
 /// Appends that may wait for the writer; beyond this, callers wait to hand
 /// theirs over.
@@ -50,7 +49,7 @@ const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// An append handed to the writer, and where its outcome goes.
 struct Pending {
     append: Append,
-    reply: oneshot::Sender<Result<u64, StoreError>>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
 /// The writer's inbox. The writer stops when every handle is dropped.
@@ -72,10 +71,12 @@ impl PgEngine {
     /// Appends changes to a document's log, bumps its feed position and its
     /// owner's usage, and updates its task-index entry, all in one
     /// transaction with the other appends waiting at the same time.
-    /// Returns the document's new feed sequence once committed. Refused,
+    /// Returns where it landed (its first event's sequence in the
+    /// document's log, its position in the owner's feed) once committed.
+    /// Refused,
     /// with nothing written, if the document is unknown or deleted, or if
     /// the owner's quota would be exceeded.
-    pub(crate) async fn append(&self, append: Append) -> Result<u64, StoreError> {
+    pub(crate) async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.appends
             .inbox
@@ -143,7 +144,7 @@ pub(super) async fn write_with_retries(
     pool: &Pool,
     outage: &Outage,
     batch: &[&Append],
-) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let mut client = match pool.get().await {
         Ok(client) => {
             outage.over();
@@ -204,7 +205,7 @@ async fn write_batch(
     tx: &Transaction<'_>,
     outage: &Outage,
     batch: &[&Append],
-) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let fail = |e| classify(e, outage);
 
     // Lock the documents, then their owners' usage.
@@ -234,7 +235,7 @@ async fn write_batch(
     // batch left them, so that two appends of one owner count together.
     let mut rows = Rows::default();
     let mut accepted: Vec<Option<UserId>> = Vec::with_capacity(batch.len());
-    let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Result<Appended, StoreError>> = Vec::with_capacity(batch.len());
     for append in batch {
         let Some(plan) = planned.get_mut(&append.doc) else {
             accepted.push(None);
@@ -263,6 +264,7 @@ async fn write_batch(
         usage.insert(owner, used);
         plan.meta.bytes = document_bytes;
         plan.touched = true;
+        let first_seq = plan.meta.next_seq;
         for change in &append.changes {
             rows.event_docs.push(append.doc.as_bytes());
             rows.event_seqs.push(signed(
@@ -282,7 +284,10 @@ async fn write_batch(
         }
         accepted.push(Some(owner));
         // The feed sequence is filled in once the counters are locked.
-        outcomes.push(Ok(0));
+        outcomes.push(Ok(Appended {
+            first_seq,
+            feed_seq: 0,
+        }));
     }
 
     // Take the feed sequences from the owners' counters, in batch order.
@@ -296,11 +301,9 @@ async fn write_batch(
         })?;
         *counter += 1;
         rows.feed.insert((*owner, append.doc), *counter);
-        *outcome = Ok(unsigned(
-            *counter,
-            "user_feed_counters",
-            "negative counter",
-        )?);
+        if let Ok(appended) = outcome {
+            appended.feed_seq = unsigned(*counter, "user_feed_counters", "negative counter")?;
+        }
     }
 
     write_events(tx, outage, &rows).await?;

@@ -14,8 +14,7 @@ use tokio_postgres::Row;
 use super::quota::locked_usage;
 use super::{PgEngine, id16, signed, unsigned};
 use crate::configuration::limits::Quota;
-use crate::store::documents::DocumentMeta;
-use crate::store::{Claim, EventRecord, StoreError, StoredDocument};
+use crate::store::{Claim, DocumentMeta, EventRecord, StoreError, StoredDocument};
 
 pub(super) const META_COLUMNS: &str = "owner, created_at, next_seq, deleted_at, bytes";
 
@@ -188,16 +187,30 @@ impl PgEngine {
 
     /// Every event of a document, oldest first.
     pub(crate) async fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_from(doc, 0).await
+    }
+
+    /// The events of a document's log from sequence `from` on, in order:
+    /// what another node appended since this one last read.
+    pub(crate) async fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        // A sequence past every bigint has nothing at or after it.
+        let Ok(from) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
                 "SELECT seq, user_id, session_id, at, change FROM events \
-                 WHERE doc = $1 ORDER BY seq",
+                 WHERE doc = $1 AND seq >= $2 ORDER BY seq",
             )
             .await
             .map_err(|e| self.fail(e))?;
         let rows = client
-            .query(&statement, &[&doc.as_bytes().as_slice()])
+            .query(&statement, &[&doc.as_bytes().as_slice(), &from])
             .await
             .map_err(|e| self.fail(e))?;
         rows.iter()

@@ -56,7 +56,7 @@ impl PgEngine {
     /// uses (on any node) the first insert wins and every caller reads it.
     pub(crate) async fn server_storage_id(
         &self,
-        fresh: impl FnOnce() -> String,
+        fresh: impl FnOnce() -> String + Send,
     ) -> Result<String, StoreError> {
         let client = self.client().await?;
         let insert = client

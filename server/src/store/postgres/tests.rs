@@ -70,7 +70,10 @@ async fn append(
     changes: &[Vec<u8>],
     quota: &Quota,
 ) -> Result<u64, StoreError> {
-    engine.append(append_of(doc, user, changes, quota)).await
+    engine
+        .append(append_of(doc, user, changes, quota))
+        .await
+        .map(|appended| appended.feed_seq)
 }
 
 fn view(title: &str, doc: DocumentId) -> TaskView {
@@ -441,6 +444,10 @@ async fn events_append_in_order_and_reload_after_a_snapshot() {
     assert_eq!(loaded.changes, vec![b"c".to_vec()]);
     let events = engine.events_of(doc).await.unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    let later = engine.events_from(doc, 1).await.unwrap();
+    assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(engine.events_from(doc, 3).await.unwrap().is_empty());
+    assert!(engine.events_from(doc, u64::MAX).await.unwrap().is_empty());
     assert!(events.iter().all(|e| e.user == ann && e.session.is_none()));
     assert_eq!(events[2].change, b"c".to_vec());
 }
@@ -606,16 +613,13 @@ async fn a_group_of_appends_is_one_transaction_with_an_outcome_each() {
     .await
     .unwrap();
     assert_eq!(outcomes.len(), 5);
-    assert_eq!(outcomes[0].as_ref().ok(), Some(&1));
+    let landed = |n: usize| outcomes[n].as_ref().ok().map(|a| (a.first_seq, a.feed_seq));
+    assert_eq!(landed(0), Some((0, 1)));
     assert!(matches!(
         outcomes[1],
         Err(StoreError::QuotaExceeded(QuotaExceeded::UserBytes { .. }))
     ));
-    assert_eq!(
-        outcomes[2].as_ref().ok(),
-        Some(&1),
-        "bob's feed counts apart"
-    );
+    assert_eq!(landed(2), Some((0, 1)), "bob's feed counts apart");
     assert!(matches!(outcomes[3], Err(StoreError::DocumentDeleted)));
     assert!(matches!(outcomes[4], Err(StoreError::Malformed { .. })));
     // What was accepted is written whole, with its index entry; nothing of
@@ -672,7 +676,14 @@ async fn a_batch_of_several_documents_and_users_numbers_without_gaps() {
     )
     .await
     .unwrap();
-    let feed_seqs: Vec<u64> = outcomes.into_iter().map(Result::unwrap).collect();
+    let landed: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    let feed_seqs: Vec<u64> = landed.iter().map(|a| a.feed_seq).collect();
+    // Each append's events follow the document's earlier ones: two a round.
+    for (n, appended) in landed.iter().enumerate() {
+        let (round, d) = ((n / docs.len()) as u64, n % docs.len());
+        let before = if d < 2 { 1 } else { 0 };
+        assert_eq!(appended.first_seq, before + 2 * round, "append {n}");
+    }
     // Ann had one feed sequence before (doc 30), Bob one (doc 31): each
     // user's appends in the batch continue from there, in batch order.
     let of = |user| {

@@ -61,6 +61,7 @@ async fn durable_document(world: &World, byte: u8) -> DocumentId {
     let live = world
         .hub
         .open(id, user(), IfUnseen::Claim, world.wall)
+        .await
         .unwrap()
         .unwrap();
     let author = Author {
@@ -254,6 +255,7 @@ async fn a_rest_edit_is_answered_and_read_only_after_its_flush() {
     let live = world
         .hub
         .open(doc, user(), IfUnseen::Refuse, world.wall)
+        .await
         .unwrap()
         .unwrap();
     let flushes = world.hub.store().flush_control();

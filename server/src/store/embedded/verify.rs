@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use codeedex_schema::id::{DocumentId, UserId};
 
-use super::documents::DocumentMeta;
-use super::quota::{Usage, decode_usage};
-use super::{Engine, Store, StoreError, decode};
+use super::super::quota::Usage;
+use super::DocumentMeta;
+use super::usage::decode_usage;
+use super::{Embedded, Engine, StoreError, decode};
 
-impl Store {
+impl Embedded {
     /// Checks that the document records agree with each other, and returns
     /// what does not (empty when the store is consistent):
     /// - every document's log holds exactly the events `0..next_seq`, each of
@@ -40,7 +41,7 @@ impl Engine {
             };
             let doc = DocumentId::from_bytes(id);
             let meta: DocumentMeta = decode("documents", &value)?;
-            let events = match self.events_of(doc) {
+            let events = match self.events_from(doc, 0) {
                 Ok(events) => events,
                 Err(e) => {
                     problems.push(format!("document {doc}: its log does not decode: {e}"));
@@ -128,13 +129,13 @@ mod tests {
 
     use super::*;
     use crate::configuration::limits::Quota;
-    use crate::store::documents::seq_key;
-    use crate::store::documents::tests::append;
+    use crate::store::embedded::documents::seq_key;
+    use crate::store::embedded::documents::tests::append;
 
     #[test]
     fn a_store_written_through_its_api_verifies_and_a_half_written_log_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         let ann = UserId::from_random_bytes([1; 16]);
         let (kept, deleted) = (
             DocumentId::from_random_bytes([2; 16]),

@@ -1,10 +1,12 @@
 //! Ownership, the change log and snapshots, the feed, and usage.
 
 use super::*;
+use crate::store::QuotaExceeded;
+use codeedex_schema::api::tasks::TaskView;
 
 /// Appends through the flusher, as the hub does, from a synchronous test.
 pub(crate) fn append(
-    store: &Store,
+    store: &Embedded,
     doc: DocumentId,
     user: UserId,
     session: Option<SessionId>,
@@ -25,7 +27,7 @@ pub(crate) fn append(
         .build()
         .expect("a runtime")
         .block_on(store.append_events(append))
-        .map(|(feed_seq, _)| feed_seq)
+        .map(|(appended, _)| appended.feed_seq)
 }
 
 fn ids() -> (UserId, UserId, DocumentId, DocumentId) {
@@ -40,7 +42,7 @@ fn ids() -> (UserId, UserId, DocumentId, DocumentId) {
 #[test]
 fn the_first_claimant_owns_a_document() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (ann, bob, doc, _) = ids();
     assert!(matches!(
         store
@@ -65,7 +67,7 @@ fn the_first_claimant_owns_a_document() {
 #[test]
 fn events_append_in_order_and_reload_after_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (ann, _, doc, _) = ids();
     store
         .claim_document(doc, ann, Utc::now(), &Quota::default())
@@ -112,7 +114,7 @@ fn events_append_in_order_and_reload_after_a_snapshot() {
 #[test]
 fn the_feed_lists_each_changed_document_once_in_order_of_last_change() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (ann, _, d1, d2) = ids();
     store
         .claim_document(d1, ann, Utc::now(), &Quota::default())
@@ -165,7 +167,7 @@ fn the_feed_lists_each_changed_document_once_in_order_of_last_change() {
 #[test]
 fn usage_follows_claims_appends_and_deletes_and_quotas_hold() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (ann, _, d1, d2) = ids();
     let quota = Quota {
         documents_per_user: 1,
@@ -212,7 +214,7 @@ fn usage_is_counted_once_for_a_store_written_before_quotas() {
     let dir = tempfile::tempdir().unwrap();
     let (ann, _, d1, _) = ids();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         store
             .claim_document(d1, ann, Utc::now(), &Quota::default())
             .unwrap();
@@ -238,7 +240,7 @@ fn usage_is_counted_once_for_a_store_written_before_quotas() {
             })
             .unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let usage = store.usage(ann).unwrap();
     assert_eq!(usage.documents, 1);
     assert_eq!(usage.bytes, 7, "the log's bytes are counted");
@@ -247,7 +249,7 @@ fn usage_is_counted_once_for_a_store_written_before_quotas() {
 #[test]
 fn a_group_of_appends_is_one_transaction_with_an_outcome_each() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (ann, bob, d1, d2) = ids();
     let (d3, d4) = (
         DocumentId::from_random_bytes([5; 16]),

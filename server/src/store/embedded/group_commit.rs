@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 use super::StoreError;
-use super::documents::{Append, AppendLog};
+use super::documents::AppendLog;
+use super::{Append, Appended};
 
 /// The most change bytes one transaction takes; the rest waits for the next
 /// round. sled holds a transaction's writes in memory until it commits.
@@ -34,7 +35,7 @@ const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// sequence and the ticket that makes it durable.
 struct PendingAppend {
     append: Append,
-    reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
+    reply: oneshot::Sender<Result<(Appended, u64), StoreError>>,
 }
 
 /// What the flusher has made durable so far.
@@ -118,7 +119,7 @@ impl GroupCommit {
 
     /// Writes `append` with the next group, and returns its feed sequence
     /// and the ticket that makes it durable.
-    pub(crate) async fn append(&self, append: Append) -> Result<(u64, u64), StoreError> {
+    pub(crate) async fn append(&self, append: Append) -> Result<(Appended, u64), StoreError> {
         let (reply, outcome) = oneshot::channel();
         {
             let mut wanted = lock(&self.shared.wanted);
@@ -292,7 +293,7 @@ fn write_batch(shared: &Shared, log: &AppendLog, batch: Vec<PendingAppend>) -> R
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = pending
                     .reply
-                    .send(outcome.map(|feed_seq| (feed_seq, ticket)));
+                    .send(outcome.map(|appended| (appended, ticket)));
             }
             Ok(())
         }

@@ -5,9 +5,9 @@
 
 use codeedex_schema::id::DocumentId;
 
-use super::{Store, StoreError, pair_key};
+use super::{Embedded, StoreError, pair_key};
 
-impl Store {
+impl Embedded {
     /// The persisted sync state of a document with a peer's storage.
     pub fn sync_state(
         &self,

@@ -6,9 +6,9 @@
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, UserId};
 
-use super::{Store, StoreError, decode};
+use super::{Embedded, StoreError, decode};
 
-impl Store {
+impl Embedded {
     /// Every task summary of a user, ordered by document id. A summary of
     /// another shape (written before a field was added, say) is left out,
     /// as listing would leave it out; one that is not JSON is corruption.

@@ -10,11 +10,11 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 use super::{
-    AuditRecord, OtpRecord, RefreshEntry, SessionRecord, Store, StoreError, TxResult, UserRecord,
-    decode, encode, pair_key,
+    AuditRecord, Embedded, OtpRecord, RefreshEntry, SessionRecord, StoreError, TxResult,
+    UserRecord, decode, encode, pair_key,
 };
 
-impl Store {
+impl Embedded {
     /// The user with this id.
     pub(crate) fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.run(|e| {

@@ -7,58 +7,16 @@
 //! before anything it covers could be pruned, and by default nothing is.
 
 use chrono::{DateTime, TimeZone, Utc};
-use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
-use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::quota::{QuotaExceeded, decode_usage};
-use super::{Engine, Store, StoreError, Ticket, TxResult, decode, encode, pair_key, seq_in_key};
+use super::usage::decode_usage;
+use super::{
+    Append, Appended, Claim, DocumentMeta, Embedded, Engine, EventRecord, IndexUpdate, StoreError,
+    StoredDocument, Ticket, TxResult, decode, encode, pair_key, seq_in_key,
+};
 use crate::configuration::limits::Quota;
-
-/// What the store knows about a document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DocumentMeta {
-    /// The user whose document it is: the first to push it.
-    pub(crate) owner: UserId,
-    /// When the server first saw it.
-    pub(crate) created_at: DateTime<Utc>,
-    /// The sequence number the next event gets.
-    pub(crate) next_seq: u64,
-    /// Set when the document was deleted; it then never syncs again.
-    pub(crate) deleted_at: Option<DateTime<Utc>>,
-    /// Bytes of change log, counted against the owner's quota. Records
-    /// written before quotas have 0 here until the store counts them.
-    #[serde(default)]
-    pub(crate) bytes: u64,
-}
-
-/// The outcome of claiming a document for a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Claim {
-    /// The user owns it (already, or from now on).
-    Owned(DocumentMeta),
-    /// Another user owns it, or it was deleted: treat as unavailable.
-    Unavailable,
-    /// Nobody owns it, and the user has as many documents as allowed.
-    OverQuota(QuotaExceeded),
-}
-
-/// One accepted change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct EventRecord {
-    /// Position in the document's log.
-    pub(crate) seq: u64,
-    /// Who made it.
-    pub(crate) user: UserId,
-    /// From which session, if it came from a device.
-    pub(crate) session: Option<SessionId>,
-    /// When the server accepted it.
-    pub(crate) at: DateTime<Utc>,
-    /// The Automerge change, as bytes.
-    pub(crate) change: Vec<u8>,
-}
 
 const EVENT_FORMAT: u8 = 1;
 
@@ -121,50 +79,6 @@ impl EventRecord {
     }
 }
 
-/// A document as stored: its snapshot and the changes after it.
-#[derive(Debug, Default)]
-pub struct StoredDocument {
-    /// A saved document covering events before `snapshot_covers`.
-    pub snapshot: Option<Vec<u8>>,
-    /// The number of events the snapshot covers.
-    pub snapshot_covers: u64,
-    /// The changes after the snapshot, in log order.
-    pub changes: Vec<Vec<u8>>,
-}
-
-/// What an append does to the document's task-index entry: the hub reads
-/// the document after the change and says; the entry is written in the
-/// append's transaction, so that the flush that makes the change durable
-/// makes its summary durable too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum IndexUpdate {
-    /// The summary did not change.
-    Keep,
-    /// The document reads as this task.
-    Put(TaskView),
-    /// The document is not a task (or no longer one).
-    Remove,
-}
-
-/// Changes accepted into a document, to be appended to its log.
-#[derive(Debug, Clone)]
-pub(crate) struct Append {
-    pub(crate) doc: DocumentId,
-    pub(crate) user: UserId,
-    pub(crate) session: Option<SessionId>,
-    pub(crate) at: DateTime<Utc>,
-    pub(crate) changes: Vec<Vec<u8>>,
-    pub(crate) quota: Quota,
-    pub(crate) index: IndexUpdate,
-}
-
-impl Append {
-    /// Bytes of change the append adds to the log.
-    pub(crate) fn bytes(&self) -> u64 {
-        self.changes.iter().map(|c| c.len() as u64).sum()
-    }
-}
-
 /// The trees an append writes, for the flusher thread, which writes each
 /// flush group's appends in one transaction: one transaction seals one of
 /// sled's log buffers, so a hundred concurrent appends cost one seal, not a
@@ -189,7 +103,7 @@ impl AppendLog {
     pub(crate) fn write(
         &self,
         batch: &[&Append],
-    ) -> Result<Vec<Result<u64, StoreError>>, sled::Error> {
+    ) -> Result<Vec<Result<Appended, StoreError>>, sled::Error> {
         let feed_seqs = batch
             .iter()
             .map(|_| self.db.generate_id())
@@ -203,7 +117,7 @@ impl AppendLog {
             &self.task_index,
         )
             .transaction(
-                |(documents, events, feed, positions, usage, index)| -> TxResult<Vec<Result<u64, StoreError>>> {
+                |(documents, events, feed, positions, usage, index)| -> TxResult<Vec<Result<Appended, StoreError>>> {
                     let mut outcomes = Vec::with_capacity(batch.len());
                     for (append, feed_seq) in batch.iter().zip(&feed_seqs) {
                         let Some(meta) = documents.get(append.doc.as_bytes())? else {
@@ -243,6 +157,7 @@ impl AppendLog {
                             };
                         usage.insert(meta.owner.as_bytes(), encode(&used))?;
                         meta.bytes = document_bytes;
+                        let first_seq = meta.next_seq;
                         for change in &append.changes {
                             let record = EventRecord {
                                 seq: meta.next_seq,
@@ -274,7 +189,10 @@ impl AppendLog {
                                 index.remove(position_key)?;
                             }
                         }
-                        outcomes.push(Ok(*feed_seq));
+                        outcomes.push(Ok(Appended {
+                            first_seq,
+                            feed_seq: *feed_seq,
+                        }));
                     }
                     Ok(outcomes)
                 },
@@ -293,7 +211,7 @@ pub(crate) fn seq_key(doc: DocumentId, seq: u64) -> Vec<u8> {
     pair_key(doc.as_bytes(), &seq.to_be_bytes())
 }
 
-impl Store {
+impl Embedded {
     /// What the store knows about a document.
     pub(crate) fn document_meta(
         &self,
@@ -354,10 +272,13 @@ impl Store {
     /// Returns the document's new feed sequence and the ticket that makes
     /// the append durable. Refused, with nothing written, if the document
     /// is unknown or deleted, or if the owner's quota would be exceeded.
-    pub(crate) async fn append_events(&self, append: Append) -> Result<(u64, Ticket), StoreError> {
+    pub(crate) async fn append_events(
+        &self,
+        append: Append,
+    ) -> Result<(Appended, Ticket), StoreError> {
         let engine = self.engine()?;
         match engine.group_commit.append(append).await {
-            Ok((feed_seq, ticket)) => Ok((feed_seq, Ticket::new(engine.epoch, ticket))),
+            Ok((appended, ticket)) => Ok((appended, Ticket::new(engine.epoch, ticket))),
             Err(StoreError::Engine(sled::Error::Io(error))) => {
                 self.shared.fail(&engine, &error);
                 Err(StoreError::Unavailable)
@@ -417,7 +338,16 @@ impl Store {
 
     /// Every event of a document, oldest first.
     pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
-        self.run(|e| e.events_of(doc))
+        self.run(|e| e.events_from(doc, 0))
+    }
+
+    /// The events of a document's log from sequence `from` on, in order.
+    pub(crate) fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.run(|e| e.events_from(doc, from))
     }
 
     /// The user's documents that changed after feed position `cursor`, oldest
@@ -487,9 +417,13 @@ impl Store {
 
 impl Engine {
     /// Every event of a document, oldest first.
-    pub(crate) fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
+    pub(crate) fn events_from(
+        &self,
+        doc: DocumentId,
+        from: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         self.events
-            .scan_prefix(doc.as_bytes())
+            .range(seq_key(doc, from)..=seq_key(doc, u64::MAX))
             .map(|item| {
                 let (key, value) = item?;
                 let seq = seq_in_key(&key, "events", "key is not document ‖ sequence")?;

@@ -1,0 +1,300 @@
+//! The doorbell: how server nodes that share one database tell each other
+//! that a document's log grew.
+//!
+//! The log is the truth and a ring only says "read it": a node that hears
+//! one for a document it has in memory reads the events it has not applied
+//! yet ([`DocumentHub::catch_up`]), and its connections sync them to their
+//! peers as they sync any change. A node that may have missed rings (its
+//! listening connection dropped, or rings came faster than it read them)
+//! catches up every document it has in memory. So a lost ring costs time,
+//! never a change.
+//!
+//! [`Doorbell`] is the sending side; the engine that carries rings
+//! (PostgreSQL's NOTIFY, or a message bus) implements it and feeds what it
+//! hears into [`answer`] through a bounded channel.
+
+use std::sync::Arc;
+
+use codeedex_schema::id::{DocumentId, UserId};
+use tokio::sync::mpsc;
+
+use super::hub::DocumentHub;
+
+/// One document's log grew on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    /// The node that appended, so that it does not answer its own ring.
+    pub node: u64,
+    /// The document's owner.
+    pub user: UserId,
+    /// The document.
+    pub doc: DocumentId,
+    /// The sequence of the last event appended.
+    pub seq: u64,
+}
+
+/// What a node hears from the doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Another node appended to a document.
+    Ring(Ring),
+    /// Rings may have been lost: read every document in memory.
+    MayHaveMissed,
+}
+
+/// Tells the other nodes that a document's log grew. Ringing never waits
+/// and never fails the append that rang: the append is committed already,
+/// and a lost ring is made up by catching up.
+pub trait Doorbell: Send + Sync {
+    /// Rings for an append that has committed.
+    fn ring(&self, ring: Ring);
+}
+
+/// How many rings may wait for a node to read them. A node that falls
+/// further behind drops rings and catches up every loaded document instead.
+pub const HEARD_QUEUE: usize = 4096;
+
+/// Answers what `heard` delivers until it closes: catches up each rung
+/// document that is in memory here, and all of them when rings may have
+/// been missed.
+pub async fn answer(hub: Arc<DocumentHub>, node: u64, mut heard: mpsc::Receiver<Heard>) {
+    while let Some(next) = heard.recv().await {
+        match next {
+            Heard::Ring(ring) if ring.node == node => {}
+            Heard::Ring(ring) => catch_up(&hub, ring.doc).await,
+            Heard::MayHaveMissed => {
+                let loaded = hub.loaded_ids();
+                tracing::info!(
+                    documents = loaded.len(),
+                    "catching up every loaded document after missed rings"
+                );
+                for doc in loaded {
+                    catch_up(&hub, doc).await;
+                }
+            }
+        }
+    }
+}
+
+async fn catch_up(hub: &DocumentHub, doc: DocumentId) {
+    if let Err(e) = hub.catch_up(doc).await {
+        tracing::warn!(error = ?e, %doc, "cannot catch up a document from the log");
+    }
+}
+
+/// Rings within one process: every hub attached hears every ring. For
+/// tests of several nodes over one store.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct LocalDoorbell {
+    listeners: std::sync::Mutex<Vec<mpsc::Sender<Heard>>>,
+}
+
+#[cfg(test)]
+impl LocalDoorbell {
+    pub(crate) fn listen(&self) -> mpsc::Receiver<Heard> {
+        let (tx, rx) = mpsc::channel(HEARD_QUEUE);
+        self.listeners.lock().expect("never poisoned").push(tx);
+        rx
+    }
+}
+
+#[cfg(test)]
+impl Doorbell for LocalDoorbell {
+    fn ring(&self, ring: Ring) {
+        for listener in self.listeners.lock().expect("never poisoned").iter() {
+            let _ = listener.try_send(Heard::Ring(ring));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use automerge::sync::SyncDoc;
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, ROOT, ReadDoc, sync};
+    use chrono::Utc;
+
+    use super::*;
+    use crate::configuration::limits::HubLimits;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+    use crate::sync::hub::{Author, Generation, IfUnseen, LiveDocument};
+
+    const USER: [u8; 16] = [1; 16];
+    const DOC: [u8; 16] = [2; 16];
+
+    fn author() -> Author {
+        Author {
+            user: UserId::from_bytes(USER),
+            session: None,
+        }
+    }
+
+    /// A node: a hub of its own over the shared store.
+    fn node(store: &Store, number: u8) -> DocumentHub {
+        DocumentHub::new(
+            store.clone(),
+            ActorId::from(vec![number; 16]),
+            HubLimits::default(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    async fn open(hub: &DocumentHub) -> Arc<LiveDocument> {
+        hub.open(
+            DocumentId::from_bytes(DOC),
+            UserId::from_bytes(USER),
+            IfUnseen::Claim,
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .expect("the user's document")
+    }
+
+    async fn put(hub: &DocumentHub, live: &Arc<LiveDocument>, key: &str, value: i64) {
+        let changed = hub
+            .change(live, author(), Utc::now(), |tx| {
+                tx.put(ROOT, key, value)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(changed);
+    }
+
+    /// What a device in sync state `state` is sent next by `hub`, applied to
+    /// its replica.
+    async fn device_hears(
+        hub: &DocumentHub,
+        live: &Arc<LiveDocument>,
+        replica: &mut AutoCommit,
+        ours: &mut sync::State,
+        theirs: &mut sync::State,
+    ) {
+        loop {
+            let message = match hub.generate(live, theirs).await.unwrap() {
+                Generation::Message(message) => message,
+                Generation::Nothing => return,
+                Generation::NotDurable(ticket) => {
+                    hub.store().wait_durable(ticket).await.unwrap();
+                    continue;
+                }
+            };
+            replica.sync().receive_sync_message(ours, message).unwrap();
+            if let Some(reply) = replica.sync().generate_sync_message(ours) {
+                hub.apply(live, theirs, reply, author(), 7, Utc::now())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_made_on_one_node_reaches_a_device_of_another_through_the_doorbell() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doorbell = Arc::new(LocalDoorbell::default());
+        let one = Arc::new(node(&store, 1).with_doorbell(1, doorbell.clone()));
+        let two = Arc::new(node(&store, 2).with_doorbell(2, doorbell.clone()));
+        tokio::spawn(answer(Arc::clone(&one), 1, doorbell.listen()));
+        tokio::spawn(answer(Arc::clone(&two), 2, doorbell.listen()));
+
+        let on_one = open(&one).await;
+        put(&one, &on_one, "before", 1).await;
+        // A device syncs the document through node two, which loads it now.
+        let on_two = open(&two).await;
+        let mut replica = AutoCommit::new();
+        let (mut ours, mut theirs) = (sync::State::new(), sync::State::new());
+        device_hears(&two, &on_two, &mut replica, &mut ours, &mut theirs).await;
+        assert_eq!(
+            replica.get(ROOT, "before").unwrap().unwrap().0.as_i64(),
+            Some(1)
+        );
+
+        // A change through node one: node two hears the ring, reads the log,
+        // and its device is sent the change.
+        put(&one, &on_one, "after", 2).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while two.heads(&on_two).await.unwrap() != one.heads(&on_one).await.unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node two never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        device_hears(&two, &on_two, &mut replica, &mut ours, &mut theirs).await;
+        assert_eq!(
+            replica.get(ROOT, "after").unwrap().unwrap().0.as_i64(),
+            Some(2)
+        );
+
+        // And back: a change through node two reaches node one.
+        put(&two, &on_two, "back", 3).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while one.heads(&on_one).await.unwrap() != two.heads(&on_two).await.unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node one never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_missed_rings_catches_up_every_loaded_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = node(&store, 1);
+        let two = Arc::new(node(&store, 2));
+        let on_one = open(&one).await;
+        let on_two = open(&two).await;
+        // Node one rings no doorbell: node two hears nothing of this.
+        put(&one, &on_one, "unheard", 1).await;
+        assert_ne!(
+            two.heads(&on_two).await.unwrap(),
+            one.heads(&on_one).await.unwrap()
+        );
+        let (tx, rx) = mpsc::channel(HEARD_QUEUE);
+        tx.send(Heard::MayHaveMissed).await.unwrap();
+        drop(tx);
+        answer(Arc::clone(&two), 2, rx).await;
+        assert_eq!(
+            two.heads(&on_two).await.unwrap(),
+            one.heads(&on_one).await.unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_never_covers_an_event_its_node_has_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = node(&store, 1);
+        let two = node(&store, 2);
+        let on_one = open(&one).await;
+        let on_two = open(&two).await;
+        // Node one appends an event node two never reads; node two then
+        // appends enough of its own to be due a snapshot many times over.
+        put(&one, &on_one, "from-one", 1).await;
+        for i in 0..300 {
+            put(&two, &on_two, "from-two", i).await;
+        }
+        // A third node loads the document from the store: snapshot plus the
+        // events after it. Nothing of either node may be missing.
+        let three = node(&store, 3);
+        let on_three = open(&three).await;
+        let read = |doc: &automerge::Automerge| {
+            (
+                doc.get(ROOT, "from-one").unwrap().map(|(v, _)| v.as_i64()),
+                doc.get(ROOT, "from-two").unwrap().map(|(v, _)| v.as_i64()),
+            )
+        };
+        assert_eq!(
+            three.read(&on_three, read).await.unwrap(),
+            (Some(Some(1)), Some(Some(299)))
+        );
+    }
+}
