@@ -11,9 +11,9 @@
 //! What is kept, by concept, mirrors the sled side: `accounts` (users,
 //! codes, sessions, refresh tokens, audit), `documents` (ownership, log,
 //! snapshots, feed), `appends` (the batch writer), `sync_states`,
-//! `task_index`, `quota`, `verify`. The tables are created by versioned
-//! migrations in `server/migrations/postgres`, applied at connect by
-//! refinery.
+//! `task_index`, `usage` (the counters quotas are checked against),
+//! `verify`. The tables are created by versioned migrations in
+//! `server/migrations/postgres`, applied at connect by refinery.
 //!
 //! Durability: a PostgreSQL commit is durable when it returns, so there are
 //! no tickets here; an append answers its caller only after the COMMIT that
@@ -28,9 +28,9 @@
 mod accounts;
 mod appends;
 mod documents;
-mod quota;
 mod sync_states;
 mod task_index;
+mod usage;
 mod verify;
 
 #[cfg(test)]
@@ -46,7 +46,8 @@ use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
-mod embedded {
+/// The schema's migrations, compiled in from `server/migrations/postgres`.
+mod schema {
     refinery::embed_migrations!("migrations/postgres");
 }
 
@@ -227,7 +228,7 @@ impl PgEngine {
         // DDL is transactional), so a schema is either wholly new or wholly
         // old. refinery refuses a database with a migration this build does
         // not have (written by a newer build) or one that differs from ours.
-        let applied = embedded::migrations::runner()
+        let applied = schema::migrations::runner()
             .set_grouped(true)
             .run_async(client_ref)
             .await

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Json;
 
 use super::documents::{META_COLUMNS, meta_from};
-use super::quota::usage_from;
+use super::usage::usage_from;
 use super::{Outage, PgEngine, RETRIES, classify, id16, is_retryable, signed, unsigned};
 use crate::store::quota::Usage;
 use crate::store::{Append, Appended, DocumentMeta, IndexUpdate, StoreError};
