@@ -73,9 +73,8 @@ impl PgEngine {
     /// transaction with the other appends waiting at the same time.
     /// Returns where it landed (its first event's sequence in the
     /// document's log, its position in the owner's feed) once committed.
-    /// Refused,
-    /// with nothing written, if the document is unknown or deleted, or if
-    /// the owner's quota would be exceeded.
+    /// Refused, with nothing written, if the document is unknown or
+    /// deleted, or if the owner's quota would be exceeded.
     pub(crate) async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.appends
