@@ -1187,3 +1187,49 @@ fn the_engine_does_not_wait_for_the_runtime_it_was_made_on() {
     );
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_append_is_readable_at_once_on_another_node() {
+    // Each caller hears only after COMMIT: another node (another pool,
+    // other connections) reading right after the answer finds the events.
+    let (db, first) = engine().await;
+    let second = PgEngine::connect(&db.url(), 4).await.unwrap();
+    let (ann, _, _, _) = ids();
+    let docs: Vec<DocumentId> = (0..4u8).map(|n| doc(140 + n)).collect();
+    for d in &docs {
+        first
+            .claim_document(*d, ann, now(), &Quota::default())
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = docs
+        .iter()
+        .flat_map(|&d| (0..2u8).map(move |w| (d, w)))
+        .map(|(d, w)| {
+            let (first, second) = (first.clone(), second.clone());
+            tokio::spawn(async move {
+                for n in 0..25u8 {
+                    let change = vec![w, n];
+                    let appended = first
+                        .append(append_of(d, ann, &[change.clone()], &Quota::default()))
+                        .await
+                        .unwrap();
+                    let seen = second.events_from(d, appended.first_seq).await.unwrap();
+                    assert_eq!(
+                        seen.first().map(|e| (e.seq, &e.change)),
+                        Some((appended.first_seq, &change)),
+                        "the other node reads the answered append"
+                    );
+                    let (changed, _) = second
+                        .changed_since(ann, appended.feed_seq - 1, 1)
+                        .await
+                        .unwrap();
+                    assert!(!changed.is_empty(), "its feed entry is readable too");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
