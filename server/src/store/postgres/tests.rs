@@ -1211,7 +1211,12 @@ async fn an_answered_append_is_readable_at_once_on_another_node() {
                 for n in 0..25u8 {
                     let change = vec![w, n];
                     let appended = first
-                        .append(append_of(d, ann, &[change.clone()], &Quota::default()))
+                        .append(append_of(
+                            d,
+                            ann,
+                            std::slice::from_ref(&change),
+                            &Quota::default(),
+                        ))
                         .await
                         .unwrap();
                     let seen = second.events_from(d, appended.first_seq).await.unwrap();
