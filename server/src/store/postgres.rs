@@ -37,14 +37,14 @@ mod verify;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::StoreError;
+use super::{StoreError, StoreHealth};
 
 /// The schema's migrations, compiled in from `server/migrations/postgres`.
 mod schema {
@@ -142,25 +142,62 @@ impl std::fmt::Debug for PgEngine {
     }
 }
 
-/// Whether an outage has been logged, so that a database that is down is
-/// reported once rather than once per request.
-#[derive(Debug, Default)]
+/// Whether the database is reachable, as far as the last operations saw,
+/// published like the embedded engine's health (for the failure and
+/// recovery counters). An outage is logged when it starts and when it
+/// ends, rather than once per request that hits it.
+///
+/// Unlike the embedded engine's failure, an outage loses nothing that was
+/// acknowledged (every acknowledged write was committed), so documents
+/// loaded before it stay valid: there are no engine epochs here.
+#[derive(Debug)]
 struct Outage {
-    reported: AtomicBool,
+    health: watch::Sender<StoreHealth>,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Self {
+            health: watch::Sender::new(StoreHealth {
+                available: true,
+                failures: 0,
+                recoveries: 0,
+            }),
+        }
+    }
 }
 
 impl Outage {
-    /// Logs the cause of an outage unless this outage was logged already.
+    /// An operation could not reach the database: logs the cause unless
+    /// this outage was reported already.
     fn report(&self, cause: &dyn std::fmt::Display) {
-        if !self.reported.swap(true, Ordering::Relaxed) {
+        let started = self.health.send_if_modified(|health| {
+            let started = health.available;
+            if started {
+                health.available = false;
+                health.failures += 1;
+            }
+            started
+        });
+        if started {
             tracing::warn!(error = %cause, "the PostgreSQL store is unavailable");
         }
     }
 
-    /// The database answered again: the next outage is news.
+    /// An operation reached the database: the outage, if any, is over.
     fn over(&self) {
-        if self.reported.load(Ordering::Relaxed) {
-            self.reported.store(false, Ordering::Relaxed);
+        if self.health.borrow().available {
+            return;
+        }
+        let ended = self.health.send_if_modified(|health| {
+            let ended = !health.available;
+            if ended {
+                health.available = true;
+                health.recoveries += 1;
+            }
+            ended
+        });
+        if ended {
             tracing::info!("the PostgreSQL store is available again");
         }
     }
@@ -262,10 +299,20 @@ impl PgEngine {
         classify(error, &self.outage)
     }
 
+    /// Follows whether the database is reachable; it changes when an
+    /// operation first fails to reach it and when one reaches it again.
+    pub(crate) fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.outage.health.subscribe()
+    }
+
     /// True when the database answers; for the readiness probe.
     pub(crate) async fn is_healthy(&self) -> bool {
         match self.client().await {
-            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Ok(client) => client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.fail(e))
+                .is_ok(),
             Err(_) => false,
         }
     }

@@ -13,7 +13,8 @@ use super::appends::write_with_retries;
 use crate::configuration::limits::Quota;
 use crate::store::quota::{QuotaExceeded, Usage};
 use crate::store::{
-    Append, AuditRecord, Claim, IndexUpdate, OtpRecord, SessionRecord, StoreError, UserRecord,
+    Append, AuditRecord, Claim, IndexUpdate, OtpRecord, SessionRecord, StoreError, StoreHealth,
+    UserRecord,
 };
 
 /// A fresh database and an engine on it.
@@ -1237,4 +1238,80 @@ async fn an_answered_append_is_readable_at_once_on_another_node() {
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn an_outage_is_reported_once_and_its_end_too() {
+    // A role that is not a superuser, so that a connection limit holds it
+    // out; it owns the database (and so, in PostgreSQL 15, its schema).
+    let cluster = Cluster::shared();
+    let db = cluster.database();
+    let role = format!("app_{}", db.name());
+    cluster.psql(db.name(), &format!("CREATE ROLE {role} LOGIN"));
+    cluster.psql(
+        db.name(),
+        &format!("ALTER DATABASE {} OWNER TO {role}", db.name()),
+    );
+    let url = format!(
+        "postgres://{role}@127.0.0.1:{}/{}",
+        cluster.port(),
+        db.name()
+    );
+    let engine = PgEngine::connect(&url, 2).await.unwrap();
+    let health = engine.health();
+    assert!(health.borrow().available);
+    let (ann, _, _, _) = ids();
+
+    // No new connections, and the open ones ended: every operation fails
+    // to reach the database, and that is one outage.
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE {} CONNECTION LIMIT 0", db.name()),
+    );
+    cluster.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name()
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut unavailable = 0;
+    while unavailable < 3 {
+        match engine.user(ann).await {
+            Err(StoreError::Unavailable) => unavailable += 1,
+            // A connection the pool had not yet seen end may answer once
+            // more, or fail as closed.
+            Ok(_) => {}
+            Err(other) => panic!("refused connections are an outage, not {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outage never showed"
+        );
+    }
+    assert!(!engine.is_healthy().await);
+    assert_eq!(
+        *health.borrow(),
+        StoreHealth {
+            available: false,
+            failures: 1,
+            recoveries: 0
+        }
+    );
+
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE {} CONNECTION LIMIT -1", db.name()),
+    );
+    assert_eq!(engine.user(ann).await.unwrap(), None);
+    assert!(engine.is_healthy().await);
+    assert_eq!(
+        *health.borrow(),
+        StoreHealth {
+            available: true,
+            failures: 1,
+            recoveries: 1
+        }
+    );
 }
