@@ -95,9 +95,12 @@ impl Drop for EngineRuntime {
 /// and move bytes, and the writer is one task.
 const RUNTIME_THREADS: usize = 2;
 
-/// Makes the pool's connections on the engine's runtime.
+/// Makes the pool's connections on the engine's runtime. A connection the
+/// database accepted is the proof that an outage is over (a connection
+/// taken from the pool is not: it may have died unnoticed).
 struct Connector {
     runtime: tokio::runtime::Handle,
+    outage: Arc<Outage>,
 }
 
 type Connected =
@@ -124,14 +127,18 @@ impl deadpool_postgres::Connect for Connector {
         let config = config.clone();
         let runtime = self.runtime.clone();
         Box::pin(async move {
-            match runtime.spawn(open(config.clone())).await {
+            let connected = match runtime.spawn(open(config.clone())).await {
                 Ok(connected) => connected,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 // The engine's runtime is shutting down: the engine is
                 // being dropped, so a connection on the caller's runtime
                 // serves the little that is left.
                 Err(_) => open(config).await,
+            };
+            if connected.is_ok() {
+                self.outage.over();
             }
+            connected
         })
     }
 }
@@ -184,7 +191,8 @@ impl Outage {
         }
     }
 
-    /// An operation reached the database: the outage, if any, is over.
+    /// The database accepted a connection or answered a probe: the outage,
+    /// if any, is over.
     fn over(&self) {
         if self.health.borrow().available {
             return;
@@ -219,11 +227,13 @@ impl PgEngine {
                 StoreError::Unavailable
             })?;
         let handle = runtime.handle().clone();
+        let outage = Arc::new(Outage::default());
         let runtime = Arc::new(EngineRuntime(Some(runtime)));
         let manager = Manager::from_connect(
             config,
             Connector {
                 runtime: handle.clone(),
+                outage: Arc::clone(&outage),
             },
             ManagerConfig {
                 // A connection that the server closed is noticed by the
@@ -240,7 +250,6 @@ impl PgEngine {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|_| StoreError::Unavailable)?;
-        let outage = Arc::new(Outage::default());
         let engine = Self {
             appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage)),
             pool,
@@ -282,10 +291,7 @@ impl PgEngine {
     /// A connection from the pool, or [`StoreError::Unavailable`].
     async fn client(&self) -> Result<Object, StoreError> {
         match self.pool.get().await {
-            Ok(client) => {
-                self.outage.over();
-                Ok(client)
-            }
+            Ok(client) => Ok(client),
             Err(PoolError::Backend(e)) => Err(self.fail(e)),
             Err(e) => {
                 self.outage.report(&e);
@@ -311,6 +317,7 @@ impl PgEngine {
             Ok(client) => client
                 .simple_query("SELECT 1")
                 .await
+                .map(|_| self.outage.over())
                 .map_err(|e| self.fail(e))
                 .is_ok(),
             Err(_) => false,

@@ -145,10 +145,7 @@ pub(super) async fn write_with_retries(
     batch: &[&Append],
 ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let mut client = match pool.get().await {
-        Ok(client) => {
-            outage.over();
-            client
-        }
+        Ok(client) => client,
         Err(PoolError::Backend(e)) => return Err(classify(e, outage)),
         Err(e) => {
             outage.report(&e);
@@ -162,11 +159,13 @@ pub(super) async fn write_with_retries(
             .await
             .map_err(|e| classify(e, outage))?;
         let written = match write_batch(&tx, outage, batch).await {
-            Ok(outcomes) => tx
-                .commit()
-                .await
-                .map(|()| outcomes)
-                .map_err(|e| classify(e, outage)),
+            Ok(outcomes) => match tx.commit().await {
+                Ok(()) => {
+                    outage.over();
+                    Ok(outcomes)
+                }
+                Err(e) => Err(classify(e, outage)),
+            },
             Err(e) => Err(e),
         };
         match written {
