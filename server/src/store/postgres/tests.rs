@@ -890,6 +890,12 @@ async fn a_store_written_through_its_api_verifies_and_a_half_written_log_does_no
     let problems = engine.verify().await.unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("next_seq is 2"), "{problems:?}");
+
+    // A feed counter behind its feed would hand out a sequence twice.
+    Cluster::shared().psql(db.name(), "UPDATE user_feed_counters SET last_seq = 1");
+    let problems = engine.verify().await.unwrap();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[2].contains("reaches 2"), "{problems:?}");
 }
 
 #[tokio::test]
