@@ -1321,3 +1321,53 @@ async fn an_outage_is_reported_once_and_its_end_too() {
         }
     );
 }
+
+/// The store's facade holds the engine in handles shared across threads
+/// and awaits these inside futures that must be `Send` (spawned hub and
+/// connection tasks): checked when the tests compile.
+#[allow(dead_code)]
+fn every_operation_is_send(engine: &PgEngine, record: &UserRecord, session: &SessionRecord) {
+    fn send<T: Send>(_: T) {}
+    fn shared<T: Send + Sync>(_: &T) {}
+    shared(engine);
+    let (ann, _, d1, _) = ids();
+    let sid = session.id;
+    let quota = Quota::default();
+    let audit = AuditRecord {
+        at: now(),
+        kind: AuditKind::Login,
+        session_id: None,
+        ip: None,
+        user_agent: None,
+    };
+    send(PgEngine::connect("", 1));
+    send(engine.user(ann));
+    send(engine.user_by_contact(""));
+    send(engine.find_or_create_user(record));
+    send(engine.put_user(record));
+    send(engine.update_otp("", |r| (r, ())));
+    send(engine.insert_session(session, &[0; 32]));
+    send(engine.rotate_session(session, &[0; 32]));
+    send(engine.session(sid));
+    send(engine.refresh_entry(&[0; 32]));
+    send(engine.sessions_of(ann));
+    send(engine.delete_session(sid));
+    send(engine.append_audit(ann, &audit));
+    send(engine.audit_of(ann, 1));
+    send(engine.document_meta(d1));
+    send(engine.claim_document(d1, ann, now(), &quota));
+    send(engine.append(append_of(d1, ann, &[], &quota)));
+    send(engine.load_document(d1));
+    send(engine.write_snapshot(d1, 0, &[]));
+    send(engine.events_of(d1));
+    send(engine.events_from(d1, 0));
+    send(engine.changed_since(ann, 0, 1));
+    send(engine.tombstone_document(d1, now()));
+    send(engine.usage(ann));
+    send(engine.sync_state(d1, ""));
+    send(engine.put_sync_state(d1, "", &[]));
+    send(engine.server_storage_id(String::new));
+    send(engine.task_summaries(ann));
+    send(engine.verify());
+    send(engine.is_healthy());
+}
