@@ -55,6 +55,10 @@ mod schema {
 /// be made, before the store reports itself unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a connection may go without an answer from the database host
+/// (to data sent, or to keepalive probes) before it is given up.
+const SILENT_PEER: Duration = Duration::from_secs(30);
+
 /// Serialises migrations of one database: nodes that start together must
 /// not apply the same migration twice. An arbitrary constant, the key of a
 /// PostgreSQL advisory lock ("codeedex" in ASCII).
@@ -216,7 +220,21 @@ impl PgEngine {
     /// connections, and brings its schema up to date. The URL (which may
     /// hold a password) is never logged.
     pub(crate) async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        // A database host that vanishes without closing its connections
+        // must surface as an outage in seconds, not after the kernel's
+        // default retransmission and keepalive times (minutes to hours):
+        // unless the URL says otherwise, data unacknowledged for
+        // `SILENT_PEER` ends a connection, and idle ones are probed.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(SILENT_PEER);
+        }
+        if config.get_keepalives_idle() == tokio_postgres::Config::new().get_keepalives_idle() {
+            config.keepalives_idle(SILENT_PEER);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("store-postgres")
