@@ -28,7 +28,9 @@
 mod accounts;
 mod appends;
 mod documents;
+mod doorbell;
 mod quota;
+mod secrets;
 mod sync_states;
 mod task_index;
 mod verify;
@@ -64,6 +66,12 @@ const MIGRATION_LOCK: i64 = 0x636f_6465_6564_6578;
 /// dropped.
 #[derive(Clone)]
 pub(crate) struct PgEngine {
+    /// This node's number, random at each start: rings carry it, so that a
+    /// node ignores its own.
+    node: u64,
+    /// Where the database is, for the doorbell's own connection.
+    config: tokio_postgres::Config,
+    runtime: tokio::runtime::Handle,
     pool: Pool,
     appends: appends::Appender,
     outage: Arc<Outage>,
@@ -183,7 +191,7 @@ impl PgEngine {
         let handle = runtime.handle().clone();
         let runtime = Arc::new(EngineRuntime(Some(runtime)));
         let manager = Manager::from_connect(
-            config,
+            config.clone(),
             Connector {
                 runtime: handle.clone(),
             },
@@ -203,8 +211,12 @@ impl PgEngine {
             .build()
             .map_err(|_| StoreError::Unavailable)?;
         let outage = Arc::new(Outage::default());
+        let node = rand::random::<u64>();
         let engine = Self {
-            appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage)),
+            node,
+            config,
+            runtime: handle.clone(),
+            appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage), node),
             pool,
             outage,
             _runtime: runtime,
@@ -239,6 +251,16 @@ impl PgEngine {
             .await
             .map_err(fail)?;
         applied.map(|_| ())
+    }
+
+    /// This node's number in the rings it sends.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Starts listening for the other nodes' appends (see `doorbell`).
+    pub(crate) fn listen(&self) -> tokio::sync::mpsc::Receiver<crate::store::Heard> {
+        doorbell::listen(&self.runtime, self.config.clone())
     }
 
     /// A connection from the pool, or [`StoreError::Unavailable`].

@@ -609,6 +609,7 @@ async fn a_group_of_appends_is_one_transaction_with_an_outcome_each() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await
     .unwrap();
@@ -673,6 +674,7 @@ async fn a_batch_of_several_documents_and_users_numbers_without_gaps() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await
     .unwrap();
@@ -795,6 +797,7 @@ async fn a_failing_transaction_fails_every_append_in_it() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await;
     assert!(matches!(failed, Err(StoreError::Postgres(_))), "{failed:?}");
