@@ -82,6 +82,15 @@ pub(crate) enum SmtpTls {
     Tls,
 }
 
+/// Where a PostgreSQL store is and how many connections a node keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct DatabaseSettings {
+    /// The connection URL; it may hold a password, so it never prints.
+    pub(crate) url: SecretString,
+    /// The most connections this node keeps open.
+    pub(crate) pool_size: usize,
+}
+
 /// The settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -91,6 +100,8 @@ pub struct Settings {
     pub(crate) data_dir: PathBuf,
     /// Bytes of database pages the store keeps in memory.
     pub(crate) store_cache_bytes: u64,
+    /// PostgreSQL instead of the embedded store, when set.
+    pub(crate) database: Option<DatabaseSettings>,
     /// Development or production.
     pub(crate) profile: Profile,
     /// Log line format.

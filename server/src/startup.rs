@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 
 use crate::api::{self, AppState};
 use crate::auth::Auth;
@@ -51,18 +52,33 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Opens the store, loads keys and binds the listener.
     pub(crate) async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "cannot create data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
-        let store = Store::open_with(StoreOptions {
-            dir: settings.data_dir.clone(),
-            cache_bytes: settings.store_cache_bytes,
-        })
-        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
-        let keys = ServerKeys::load_or_create(&settings.data_dir)?;
+        let (store, keys) = match &settings.database {
+            // Everything, keys included, in the database the nodes share.
+            Some(database) => {
+                let store = Store::connect(database.url.expose_secret(), database.pool_size)
+                    .await
+                    .context("cannot open the PostgreSQL store")?;
+                let keys = ServerKeys::shared(&store).await?;
+                (store, keys)
+            }
+            None => {
+                std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                    format!(
+                        "cannot create data directory {}",
+                        settings.data_dir.display()
+                    )
+                })?;
+                let store = Store::open_with(StoreOptions {
+                    dir: settings.data_dir.clone(),
+                    cache_bytes: settings.store_cache_bytes,
+                })
+                .with_context(|| {
+                    format!("cannot open the store in {}", settings.data_dir.display())
+                })?;
+                let keys = ServerKeys::load_or_create(&settings.data_dir)?;
+                (store, keys)
+            }
+        };
         let metrics = Arc::new(Metrics::default());
         let delivery = CodeDelivery::from_settings(
             &settings.delivery,
@@ -89,6 +105,11 @@ impl Application {
             settings.hub_limits,
             Arc::clone(&metrics),
         ));
+        // On a database other nodes share, their appends ring here: the hub
+        // applies them to the documents it has in memory.
+        if let Some((node, heard)) = store.listen() {
+            tokio::spawn(crate::sync::doorbell::answer(Arc::clone(&hub), node, heard));
+        }
         let registry = Arc::new(PeerRegistry::default());
         let sync = PeerContext {
             hub: Arc::clone(&hub),
@@ -125,7 +146,14 @@ impl Application {
             settings.workers,
             settings.shutdown_timeout.as_std(),
         )?;
-        tracing::info!(address = %address, data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening");
+        match &settings.database {
+            Some(_) => {
+                tracing::info!(address = %address, store = "postgres", profile = ?settings.profile, "listening")
+            }
+            None => {
+                tracing::info!(address = %address, store = "embedded", data_dir = %settings.data_dir.display(), profile = ?settings.profile, "listening")
+            }
+        }
         Ok(Self {
             port: address.port(),
             server,

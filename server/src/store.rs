@@ -3,8 +3,9 @@
 //!
 //! - `embedded`: sled in the data directory, the default. Writes reach the
 //!   disk in the background; a [`Ticket`] says when they have.
-//! - (PostgreSQL, for several nodes on one database, comes next; its commits
-//!   are durable when they return.)
+//! - `postgres`: a PostgreSQL database that several server nodes share. A
+//!   write is durable when its commit returns, so its tickets are always
+//!   durable.
 //!
 //! [`Store`] is the handle every other part of the server holds. Its
 //! operations are async so that an engine across the network never blocks a
@@ -12,14 +13,9 @@
 //!
 //! This file holds the handle, its errors and the record encoding; `records`
 //! and `log` hold the types both engines keep, `quota` the limits on them.
-//! `postgres` is the PostgreSQL engine with the same operations, for
-//! several server nodes on one database; it is not behind `Store` yet.
 
 mod embedded;
 mod log;
-// Nothing outside its tests calls the PostgreSQL engine until the store's
-// facade dispatches to it (issue 14); until then its items look unused.
-#[allow(dead_code)]
 mod postgres;
 mod quota;
 mod records;
@@ -36,8 +32,8 @@ use embedded::Embedded;
 pub(crate) use embedded::StoreHealth;
 #[cfg(test)]
 pub(crate) use embedded::flush_control;
-pub use log::StoredDocument;
 pub(crate) use log::{Append, Appended, Claim, DocumentMeta, EventRecord, IndexUpdate};
+pub use log::{HEARD_QUEUE, Heard, Ring, StoredDocument};
 pub use quota::QuotaExceeded;
 pub(crate) use records::{AuditRecord, OtpRecord, PendingCode, RefreshEntry};
 pub use records::{SessionRecord, UserRecord};
@@ -147,13 +143,16 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum EngineHandle {
     Embedded(Embedded),
+    Postgres(std::sync::Arc<postgres::PgEngine>),
 }
 
-/// Runs the same call on whichever engine the store uses.
-macro_rules! on_engine {
-    ($store:expr, $engine:ident => $call:expr) => {
+/// Runs one operation on whichever engine the store uses: the embedded
+/// engine answers at once, PostgreSQL over the network.
+macro_rules! dispatch {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
         match &$store.engine {
-            EngineHandle::Embedded($engine) => $call,
+            EngineHandle::Embedded(engine) => engine.$method($($arg),*),
+            EngineHandle::Postgres(engine) => engine.$method($($arg),*).await,
         }
     };
 }
@@ -172,6 +171,26 @@ impl Store {
         })
     }
 
+    /// Connects to the PostgreSQL database at `url` with up to `pool_size`
+    /// connections, and brings its schema up to date.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Ok(Self {
+            engine: EngineHandle::Postgres(std::sync::Arc::new(
+                postgres::PgEngine::connect(url, pool_size).await?,
+            )),
+        })
+    }
+
+    /// Starts hearing the other nodes' appends, on an engine that nodes
+    /// share; `None` for the embedded engine, which has one node. Also this
+    /// node's number, which its own rings carry.
+    pub(crate) fn listen(&self) -> Option<(u64, tokio::sync::mpsc::Receiver<Heard>)> {
+        match &self.engine {
+            EngineHandle::Embedded(_) => None,
+            EngineHandle::Postgres(e) => Some((e.node(), e.listen())),
+        }
+    }
+
     /// Writes a value to the embedded store's metadata, for the format
     /// version test.
     #[doc(hidden)]
@@ -188,64 +207,98 @@ impl Store {
     /// so that nothing it derived from an engine that lost writes reaches
     /// the next one.
     pub(crate) fn pinned(&self) -> Result<Store, StoreError> {
-        on_engine!(self, e => Ok(Self { engine: EngineHandle::Embedded(e.pinned()?) }))
+        match &self.engine {
+            EngineHandle::Embedded(e) => Ok(Self {
+                engine: EngineHandle::Embedded(e.pinned()?),
+            }),
+            // A database outage loses no committed write: what a node holds
+            // in memory stays true, so there is nothing to pin.
+            EngineHandle::Postgres(_) => Ok(self.clone()),
+        }
     }
 
     /// Whether operations through this handle can succeed now.
     pub(crate) fn is_current(&self) -> bool {
-        on_engine!(self, e => e.is_current())
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.is_current(),
+            EngineHandle::Postgres(_) => true,
+        }
     }
 
     /// Follows the store's availability: it changes when the engine fails
     /// and when it has recovered.
     pub(crate) fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
-        on_engine!(self, e => e.health())
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.health(),
+            // Outages of the database: counted as the embedded engine's
+            // failures are; nothing acknowledged is lost in one, and
+            // handles stay current, so no document is forgotten.
+            EngineHandle::Postgres(e) => e.health(),
+        }
     }
 
     /// True when the engine answers; for the readiness probe.
     pub(crate) async fn is_healthy(&self) -> bool {
-        on_engine!(self, e => e.is_healthy())
+        dispatch!(self, is_healthy())
     }
 
     /// Waits until every write made so far is durable.
     pub(crate) async fn persist(&self) -> Result<(), StoreError> {
-        on_engine!(self, e => e.persist().await)
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.persist().await,
+            EngineHandle::Postgres(_) => Ok(()),
+        }
     }
 
     /// A ticket for every write made so far: once [`Store::is_durable`]
     /// says so for it, those writes are durable.
     pub(crate) fn durability_ticket(&self) -> Ticket {
-        on_engine!(self, e => e.durability_ticket())
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.durability_ticket(),
+            EngineHandle::Postgres(_) => Ticket::NONE,
+        }
     }
 
     /// The newest ticket handed out, without taking a new one: it covers
     /// every write finished before any caller took its ticket.
     pub(crate) fn latest_ticket(&self) -> Ticket {
-        on_engine!(self, e => e.latest_ticket())
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.latest_ticket(),
+            EngineHandle::Postgres(_) => Ticket::NONE,
+        }
     }
 
     /// Whether the writes behind `ticket` are durable.
     pub(crate) fn is_durable(&self, ticket: Ticket) -> bool {
-        on_engine!(self, e => e.is_durable(ticket))
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.is_durable(ticket),
+            EngineHandle::Postgres(_) => true,
+        }
     }
 
     /// Waits until the writes behind `ticket` are durable; fails with
     /// [`StoreError::Unavailable`] when they cannot be made so.
     pub(crate) async fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        on_engine!(self, e => e.wait_durable(ticket).await)
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.wait_durable(ticket).await,
+            EngineHandle::Postgres(_) => Ok(()),
+        }
     }
 
     /// The test's hand on the embedded engine's flushes.
     #[cfg(test)]
     pub(crate) fn flush_control(&self) -> std::sync::Arc<flush_control::FlushControl> {
-        on_engine!(self, e => e.flush_control())
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.flush_control(),
+            EngineHandle::Postgres(_) => panic!("PostgreSQL has no flusher to hold"),
+        }
     }
 
     // Accounts.
 
     /// The user with this id.
     pub(crate) async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        on_engine!(self, e => e.user(id))
+        dispatch!(self, user(id))
     }
 
     /// The user who signs in with this contact key.
@@ -253,7 +306,7 @@ impl Store {
         &self,
         contact_key: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        on_engine!(self, e => e.user_by_contact(contact_key))
+        dispatch!(self, user_by_contact(contact_key))
     }
 
     /// The user with `candidate`'s contact key, created from `candidate` if
@@ -262,12 +315,12 @@ impl Store {
         &self,
         candidate: &UserRecord,
     ) -> Result<(UserRecord, bool), StoreError> {
-        on_engine!(self, e => e.find_or_create_user(candidate))
+        dispatch!(self, find_or_create_user(candidate))
     }
 
     /// Replaces a user record.
     pub(crate) async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        on_engine!(self, e => e.put_user(user))
+        dispatch!(self, put_user(user))
     }
 
     /// Atomically reads and replaces the code state of one identifier.
@@ -279,7 +332,7 @@ impl Store {
         contact_key: &str,
         change: impl FnMut(Option<OtpRecord>) -> (Option<OtpRecord>, T) + Send,
     ) -> Result<T, StoreError> {
-        on_engine!(self, e => e.update_otp(contact_key, change))
+        dispatch!(self, update_otp(contact_key, change))
     }
 
     /// Stores a new session with its first refresh token.
@@ -288,7 +341,7 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
     ) -> Result<(), StoreError> {
-        on_engine!(self, e => e.insert_session(session, refresh_hash))
+        dispatch!(self, insert_session(session, refresh_hash))
     }
 
     /// Stores a rotated session and its new refresh token together; `false`
@@ -298,12 +351,12 @@ impl Store {
         session: &SessionRecord,
         refresh_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
-        on_engine!(self, e => e.rotate_session(session, refresh_hash))
+        dispatch!(self, rotate_session(session, refresh_hash))
     }
 
     /// The session with this id.
     pub(crate) async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        on_engine!(self, e => e.session(id))
+        dispatch!(self, session(id))
     }
 
     /// What a refresh token's keyed hash belongs to.
@@ -311,18 +364,18 @@ impl Store {
         &self,
         hash: &[u8; 32],
     ) -> Result<Option<RefreshEntry>, StoreError> {
-        on_engine!(self, e => e.refresh_entry(hash))
+        dispatch!(self, refresh_entry(hash))
     }
 
     /// Every session of a user.
     pub(crate) async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
-        on_engine!(self, e => e.sessions_of(user))
+        dispatch!(self, sessions_of(user))
     }
 
     /// Deletes a session with every refresh token it had; `false` if there
     /// was none.
     pub(crate) async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
-        on_engine!(self, e => e.delete_session(id))
+        dispatch!(self, delete_session(id))
     }
 
     /// Adds an event to a user's audit trail.
@@ -331,7 +384,7 @@ impl Store {
         user: UserId,
         event: &AuditRecord,
     ) -> Result<(), StoreError> {
-        on_engine!(self, e => e.append_audit(user, event))
+        dispatch!(self, append_audit(user, event))
     }
 
     /// A user's newest audit events, newest first, at most `limit`.
@@ -340,7 +393,7 @@ impl Store {
         user: UserId,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        on_engine!(self, e => e.audit_of(user, limit))
+        dispatch!(self, audit_of(user, limit))
     }
 
     // Documents.
@@ -350,7 +403,7 @@ impl Store {
         &self,
         doc: DocumentId,
     ) -> Result<Option<DocumentMeta>, StoreError> {
-        on_engine!(self, e => e.document_meta(doc))
+        dispatch!(self, document_meta(doc))
     }
 
     /// Claims a document nobody has seen for `user`, within the quota.
@@ -361,7 +414,7 @@ impl Store {
         now: DateTime<Utc>,
         quota: &Quota,
     ) -> Result<Claim, StoreError> {
-        on_engine!(self, e => e.claim_document(doc, user, now, quota))
+        dispatch!(self, claim_document(doc, user, now, quota))
     }
 
     /// Appends accepted changes to a document's log, with its feed and
@@ -371,12 +424,15 @@ impl Store {
         &self,
         append: Append,
     ) -> Result<(Appended, Ticket), StoreError> {
-        on_engine!(self, e => e.append_events(append).await)
+        match &self.engine {
+            EngineHandle::Embedded(e) => e.append_events(append).await,
+            EngineHandle::Postgres(e) => Ok((e.append(append).await?, Ticket::NONE)),
+        }
     }
 
     /// A document as stored: its snapshot and the changes after it.
     pub async fn load_document(&self, doc: DocumentId) -> Result<StoredDocument, StoreError> {
-        on_engine!(self, e => e.load_document(doc))
+        dispatch!(self, load_document(doc))
     }
 
     /// Saves a snapshot covering the first `covers` events.
@@ -386,12 +442,12 @@ impl Store {
         covers: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        on_engine!(self, e => e.write_snapshot(doc, covers, bytes))
+        dispatch!(self, write_snapshot(doc, covers, bytes))
     }
 
     /// Every event of a document's log, in order.
     pub(crate) async fn events_of(&self, doc: DocumentId) -> Result<Vec<EventRecord>, StoreError> {
-        on_engine!(self, e => e.events_of(doc))
+        dispatch!(self, events_of(doc))
     }
 
     /// The events of a document's log from sequence `from` on, in order:
@@ -401,7 +457,7 @@ impl Store {
         doc: DocumentId,
         from: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        on_engine!(self, e => e.events_from(doc, from))
+        dispatch!(self, events_from(doc, from))
     }
 
     /// A user's documents changed after feed position `cursor`, oldest
@@ -412,7 +468,7 @@ impl Store {
         cursor: u64,
         limit: usize,
     ) -> Result<(Vec<DocumentId>, u64), StoreError> {
-        on_engine!(self, e => e.changed_since(user, cursor, limit))
+        dispatch!(self, changed_since(user, cursor, limit))
     }
 
     /// Marks a document deleted; `false` if it already was.
@@ -421,7 +477,7 @@ impl Store {
         doc: DocumentId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        on_engine!(self, e => e.tombstone_document(doc, at))
+        dispatch!(self, tombstone_document(doc, at))
     }
 
     // Sync states and the task index.
@@ -432,7 +488,7 @@ impl Store {
         doc: DocumentId,
         storage_id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        on_engine!(self, e => e.sync_state(doc, storage_id))
+        dispatch!(self, sync_state(doc, storage_id))
     }
 
     /// Persists the sync state of a document with a peer's storage.
@@ -442,7 +498,7 @@ impl Store {
         storage_id: &str,
         state: &[u8],
     ) -> Result<(), StoreError> {
-        on_engine!(self, e => e.put_sync_state(doc, storage_id, state))
+        dispatch!(self, put_sync_state(doc, storage_id, state))
     }
 
     /// The server's storage id, created on first use.
@@ -450,7 +506,17 @@ impl Store {
         &self,
         fresh: impl FnOnce() -> String + Send,
     ) -> Result<String, StoreError> {
-        on_engine!(self, e => e.server_storage_id(fresh))
+        dispatch!(self, server_storage_id(fresh))
+    }
+
+    /// The server secret called `name`, stored from `fresh` on first use:
+    /// every node on a shared database reads the same one.
+    pub(crate) async fn shared_secret(
+        &self,
+        name: &str,
+        fresh: [u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
+        dispatch!(self, shared_secret(name, fresh))
     }
 
     /// Every task summary of a user, ordered by document id.
@@ -458,11 +524,11 @@ impl Store {
         &self,
         user: UserId,
     ) -> Result<Vec<(DocumentId, TaskView)>, StoreError> {
-        on_engine!(self, e => e.task_summaries(user))
+        dispatch!(self, task_summaries(user))
     }
 
     /// Checks the store's invariants; every problem found, in words.
     pub async fn verify(&self) -> Result<Vec<String>, StoreError> {
-        on_engine!(self, e => e.verify())
+        dispatch!(self, verify())
     }
 }

@@ -53,6 +53,20 @@ impl ServerKeys {
         Ok(Self::from_bytes(jwt, hashing))
     }
 
+    /// The keys of a shared database, created by the first node that starts
+    /// and read by every other, so that each node verifies the tokens of all.
+    pub(crate) async fn shared(store: &crate::store::Store) -> anyhow::Result<Self> {
+        let jwt = store
+            .shared_secret("jwt-hs256", random_bytes::<KEY_LEN>())
+            .await
+            .context("cannot read the token signing key from the database")?;
+        let hashing = store
+            .shared_secret("hmac-sha256", random_bytes::<KEY_LEN>())
+            .await
+            .context("cannot read the hashing key from the database")?;
+        Ok(Self::from_bytes(jwt, hashing))
+    }
+
     /// Builds keys from raw bytes (tests and tooling).
     pub fn from_bytes(jwt: [u8; KEY_LEN], hashing: [u8; KEY_LEN]) -> Self {
         // The key id names the key without revealing it: a truncated SHA-256.

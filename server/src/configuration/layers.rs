@@ -9,13 +9,14 @@ use chrono::NaiveDate;
 use clap::Parser;
 use codeedex_schema::admission::InputLimits;
 use codeedex_schema::contact::Contact;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::limits::{GateLimits, HubLimits, MailboxLimits, Quota, SyncLimits};
 use super::overrides::read_file;
 use super::{
-    DeliverySettings, EmailSenderKind, IpLimits, LogFormat, OtpPolicy, Overrides, PhoneSenderKind,
-    Profile, SecondsSetting, Settings, SmsSettings, SmtpSettings, SmtpTls, TokenPolicy,
+    DatabaseSettings, DeliverySettings, EmailSenderKind, IpLimits, LogFormat, OtpPolicy, Overrides,
+    PhoneSenderKind, Profile, SecondsSetting, Settings, SmsSettings, SmtpSettings, SmtpTls,
+    TokenPolicy,
 };
 
 impl Settings {
@@ -270,6 +271,22 @@ impl Settings {
                     bail!("store_cache_mib must be between 1 and 65536, not {mib}");
                 }
                 mib * 1024 * 1024
+            },
+            database: match cli.database_url.clone().or(file.database_url.clone()) {
+                None => None,
+                Some(url) => {
+                    // Only the store parses the URL; here it is only told
+                    // apart from a path or a typo of another engine.
+                    let scheme = url.expose_secret().split_once("://").map(|(s, _)| s);
+                    if !matches!(scheme, Some("postgres" | "postgresql")) {
+                        bail!("database_url must start with postgres:// or postgresql://");
+                    }
+                    let pool_size = pick!(database_pool_size, 16);
+                    if !(1..=1000).contains(&pool_size) {
+                        bail!("database_pool_size must be between 1 and 1000, not {pool_size}");
+                    }
+                    Some(DatabaseSettings { url, pool_size })
+                }
             },
             profile,
             log_format: pick!(log_format, LogFormat::Text),

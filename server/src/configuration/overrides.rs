@@ -29,6 +29,14 @@ pub struct Overrides {
     /// Directory for the store and the generated keys [default: ./data].
     #[arg(long, env = "CODEEDEX_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL (postgres://user:password@host:port/database) to keep
+    /// everything in instead of the data directory, so that several nodes
+    /// can serve one user base [default: none, the embedded store].
+    #[arg(long, env = "CODEEDEX_DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<SecretString>,
+    /// Connections each node keeps open to PostgreSQL, 1 to 1000 [default: 16].
+    #[arg(long, env = "CODEEDEX_DATABASE_POOL_SIZE")]
+    pub(crate) database_pool_size: Option<usize>,
     /// MiB of database pages the store keeps in memory, 1 to 65536; the
     /// operating system's page cache holds the rest [default: 64].
     #[arg(long, env = "CODEEDEX_STORE_CACHE_MIB")]

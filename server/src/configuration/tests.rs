@@ -43,6 +43,34 @@ fn the_store_cache_is_bounded_and_given_in_mib() {
 }
 
 #[test]
+fn a_database_url_selects_postgres_and_never_prints() {
+    assert!(load(&[]).unwrap().database.is_none());
+    let s = load(&["--database-url", "postgres://app:hunter2@db:5432/codeedex"]).unwrap();
+    let database = s.database.as_ref().expect("PostgreSQL selected");
+    assert_eq!(database.pool_size, 16);
+    assert!(!format!("{s:?}").contains("hunter2"));
+    let sized = load(&[
+        "--database-url",
+        "postgresql://db/codeedex",
+        "--database-pool-size",
+        "4",
+    ])
+    .unwrap();
+    assert_eq!(sized.database.unwrap().pool_size, 4);
+    assert!(load(&["--database-url", "./data"]).is_err());
+    assert!(load(&["--database-url", "mysql://db/x"]).is_err());
+    assert!(
+        load(&[
+            "--database-url",
+            "postgres://db/x",
+            "--database-pool-size",
+            "0"
+        ])
+        .is_err()
+    );
+}
+
+#[test]
 fn the_command_line_wins_over_the_file() {
     let file: Overrides = toml::from_str("otp_ttl_secs = 300\nlisten = \"0.0.0.0:9000\"").unwrap();
     let cli = Overrides::try_parse_from(["x", "--otp-ttl-secs", "120"]).unwrap();

@@ -20,6 +20,7 @@ mod documents;
 pub(crate) mod flush_control;
 mod group_commit;
 mod recovery;
+mod secrets;
 mod sync_states;
 mod task_index;
 mod usage;

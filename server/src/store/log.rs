@@ -104,3 +104,29 @@ pub(crate) struct Appended {
     pub(crate) first_seq: u64,
     pub(crate) feed_seq: u64,
 }
+
+/// One document's log grew on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    /// The node that appended, so that it does not answer its own ring.
+    pub node: u64,
+    /// The document's owner.
+    pub user: UserId,
+    /// The document.
+    pub doc: DocumentId,
+    /// The sequence of the last event appended.
+    pub seq: u64,
+}
+
+/// What a node hears from the doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Another node appended to a document.
+    Ring(Ring),
+    /// Rings may have been lost: read every document in memory.
+    MayHaveMissed,
+}
+
+/// How many rings may wait for a node to read them. A node that falls
+/// further behind drops rings and catches up every loaded document instead.
+pub const HEARD_QUEUE: usize = 4096;

@@ -4,15 +4,14 @@
 //! [`PgEngine`] has one async method per [`Store`](super::Store) operation,
 //! with the same name, arguments, results and errors as the sled engine;
 //! the store's facade dispatches to it when the server is configured with a
-//! database URL. Nothing calls it yet outside its tests, so the module is
-//! compiled with `dead_code` allowed (see `mod postgres` in `store.rs`)
-//! until the facade is wired in.
+//! database URL.
 //!
 //! What is kept, by concept, mirrors the sled side: `accounts` (users,
 //! codes, sessions, refresh tokens, audit), `documents` (ownership, log,
 //! snapshots, feed), `appends` (the batch writer), `sync_states`,
 //! `task_index`, `usage` (the counters quotas are checked against),
-//! `verify`. The tables are created by versioned migrations in
+//! `secrets` (the signing keys all nodes share), `doorbell` (NOTIFY and
+//! LISTEN between nodes), `verify`. The tables are created by versioned migrations in
 //! `server/migrations/postgres`, applied at connect by refinery.
 //!
 //! Durability: a PostgreSQL commit is durable when it returns, so there are
@@ -28,6 +27,8 @@
 mod accounts;
 mod appends;
 mod documents;
+mod doorbell;
+mod secrets;
 mod sync_states;
 mod task_index;
 mod usage;
@@ -69,6 +70,12 @@ const MIGRATION_LOCK: i64 = 0x636f_6465_6564_6578;
 /// dropped.
 #[derive(Clone)]
 pub(crate) struct PgEngine {
+    /// This node's number, random at each start: rings carry it, so that a
+    /// node ignores its own.
+    node: u64,
+    /// Where the database is, for the doorbell's own connection.
+    config: tokio_postgres::Config,
+    runtime: tokio::runtime::Handle,
     pool: Pool,
     appends: appends::Appender,
     outage: Arc<Outage>,
@@ -248,7 +255,7 @@ impl PgEngine {
         let outage = Arc::new(Outage::default());
         let runtime = Arc::new(EngineRuntime(Some(runtime)));
         let manager = Manager::from_connect(
-            config,
+            config.clone(),
             Connector {
                 runtime: handle.clone(),
                 outage: Arc::clone(&outage),
@@ -268,8 +275,12 @@ impl PgEngine {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|_| StoreError::Unavailable)?;
+        let node = rand::random::<u64>();
         let engine = Self {
-            appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage)),
+            node,
+            config,
+            runtime: handle.clone(),
+            appends: appends::Appender::start(&handle, pool.clone(), Arc::clone(&outage), node),
             pool,
             outage,
             _runtime: runtime,
@@ -304,6 +315,16 @@ impl PgEngine {
             .await
             .map_err(fail)?;
         applied.map(|_| ())
+    }
+
+    /// This node's number in the rings it sends.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Starts listening for the other nodes' appends (see `doorbell`).
+    pub(crate) fn listen(&self) -> tokio::sync::mpsc::Receiver<crate::store::Heard> {
+        doorbell::listen(&self.runtime, self.config.clone())
     }
 
     /// A connection from the pool, or [`StoreError::Unavailable`].

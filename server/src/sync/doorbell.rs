@@ -9,38 +9,20 @@
 //! catches up every document it has in memory. So a lost ring costs time,
 //! never a change.
 //!
-//! [`Doorbell`] is the sending side; the engine that carries rings
-//! (PostgreSQL's NOTIFY, or a message bus) implements it and feeds what it
-//! hears into [`answer`] through a bounded channel.
+//! PostgreSQL rings inside the append's own transaction (NOTIFY is
+//! delivered at COMMIT, so no commit goes without its ring) and hears on a
+//! LISTEN connection of its own; both are the store's. [`Doorbell`] is for
+//! a carrier outside the database, such as a message bus, which the hub
+//! rings after each append. Either way what is heard reaches [`answer`]
+//! through a bounded channel.
 
 use std::sync::Arc;
 
-use codeedex_schema::id::{DocumentId, UserId};
+use codeedex_schema::id::DocumentId;
 use tokio::sync::mpsc;
 
 use super::hub::DocumentHub;
-
-/// One document's log grew on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ring {
-    /// The node that appended, so that it does not answer its own ring.
-    pub node: u64,
-    /// The document's owner.
-    pub user: UserId,
-    /// The document.
-    pub doc: DocumentId,
-    /// The sequence of the last event appended.
-    pub seq: u64,
-}
-
-/// What a node hears from the doorbell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heard {
-    /// Another node appended to a document.
-    Ring(Ring),
-    /// Rings may have been lost: read every document in memory.
-    MayHaveMissed,
-}
+pub use crate::store::{HEARD_QUEUE, Heard, Ring};
 
 /// Tells the other nodes that a document's log grew. Ringing never waits
 /// and never fails the append that rang: the append is committed already,
@@ -49,10 +31,6 @@ pub trait Doorbell: Send + Sync {
     /// Rings for an append that has committed.
     fn ring(&self, ring: Ring);
 }
-
-/// How many rings may wait for a node to read them. A node that falls
-/// further behind drops rings and catches up every loaded document instead.
-pub const HEARD_QUEUE: usize = 4096;
 
 /// Answers what `heard` delivers until it closes: catches up each rung
 /// document that is in memory here, and all of them when rings may have
@@ -122,6 +100,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::Store;
     use crate::sync::hub::{Author, Generation, IfUnseen, LiveDocument};
+    use codeedex_schema::id::UserId;
 
     const USER: [u8; 16] = [1; 16];
     const DOC: [u8; 16] = [2; 16];
@@ -296,5 +275,73 @@ mod tests {
             three.read(&on_three, read).await.unwrap(),
             (Some(Some(1)), Some(Some(299)))
         );
+    }
+
+    /// Waits until `two` holds what `one` holds.
+    async fn converged(one: &DocumentHub, a: &LiveDocument, two: &DocumentHub, b: &LiveDocument) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while two.heads(b).await.unwrap() != one.heads(a).await.unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes never converged"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A node on a shared PostgreSQL database, answering its doorbell.
+    async fn pg_node(url: &str, number: u8) -> Arc<DocumentHub> {
+        let store = Store::connect(url, 4).await.unwrap();
+        let hub = Arc::new(node(&store, number));
+        let (id, heard) = store.listen().expect("PostgreSQL rings");
+        tokio::spawn(answer(Arc::clone(&hub), id, heard));
+        hub
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_commit_rings_every_other_node_and_a_lost_listener_catches_up() {
+        let cluster = codeedex_test_postgres::Cluster::shared();
+        let db = cluster.database();
+        let one = pg_node(&db.url(), 1).await;
+        let two = pg_node(&db.url(), 2).await;
+        let on_one = open(&one).await;
+        let on_two = open(&two).await;
+        put(&one, &on_one, "first", 1).await;
+        converged(&one, &on_one, &two, &on_two).await;
+        put(&two, &on_two, "second", 2).await;
+        converged(&two, &on_two, &one, &on_one).await;
+
+        // End every LISTEN connection and keep new ones out, so that a
+        // change made now rings nobody (the pools keep the connections they
+        // have). Once connections are let in again, the listeners reconnect
+        // and catch up what they missed.
+        let database = db.name();
+        cluster.psql(
+            "postgres",
+            &format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"),
+        );
+        let ended = cluster.psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND query LIKE 'LISTEN%'"
+            ),
+        );
+        assert_eq!(ended.trim(), "2", "both nodes listened");
+        put(&one, &on_one, "while-deaf", 3).await;
+        cluster.psql(
+            "postgres",
+            &format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"),
+        );
+        converged(&one, &on_one, &two, &on_two).await;
+        let seen = two
+            .read(&on_two, |doc| {
+                doc.get(ROOT, "while-deaf")
+                    .unwrap()
+                    .and_then(|(v, _)| v.as_i64())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(3));
     }
 }

@@ -60,9 +60,14 @@ pub(super) struct Appender {
 
 impl Appender {
     /// Starts the writer task on `runtime` (the engine's).
-    pub(super) fn start(runtime: &tokio::runtime::Handle, pool: Pool, outage: Arc<Outage>) -> Self {
+    pub(super) fn start(
+        runtime: &tokio::runtime::Handle,
+        pool: Pool,
+        outage: Arc<Outage>,
+        node: u64,
+    ) -> Self {
         let (inbox, waiting) = mpsc::channel(QUEUE);
-        runtime.spawn(write_loop(pool, outage, waiting));
+        runtime.spawn(write_loop(pool, outage, waiting, node));
         Self { inbox }
     }
 }
@@ -88,7 +93,12 @@ impl PgEngine {
     }
 }
 
-async fn write_loop(pool: Pool, outage: Arc<Outage>, mut waiting: mpsc::Receiver<Pending>) {
+async fn write_loop(
+    pool: Pool,
+    outage: Arc<Outage>,
+    mut waiting: mpsc::Receiver<Pending>,
+    node: u64,
+) {
     let mut held: Option<Pending> = None;
     loop {
         let first = match held.take() {
@@ -110,7 +120,7 @@ async fn write_loop(pool: Pool, outage: Arc<Outage>, mut waiting: mpsc::Receiver
             batch.push(next);
         }
         let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
-        match write_with_retries(&pool, &outage, &appends).await {
+        match write_with_retries(&pool, &outage, &appends, node).await {
             Ok(outcomes) => {
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     // A caller that gave up waiting does not mind.
@@ -143,6 +153,7 @@ pub(super) async fn write_with_retries(
     pool: &Pool,
     outage: &Outage,
     batch: &[&Append],
+    node: u64,
 ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let mut client = match pool.get().await {
         Ok(client) => client,
@@ -158,7 +169,7 @@ pub(super) async fn write_with_retries(
             .transaction()
             .await
             .map_err(|e| classify(e, outage))?;
-        let written = match write_batch(&tx, outage, batch).await {
+        let written = match write_batch(&tx, outage, batch, node).await {
             Ok(outcomes) => match tx.commit().await {
                 Ok(()) => {
                     outage.over();
@@ -203,6 +214,7 @@ async fn write_batch(
     tx: &Transaction<'_>,
     outage: &Outage,
     batch: &[&Append],
+    node: u64,
 ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let fail = |e| classify(e, outage);
 
@@ -309,7 +321,50 @@ async fn write_batch(
     write_usage(tx, outage, &usage).await?;
     write_feed(tx, outage, &counters, &rows.feed).await?;
     write_index(tx, outage, &rows.index).await?;
+    ring(tx, outage, node, batch, &outcomes).await?;
     Ok(outcomes)
+}
+
+/// Notifies the other nodes of every document the batch grew, inside the
+/// transaction: PostgreSQL delivers the notices at COMMIT, so a committed
+/// append always rings and a rolled-back one never does.
+async fn ring(
+    tx: &Transaction<'_>,
+    outage: &Outage,
+    node: u64,
+    batch: &[&Append],
+    outcomes: &[Result<Appended, StoreError>],
+) -> Result<(), StoreError> {
+    let mut last: BTreeMap<DocumentId, (UserId, u64)> = BTreeMap::new();
+    for (append, outcome) in batch.iter().zip(outcomes) {
+        // An append without changes grew nothing (and has no last event).
+        if let (Ok(appended), false) = (outcome, append.changes.is_empty()) {
+            let seq = appended.first_seq + append.changes.len() as u64 - 1;
+            last.insert(append.doc, (append.user, seq));
+        }
+    }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<String> = last
+        .into_iter()
+        .map(|(doc, (user, seq))| {
+            super::doorbell::payload(&crate::store::Ring {
+                node,
+                user,
+                doc,
+                seq,
+            })
+        })
+        .collect();
+    let notify = tx
+        .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .await
+        .map_err(|e| classify(e, outage))?;
+    tx.execute(&notify, &[&super::doorbell::CHANNEL, &payloads])
+        .await
+        .map_err(|e| classify(e, outage))?;
+    Ok(())
 }
 
 /// The usage of `owners`, locked in id order (rows are created at zero

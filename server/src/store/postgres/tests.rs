@@ -610,6 +610,7 @@ async fn a_group_of_appends_is_one_transaction_with_an_outcome_each() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await
     .unwrap();
@@ -674,6 +675,7 @@ async fn a_batch_of_several_documents_and_users_numbers_without_gaps() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await
     .unwrap();
@@ -796,6 +798,7 @@ async fn a_failing_transaction_fails_every_append_in_it() {
         &engine.pool,
         &engine.outage,
         &batch.iter().collect::<Vec<_>>(),
+        engine.node(),
     )
     .await;
     assert!(matches!(failed, Err(StoreError::Postgres(_))), "{failed:?}");

@@ -71,6 +71,8 @@ pub(super) async fn write_usage(
     Ok(())
 }
 
+#[cfg(test)]
+#[cfg(test)]
 impl PgEngine {
     /// What a user uses now.
     pub(crate) async fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
