@@ -119,18 +119,34 @@ async fn write_loop(
             }
             batch.push(next);
         }
-        let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
-        match write_with_retries(&pool, &outage, &appends, node).await {
+        let (appends, replies): (Vec<Append>, Vec<_>) =
+            batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+        // The batch is written by a task of its own, so that a bug that
+        // panics fails its callers but not the writer: every later append
+        // of this node would be refused otherwise.
+        let written = tokio::spawn({
+            let (pool, outage) = (pool.clone(), Arc::clone(&outage));
+            async move {
+                let appends: Vec<&Append> = appends.iter().collect();
+                write_with_retries(&pool, &outage, &appends, node).await
+            }
+        })
+        .await
+        .unwrap_or_else(|error| {
+            tracing::error!(error = %error, "writing a batch of appends panicked");
+            Err(StoreError::Unavailable)
+        });
+        match written {
             Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A caller that gave up waiting does not mind.
-                    let _ = pending.reply.send(outcome);
+                    let _ = reply.send(outcome);
                 }
             }
             Err(error) => {
                 let shared = Arc::new(error);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(StoreError::shared(&shared)));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::shared(&shared)));
                 }
             }
         }

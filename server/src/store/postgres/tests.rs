@@ -1374,3 +1374,25 @@ fn every_operation_is_send(engine: &PgEngine, record: &UserRecord, session: &Ses
     send(engine.verify());
     send(engine.is_healthy());
 }
+
+#[tokio::test]
+async fn an_append_without_changes_moves_the_feed_and_writes_no_event() {
+    let (_db, engine) = engine().await;
+    let (ann, _, d1, _) = ids();
+    engine
+        .claim_document(d1, ann, now(), &Quota::default())
+        .await
+        .unwrap();
+    let mut put = append_of(d1, ann, &[], &Quota::default());
+    put.index = IndexUpdate::Put(view("no change", d1));
+    let appended = engine.append(put).await.unwrap();
+    assert_eq!((appended.first_seq, appended.feed_seq), (0, 1));
+    assert!(engine.events_of(d1).await.unwrap().is_empty());
+    assert_eq!(engine.task_summaries(ann).await.unwrap().len(), 1);
+    // The writer is still there for the next append.
+    let next = append(&engine, d1, ann, &[b"x".to_vec()], &Quota::default())
+        .await
+        .unwrap();
+    assert_eq!(next, 2);
+    assert_eq!(engine.verify().await.unwrap(), Vec::<String>::new());
+}
