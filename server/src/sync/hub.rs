@@ -983,6 +983,22 @@ impl DocumentHub {
         Ok(removed)
     }
 
+    /// Drops a document another node deleted from memory here, and tells
+    /// its peers here, who are then answered `doc-unavailable`.
+    pub(crate) async fn deleted_elsewhere(&self, id: DocumentId) {
+        let live = self.live.lock().expect("never poisoned").get(&id).cloned();
+        if let Some(live) = live {
+            // Under the document's lock, as a deletion here: a change being
+            // applied finishes first (and the store refuses it), every later
+            // one is refused here.
+            let _guard = live.state.lock().await;
+            live.deleted.store(true, Ordering::SeqCst);
+            drop(_guard);
+            self.live.lock().expect("never poisoned").remove(&id);
+            self.notify_changed(&live, None);
+        }
+    }
+
     /// The user's root document, created once, on first use, by the server:
     /// devices never create it, so two offline devices cannot make two.
     pub(crate) async fn ensure_root(

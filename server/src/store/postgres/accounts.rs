@@ -413,12 +413,24 @@ impl PgEngine {
     /// it existed.
     pub(crate) async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let client = self.client().await?;
+        // Every node closes the session's sockets: the notice is sent with
+        // the deletion's commit, and only if there was a session to delete.
         let statement = client
-            .prepare_cached("DELETE FROM sessions WHERE id = $1")
+            .prepare_cached(
+                "WITH gone AS (DELETE FROM sessions WHERE id = $1 RETURNING id) \
+                 SELECT pg_notify($2, $3) FROM gone",
+            )
             .await
             .map_err(|e| self.fail(e))?;
         let deleted = client
-            .execute(&statement, &[&id.as_bytes().as_slice()])
+            .execute(
+                &statement,
+                &[
+                    &id.as_bytes().as_slice(),
+                    &super::doorbell::CHANNEL,
+                    &super::doorbell::session_payload(self.node, id),
+                ],
+            )
             .await
             .map_err(|e| self.fail(e))?;
         Ok(deleted == 1)
