@@ -46,7 +46,10 @@ pub async fn answer(
     while let Some(next) = heard.recv().await {
         match next {
             Heard::Ring(ring) if ring.node == node => {}
-            Heard::Ring(ring) => catch_up(&hub, ring.doc).await,
+            Heard::Ring(ring) => {
+                catch_up(&hub, ring.doc).await;
+                hub.uploaded_elsewhere(ring.doc, ring.user);
+            }
             Heard::Deleted { node: from, .. } | Heard::SessionEnded { node: from, .. }
                 if from == node => {}
             Heard::Deleted { doc, .. } => hub.deleted_elsewhere(doc).await,
@@ -235,6 +238,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_device_waiting_on_one_node_for_a_document_hears_when_another_node_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doorbell = Arc::new(LocalDoorbell::default());
+        let one = Arc::new(node(&store, 1).with_doorbell(1, doorbell.clone()));
+        let two = Arc::new(node(&store, 2).with_doorbell(2, doorbell.clone()));
+        tokio::spawn(answer(Arc::clone(&two), 2, doorbell.listen(), |_| {}));
+        let mailbox = Arc::new(crate::sync::mailbox::Mailbox::new(
+            Default::default(),
+            Arc::new(Metrics::default()),
+        ));
+        let doc = DocumentId::from_bytes(DOC);
+        two.wait_for(doc, UserId::from_bytes(USER), 9, Arc::clone(&mailbox));
+        let on_one = open(&one).await;
+        put(&one, &on_one, "uploaded", 1).await;
+        let notices = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("the waiting connection was told");
+        assert!(notices.changed.contains(&doc));
+    }
+
+    #[tokio::test]
     async fn a_node_that_missed_rings_catches_up_every_loaded_document() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -285,6 +310,51 @@ mod tests {
         assert_eq!(
             three.read(&on_three, read).await.unwrap(),
             (Some(Some(1)), Some(Some(299)))
+        );
+    }
+
+    #[tokio::test]
+    async fn two_nodes_creating_a_users_root_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .find_or_create_user(&crate::store::UserRecord {
+                id: UserId::from_bytes(USER),
+                contact_key: "email:ann@example.com".into(),
+                created_at: Utc::now(),
+                root_document_id: None,
+            })
+            .await
+            .unwrap();
+        let (one, two) = (node(&store, 1), node(&store, 2));
+        let (a, b) = (
+            DocumentId::from_bytes([31; 16]),
+            DocumentId::from_bytes([32; 16]),
+        );
+        let user = UserId::from_bytes(USER);
+        let (root_one, root_two) = tokio::join!(
+            one.ensure_root(user, a, Utc::now()),
+            two.ensure_root(user, b, Utc::now())
+        );
+        let root = root_one.unwrap();
+        assert_eq!(root_two.unwrap(), root);
+        // The other one is deleted, so the user has one root and no stray
+        // document that reads as one.
+        let loser = if root == a { b } else { a };
+        let meta = store
+            .document_meta(loser)
+            .await
+            .unwrap()
+            .expect("it was claimed");
+        assert!(meta.deleted_at.is_some());
+        assert!(
+            store
+                .document_meta(root)
+                .await
+                .unwrap()
+                .unwrap()
+                .deleted_at
+                .is_none()
         );
     }
 

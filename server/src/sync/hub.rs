@@ -983,6 +983,17 @@ impl DocumentHub {
         Ok(removed)
     }
 
+    /// Tells this node's connections of `owner` that asked for a document
+    /// nobody had that another node now has it; they then open it here.
+    pub(crate) fn uploaded_elsewhere(&self, id: DocumentId, owner: UserId) {
+        let waiting = self.waiting.lock().expect("never poisoned").remove(&id);
+        for (_, (user, mailbox)) in waiting.into_iter().flatten() {
+            if user == owner {
+                mailbox.changed(id);
+            }
+        }
+    }
+
     /// Drops a document another node deleted from memory here, and tells
     /// its peers here, who are then answered `doc-unavailable`.
     pub(crate) async fn deleted_elsewhere(&self, id: DocumentId) {
@@ -1017,7 +1028,7 @@ impl DocumentHub {
             return Ok(id);
         }
         let _one_at_a_time = self.root_creation.lock().await;
-        let mut record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
+        let record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
         if let Some(id) = record.root_document_id {
             return Ok(id);
         }
@@ -1034,10 +1045,19 @@ impl DocumentHub {
             |tx| task_document::init_root(tx),
         )
         .await?;
-        record.root_document_id = Some(fresh_id);
-        self.store.put_user(&record).await?;
+        // Another node may have made a root meanwhile (this lock holds only
+        // here): the first one written wins, and the loser is deleted.
+        let root = self
+            .store
+            .set_root_document(user, fresh_id)
+            .await?
+            .ok_or(HubError::UnknownUser)?;
         self.store.persist().await?;
-        Ok(fresh_id)
+        if root != fresh_id {
+            tracing::info!(%user, "another node created the user's root document first");
+            self.tombstone(fresh_id, now).await?;
+        }
+        Ok(root)
     }
 
     /// Drops every document loaded from a store engine that has failed, and
