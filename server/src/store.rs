@@ -318,9 +318,14 @@ impl Store {
         dispatch!(self, find_or_create_user(candidate))
     }
 
-    /// Replaces a user record.
-    pub(crate) async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        dispatch!(self, put_user(user))
+    /// Makes `doc` the user's root document unless it has one; returns the
+    /// root it has afterwards (`None` for an unknown user).
+    pub(crate) async fn set_root_document(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentId>, StoreError> {
+        dispatch!(self, set_root_document(user, doc))
     }
 
     /// Atomically reads and replaces the code state of one identifier.

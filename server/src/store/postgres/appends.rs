@@ -365,7 +365,7 @@ async fn ring(
     let payloads: Vec<String> = last
         .into_iter()
         .map(|(doc, (user, seq))| {
-            super::doorbell::payload(&crate::store::Ring {
+            super::doorbell::ring_payload(&crate::store::Ring {
                 node,
                 user,
                 doc,

@@ -301,6 +301,16 @@ impl PgEngine {
         )
         .await
         .map_err(|e| self.fail(e))?;
+        // The other nodes drop the document from memory and tell its peers.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &super::doorbell::CHANNEL,
+                &super::doorbell::deleted_payload(self.node, doc),
+            ],
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(true)
     }

@@ -133,6 +133,38 @@ async fn find_or_create_user_creates_once() {
     assert_eq!(engine.user(first.id).await.unwrap(), Some(changed));
 }
 
+#[tokio::test]
+async fn the_first_root_document_written_stays_the_root() {
+    let (_db, engine) = engine().await;
+    let (ann, _) = engine
+        .find_or_create_user(&user("email:ann@example.com", 1))
+        .await
+        .unwrap();
+    let (one, two) = (doc(21), doc(22));
+    let (first, second) = tokio::join!(
+        engine.set_root_document(ann.id, one),
+        engine.set_root_document(ann.id, two)
+    );
+    let winner = first.unwrap().unwrap();
+    assert_eq!(second.unwrap(), Some(winner), "both writers agree");
+    assert!(winner == one || winner == two);
+    assert_eq!(
+        engine.set_root_document(ann.id, doc(23)).await.unwrap(),
+        Some(winner)
+    );
+    assert_eq!(
+        engine.user(ann.id).await.unwrap().unwrap().root_document_id,
+        Some(winner)
+    );
+    assert_eq!(
+        engine
+            .set_root_document(UserId::from_random_bytes([99; 16]), one)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sign_ins_of_one_contact_create_one_user() {
     let (_db, engine) = engine().await;
