@@ -14,6 +14,8 @@
 //! This file holds the handle, its errors and the record encoding; `records`
 //! and `log` hold the types both engines keep, `quota` the limits on them.
 
+#[cfg(test)]
+mod contract_tests;
 mod embedded;
 mod log;
 mod postgres;
