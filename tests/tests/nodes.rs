@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,7 +127,10 @@ async fn up_to_date(client: &Client) {
     eventually("the device is up to date", || async {
         match client.sync_status() {
             SyncStatus::UpToDate { .. } => Ok(()),
-            other => Err(format!("{other:?}, last error {:?}", client.last_sync_error())),
+            other => Err(format!(
+                "{other:?}, last error {:?}",
+                client.last_sync_error()
+            )),
         }
     })
     .await;
@@ -247,7 +250,10 @@ async fn a_device_on_one_node_and_a_js_client_on_the_other_converge_live_and_res
         }
     })
     .await;
-    assert_eq!(js.find_doc(&made_id).await["title"], json!("made on node 2"));
+    assert_eq!(
+        js.find_doc(&made_id).await["title"],
+        json!("made on node 2")
+    );
     js.exit().await;
 }
 
@@ -389,7 +395,11 @@ async fn a_node_killed_in_a_burst_of_writes_loses_no_acknowledged_change_and_dou
             "{title} is listed once on node 2"
         );
     }
-    assert_eq!(listed.len(), made.len(), "no task appeared twice or from nowhere");
+    assert_eq!(
+        listed.len(),
+        made.len(),
+        "no task appeared twice or from nowhere"
+    );
     let titles: HashSet<&str> = listed.iter().filter_map(|t| t["title"].as_str()).collect();
     assert_eq!(titles.len(), made.len(), "every title once: {titles:?}");
     let (_, body) = rest_task(&two, &token, &first.id.to_string()).await;
@@ -529,7 +539,9 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
     }
     let kinds = audit_kinds(&one, &other_device.tokens.access_token).await;
     assert!(
-        kinds.iter().any(|(kind, _)| *kind == AuditKind::ReuseDetected),
+        kinds
+            .iter()
+            .any(|(kind, _)| *kind == AuditKind::ReuseDetected),
         "the reuse is in the audit trail: {kinds:?}"
     );
     one.assert_no_secrets_in_logs();
@@ -540,15 +552,38 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
 
 /// nginx in front of the nodes, configured from `deploy/nginx.conf`.
 struct Balancer {
-    process: Child,
+    /// The watchdog nginx runs under, and the pipe whose end stops it.
+    watchdog: Child,
+    stop: Option<ChildStdin>,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
+/// The shell nginx runs under: `$@` is nginx's command line. When its
+/// standard input ends (the balancer is dropped, or the test process is
+/// gone however it ended) it sends nginx SIGTERM, on which the master stops
+/// its workers too (a SIGKILL would leave them running). When nginx exits
+/// by itself (it could not bind its port) the shell exits with it.
+const WATCHDOG: &str = r#"
+exec 3<&0
+"$@" </dev/null 3<&- &
+nginx=$!
+{ cat <&3 >/dev/null; kill -TERM "$nginx" 2>/dev/null; } &
+wait "$nginx"
+"#;
+
 impl Drop for Balancer {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        drop(self.stop.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.watchdog.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
     }
 }
 
@@ -571,10 +606,9 @@ fn free_port() -> u16 {
 /// file must be there, so that the file and the test cannot drift apart
 /// unnoticed.
 fn render_nginx_conf(dir: &Path, listen: u16, upstreams: [u16; 2]) -> String {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx.conf"),
-    )
-    .expect("deploy/nginx.conf");
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx.conf"))
+            .expect("deploy/nginx.conf");
     let temp = dir.display();
     let substitutions = [
         ("10.0.0.11:8080", format!("127.0.0.1:{}", upstreams[0])),
@@ -628,19 +662,20 @@ impl Balancer {
                 if running_as_root { " user root;" } else { "" }
             );
             let log = std::fs::File::create(dir.path().join("error.log")).expect("a log file");
-            let mut process = Command::new(nginx_binary())
+            let mut process = Command::new("sh")
+                .args(["-c", WATCHDOG, "sh"])
+                .arg(nginx_binary())
                 .arg("-p")
                 .arg(dir.path())
                 .arg("-c")
                 .arg(&conf)
                 .args(["-e", "stderr", "-g", &globals])
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {}: {e}", nginx_binary().display())
-                });
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", nginx_binary().display()));
+            let stop = process.stdin.take();
             let deadline = tokio::time::Instant::now() + WAIT;
             loop {
                 if let Some(status) = process.try_wait().expect("polling nginx") {
@@ -655,7 +690,8 @@ impl Balancer {
                     .is_ok()
                 {
                     return Balancer {
-                        process,
+                        watchdog: process,
+                        stop,
                         port,
                         _dir: dir,
                     };
@@ -682,7 +718,10 @@ async fn two_nodes_behind_nginx_a_device_fails_over_and_the_nodes_see_the_client
     // the test's HTTP client connects from 127.0.0.3, which only
     // X-Forwarded-For can tell the nodes.
     let trusting = || AppConfig::default().with("--trusted-proxies", "127.0.0.1");
-    let mut nodes = [node_with(&db, trusting()).await, node_with(&db, trusting()).await];
+    let mut nodes = [
+        node_with(&db, trusting()).await,
+        node_with(&db, trusting()).await,
+    ];
     let balancer = Balancer::start([nodes[0].port, nodes[1].port]).await;
     let email = "lb@example.com";
 
@@ -709,8 +748,7 @@ async fn two_nodes_behind_nginx_a_device_fails_over_and_the_nodes_see_the_client
         .await
         .expect("the balancer answers");
     assert_eq!(response.status(), 200);
-    let signed_in: SignInResponse =
-        response.json().await.expect("a sign-in body");
+    let signed_in: SignInResponse = response.json().await.expect("a sign-in body");
     let token = signed_in.tokens.access_token.clone();
     nodes[0].remember_tokens(&signed_in.tokens);
     let events = audit_kinds(&nodes[1], &token).await;
@@ -726,21 +764,30 @@ async fn two_nodes_behind_nginx_a_device_fails_over_and_the_nodes_see_the_client
     );
 
     // A device syncs through the balancer.
-    let a = signed_in_device(&balancer.address(), &[&nodes[0], &nodes[1]], email, "laptop").await;
+    let a = signed_in_device(
+        &balancer.address(),
+        &[&nodes[0], &nodes[1]],
+        email,
+        "laptop",
+    )
+    .await;
     a.start_sync().await;
     up_to_date(&a).await;
     let before = a
         .create_task(&NewTask::titled("before the kill"))
         .expect("created");
-    eventually("the task made through the balancer is on both nodes", || async {
-        for node in &nodes {
-            let (status, _) = rest_task(node, &token, &before.id.to_string()).await;
-            if status != 200 {
-                return Err(format!("{status} on {}", node.address));
+    eventually(
+        "the task made through the balancer is on both nodes",
+        || async {
+            for node in &nodes {
+                let (status, _) = rest_task(node, &token, &before.id.to_string()).await;
+                if status != 200 {
+                    return Err(format!("{status} on {}", node.address));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await;
 
     // Kill the node that holds the device's socket.
