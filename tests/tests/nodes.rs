@@ -23,6 +23,7 @@ use codeedex_schema::api::auth::{AuditEventList, AuditKind, SignInResponse, Toke
 use codeedex_test_postgres::{Cluster, TestDatabase};
 use codeedex_tests::app::{AppConfig, TestApp, spawn_app_with};
 use codeedex_tests::js_client::{JsClient, JsClientOptions, sync_url};
+use codeedex_tests::sync_peer::SyncPeer;
 use serde_json::{Value, json};
 
 /// The longest any wait lasts.
@@ -841,4 +842,73 @@ async fn two_nodes_behind_nginx_a_device_fails_over_and_the_nodes_see_the_client
     );
     a.stop_sync().await;
     nodes[0].assert_no_secrets_in_logs();
+}
+
+/// Waits at most `within` for `peer`'s socket to close; the close code, or
+/// a panic naming `what`.
+async fn closed_within(peer: &mut SyncPeer, within: Duration, what: &str) -> Option<u16> {
+    peer.expect_close(within)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the socket did not close within {within:?}: {e:#}"))
+}
+
+#[tokio::test]
+async fn a_session_ended_on_one_node_closes_its_socket_on_the_other_within_a_second() {
+    let db = Cluster::shared().database();
+    let one = node(&db).await;
+    let two = node(&db).await;
+    let email = "sol@example.com";
+    let logged_out = one.sign_in_email(email).await;
+    let reused = one.sign_in_email(email).await;
+    let stays = one.sign_in_email(email).await;
+
+    // Three sessions of one user, each with a socket on node 2.
+    let mut sockets = Vec::new();
+    for (name, session) in [("a", &logged_out), ("b", &reused), ("c", &stays)] {
+        let peer = SyncPeer::join(
+            two.port,
+            &session.tokens.access_token,
+            &format!("sol-{name}"),
+            Some(&format!("storage-sol-{name}")),
+            &[],
+        )
+        .await
+        .expect("the socket joins on node 2");
+        sockets.push(peer);
+    }
+    let [mut a, mut b, mut c] = <[SyncPeer; 3]>::try_from(sockets).expect("three sockets");
+
+    // Logout on node 1: the session's socket on node 2 closes within 1 s
+    // (the bound of auth requirement 22), as on one node, with 4003.
+    let response = one
+        .post_json_as(
+            &logged_out.tokens.access_token,
+            "/v1/auth/logout",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let code = closed_within(&mut a, Duration::from_secs(1), "logout on node 1").await;
+    assert_eq!(code, Some(4003), "messages before it: {:?}", a.backlog);
+
+    // A refresh token reused on node 1 ends its session: its socket on
+    // node 2 closes within 1 s too.
+    let r0 = reused.tokens.refresh_token.clone();
+    let (status, body) = refresh_on(&one.client, &one.address, &r0).await;
+    assert_eq!(status, 200, "{body}");
+    let r1: TokenPair = serde_json::from_str(&body).expect("a pair");
+    let (status, _) = refresh_on(&one.client, &one.address, &r1.refresh_token).await;
+    assert_eq!(status, 200);
+    one.remember_tokens(&r1);
+    let (status, _) = refresh_on(&one.client, &one.address, &r0).await;
+    assert_eq!(status, 401, "r0 after two rotations is a reuse");
+    let code = closed_within(&mut b, Duration::from_secs(1), "reuse on node 1").await;
+    assert_eq!(code, Some(4003), "messages before it: {:?}", b.backlog);
+
+    // The user's third session keeps its socket.
+    assert!(
+        c.open_after_pending(WAIT).await,
+        "the other session's socket stays"
+    );
+    one.assert_no_secrets_in_logs();
 }
