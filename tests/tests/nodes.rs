@@ -483,7 +483,6 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
     const ROUNDS: usize = 8;
     let mut current = r0.clone();
     let mut chain = vec![r0.clone()];
-    let mut last_access = String::new();
     for round in 0..ROUNDS {
         let answers = refresh_on_both([&one, &two], &current, 3).await;
         let mut issued = HashSet::new();
@@ -498,7 +497,6 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
             one.remember_tokens(&pair);
             assert_eq!(pair.session_id, signed_in.tokens.session_id);
             issued.insert(pair.refresh_token.clone());
-            last_access = pair.access_token;
         }
         assert_eq!(
             issued.len(),
@@ -509,6 +507,27 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
         assert!(!chain.contains(&current), "round {round}: a new token");
         chain.push(current.clone());
     }
+
+    // A client that lost node 1's answer retries on node 2 within the grace
+    // window, and gets the pair node 1 issued, not a third token.
+    let parent = current.clone();
+    let (status, body) = refresh_on(&one.client, &one.address, &parent).await;
+    assert_eq!(status, 200, "{body}");
+    let issued: TokenPair = serde_json::from_str(&body).expect("a pair");
+    one.remember_tokens(&issued);
+    let (status, body) = refresh_on(&two.client, &two.address, &parent).await;
+    assert_eq!(
+        status, 200,
+        "the retry on node 2 within the grace window: {body}"
+    );
+    let retried: TokenPair = serde_json::from_str(&body).expect("a pair");
+    one.remember_tokens(&retried);
+    assert_eq!(
+        retried.refresh_token, issued.refresh_token,
+        "node 2 hands out the token node 1 issued"
+    );
+    current = issued.refresh_token;
+    let last_access = retried.access_token;
     for node in [&one, &two] {
         assert_eq!(me_status(node, &last_access).await, 200);
     }
@@ -517,7 +536,11 @@ async fn one_session_refreshed_on_two_nodes_at_once_rotates_once_and_a_reuse_end
         .iter()
         .filter(|(kind, _)| *kind == AuditKind::Refresh)
         .count();
-    assert_eq!(refreshes, ROUNDS, "one rotation a round");
+    assert_eq!(
+        refreshes,
+        ROUNDS + 1,
+        "one rotation a round, and one for the retry"
+    );
 
     // r0 is many generations old: replayed on node 2, the session ends on
     // both nodes, every token of it at once; the user's other session
