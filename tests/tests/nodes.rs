@@ -667,6 +667,11 @@ impl Balancer {
     /// Starts nginx as the current user, in the foreground, with its
     /// prefix, pid file and logs in a temporary directory.
     async fn start(upstreams: [u16; 2]) -> Balancer {
+        assert!(
+            nginx_binary().exists(),
+            "{} is missing: install Debian's nginx-light (.ci/run does) or set CODEEDEX_NGINX_BIN",
+            nginx_binary().display()
+        );
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut last = String::new();
         for _ in 0..5 {
