@@ -229,7 +229,6 @@ impl Auth {
 
     async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let existed = self.store.delete_session(id).await?;
-        self.rotations.forget(id);
         // Nobody listening is fine: no socket is open for this session.
         let _ = self.revocations.send(id);
         Ok(existed)
