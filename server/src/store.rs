@@ -16,6 +16,7 @@
 
 mod embedded;
 mod log;
+pub mod migration;
 mod postgres;
 mod quota;
 mod records;

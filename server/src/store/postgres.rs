@@ -29,6 +29,7 @@ mod accounts;
 mod appends;
 mod documents;
 mod doorbell;
+mod import;
 mod quota;
 mod secrets;
 mod sync_states;
