@@ -93,7 +93,7 @@ async fn write_document(store: Store, doc: DocumentId, owner: UserId, n: usize) 
             })
             .await
             .unwrap();
-        if n % 10 == 0 && version == 1 {
+        if n.is_multiple_of(10) && version == 1 {
             store.write_snapshot(doc, 2, &replica.save()).await.unwrap();
         }
     }
