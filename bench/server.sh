@@ -3,6 +3,7 @@
 # fixed test codes for bench-<i>@example.com (i < $IDENTITIES) and limits
 # raised so that the generator measures the server, not its rate limits.
 # Prints the server's pid on stdout; the server's log goes to $DATA/server.log.
+# EXTRA_ARGS adds flags (for example --database-url for PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${PORT:-18181}
@@ -17,7 +18,7 @@ CODEEDEX_TEST_CODES="${codes%,}" "${BIN_DIR:-${CARGO_TARGET_DIR:-./target}/relea
   --ip-send-limit 1000000 --ip-verify-limit 1000000 --ip-refresh-limit 1000000 \
   --sync-max-connections-per-user 100000 --sync-messages-per-second 100000 --sync-message-burst 100000 \
   --sync-max-connections 100000 --sync-connections-per-second 1000000 --sync-connection-burst 1000000 \
-  > "$data/server.log" 2>&1 &
+  ${EXTRA_ARGS:-} > "$data/server.log" 2>&1 &
 pid=$!
 up=
 for _ in $(seq 100); do

@@ -26,6 +26,11 @@ pub(crate) struct Cli {
     /// The server's process id, to read its memory and CPU time.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// Another node of the same service (loopback), repeatable: the fan-out
+    /// scenarios spread each user's devices over `--server` and these in
+    /// turn, so that an edit reaches devices on other nodes.
+    #[arg(long)]
+    pub(crate) also_server: Vec<String>,
     #[command(subcommand)]
     pub(crate) scenario: Scenario,
 }

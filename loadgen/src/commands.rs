@@ -20,6 +20,9 @@ pub(crate) struct Target {
     pub(crate) server: String,
     /// The sync WebSocket URL.
     pub(crate) ws_url: String,
+    /// The sync WebSocket URLs the fan-out scenarios spread devices over:
+    /// `ws_url` first, then those of the other nodes named.
+    pub(crate) fanout_ws_urls: Vec<String>,
     /// No sign-in: the server has no auth.
     pub(crate) no_auth: bool,
     /// The fixed code of the bench identities.
@@ -85,7 +88,7 @@ pub(crate) async fn fanout(target: &Target, args: &FanoutArgs) -> anyhow::Result
         rate: *rate,
         duration: Duration::from_secs((*seconds).min(120)),
     };
-    let result = scenario::fanout::run(&target.ws_url, &tokens, &params).await?;
+    let result = scenario::fanout::run(&target.fanout_ws_urls, &tokens, &params).await?;
     println!(
         "scenario: fan-out, {users} users x {devices} devices x {tasks} tasks, {rate} edits/s per device, {seconds} s"
     );
@@ -150,7 +153,7 @@ pub(crate) async fn saturation(target: &Target, args: &SaturationArgs) -> anyhow
             rate,
             duration: Duration::from_secs((*seconds).clamp(1, 60)),
         };
-        let result = scenario::fanout::run(&target.ws_url, &tokens, &params).await?;
+        let result = scenario::fanout::run(&target.fanout_ws_urls, &tokens, &params).await?;
         let offered = rate * (*users * *devices * (*devices - 1)) as f64;
         println!(
             "rate {rate:>8.1}/s/device: offered {offered:>9.0} deliveries/s, delivered {:>9.0}/s, p99 {:.2} ms, missing {}",

@@ -38,8 +38,16 @@ fn ensure_loopback(url: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_loopback(&cli.server)?;
+    for other in &cli.also_server {
+        ensure_loopback(other)?;
+    }
+    let ws = |base: &str| format!("{}{}", base.replacen("http", "ws", 1), cli.ws_path);
     let target = Target {
-        ws_url: format!("{}{}", cli.server.replacen("http", "ws", 1), cli.ws_path),
+        ws_url: ws(&cli.server),
+        fanout_ws_urls: std::iter::once(&cli.server)
+            .chain(&cli.also_server)
+            .map(|base| ws(base))
+            .collect(),
         server: cli.server,
         no_auth: cli.no_auth,
         code: cli.code,

@@ -221,9 +221,14 @@ impl Auth {
         now - session.last_used_at < idle && now - session.created_at < max
     }
 
+    /// Closes this node's sockets of a session another node ended (the
+    /// session is gone from the shared store already).
+    pub(crate) fn session_ended_elsewhere(&self, id: SessionId) {
+        let _ = self.revocations.send(id);
+    }
+
     async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let existed = self.store.delete_session(id).await?;
-        self.rotations.forget(id);
         // Nobody listening is fine: no socket is open for this session.
         let _ = self.revocations.send(id);
         Ok(existed)

@@ -108,7 +108,13 @@ impl Application {
         // On a database other nodes share, their appends ring here: the hub
         // applies them to the documents it has in memory.
         if let Some((node, heard)) = store.listen() {
-            tokio::spawn(crate::sync::doorbell::answer(Arc::clone(&hub), node, heard));
+            let auth = Arc::clone(&auth);
+            tokio::spawn(crate::sync::doorbell::answer(
+                Arc::clone(&hub),
+                node,
+                heard,
+                move |session| auth.session_ended_elsewhere(session),
+            ));
         }
         let registry = Arc::new(PeerRegistry::default());
         let sync = PeerContext {

@@ -14,6 +14,8 @@
 //! This file holds the handle, its errors and the record encoding; `records`
 //! and `log` hold the types both engines keep, `quota` the limits on them.
 
+#[cfg(test)]
+mod contract_tests;
 mod embedded;
 mod log;
 pub mod migration;
@@ -231,15 +233,10 @@ impl Store {
     pub(crate) fn health(&self) -> tokio::sync::watch::Receiver<StoreHealth> {
         match &self.engine {
             EngineHandle::Embedded(e) => e.health(),
-            // Nothing to follow: the sender is gone, so followers stop.
-            EngineHandle::Postgres(_) => {
-                tokio::sync::watch::channel(StoreHealth {
-                    available: true,
-                    failures: 0,
-                    recoveries: 0,
-                })
-                .1
-            }
+            // Outages of the database: counted as the embedded engine's
+            // failures are; nothing acknowledged is lost in one, and
+            // handles stay current, so no document is forgotten.
+            EngineHandle::Postgres(e) => e.health(),
         }
     }
 
@@ -324,9 +321,14 @@ impl Store {
         dispatch!(self, find_or_create_user(candidate))
     }
 
-    /// Replaces a user record.
-    pub(crate) async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        dispatch!(self, put_user(user))
+    /// Makes `doc` the user's root document unless it has one; returns the
+    /// root it has afterwards (`None` for an unknown user).
+    pub(crate) async fn set_root_document(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentId>, StoreError> {
+        dispatch!(self, set_root_document(user, doc))
     }
 
     /// Atomically reads and replaces the code state of one identifier.

@@ -305,6 +305,15 @@ impl TestApp {
         self.start_process(port);
     }
 
+    /// Kills the server with SIGKILL and leaves it down (a node lost for
+    /// good, say); [`Self::start_again`] brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.process.take().expect("the server is running");

@@ -86,9 +86,10 @@ impl Traffic {
 type SendTimes = Arc<Mutex<HashMap<(usize, usize, i64), Instant>>>;
 
 /// Runs the scenario. `tokens[u]` signs user `u`'s devices in (or none for
-/// a server without auth).
+/// a server without auth); device `d` of each user connects to
+/// `ws_urls[d % ws_urls.len()]`.
 pub async fn run(
-    ws_url: &str,
+    ws_urls: &[String],
     tokens: &[Option<String>],
     params: &FanOut,
 ) -> anyhow::Result<FanOutResult> {
@@ -119,7 +120,7 @@ pub async fn run(
                 })
                 .collect();
             let token = token.clone();
-            let url = ws_url.to_owned();
+            let url = ws_urls[device % ws_urls.len()].clone();
             let (sent, latencies, delivered, traffic) = (
                 Arc::clone(&sent),
                 Arc::clone(&latencies),

@@ -43,6 +43,9 @@ pub(crate) enum HashPurpose {
     OneTimeCode,
     /// A refresh token.
     RefreshToken,
+    /// The refresh token a rotation issues, derived from the one it spends
+    /// (see `refresh.rs`).
+    RefreshChild,
 }
 
 impl ServerKeys {
@@ -127,6 +130,7 @@ impl ServerKeys {
         let label: &[u8] = match purpose {
             HashPurpose::OneTimeCode => b"codeedex/otp/v1",
             HashPurpose::RefreshToken => b"codeedex/refresh/v1",
+            HashPurpose::RefreshChild => b"codeedex/refresh-child/v1",
         };
         mac.update(label);
         for part in parts {

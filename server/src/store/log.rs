@@ -121,9 +121,24 @@ pub struct Ring {
 /// What a node hears from the doorbell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heard {
-    /// Another node appended to a document.
+    /// A node appended to a document.
     Ring(Ring),
-    /// Rings may have been lost: read every document in memory.
+    /// A node deleted a document.
+    Deleted {
+        /// The node that deleted it.
+        node: u64,
+        /// The document.
+        doc: DocumentId,
+    },
+    /// A node ended a session (sign-out, revocation, a reused refresh
+    /// token): its sockets close on every node.
+    SessionEnded {
+        /// The node that ended it.
+        node: u64,
+        /// The session.
+        session: SessionId,
+    },
+    /// Notices may have been lost: read every document in memory again.
     MayHaveMissed,
 }
 

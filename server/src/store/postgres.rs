@@ -4,16 +4,15 @@
 //! [`PgEngine`] has one async method per [`Store`](super::Store) operation,
 //! with the same name, arguments, results and errors as the sled engine;
 //! the store's facade dispatches to it when the server is configured with a
-//! database URL. Nothing calls it yet outside its tests, so the module is
-//! compiled with `dead_code` allowed (see `mod postgres` in `store.rs`)
-//! until the facade is wired in.
+//! database URL.
 //!
 //! What is kept, by concept, mirrors the sled side: `accounts` (users,
 //! codes, sessions, refresh tokens, audit), `documents` (ownership, log,
 //! snapshots, feed), `appends` (the batch writer), `sync_states`,
-//! `task_index`, `quota`, `verify`. The tables are created by versioned
-//! migrations in `server/migrations/postgres`, applied at connect by
-//! refinery.
+//! `task_index`, `usage` (the counters quotas are checked against),
+//! `secrets` (the signing keys all nodes share), `doorbell` (NOTIFY and
+//! LISTEN between nodes), `verify`. The tables are created by versioned migrations in
+//! `server/migrations/postgres`, applied at connect by refinery.
 //!
 //! Durability: a PostgreSQL commit is durable when it returns, so there are
 //! no tickets here; an append answers its caller only after the COMMIT that
@@ -30,32 +29,37 @@ mod appends;
 mod documents;
 mod doorbell;
 mod import;
-mod quota;
 mod secrets;
 mod sync_states;
 mod task_index;
+mod usage;
 mod verify;
 
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::StoreError;
+use super::{StoreError, StoreHealth};
 
-mod embedded {
+/// The schema's migrations, compiled in from `server/migrations/postgres`.
+mod schema {
     refinery::embed_migrations!("migrations/postgres");
 }
 
 /// How long an operation waits for a free connection, or for a new one to
 /// be made, before the store reports itself unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a connection may go without an answer from the database host
+/// (to data sent, or to keepalive probes) before it is given up.
+const SILENT_PEER: Duration = Duration::from_secs(30);
 
 /// Serialises migrations of one database: nodes that start together must
 /// not apply the same migration twice. An arbitrary constant, the key of a
@@ -103,9 +107,12 @@ impl Drop for EngineRuntime {
 /// and move bytes, and the writer is one task.
 const RUNTIME_THREADS: usize = 2;
 
-/// Makes the pool's connections on the engine's runtime.
+/// Makes the pool's connections on the engine's runtime. A connection the
+/// database accepted is the proof that an outage is over (a connection
+/// taken from the pool is not: it may have died unnoticed).
 struct Connector {
     runtime: tokio::runtime::Handle,
+    outage: Arc<Outage>,
 }
 
 type Connected =
@@ -132,14 +139,18 @@ impl deadpool_postgres::Connect for Connector {
         let config = config.clone();
         let runtime = self.runtime.clone();
         Box::pin(async move {
-            match runtime.spawn(open(config.clone())).await {
+            let connected = match runtime.spawn(open(config.clone())).await {
                 Ok(connected) => connected,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 // The engine's runtime is shutting down: the engine is
                 // being dropped, so a connection on the caller's runtime
                 // serves the little that is left.
                 Err(_) => open(config).await,
+            };
+            if connected.is_ok() {
+                self.outage.over();
             }
+            connected
         })
     }
 }
@@ -150,25 +161,63 @@ impl std::fmt::Debug for PgEngine {
     }
 }
 
-/// Whether an outage has been logged, so that a database that is down is
-/// reported once rather than once per request.
-#[derive(Debug, Default)]
+/// Whether the database is reachable, as far as the last operations saw,
+/// published like the embedded engine's health (for the failure and
+/// recovery counters). An outage is logged when it starts and when it
+/// ends, rather than once per request that hits it.
+///
+/// Unlike the embedded engine's failure, an outage loses nothing that was
+/// acknowledged (every acknowledged write was committed), so documents
+/// loaded before it stay valid: there are no engine epochs here.
+#[derive(Debug)]
 struct Outage {
-    reported: AtomicBool,
+    health: watch::Sender<StoreHealth>,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Self {
+            health: watch::Sender::new(StoreHealth {
+                available: true,
+                failures: 0,
+                recoveries: 0,
+            }),
+        }
+    }
 }
 
 impl Outage {
-    /// Logs the cause of an outage unless this outage was logged already.
+    /// An operation could not reach the database: logs the cause unless
+    /// this outage was reported already.
     fn report(&self, cause: &dyn std::fmt::Display) {
-        if !self.reported.swap(true, Ordering::Relaxed) {
+        let started = self.health.send_if_modified(|health| {
+            let started = health.available;
+            if started {
+                health.available = false;
+                health.failures += 1;
+            }
+            started
+        });
+        if started {
             tracing::warn!(error = %cause, "the PostgreSQL store is unavailable");
         }
     }
 
-    /// The database answered again: the next outage is news.
+    /// The database accepted a connection or answered a probe: the outage,
+    /// if any, is over.
     fn over(&self) {
-        if self.reported.load(Ordering::Relaxed) {
-            self.reported.store(false, Ordering::Relaxed);
+        if self.health.borrow().available {
+            return;
+        }
+        let ended = self.health.send_if_modified(|health| {
+            let ended = !health.available;
+            if ended {
+                health.available = true;
+                health.recoveries += 1;
+            }
+            ended
+        });
+        if ended {
             tracing::info!("the PostgreSQL store is available again");
         }
     }
@@ -179,7 +228,21 @@ impl PgEngine {
     /// connections, and brings its schema up to date. The URL (which may
     /// hold a password) is never logged.
     pub(crate) async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        // A database host that vanishes without closing its connections
+        // must surface as an outage in seconds, not after the kernel's
+        // default retransmission and keepalive times (minutes to hours):
+        // unless the URL says otherwise, data unacknowledged for
+        // `SILENT_PEER` ends a connection, and idle ones are probed.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(SILENT_PEER);
+        }
+        if config.get_keepalives_idle() == tokio_postgres::Config::new().get_keepalives_idle() {
+            config.keepalives_idle(SILENT_PEER);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("store-postgres")
@@ -190,11 +253,13 @@ impl PgEngine {
                 StoreError::Unavailable
             })?;
         let handle = runtime.handle().clone();
+        let outage = Arc::new(Outage::default());
         let runtime = Arc::new(EngineRuntime(Some(runtime)));
         let manager = Manager::from_connect(
             config.clone(),
             Connector {
                 runtime: handle.clone(),
+                outage: Arc::clone(&outage),
             },
             ManagerConfig {
                 // A connection that the server closed is noticed by the
@@ -211,7 +276,6 @@ impl PgEngine {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|_| StoreError::Unavailable)?;
-        let outage = Arc::new(Outage::default());
         let node = rand::random::<u64>();
         let engine = Self {
             node,
@@ -240,7 +304,7 @@ impl PgEngine {
         // DDL is transactional), so a schema is either wholly new or wholly
         // old. refinery refuses a database with a migration this build does
         // not have (written by a newer build) or one that differs from ours.
-        let applied = embedded::migrations::runner()
+        let applied = schema::migrations::runner()
             .set_grouped(true)
             .run_async(client_ref)
             .await
@@ -267,10 +331,7 @@ impl PgEngine {
     /// A connection from the pool, or [`StoreError::Unavailable`].
     async fn client(&self) -> Result<Object, StoreError> {
         match self.pool.get().await {
-            Ok(client) => {
-                self.outage.over();
-                Ok(client)
-            }
+            Ok(client) => Ok(client),
             Err(PoolError::Backend(e)) => Err(self.fail(e)),
             Err(e) => {
                 self.outage.report(&e);
@@ -284,10 +345,21 @@ impl PgEngine {
         classify(error, &self.outage)
     }
 
+    /// Follows whether the database is reachable; it changes when an
+    /// operation first fails to reach it and when one reaches it again.
+    pub(crate) fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.outage.health.subscribe()
+    }
+
     /// True when the database answers; for the readiness probe.
     pub(crate) async fn is_healthy(&self) -> bool {
         match self.client().await {
-            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Ok(client) => client
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| self.outage.over())
+                .map_err(|e| self.fail(e))
+                .is_ok(),
             Err(_) => false,
         }
     }

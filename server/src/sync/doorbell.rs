@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use codeedex_schema::id::DocumentId;
+use codeedex_schema::id::{DocumentId, SessionId};
 use tokio::sync::mpsc;
 
 use super::hub::DocumentHub;
@@ -33,18 +33,32 @@ pub trait Doorbell: Send + Sync {
 }
 
 /// Answers what `heard` delivers until it closes: catches up each rung
-/// document that is in memory here, and all of them when rings may have
-/// been missed.
-pub async fn answer(hub: Arc<DocumentHub>, node: u64, mut heard: mpsc::Receiver<Heard>) {
+/// document that is in memory here, and all of them when notices may have
+/// been missed; drops documents deleted elsewhere; and hands sessions ended
+/// elsewhere to `session_ended`, which closes their sockets here. Notices
+/// from `node`, this one, are ignored: this node acted on them already.
+pub async fn answer(
+    hub: Arc<DocumentHub>,
+    node: u64,
+    mut heard: mpsc::Receiver<Heard>,
+    session_ended: impl Fn(SessionId) + Send,
+) {
     while let Some(next) = heard.recv().await {
         match next {
             Heard::Ring(ring) if ring.node == node => {}
-            Heard::Ring(ring) => catch_up(&hub, ring.doc).await,
+            Heard::Ring(ring) => {
+                catch_up(&hub, ring.doc).await;
+                hub.uploaded_elsewhere(ring.doc, ring.user);
+            }
+            Heard::Deleted { node: from, .. } | Heard::SessionEnded { node: from, .. }
+                if from == node => {}
+            Heard::Deleted { doc, .. } => hub.deleted_elsewhere(doc).await,
+            Heard::SessionEnded { session, .. } => session_ended(session),
             Heard::MayHaveMissed => {
                 let loaded = hub.loaded_ids();
                 tracing::info!(
                     documents = loaded.len(),
-                    "catching up every loaded document after missed rings"
+                    "catching up every loaded document after missed notices"
                 );
                 for doc in loaded {
                     catch_up(&hub, doc).await;
@@ -179,8 +193,8 @@ mod tests {
         let doorbell = Arc::new(LocalDoorbell::default());
         let one = Arc::new(node(&store, 1).with_doorbell(1, doorbell.clone()));
         let two = Arc::new(node(&store, 2).with_doorbell(2, doorbell.clone()));
-        tokio::spawn(answer(Arc::clone(&one), 1, doorbell.listen()));
-        tokio::spawn(answer(Arc::clone(&two), 2, doorbell.listen()));
+        tokio::spawn(answer(Arc::clone(&one), 1, doorbell.listen(), |_| {}));
+        tokio::spawn(answer(Arc::clone(&two), 2, doorbell.listen(), |_| {}));
 
         let on_one = open(&one).await;
         put(&one, &on_one, "before", 1).await;
@@ -224,6 +238,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_device_waiting_on_one_node_for_a_document_hears_when_another_node_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doorbell = Arc::new(LocalDoorbell::default());
+        let one = Arc::new(node(&store, 1).with_doorbell(1, doorbell.clone()));
+        let two = Arc::new(node(&store, 2).with_doorbell(2, doorbell.clone()));
+        tokio::spawn(answer(Arc::clone(&two), 2, doorbell.listen(), |_| {}));
+        let mailbox = Arc::new(crate::sync::mailbox::Mailbox::new(
+            Default::default(),
+            Arc::new(Metrics::default()),
+        ));
+        let doc = DocumentId::from_bytes(DOC);
+        two.wait_for(doc, UserId::from_bytes(USER), 9, Arc::clone(&mailbox));
+        let on_one = open(&one).await;
+        put(&one, &on_one, "uploaded", 1).await;
+        let notices = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("the waiting connection was told");
+        assert!(notices.changed.contains(&doc));
+    }
+
+    #[tokio::test]
     async fn a_node_that_missed_rings_catches_up_every_loaded_document() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -240,7 +276,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(HEARD_QUEUE);
         tx.send(Heard::MayHaveMissed).await.unwrap();
         drop(tx);
-        answer(Arc::clone(&two), 2, rx).await;
+        answer(Arc::clone(&two), 2, rx, |_| {}).await;
         assert_eq!(
             two.heads(&on_two).await.unwrap(),
             one.heads(&on_one).await.unwrap()
@@ -277,6 +313,51 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn two_nodes_creating_a_users_root_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .find_or_create_user(&crate::store::UserRecord {
+                id: UserId::from_bytes(USER),
+                contact_key: "email:ann@example.com".into(),
+                created_at: Utc::now(),
+                root_document_id: None,
+            })
+            .await
+            .unwrap();
+        let (one, two) = (node(&store, 1), node(&store, 2));
+        let (a, b) = (
+            DocumentId::from_bytes([31; 16]),
+            DocumentId::from_bytes([32; 16]),
+        );
+        let user = UserId::from_bytes(USER);
+        let (root_one, root_two) = tokio::join!(
+            one.ensure_root(user, a, Utc::now()),
+            two.ensure_root(user, b, Utc::now())
+        );
+        let root = root_one.unwrap();
+        assert_eq!(root_two.unwrap(), root);
+        // The other one is deleted, so the user has one root and no stray
+        // document that reads as one.
+        let loser = if root == a { b } else { a };
+        let meta = store
+            .document_meta(loser)
+            .await
+            .unwrap()
+            .expect("it was claimed");
+        assert!(meta.deleted_at.is_some());
+        assert!(
+            store
+                .document_meta(root)
+                .await
+                .unwrap()
+                .unwrap()
+                .deleted_at
+                .is_none()
+        );
+    }
+
     /// Waits until `two` holds what `one` holds.
     async fn converged(one: &DocumentHub, a: &LiveDocument, two: &DocumentHub, b: &LiveDocument) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -294,7 +375,7 @@ mod tests {
         let store = Store::connect(url, 4).await.unwrap();
         let hub = Arc::new(node(&store, number));
         let (id, heard) = store.listen().expect("PostgreSQL rings");
-        tokio::spawn(answer(Arc::clone(&hub), id, heard));
+        tokio::spawn(answer(Arc::clone(&hub), id, heard, |_| {}));
         hub
     }
 
@@ -343,5 +424,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen, Some(3));
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_deletion_and_a_session_end_reach_every_other_node() {
+        let db = codeedex_test_postgres::Cluster::shared().database();
+        let url = db.url();
+        // Node two hands the sessions it hears of to a channel.
+        let one = pg_node(&url, 1).await;
+        let store = Store::connect(&url, 4).await.unwrap();
+        let two = Arc::new(node(&store, 2));
+        let (id, heard) = store.listen().expect("PostgreSQL rings");
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        tokio::spawn(answer(Arc::clone(&two), id, heard, move |session| {
+            let _ = ended_tx.send(session);
+        }));
+
+        let on_one = open(&one).await;
+        put(&one, &on_one, "doomed", 1).await;
+        let on_two = open(&two).await;
+        assert!(two.loaded_ids().contains(&on_two.id));
+        one.tombstone(on_one.id, Utc::now()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while two.loaded_ids().contains(&on_two.id) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node two kept the deleted document"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(on_two.is_deleted());
+
+        let now = Utc::now();
+        let (user, _) = one
+            .store()
+            .find_or_create_user(&crate::store::UserRecord {
+                id: UserId::from_bytes(USER),
+                contact_key: "email:ann@example.com".into(),
+                created_at: now,
+                root_document_id: None,
+            })
+            .await
+            .unwrap();
+        let session = crate::store::SessionRecord {
+            id: SessionId::from_bytes([5; 16]),
+            user_id: user.id,
+            device_name: None,
+            created_at: now,
+            last_used_at: now,
+            generation: 0,
+            rotated_at: now,
+        };
+        one.store()
+            .insert_session(&session, &[6; 32])
+            .await
+            .unwrap();
+        assert!(one.store().delete_session(session.id).await.unwrap());
+        let heard = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .expect("node two heard of the session's end");
+        assert_eq!(heard, Some(session.id));
     }
 }

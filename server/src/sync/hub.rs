@@ -983,6 +983,33 @@ impl DocumentHub {
         Ok(removed)
     }
 
+    /// Tells this node's connections of `owner` that asked for a document
+    /// nobody had that another node now has it; they then open it here.
+    pub(crate) fn uploaded_elsewhere(&self, id: DocumentId, owner: UserId) {
+        let waiting = self.waiting.lock().expect("never poisoned").remove(&id);
+        for (_, (user, mailbox)) in waiting.into_iter().flatten() {
+            if user == owner {
+                mailbox.changed(id);
+            }
+        }
+    }
+
+    /// Drops a document another node deleted from memory here, and tells
+    /// its peers here, who are then answered `doc-unavailable`.
+    pub(crate) async fn deleted_elsewhere(&self, id: DocumentId) {
+        let live = self.live.lock().expect("never poisoned").get(&id).cloned();
+        if let Some(live) = live {
+            // Under the document's lock, as a deletion here: a change being
+            // applied finishes first (and the store refuses it), every later
+            // one is refused here.
+            let _guard = live.state.lock().await;
+            live.deleted.store(true, Ordering::SeqCst);
+            drop(_guard);
+            self.live.lock().expect("never poisoned").remove(&id);
+            self.notify_changed(&live, None);
+        }
+    }
+
     /// The user's root document, created once, on first use, by the server:
     /// devices never create it, so two offline devices cannot make two.
     pub(crate) async fn ensure_root(
@@ -1001,7 +1028,7 @@ impl DocumentHub {
             return Ok(id);
         }
         let _one_at_a_time = self.root_creation.lock().await;
-        let mut record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
+        let record = self.store.user(user).await?.ok_or(HubError::UnknownUser)?;
         if let Some(id) = record.root_document_id {
             return Ok(id);
         }
@@ -1018,10 +1045,19 @@ impl DocumentHub {
             |tx| task_document::init_root(tx),
         )
         .await?;
-        record.root_document_id = Some(fresh_id);
-        self.store.put_user(&record).await?;
+        // Another node may have made a root meanwhile (this lock holds only
+        // here): the first one written wins, and the loser is deleted.
+        let root = self
+            .store
+            .set_root_document(user, fresh_id)
+            .await?
+            .ok_or(HubError::UnknownUser)?;
         self.store.persist().await?;
-        Ok(fresh_id)
+        if root != fresh_id {
+            tracing::info!(%user, "another node created the user's root document first");
+            self.tombstone(fresh_id, now).await?;
+        }
+        Ok(root)
     }
 
     /// Drops every document loaded from a store engine that has failed, and

@@ -117,16 +117,20 @@ impl RunAs {
         }
     }
 
-    /// A command running `program` as the chosen user.
-    fn command(self, program: &Path) -> Command {
-        match self {
+    /// A command running `program` as the chosen user in `dir` (the
+    /// cluster's own directory: the `postgres` user may not be allowed into
+    /// the test's working directory).
+    fn command(self, program: &Path, dir: &Path) -> Command {
+        let mut command = match self {
             RunAs::Myself => Command::new(program),
             RunAs::Postgres { .. } => {
                 let mut command = Command::new("runuser");
                 command.args(["-u", "postgres", "--"]).arg(program);
                 command
             }
-        }
+        };
+        command.current_dir(dir);
+        command
     }
 }
 
@@ -199,7 +203,7 @@ impl Cluster {
                     .expect("handing the cluster's directory to postgres");
             }
         }
-        let mut initdb = run_as.command(&bin.join("initdb"));
+        let mut initdb = run_as.command(&bin.join("initdb"), &root);
         initdb
             .arg("-D")
             .arg(&data)
@@ -246,7 +250,7 @@ impl Cluster {
         sockets: &Path,
         port: u16,
     ) -> Result<(Child, ChildStdin), String> {
-        let mut watchdog = run_as.command(Path::new("sh"));
+        let mut watchdog = run_as.command(Path::new("sh"), root);
         watchdog
             .args(["-c", WATCHDOG, "sh"])
             .arg(root)

@@ -5,7 +5,7 @@
 //! generation) to find a session from a token, and (session, generation) →
 //! hash to delete every token of a session with it.
 
-use codeedex_schema::id::{SessionId, UserId};
+use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
@@ -74,11 +74,30 @@ impl Embedded {
         })
     }
 
-    /// Replaces a user record (for example to record its root document).
-    pub(crate) fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+    /// Makes `doc` the user's root document unless it has one; returns the
+    /// root it has afterwards.
+    pub(crate) fn set_root_document(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentId>, StoreError> {
         self.run(|e| {
-            e.users.insert(user.id.as_bytes(), encode(user))?;
-            Ok(())
+            loop {
+                let Some(current) = e.users.get(user.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut record: UserRecord = decode("users", &current)?;
+                if let Some(root) = record.root_document_id {
+                    return Ok(Some(root));
+                }
+                record.root_document_id = Some(doc);
+                if e.users
+                    .compare_and_swap(user.as_bytes(), Some(current), Some(encode(&record)))?
+                    .is_ok()
+                {
+                    return Ok(Some(doc));
+                }
+            }
         })
     }
 

@@ -119,6 +119,43 @@ impl PgEngine {
         Ok((existing, false))
     }
 
+    /// Makes `doc` the user's root document unless it has one; returns the
+    /// root it has afterwards. Nodes that race to create a root agree on
+    /// the first one written.
+    pub(crate) async fn set_root_document(
+        &self,
+        user: UserId,
+        doc: DocumentId,
+    ) -> Result<Option<DocumentId>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE users SET root_document_id = COALESCE(root_document_id, $2) \
+                 WHERE id = $1 RETURNING root_document_id",
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        let row = client
+            .query_opt(
+                &statement,
+                &[&user.as_bytes().as_slice(), &doc.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let root: Option<&[u8]> = row.try_get(0).map_err(|e| self.fail(e))?;
+        root.map(|bytes| {
+            <[u8; 16]>::try_from(bytes)
+                .map(DocumentId::from_bytes)
+                .map_err(|_| StoreError::Malformed {
+                    tree: "users",
+                    what: "a root document id is not 16 bytes",
+                })
+        })
+        .transpose()
+    }
+
+    #[cfg(test)]
     /// Replaces a user record (for example to record its root document).
     pub(crate) async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
@@ -413,12 +450,24 @@ impl PgEngine {
     /// it existed.
     pub(crate) async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let client = self.client().await?;
+        // Every node closes the session's sockets: the notice is sent with
+        // the deletion's commit, and only if there was a session to delete.
         let statement = client
-            .prepare_cached("DELETE FROM sessions WHERE id = $1")
+            .prepare_cached(
+                "WITH gone AS (DELETE FROM sessions WHERE id = $1 RETURNING id) \
+                 SELECT pg_notify($2, $3) FROM gone",
+            )
             .await
             .map_err(|e| self.fail(e))?;
         let deleted = client
-            .execute(&statement, &[&id.as_bytes().as_slice()])
+            .execute(
+                &statement,
+                &[
+                    &id.as_bytes().as_slice(),
+                    &super::doorbell::CHANNEL,
+                    &super::doorbell::session_payload(self.node, id),
+                ],
+            )
             .await
             .map_err(|e| self.fail(e))?;
         Ok(deleted == 1)

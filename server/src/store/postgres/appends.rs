@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Json;
 
 use super::documents::{META_COLUMNS, meta_from};
-use super::quota::usage_from;
+use super::usage::usage_from;
 use super::{Outage, PgEngine, RETRIES, classify, id16, is_retryable, signed, unsigned};
 use crate::store::quota::Usage;
 use crate::store::{Append, Appended, DocumentMeta, IndexUpdate, StoreError};
@@ -78,9 +78,8 @@ impl PgEngine {
     /// transaction with the other appends waiting at the same time.
     /// Returns where it landed (its first event's sequence in the
     /// document's log, its position in the owner's feed) once committed.
-    /// Refused,
-    /// with nothing written, if the document is unknown or deleted, or if
-    /// the owner's quota would be exceeded.
+    /// Refused, with nothing written, if the document is unknown or
+    /// deleted, or if the owner's quota would be exceeded.
     pub(crate) async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.appends
@@ -120,18 +119,34 @@ async fn write_loop(
             }
             batch.push(next);
         }
-        let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
-        match write_with_retries(&pool, &outage, &appends, node).await {
+        let (appends, replies): (Vec<Append>, Vec<_>) =
+            batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+        // The batch is written by a task of its own, so that a bug that
+        // panics fails its callers but not the writer: every later append
+        // of this node would be refused otherwise.
+        let written = tokio::spawn({
+            let (pool, outage) = (pool.clone(), Arc::clone(&outage));
+            async move {
+                let appends: Vec<&Append> = appends.iter().collect();
+                write_with_retries(&pool, &outage, &appends, node).await
+            }
+        })
+        .await
+        .unwrap_or_else(|error| {
+            tracing::error!(error = %error, "writing a batch of appends panicked");
+            Err(StoreError::Unavailable)
+        });
+        match written {
             Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A caller that gave up waiting does not mind.
-                    let _ = pending.reply.send(outcome);
+                    let _ = reply.send(outcome);
                 }
             }
             Err(error) => {
                 let shared = Arc::new(error);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(StoreError::shared(&shared)));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::shared(&shared)));
                 }
             }
         }
@@ -157,10 +172,7 @@ pub(super) async fn write_with_retries(
     node: u64,
 ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
     let mut client = match pool.get().await {
-        Ok(client) => {
-            outage.over();
-            client
-        }
+        Ok(client) => client,
         Err(PoolError::Backend(e)) => return Err(classify(e, outage)),
         Err(e) => {
             outage.report(&e);
@@ -174,11 +186,13 @@ pub(super) async fn write_with_retries(
             .await
             .map_err(|e| classify(e, outage))?;
         let written = match write_batch(&tx, outage, batch, node).await {
-            Ok(outcomes) => tx
-                .commit()
-                .await
-                .map(|()| outcomes)
-                .map_err(|e| classify(e, outage)),
+            Ok(outcomes) => match tx.commit().await {
+                Ok(()) => {
+                    outage.over();
+                    Ok(outcomes)
+                }
+                Err(e) => Err(classify(e, outage)),
+            },
             Err(e) => Err(e),
         };
         match written {
@@ -339,7 +353,8 @@ async fn ring(
 ) -> Result<(), StoreError> {
     let mut last: BTreeMap<DocumentId, (UserId, u64)> = BTreeMap::new();
     for (append, outcome) in batch.iter().zip(outcomes) {
-        if let Ok(appended) = outcome {
+        // An append without changes grew nothing (and has no last event).
+        if let (Ok(appended), false) = (outcome, append.changes.is_empty()) {
             let seq = appended.first_seq + append.changes.len() as u64 - 1;
             last.insert(append.doc, (append.user, seq));
         }
@@ -350,7 +365,7 @@ async fn ring(
     let payloads: Vec<String> = last
         .into_iter()
         .map(|(doc, (user, seq))| {
-            super::doorbell::payload(&crate::store::Ring {
+            super::doorbell::ring_payload(&crate::store::Ring {
                 node,
                 user,
                 doc,

@@ -11,7 +11,7 @@ use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
-use super::quota::locked_usage;
+use super::usage::locked_usage;
 use super::{PgEngine, id16, signed, unsigned};
 use crate::configuration::limits::Quota;
 use crate::store::{Claim, DocumentMeta, EventRecord, StoreError, StoredDocument};
@@ -108,7 +108,7 @@ impl PgEngine {
                 return Ok(Claim::OverQuota(exceeded));
             }
         };
-        super::quota::write_usage(self, &tx, user, used).await?;
+        super::usage::write_usage(self, &tx, user, used).await?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(Claim::Owned(DocumentMeta {
             owner: user,
@@ -287,7 +287,7 @@ impl PgEngine {
             .await
             .map_err(|e| self.fail(e))?;
         let used = locked_usage(self, &tx, meta.owner).await?;
-        super::quota::write_usage(self, &tx, meta.owner, used.remove_document(meta.bytes)).await?;
+        super::usage::write_usage(self, &tx, meta.owner, used.remove_document(meta.bytes)).await?;
         let unlist = tx
             .prepare_cached("DELETE FROM task_index WHERE user_id = $1 AND doc = $2")
             .await
@@ -297,6 +297,16 @@ impl PgEngine {
             &[
                 &meta.owner.as_bytes().as_slice(),
                 &doc.as_bytes().as_slice(),
+            ],
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
+        // The other nodes drop the document from memory and tell its peers.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &super::doorbell::CHANNEL,
+                &super::doorbell::deleted_payload(self.node, doc),
             ],
         )
         .await

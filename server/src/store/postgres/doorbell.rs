@@ -2,11 +2,12 @@
 //! one LISTEN connection per node.
 //!
 //! An append batch notifies `codeedex_log` once per document it grew, with
-//! the payload `node user doc seq` (the writing node's number, the owner's
-//! and the document's ids in hex, the last sequence written). PostgreSQL
-//! delivers notifications at COMMIT and only then, so every committed append
-//! rings and no rolled-back one does. Every node, the writer included,
-//! hears it; the writer ignores its own.
+//! the payload `r node user doc seq` (the writing node's number, the
+//! owner's and the document's ids in hex, the last sequence written); a
+//! deletion notifies `d node doc`, and a session's end `s node session`.
+//! PostgreSQL delivers notifications at COMMIT and only then, so every
+//! committed write rings and no rolled-back one does. Every node, the
+//! writer included, hears it; the writer ignores its own.
 //!
 //! The listening connection is the only one outside the pool: it must stay
 //! open to hear anything. When it drops (the database restarted, an
@@ -18,7 +19,7 @@
 
 use std::time::Duration;
 
-use codeedex_schema::id::{DocumentId, UserId};
+use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -27,10 +28,10 @@ use crate::store::{HEARD_QUEUE, Heard, Ring};
 /// The channel every node notifies and listens on.
 pub(super) const CHANNEL: &str = "codeedex_log";
 
-/// The payload of one ring.
-pub(super) fn payload(ring: &Ring) -> String {
+/// The payload of a ring: `r node user doc seq`.
+pub(super) fn ring_payload(ring: &Ring) -> String {
     format!(
-        "{:016x} {} {} {}",
+        "r {:016x} {} {} {}",
         ring.node,
         hex::encode(ring.user.as_bytes()),
         hex::encode(ring.doc.as_bytes()),
@@ -38,23 +39,42 @@ pub(super) fn payload(ring: &Ring) -> String {
     )
 }
 
-/// A ring from its payload, or `None` for anything else: the database is
+/// The payload of a deletion: `d node doc`.
+pub(super) fn deleted_payload(node: u64, doc: DocumentId) -> String {
+    format!("d {node:016x} {}", hex::encode(doc.as_bytes()))
+}
+
+/// The payload of a session's end: `s node session`.
+pub(super) fn session_payload(node: u64, session: SessionId) -> String {
+    format!("s {node:016x} {}", hex::encode(session.as_bytes()))
+}
+
+fn id16(hex_id: &str) -> Option<[u8; 16]> {
+    <[u8; 16]>::try_from(hex::decode(hex_id).ok()?).ok()
+}
+
+/// A notice from its payload, or `None` for anything else: the database is
 /// trusted, but another program may notify the same channel.
-fn parse(payload: &str) -> Option<Ring> {
-    let mut parts = payload.split(' ');
-    let node = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let user = <[u8; 16]>::try_from(hex::decode(parts.next()?).ok()?).ok()?;
-    let doc = <[u8; 16]>::try_from(hex::decode(parts.next()?).ok()?).ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
+fn parse(payload: &str) -> Option<Heard> {
+    let parts: Vec<&str> = payload.split(' ').collect();
+    let node = |hex_node: &str| u64::from_str_radix(hex_node, 16).ok();
+    match parts.as_slice() {
+        ["r", n, user, doc, seq] => Some(Heard::Ring(Ring {
+            node: node(n)?,
+            user: UserId::from_bytes(id16(user)?),
+            doc: DocumentId::from_bytes(id16(doc)?),
+            seq: seq.parse().ok()?,
+        })),
+        ["d", n, doc] => Some(Heard::Deleted {
+            node: node(n)?,
+            doc: DocumentId::from_bytes(id16(doc)?),
+        }),
+        ["s", n, session] => Some(Heard::SessionEnded {
+            node: node(n)?,
+            session: SessionId::from_bytes(id16(session)?),
+        }),
+        _ => None,
     }
-    Some(Ring {
-        node,
-        user: UserId::from_bytes(user),
-        doc: DocumentId::from_bytes(doc),
-        seq,
-    })
 }
 
 /// Waits between attempts to reconnect the listener, doubling up to the
@@ -124,10 +144,10 @@ async fn listen_once(
                 AsyncMessage::Notification(notification) => notification,
                 _ => continue,
             };
-            let Some(ring) = parse(notification.payload()) else {
+            let Some(notice) = parse(notification.payload()) else {
                 tracing::warn!(
                     channel = CHANNEL,
-                    "ignored a notification that is not a ring"
+                    "ignored a notification that is not a notice"
                 );
                 continue;
             };
@@ -138,7 +158,7 @@ async fn listen_once(
                     Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                 }
             }
-            match rings.try_send(Heard::Ring(ring)) {
+            match rings.try_send(notice) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => missed = true,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
@@ -170,20 +190,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ring_survives_its_payload_and_nothing_else_parses() {
+    fn every_notice_survives_its_payload_and_nothing_else_parses() {
         let ring = Ring {
             node: 0xdead_beef_0000_0001,
             user: UserId::from_bytes([7; 16]),
             doc: DocumentId::from_bytes([9; 16]),
             seq: 42,
         };
-        assert_eq!(parse(&payload(&ring)), Some(ring));
+        assert_eq!(parse(&ring_payload(&ring)), Some(Heard::Ring(ring)));
+        let doc = DocumentId::from_bytes([3; 16]);
+        assert_eq!(
+            parse(&deleted_payload(5, doc)),
+            Some(Heard::Deleted { node: 5, doc })
+        );
+        let session = SessionId::from_bytes([4; 16]);
+        assert_eq!(
+            parse(&session_payload(6, session)),
+            Some(Heard::SessionEnded { node: 6, session })
+        );
+        let long = format!("{} extra", ring_payload(&ring));
         for bad in [
             "",
             "x",
-            "1 2 3",
-            &format!("{} extra", payload(&ring)),
-            "zz 07 09 1",
+            "r 1 2 3",
+            &long,
+            "r zz 07 09 1",
+            "d 1",
+            "s 1 00",
+            "q 1 2",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }

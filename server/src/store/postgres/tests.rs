@@ -13,7 +13,8 @@ use super::appends::write_with_retries;
 use crate::configuration::limits::Quota;
 use crate::store::quota::{QuotaExceeded, Usage};
 use crate::store::{
-    Append, AuditRecord, Claim, IndexUpdate, OtpRecord, SessionRecord, StoreError, UserRecord,
+    Append, AuditRecord, Claim, IndexUpdate, OtpRecord, SessionRecord, StoreError, StoreHealth,
+    UserRecord,
 };
 
 /// A fresh database and an engine on it.
@@ -130,6 +131,38 @@ async fn find_or_create_user_creates_once() {
     changed.root_document_id = Some(doc(9));
     engine.put_user(&changed).await.unwrap();
     assert_eq!(engine.user(first.id).await.unwrap(), Some(changed));
+}
+
+#[tokio::test]
+async fn the_first_root_document_written_stays_the_root() {
+    let (_db, engine) = engine().await;
+    let (ann, _) = engine
+        .find_or_create_user(&user("email:ann@example.com", 1))
+        .await
+        .unwrap();
+    let (one, two) = (doc(21), doc(22));
+    let (first, second) = tokio::join!(
+        engine.set_root_document(ann.id, one),
+        engine.set_root_document(ann.id, two)
+    );
+    let winner = first.unwrap().unwrap();
+    assert_eq!(second.unwrap(), Some(winner), "both writers agree");
+    assert!(winner == one || winner == two);
+    assert_eq!(
+        engine.set_root_document(ann.id, doc(23)).await.unwrap(),
+        Some(winner)
+    );
+    assert_eq!(
+        engine.user(ann.id).await.unwrap().unwrap().root_document_id,
+        Some(winner)
+    );
+    assert_eq!(
+        engine
+            .set_root_document(UserId::from_random_bytes([99; 16]), one)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -892,6 +925,12 @@ async fn a_store_written_through_its_api_verifies_and_a_half_written_log_does_no
     let problems = engine.verify().await.unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("next_seq is 2"), "{problems:?}");
+
+    // A feed counter behind its feed would hand out a sequence twice.
+    Cluster::shared().psql(db.name(), "UPDATE user_feed_counters SET last_seq = 1");
+    let problems = engine.verify().await.unwrap();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[2].contains("reaches 2"), "{problems:?}");
 }
 
 #[tokio::test]
@@ -1189,4 +1228,203 @@ fn the_engine_does_not_wait_for_the_runtime_it_was_made_on() {
         vec![b"one".to_vec(), b"two".to_vec()]
     );
     drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_append_is_readable_at_once_on_another_node() {
+    // Each caller hears only after COMMIT: another node (another pool,
+    // other connections) reading right after the answer finds the events.
+    let (db, first) = engine().await;
+    let second = PgEngine::connect(&db.url(), 4).await.unwrap();
+    let (ann, _, _, _) = ids();
+    let docs: Vec<DocumentId> = (0..4u8).map(|n| doc(140 + n)).collect();
+    for d in &docs {
+        first
+            .claim_document(*d, ann, now(), &Quota::default())
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = docs
+        .iter()
+        .flat_map(|&d| (0..2u8).map(move |w| (d, w)))
+        .map(|(d, w)| {
+            let (first, second) = (first.clone(), second.clone());
+            tokio::spawn(async move {
+                for n in 0..25u8 {
+                    let change = vec![w, n];
+                    let appended = first
+                        .append(append_of(
+                            d,
+                            ann,
+                            std::slice::from_ref(&change),
+                            &Quota::default(),
+                        ))
+                        .await
+                        .unwrap();
+                    let seen = second.events_from(d, appended.first_seq).await.unwrap();
+                    assert_eq!(
+                        seen.first().map(|e| (e.seq, &e.change)),
+                        Some((appended.first_seq, &change)),
+                        "the other node reads the answered append"
+                    );
+                    let (changed, _) = second
+                        .changed_since(ann, appended.feed_seq - 1, 1)
+                        .await
+                        .unwrap();
+                    assert!(!changed.is_empty(), "its feed entry is readable too");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_reported_once_and_its_end_too() {
+    // A role that is not a superuser, so that a connection limit holds it
+    // out; it owns the database (and so, in PostgreSQL 15, its schema).
+    let cluster = Cluster::shared();
+    let db = cluster.database();
+    let role = format!("app_{}", db.name());
+    cluster.psql(db.name(), &format!("CREATE ROLE {role} LOGIN"));
+    cluster.psql(
+        db.name(),
+        &format!("ALTER DATABASE {} OWNER TO {role}", db.name()),
+    );
+    let url = format!(
+        "postgres://{role}@127.0.0.1:{}/{}",
+        cluster.port(),
+        db.name()
+    );
+    let engine = PgEngine::connect(&url, 2).await.unwrap();
+    let health = engine.health();
+    assert!(health.borrow().available);
+    let (ann, _, _, _) = ids();
+
+    // No new connections, and the open ones ended: every operation fails
+    // to reach the database, and that is one outage.
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE {} CONNECTION LIMIT 0", db.name()),
+    );
+    cluster.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name()
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut unavailable = 0;
+    while unavailable < 3 {
+        match engine.user(ann).await {
+            Err(StoreError::Unavailable) => unavailable += 1,
+            // A connection the pool had not yet seen end may answer once
+            // more, or fail as closed.
+            Ok(_) => {}
+            Err(other) => panic!("refused connections are an outage, not {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outage never showed"
+        );
+    }
+    assert!(!engine.is_healthy().await);
+    assert_eq!(
+        *health.borrow(),
+        StoreHealth {
+            available: false,
+            failures: 1,
+            recoveries: 0
+        }
+    );
+
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE {} CONNECTION LIMIT -1", db.name()),
+    );
+    assert_eq!(engine.user(ann).await.unwrap(), None);
+    assert!(engine.is_healthy().await);
+    assert_eq!(
+        *health.borrow(),
+        StoreHealth {
+            available: true,
+            failures: 1,
+            recoveries: 1
+        }
+    );
+}
+
+/// The store's facade holds the engine in handles shared across threads
+/// and awaits these inside futures that must be `Send` (spawned hub and
+/// connection tasks): checked when the tests compile.
+#[allow(dead_code)]
+fn every_operation_is_send(engine: &PgEngine, record: &UserRecord, session: &SessionRecord) {
+    fn send<T: Send>(_: T) {}
+    fn shared<T: Send + Sync>(_: &T) {}
+    shared(engine);
+    let (ann, _, d1, _) = ids();
+    let sid = session.id;
+    let quota = Quota::default();
+    let audit = AuditRecord {
+        at: now(),
+        kind: AuditKind::Login,
+        session_id: None,
+        ip: None,
+        user_agent: None,
+    };
+    send(PgEngine::connect("", 1));
+    send(engine.user(ann));
+    send(engine.user_by_contact(""));
+    send(engine.find_or_create_user(record));
+    send(engine.put_user(record));
+    send(engine.update_otp("", |r| (r, ())));
+    send(engine.insert_session(session, &[0; 32]));
+    send(engine.rotate_session(session, &[0; 32]));
+    send(engine.session(sid));
+    send(engine.refresh_entry(&[0; 32]));
+    send(engine.sessions_of(ann));
+    send(engine.delete_session(sid));
+    send(engine.append_audit(ann, &audit));
+    send(engine.audit_of(ann, 1));
+    send(engine.document_meta(d1));
+    send(engine.claim_document(d1, ann, now(), &quota));
+    send(engine.append(append_of(d1, ann, &[], &quota)));
+    send(engine.load_document(d1));
+    send(engine.write_snapshot(d1, 0, &[]));
+    send(engine.events_of(d1));
+    send(engine.events_from(d1, 0));
+    send(engine.changed_since(ann, 0, 1));
+    send(engine.tombstone_document(d1, now()));
+    send(engine.usage(ann));
+    send(engine.sync_state(d1, ""));
+    send(engine.put_sync_state(d1, "", &[]));
+    send(engine.server_storage_id(String::new));
+    send(engine.task_summaries(ann));
+    send(engine.verify());
+    send(engine.is_healthy());
+}
+
+#[tokio::test]
+async fn an_append_without_changes_moves_the_feed_and_writes_no_event() {
+    let (_db, engine) = engine().await;
+    let (ann, _, d1, _) = ids();
+    engine
+        .claim_document(d1, ann, now(), &Quota::default())
+        .await
+        .unwrap();
+    let mut put = append_of(d1, ann, &[], &Quota::default());
+    put.index = IndexUpdate::Put(view("no change", d1));
+    let appended = engine.append(put).await.unwrap();
+    assert_eq!((appended.first_seq, appended.feed_seq), (0, 1));
+    assert!(engine.events_of(d1).await.unwrap().is_empty());
+    assert_eq!(engine.task_summaries(ann).await.unwrap().len(), 1);
+    // The writer is still there for the next append.
+    let next = append(&engine, d1, ann, &[b"x".to_vec()], &Quota::default())
+        .await
+        .unwrap();
+    assert_eq!(next, 2);
+    assert_eq!(engine.verify().await.unwrap(), Vec::<String>::new());
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use codeedex_schema::id::{DocumentId, UserId};
 
-use super::quota::usage_from;
+use super::usage::usage_from;
 use super::{PgEngine, id16, unsigned};
 use crate::store::StoreError;
 use crate::store::quota::Usage;

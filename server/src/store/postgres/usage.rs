@@ -72,6 +72,7 @@ pub(super) async fn write_usage(
 }
 
 #[cfg(test)]
+#[cfg(test)]
 impl PgEngine {
     /// What a user uses now.
     pub(crate) async fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
