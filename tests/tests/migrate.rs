@@ -114,16 +114,29 @@ async fn a_device_that_synced_before_the_move_resyncs_with_heads_only_after_it()
         "on the old store, a resync with nothing new ({on_sled} bytes) costs less than one task ({one_task} bytes)"
     );
 
+    // While the server runs, its store is not copied.
+    let database = Cluster::shared().database();
+    let data_dir = app.data_dir.path().to_owned();
+    let migrate = || {
+        Command::new(server_binary())
+            .arg("migrate")
+            .arg("--from-data-dir")
+            .arg(&data_dir)
+            .env("CODEEDEX_DATABASE_URL", database.url())
+            .output()
+            .expect("the migration runs")
+    };
+    let refused = migrate();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop the server"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // Stop the server and move its store.
     assert!(app.terminate().success());
-    let database = Cluster::shared().database();
-    let migrate = Command::new(server_binary())
-        .arg("migrate")
-        .arg("--from-data-dir")
-        .arg(app.data_dir.path())
-        .env("CODEEDEX_DATABASE_URL", database.url())
-        .output()
-        .expect("the migration runs");
+    let migrate = migrate();
     let stdout = String::from_utf8_lossy(&migrate.stdout);
     let stderr = String::from_utf8_lossy(&migrate.stderr);
     assert!(
@@ -138,6 +151,22 @@ async fn a_device_that_synced_before_the_move_resyncs_with_heads_only_after_it()
     assert!(
         !stdout.contains(&database.url()) && !stderr.contains(&database.url()),
         "the database URL is never printed"
+    );
+
+    // A second run finds the database taken and changes nothing in it.
+    let again = Command::new(server_binary())
+        .arg("migrate")
+        .arg("--from-data-dir")
+        .arg(app.data_dir.path())
+        .arg("--to-database-url")
+        .arg(database.url())
+        .output()
+        .expect("the migration runs");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
     );
 
     // The server starts on the database alone: the sled store and the key
