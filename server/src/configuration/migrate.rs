@@ -49,3 +49,46 @@ impl MigrateCommand {
         Ok(command)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<MigrateCommand> {
+        MigrateCommand::parse_from_args(
+            std::iter::once("codeedex-server")
+                .chain(args.iter().copied())
+                .map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn the_command_takes_a_directory_and_a_postgres_url_that_never_prints() {
+        let command = parse(&[
+            "--from-data-dir",
+            "/srv/codeedex",
+            "--to-database-url",
+            "postgres://app:hunter2@db/codeedex",
+        ])
+        .unwrap();
+        assert_eq!(command.from_data_dir, PathBuf::from("/srv/codeedex"));
+        assert_eq!(
+            command.to_database_url.expose_secret(),
+            "postgres://app:hunter2@db/codeedex"
+        );
+        assert!(!format!("{command:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn another_engine_or_a_missing_directory_is_refused() {
+        let error = parse(&[
+            "--from-data-dir",
+            "/srv/codeedex",
+            "--to-database-url",
+            "mysql://db/codeedex",
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("postgres://"), "{error}");
+        assert!(parse(&["--to-database-url", "postgres://db/codeedex"]).is_err());
+    }
+}

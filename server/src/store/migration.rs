@@ -234,6 +234,9 @@ pub enum MigrationError {
     /// Another process has the embedded store open.
     #[error("the store in {0} is in use by another process: stop the server that runs on it first")]
     InUse(PathBuf),
+    /// The database cannot be reached (its cause is logged as a warning).
+    #[error("cannot reach the PostgreSQL database")]
+    Unreachable,
     /// The database already holds data; nothing was written.
     #[error(
         "the database is not empty ({0}); the migration writes only into an empty database, and wrote nothing"
@@ -288,9 +291,11 @@ pub async fn migrate(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<MigrationSummary, MigrationError> {
     let embedded = open_embedded(from_dir)?;
-    let postgres = PgEngine::connect(to_url, 4)
-        .await
-        .map_err(failed("cannot open the PostgreSQL database"))?;
+    let postgres = match PgEngine::connect(to_url, 4).await {
+        Ok(postgres) => postgres,
+        Err(StoreError::Unavailable) => return Err(MigrationError::Unreachable),
+        Err(e) => return Err(failed("cannot open the PostgreSQL database")(e)),
+    };
     copy(&embedded, &postgres, secrets, progress).await?;
     verify(&embedded, &postgres, progress).await
 }
