@@ -463,3 +463,67 @@ async fn a_directory_without_a_store_is_refused_and_not_created() {
     );
     assert!(!dir.path().join("store").exists());
 }
+
+#[tokio::test]
+async fn a_feed_entry_numbered_zero_moves_after_the_users_others() {
+    // sled numbers feed entries from its database-wide id generator, whose
+    // first id is 0; PostgreSQL's feed starts at 1. A store whose first
+    // write was an append has such an entry.
+    let dir = tempfile::tempdir().unwrap();
+    let database = Cluster::shared().database();
+    let sled = Store::open(dir.path()).unwrap();
+    let user = UserId::from_random_bytes([9; 16]);
+    let (first, second) = (
+        DocumentId::from_random_bytes([0xa1; 16]),
+        DocumentId::from_random_bytes([0xa2; 16]),
+    );
+    // One append to the first document takes id 0; the second document's
+    // appends come after it.
+    let quota = Quota::default();
+    sled.claim_document(first, user, now(), &quota)
+        .await
+        .unwrap();
+    let mut replica = AutoCommit::new();
+    replica.put(ROOT, "title", "first").unwrap();
+    let (appended, _) = sled
+        .append_events(Append {
+            doc: first,
+            user,
+            session: None,
+            at: now(),
+            changes: vec![
+                replica
+                    .get_last_local_change()
+                    .unwrap()
+                    .raw_bytes()
+                    .to_vec(),
+            ],
+            quota,
+            index: IndexUpdate::Keep,
+        })
+        .await
+        .unwrap();
+    assert_eq!(appended.feed_seq, 0);
+    write_document(sled.clone(), second, user, 1).await;
+    let (sled_docs, sled_last) = sled.changed_since(user, 0, 10).await.unwrap();
+    // sled never shows the entry numbered 0: "changed after 0" starts at 1.
+    assert_eq!(sled_docs, vec![second]);
+    sled.persist().await.unwrap();
+    drop(sled);
+    let mut ignore = |_: Progress| {};
+    let summary = migrate(dir.path(), &database.url(), &SECRETS, &mut ignore)
+        .await
+        .unwrap();
+    assert!(summary.is_exact(), "{:?}", summary.mismatches);
+
+    let pg = Store::connect(&database.url(), 2).await.unwrap();
+    let (docs, last) = pg.changed_since(user, 0, 10).await.unwrap();
+    assert_eq!(docs, vec![second, first]);
+    assert!(last > sled_last, "{last} after {sled_last}");
+    // The entry sled numbered 0 comes after the user's others: a device
+    // at any cursor catches up on it, where sled never showed it.
+    assert_eq!(
+        pg.changed_since(user, sled_last, 10).await.unwrap(),
+        (vec![first], last)
+    );
+}
