@@ -940,3 +940,65 @@ async fn a_session_ended_on_one_node_closes_its_socket_on_the_other_within_a_sec
     );
     one.assert_no_secrets_in_logs();
 }
+
+#[tokio::test]
+async fn a_node_cut_off_from_its_doorbell_catches_up_and_its_device_gets_what_it_missed() {
+    let cluster = Cluster::shared();
+    let db = cluster.database();
+    let one = node(&db).await;
+    let two = node(&db).await;
+    let email = "lina@example.com";
+    let phone = signed_in_device(&two.address, &[&two], email, "phone").await;
+    phone.start_sync().await;
+    let task = phone
+        .create_task(&NewTask::titled("before the cut"))
+        .expect("created");
+    up_to_date(&phone).await;
+    let token = one.sign_in_email(email).await.tokens.access_token;
+    let id = task.id.to_string();
+    // Node 1 loads the document (its pool keeps the connections it made).
+    assert_eq!(rest_task(&one, &token, &id).await.0, 200);
+
+    // End both nodes' LISTEN connections and keep new connections out, so
+    // that the edit below rings nobody; then let them in again.
+    let database = db.name();
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"),
+    );
+    let ended = cluster.psql(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{database}' AND query LIKE 'LISTEN%'"
+        ),
+    );
+    assert_eq!(ended.trim(), "2", "each node listened");
+    let client = reqwest::Client::new();
+    let response = client
+        .patch(format!("{}/v1/tasks/{id}", one.address))
+        .bearer_auth(&token)
+        .json(&json!({ "title": "while node 2 was deaf" }))
+        .send()
+        .await
+        .expect("node 1 answers");
+    assert_eq!(response.status(), 200, "the edit is made on node 1");
+    cluster.psql(
+        "postgres",
+        &format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"),
+    );
+
+    // Node 2 listens again, catches up the documents it holds, and the
+    // device syncing with it gets the edit.
+    eventually("the device on node 2 gets the edit it missed", || async {
+        match phone.task(task.id) {
+            Ok(t) if t.title == "while node 2 was deaf" => Ok(()),
+            other => Err(format!("{other:?}\n{}", logs_of(&[&one, &two]))),
+        }
+    })
+    .await;
+    assert!(
+        two.log_appears("LISTEN connection", WAIT).await,
+        "node 2 logged that it lost its listening connection"
+    );
+}
