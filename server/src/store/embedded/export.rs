@@ -114,11 +114,11 @@ impl Engine {
         after: Option<&[u8]>,
         limits: PageLimits,
     ) -> Result<(Batch, Vec<u8>), StoreError> {
-        let mut last = after.map(<[u8]>::to_vec).unwrap_or_default();
-        let tree = self.tree_of(kind);
         if kind == Kind::Documents {
             return self.export_documents(after, limits);
         }
+        let mut last = after.map(<[u8]>::to_vec).unwrap_or_default();
+        let tree = self.tree_of(kind);
         let mut page = Vec::new();
         for item in range_after(tree, after).take(limits.records) {
             let (key, value) = item?;
@@ -239,6 +239,7 @@ impl Engine {
                     })
                     .collect::<Result<_, StoreError>>()?,
             ),
+            // Events go with their documents (above), never on their own.
             Kind::Documents | Kind::Events => Batch::Documents(Vec::new()),
         };
         Ok((batch, last))
