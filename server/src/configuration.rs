@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 
 mod layers;
 pub mod limits;
+mod migrate;
 mod overrides;
 mod seconds;
 
+pub use migrate::MigrateCommand;
 pub use overrides::Overrides;
 pub(crate) use seconds::{Period, SecondsSetting};
 

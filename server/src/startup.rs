@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use crate::api::{self, AppState};
 use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
-use crate::configuration::Settings;
+use crate::configuration::{LogFormat, MigrateCommand, Settings};
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
@@ -254,6 +254,11 @@ async fn stop_signal() {
 /// The whole program: settings from the command line and environment,
 /// logging, then the server until it is told to stop.
 pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let mut args: Vec<String> = args.into_iter().collect();
+    if args.get(1).map(String::as_str) == Some("migrate") {
+        args.remove(1);
+        return migrate_main(args);
+    }
     let today = chrono::Utc::now().date_naive();
     let settings = match Settings::load(args, today) {
         Ok(settings) => settings,
@@ -286,5 +291,93 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
             eprintln!("codeedex-server: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `codeedex-server migrate`: copies a data directory's embedded store into
+/// an empty PostgreSQL database (see [`crate::store::migration`]), with
+/// progress on stderr and the summary on stdout. Exits nonzero when the
+/// copy was refused, failed, or differs from the original.
+fn migrate_main(args: Vec<String>) -> ExitCode {
+    let command = match MigrateCommand::parse_from_args(args) {
+        Ok(command) => command,
+        Err(e) => {
+            if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+                let _ = clap_error.print();
+                return if clap_error.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            eprintln!("codeedex-server migrate: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // Only warnings: they say why the database could not be reached.
+    telemetry::init("warn", LogFormat::Text);
+    let keys = match ServerKeys::load_existing(&command.from_data_dir) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("codeedex-server migrate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut progress = |step: crate::store::migration::Progress| match step {
+        crate::store::migration::Progress::Copied {
+            kind,
+            copied,
+            total,
+        } => eprintln!("copied {copied} of {total} {}", kind.name()),
+        crate::store::migration::Progress::Verified { checked, total } => {
+            eprintln!("verified the heads of {checked} of {total} documents")
+        }
+    };
+    let migrated = api::block_on(crate::store::migration::migrate(
+        &command.from_data_dir,
+        command.to_database_url.expose_secret(),
+        &keys.named(),
+        &mut progress,
+    ));
+    let summary = match migrated {
+        Ok(summary) => summary,
+        Err(e) => {
+            eprintln!("codeedex-server migrate: {:#}", anyhow::Error::new(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{:<16} {:>12} {:>12}", "kind", "embedded", "postgresql");
+    for count in &summary.counts {
+        let mark = if count.embedded == count.postgres {
+            ""
+        } else {
+            "  MISMATCH"
+        };
+        println!(
+            "{:<16} {:>12} {:>12}{mark}",
+            count.kind.name(),
+            count.embedded,
+            count.postgres
+        );
+    }
+    println!(
+        "documents whose heads were compared: {}",
+        summary.documents_checked
+    );
+    for warning in &summary.warnings {
+        println!("warning: {warning}");
+    }
+    if summary.is_exact() {
+        println!("the database holds the same as the embedded store");
+        ExitCode::SUCCESS
+    } else {
+        for mismatch in &summary.mismatches {
+            println!("mismatch: {mismatch}");
+        }
+        eprintln!(
+            "codeedex-server migrate: the copy differs from the embedded store in {} ways",
+            summary.mismatches.len()
+        );
+        ExitCode::FAILURE
     }
 }

@@ -18,6 +18,7 @@
 mod contract_tests;
 mod embedded;
 mod log;
+pub mod migration;
 mod postgres;
 mod quota;
 mod records;

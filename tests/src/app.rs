@@ -336,6 +336,13 @@ impl TestApp {
         }
     }
 
+    /// Sets an environment variable of the server process from its next
+    /// start on (for example, to start it again on another store).
+    pub fn set_env(&mut self, key: &str, value: impl ToString) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_string()));
+    }
+
     /// Starts the server again after [`Self::terminate`].
     pub fn start_again(&mut self) {
         assert!(self.process.is_none(), "the server is still running");

@@ -15,6 +15,10 @@ use subtle::ConstantTimeEq;
 
 const KEY_LEN: usize = 32;
 
+/// The names the keys go by in a shared database (`meta` 'secret:NAME').
+const JWT_SECRET: &str = "jwt-hs256";
+const HASHING_SECRET: &str = "hmac-sha256";
+
 /// The server's keys. `Debug` prints only the key id.
 #[derive(Clone)]
 pub struct ServerKeys {
@@ -51,20 +55,47 @@ impl ServerKeys {
         fs::create_dir_all(&secrets)
             .with_context(|| format!("cannot create {}", secrets.display()))?;
         restrict_dir(&secrets)?;
-        let jwt = load_or_create_key(&secrets.join("jwt-hs256.key"))?;
-        let hashing = load_or_create_key(&secrets.join("hmac-sha256.key"))?;
+        let jwt = load_or_create_key(&secrets.join(format!("{JWT_SECRET}.key")))?;
+        let hashing = load_or_create_key(&secrets.join(format!("{HASHING_SECRET}.key")))?;
         Ok(Self::from_bytes(jwt, hashing))
+    }
+
+    /// Loads the keys from `dir/secrets`, which must hold both: for moving
+    /// a data directory's store elsewhere, where new keys would invalidate
+    /// every token issued.
+    pub(crate) fn load_existing(dir: &Path) -> anyhow::Result<Self> {
+        let secrets = dir.join("secrets");
+        let mut keys = [[0u8; KEY_LEN]; 2];
+        for (key, name) in keys.iter_mut().zip([JWT_SECRET, HASHING_SECRET]) {
+            let path = secrets.join(format!("{name}.key"));
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: {} is not the data directory of a server that has run",
+                    path.display(),
+                    dir.display()
+                );
+            }
+            *key = load_or_create_key(&path)?;
+        }
+        let [jwt, hashing] = keys;
+        Ok(Self::from_bytes(jwt, hashing))
+    }
+
+    /// The keys by the names a shared database keeps them under, for
+    /// writing them into one.
+    pub(crate) fn named(&self) -> [(&'static str, [u8; KEY_LEN]); 2] {
+        [(JWT_SECRET, self.jwt), (HASHING_SECRET, self.hashing)]
     }
 
     /// The keys of a shared database, created by the first node that starts
     /// and read by every other, so that each node verifies the tokens of all.
     pub(crate) async fn shared(store: &crate::store::Store) -> anyhow::Result<Self> {
         let jwt = store
-            .shared_secret("jwt-hs256", random_bytes::<KEY_LEN>())
+            .shared_secret(JWT_SECRET, random_bytes::<KEY_LEN>())
             .await
             .context("cannot read the token signing key from the database")?;
         let hashing = store
-            .shared_secret("hmac-sha256", random_bytes::<KEY_LEN>())
+            .shared_secret(HASHING_SECRET, random_bytes::<KEY_LEN>())
             .await
             .context("cannot read the hashing key from the database")?;
         Ok(Self::from_bytes(jwt, hashing))

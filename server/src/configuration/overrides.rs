@@ -16,7 +16,8 @@ use super::{EmailSenderKind, LogFormat, PhoneSenderKind, Profile, SmtpTls};
 /// The command line. Every field is optional here so that a value given
 /// nowhere falls through to the file and then to the default.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "codeedex-server", version, about = "CodeeDex Task Sync server", long_about = None, args_override_self = true)]
+#[command(name = "codeedex-server", version, about = "CodeeDex Task Sync server", long_about = None, args_override_self = true,
+    after_help = "To move a data directory's store to PostgreSQL: codeedex-server migrate --help")]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// A TOML file with settings (same names as the flags, with underscores).

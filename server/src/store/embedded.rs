@@ -16,6 +16,7 @@
 
 mod accounts;
 mod documents;
+mod export;
 #[cfg(test)]
 pub(crate) mod flush_control;
 mod group_commit;

@@ -28,6 +28,7 @@ mod accounts;
 mod appends;
 mod documents;
 mod doorbell;
+mod import;
 mod secrets;
 mod sync_states;
 mod task_index;

@@ -1,7 +1,7 @@
-//! Server secrets in the embedded engine's metadata, created once. (A
-//! server on the embedded store keeps its keys in files in the data
-//! directory instead; this is what `migrate` copies them from and tests
-//! compare the engines with.)
+//! Server secrets in the embedded engine's metadata, created once, so that
+//! tests can hold both engines to one contract. (A server on the embedded
+//! store keeps its keys in files in the data directory instead, and
+//! `codeedex-server migrate` copies them from there.)
 
 use super::{Embedded, StoreError};
 

@@ -551,7 +551,7 @@ impl PgEngine {
 }
 
 /// The audit kind's name as the API spells it (`code_sent`, ...).
-fn kind_name(event: &AuditRecord) -> Result<String, StoreError> {
+pub(super) fn kind_name(event: &AuditRecord) -> Result<String, StoreError> {
     match serde_json::to_value(event.kind) {
         Ok(serde_json::Value::String(name)) => Ok(name),
         Ok(_) => Err(StoreError::Malformed {
