@@ -527,6 +527,17 @@ impl Store {
         dispatch!(self, shared_secret(name, fresh))
     }
 
+    /// Writes a document's task-index entry outside an append (never for a
+    /// deleted document).
+    pub(crate) async fn put_task_summary(
+        &self,
+        owner: UserId,
+        doc: DocumentId,
+        update: &IndexUpdate,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, put_task_summary(owner, doc, update))
+    }
+
     /// Every task summary of a user, ordered by document id.
     pub(crate) async fn task_summaries(
         &self,

@@ -265,6 +265,20 @@ async fn documents(store: Store) {
         Err(StoreError::DocumentDeleted)
     ));
     assert_eq!(store.task_summaries(ann).await.unwrap().len(), 1);
+    // A summary written outside an append (after catching up) replaces the
+    // entry, and never brings a deleted document back.
+    let renamed = IndexUpdate::Put(task(one, "renamed"));
+    store.put_task_summary(ann, one, &renamed).await.unwrap();
+    let gone = IndexUpdate::Put(task(two, "deleted"));
+    store.put_task_summary(ann, two, &gone).await.unwrap();
+    let titles: Vec<String> = store
+        .task_summaries(ann)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, view)| view.title)
+        .collect();
+    assert_eq!(titles, vec!["renamed"]);
     assert_eq!(store.verify().await.unwrap(), Vec::<String>::new());
 }
 

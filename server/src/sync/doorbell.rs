@@ -259,6 +259,62 @@ mod tests {
         assert!(notices.changed.contains(&doc));
     }
 
+    /// Sets a text field of a task document.
+    async fn put_text(hub: &DocumentHub, live: &Arc<LiveDocument>, key: &str, value: &str) {
+        let changed = hub
+            .change(live, author(), Utc::now(), |tx| {
+                match tx.get(ROOT, key)? {
+                    Some((automerge::Value::Object(automerge::ObjType::Text), id)) => {
+                        tx.update_text(&id, value)?
+                    }
+                    _ => {
+                        let id = tx.put_object(ROOT, key, automerge::ObjType::Text)?;
+                        tx.splice_text(&id, 0, 0, value)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(changed);
+    }
+
+    #[tokio::test]
+    async fn after_catching_up_a_node_writes_the_merged_task_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (one, two) = (node(&store, 1), node(&store, 2));
+        let on_one = open(&one).await;
+        put_text(&one, &on_one, "title", "first title").await;
+        let on_two = open(&two).await;
+        // Node one renames the task; node two, not having read that yet,
+        // edits the notes: its append writes the summary it holds, with
+        // the old title, last.
+        put_text(&one, &on_one, "title", "renamed on one").await;
+        put_text(&two, &on_two, "notes", "notes from two").await;
+        let listed = |store: Store| async move {
+            let summaries = store
+                .task_summaries(UserId::from_bytes(USER))
+                .await
+                .unwrap();
+            summaries
+                .into_iter()
+                .map(|(_, view)| (view.title, view.notes))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            listed(store.clone()).await,
+            vec![("first title".to_owned(), "notes from two".to_owned())],
+            "the stale summary node two wrote"
+        );
+        // Once node two catches up, the index lists the merged task.
+        assert!(two.catch_up(on_two.id).await.unwrap());
+        assert_eq!(
+            listed(store.clone()).await,
+            vec![("renamed on one".to_owned(), "notes from two".to_owned())]
+        );
+    }
+
     #[tokio::test]
     async fn a_node_that_missed_rings_catches_up_every_loaded_document() {
         let dir = tempfile::tempdir().unwrap();

@@ -868,9 +868,15 @@ impl DocumentHub {
         guard.events = read;
         let changed = guard.doc.get_heads() != before;
         if changed {
-            // The summary in the index was written by whichever node
-            // appended last; this node's record of it is no longer known.
+            // The index holds the summary of whichever node appended last,
+            // which may not have held what this node holds now: write the
+            // summary of the merged document. Every node that catches up
+            // does, after every ring, so the last write follows a read of
+            // every event committed before it.
             guard.last_summary = None;
+            let (update, summary) = self.index_update(&live, &guard).await?;
+            live.store.put_task_summary(live.owner, id, &update).await?;
+            guard.last_summary = summary;
         }
         drop(guard);
         if changed {

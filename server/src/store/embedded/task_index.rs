@@ -6,7 +6,9 @@
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, UserId};
 
-use super::{Embedded, StoreError, decode};
+use sled::Transactional;
+
+use super::{DocumentMeta, Embedded, IndexUpdate, StoreError, TxResult, decode, encode, pair_key};
 
 impl Embedded {
     /// Every task summary of a user, ordered by document id. A summary of
@@ -30,6 +32,40 @@ impl Embedded {
                 }
             }
             Ok(summaries)
+        })
+    }
+
+    /// Writes a document's entry outside an append, unless the document is
+    /// deleted (whose entry is gone for good): a node that caught up with
+    /// changes made elsewhere writes the summary of what it now holds.
+    pub(crate) fn put_task_summary(
+        &self,
+        owner: UserId,
+        doc: DocumentId,
+        update: &IndexUpdate,
+    ) -> Result<(), StoreError> {
+        self.run(|e| {
+            (&e.documents, &e.task_index).transaction(|(documents, index)| -> TxResult<()> {
+                let live = match documents.get(doc.as_bytes())? {
+                    Some(bytes) => decode::<DocumentMeta>("documents", &bytes)
+                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?
+                        .deleted_at
+                        .is_none(),
+                    None => false,
+                };
+                let key = pair_key(owner.as_bytes(), doc.as_bytes());
+                match update {
+                    IndexUpdate::Put(view) if live => {
+                        index.insert(key, encode(view))?;
+                    }
+                    IndexUpdate::Remove => {
+                        index.remove(key)?;
+                    }
+                    IndexUpdate::Keep | IndexUpdate::Put(_) => {}
+                }
+                Ok(())
+            })?;
+            Ok(())
         })
     }
 }

@@ -6,7 +6,9 @@ use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, UserId};
 
 use super::{PgEngine, id16};
-use crate::store::StoreError;
+use tokio_postgres::types::Json;
+
+use crate::store::{IndexUpdate, StoreError};
 
 impl PgEngine {
     /// Every task summary of a user, ordered by document id. A summary of
@@ -34,5 +36,48 @@ impl PgEngine {
             }
         }
         Ok(summaries)
+    }
+
+    /// Writes a document's entry outside an append, unless the document is
+    /// deleted (whose entry is gone for good): a node that caught up with
+    /// changes made elsewhere writes the summary of what it now holds.
+    pub(crate) async fn put_task_summary(
+        &self,
+        owner: UserId,
+        doc: DocumentId,
+        update: &IndexUpdate,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let (owner, doc) = (owner.as_bytes().as_slice(), doc.as_bytes().as_slice());
+        match update {
+            IndexUpdate::Keep => Ok(()),
+            IndexUpdate::Put(view) => {
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO task_index (user_id, doc, summary) \
+                         SELECT $1, $2, $3 WHERE EXISTS \
+                           (SELECT 1 FROM documents WHERE doc = $2 AND deleted_at IS NULL) \
+                         ON CONFLICT (user_id, doc) DO UPDATE SET summary = EXCLUDED.summary",
+                    )
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                client
+                    .execute(&statement, &[&owner, &doc, &Json(view)])
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(())
+            }
+            IndexUpdate::Remove => {
+                let statement = client
+                    .prepare_cached("DELETE FROM task_index WHERE user_id = $1 AND doc = $2")
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                client
+                    .execute(&statement, &[&owner, &doc])
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(())
+            }
+        }
     }
 }
