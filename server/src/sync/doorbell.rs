@@ -16,9 +16,10 @@
 //! rings after each append. Either way what is heard reaches [`answer`]
 //! through a bounded channel.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use codeedex_schema::id::{DocumentId, SessionId};
+use codeedex_schema::id::{DocumentId, SessionId, UserId};
 use tokio::sync::mpsc;
 
 use super::hub::DocumentHub;
@@ -43,30 +44,56 @@ pub async fn answer(
     mut heard: mpsc::Receiver<Heard>,
     session_ended: impl Fn(SessionId) + Send,
 ) {
-    while let Some(next) = heard.recv().await {
-        match next {
-            Heard::Ring(ring) if ring.node == node => {}
-            Heard::Ring(ring) => {
-                catch_up(&hub, ring.doc).await;
-                hub.uploaded_elsewhere(ring.doc, ring.user);
+    while let Some(first) = heard.recv().await {
+        // Take what else is waiting, so that a document rung many times
+        // meanwhile is read once: under load the work follows the documents
+        // that changed, not the changes.
+        let mut waiting = vec![first];
+        while waiting.len() < ANSWER_BATCH {
+            match heard.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
             }
-            Heard::Deleted { node: from, .. } | Heard::SessionEnded { node: from, .. }
-                if from == node => {}
-            Heard::Deleted { doc, .. } => hub.deleted_elsewhere(doc).await,
-            Heard::SessionEnded { session, .. } => session_ended(session),
-            Heard::MayHaveMissed => {
-                let loaded = hub.loaded_ids();
-                tracing::info!(
-                    documents = loaded.len(),
-                    "catching up every loaded document after missed notices"
-                );
-                for doc in loaded {
-                    catch_up(&hub, doc).await;
+        }
+        let mut rung: BTreeMap<DocumentId, Option<UserId>> = BTreeMap::new();
+        let mut everything = false;
+        for notice in waiting {
+            match notice {
+                Heard::Ring(ring) if ring.node == node => {}
+                Heard::Ring(ring) => {
+                    rung.insert(ring.doc, Some(ring.user));
                 }
+                Heard::Deleted { node: from, .. } | Heard::SessionEnded { node: from, .. }
+                    if from == node => {}
+                Heard::Deleted { doc, .. } => {
+                    rung.remove(&doc);
+                    hub.deleted_elsewhere(doc).await;
+                }
+                Heard::SessionEnded { session, .. } => session_ended(session),
+                Heard::MayHaveMissed => everything = true,
+            }
+        }
+        if everything {
+            let loaded = hub.loaded_ids();
+            tracing::info!(
+                documents = loaded.len(),
+                "catching up every loaded document after missed notices"
+            );
+            for doc in loaded {
+                rung.entry(doc).or_insert(None);
+            }
+        }
+        for (doc, owner) in rung {
+            catch_up(&hub, doc).await;
+            if let Some(owner) = owner {
+                hub.uploaded_elsewhere(doc, owner);
             }
         }
     }
 }
+
+/// The most notices [`answer`] takes at once.
+const ANSWER_BATCH: usize = 1024;
 
 async fn catch_up(hub: &DocumentHub, doc: DocumentId) {
     if let Err(e) = hub.catch_up(doc).await {
@@ -114,7 +141,6 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::Store;
     use crate::sync::hub::{Author, Generation, IfUnseen, LiveDocument};
-    use codeedex_schema::id::UserId;
 
     const USER: [u8; 16] = [1; 16];
     const DOC: [u8; 16] = [2; 16];

@@ -873,8 +873,13 @@ impl DocumentHub {
             // summary of the merged document. Every node that catches up
             // does, after every ring, so the last write follows a read of
             // every event committed before it.
-            guard.last_summary = None;
             let (update, summary) = self.index_update(&live, &guard).await?;
+            // "Unchanged" means unchanged from what this node wrote last,
+            // which another node may have overwritten since.
+            let update = match (update, &summary) {
+                (IndexUpdate::Keep, Some(view)) => IndexUpdate::Put(view.clone()),
+                (update, _) => update,
+            };
             live.store.put_task_summary(live.owner, id, &update).await?;
             guard.last_summary = summary;
         }
