@@ -42,8 +42,8 @@ use codeedex_server::configuration::{Overrides, Settings};
 use codeedex_server::delivery::CodeDelivery;
 use codeedex_server::metrics::Metrics;
 use codeedex_server::store::{SessionRecord, Store, UserRecord};
-use codeedex_server::sync::hub::DocumentHub;
 use codeedex_server::sync::connection::{Connection, Output, PeerContext};
+use codeedex_server::sync::hub::DocumentHub;
 use codeedex_server::sync::registry::PeerRegistry;
 use libfuzzer_sys::fuzz_target;
 
@@ -130,17 +130,17 @@ fn world() -> &'static World {
             Arc::clone(&metrics),
         ));
         let user = UserId::from_random_bytes([3; 16]);
-        store
-            .find_or_create_user(&UserRecord {
+        runtime
+            .block_on(store.find_or_create_user(&UserRecord {
                 id: user,
                 contact_key: "email:fuzz@example.com".into(),
                 created_at: wall(),
                 root_document_id: None,
-            })
+            }))
             .expect("a user");
         let session = SessionId::from_random_bytes([10; 16]);
-        store
-            .insert_session(
+        runtime
+            .block_on(store.insert_session(
                 &SessionRecord {
                     id: session,
                     user_id: user,
@@ -151,7 +151,7 @@ fn world() -> &'static World {
                     rotated_at: wall(),
                 },
                 &[7; 32],
-            )
+            ))
             .expect("a session");
         let hub = Arc::new(DocumentHub::new(
             store.clone(),
@@ -331,7 +331,7 @@ fuzz_target!(|input: &[u8]| {
                 break;
             }
         }
-        conn.finish();
+        conn.finish().await;
     });
     // Documents nobody syncs any more leave memory, as on a real server.
     world.hub.evict_idle(Duration::ZERO);
