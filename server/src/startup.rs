@@ -262,19 +262,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
     let today = chrono::Utc::now().date_naive();
     let settings = match Settings::load(args, today) {
         Ok(settings) => settings,
-        Err(e) => {
-            // clap's own errors (and --help, --version) print themselves.
-            if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
-                let _ = clap_error.print();
-                return if clap_error.use_stderr() {
-                    ExitCode::from(2)
-                } else {
-                    ExitCode::SUCCESS
-                };
-            }
-            eprintln!("codeedex-server: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error("codeedex-server", &e),
     };
     telemetry::init(&settings.log, settings.log_format);
     for warning in &settings.warnings {
@@ -294,6 +282,22 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
     }
 }
 
+/// Reports a command line that could not be parsed: clap's own errors (and
+/// `--help`, `--version`) print themselves; the rest are named after
+/// `command`. Usage errors exit with 2, help and version with success.
+fn usage_error(command: &str, e: &anyhow::Error) -> ExitCode {
+    if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+        let _ = clap_error.print();
+        return if clap_error.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    eprintln!("{command}: {e:#}");
+    ExitCode::from(2)
+}
+
 /// `codeedex-server migrate`: copies a data directory's embedded store into
 /// an empty PostgreSQL database (see [`crate::store::migration`]), with
 /// progress on stderr and the summary on stdout. Exits nonzero when the
@@ -301,18 +305,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
 fn migrate_main(args: Vec<String>) -> ExitCode {
     let command = match MigrateCommand::parse_from_args(args) {
         Ok(command) => command,
-        Err(e) => {
-            if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
-                let _ = clap_error.print();
-                return if clap_error.use_stderr() {
-                    ExitCode::from(2)
-                } else {
-                    ExitCode::SUCCESS
-                };
-            }
-            eprintln!("codeedex-server migrate: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error("codeedex-server migrate", &e),
     };
     // Only warnings: they say why the database could not be reached.
     telemetry::init("warn", LogFormat::Text);

@@ -328,6 +328,64 @@ impl PgEngine {
         doorbell::listen(&self.runtime, self.config.clone())
     }
 
+    /// Runs one statement, prepared once per connection, on a pooled
+    /// connection: the operations that need no transaction of their own.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.fail(e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// [`PgEngine::query`] for at most one row.
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.fail(e))?;
+        client
+            .query_opt(&statement, params)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// [`PgEngine::query`] for exactly one row.
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.fail(e))?;
+        client
+            .query_one(&statement, params)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// [`PgEngine::query`] for a statement that returns no rows: how many
+    /// it touched.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.fail(e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     /// A connection from the pool, or [`StoreError::Unavailable`].
     async fn client(&self) -> Result<Object, StoreError> {
         match self.pool.get().await {

@@ -46,15 +46,12 @@ fn session_from(row: &Row) -> Result<SessionRecord, StoreError> {
 impl PgEngine {
     /// The user with this id.
     pub(crate) async fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&id.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?;
         row.as_ref().map(user_from).transpose()
     }
 
@@ -63,17 +60,12 @@ impl PgEngine {
         &self,
         contact_key: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE contact_key = $1"
-            ))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&contact_key])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE contact_key = $1"),
+                &[&contact_key],
+            )
+            .await?;
         row.as_ref().map(user_from).transpose()
     }
 
@@ -127,21 +119,13 @@ impl PgEngine {
         user: UserId,
         doc: DocumentId,
     ) -> Result<Option<DocumentId>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
+        let row = self
+            .query_opt(
                 "UPDATE users SET root_document_id = COALESCE(root_document_id, $2) \
                  WHERE id = $1 RETURNING root_document_id",
-            )
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(
-                &statement,
                 &[&user.as_bytes().as_slice(), &doc.as_bytes().as_slice()],
             )
-            .await
-            .map_err(|e| self.fail(e))?;
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let root: Option<&[u8]> = row.try_get(0).map_err(|e| self.fail(e))?;
         root.map(|bytes| {
@@ -392,17 +376,12 @@ impl PgEngine {
 
     /// The session with this id.
     pub(crate) async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-            ))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&id.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"),
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?;
         row.as_ref().map(session_from).transpose()
     }
 
@@ -411,15 +390,12 @@ impl PgEngine {
         &self,
         hash: &[u8; 32],
     ) -> Result<Option<RefreshEntry>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT session_id, generation FROM refresh_tokens WHERE hash = $1")
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&hash.as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                "SELECT session_id, generation FROM refresh_tokens WHERE hash = $1",
+                &[&hash.as_slice()],
+            )
+            .await?;
         row.map(|row| {
             Ok(RefreshEntry {
                 session_id: SessionId::from_bytes(id16(row.get(0), "refresh_tokens")?),
@@ -432,44 +408,31 @@ impl PgEngine {
     /// The live and expired-but-not-yet-removed sessions of a user, ordered
     /// by session id as in sled.
     pub(crate) async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id"
-            ))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let rows = client
-            .query(&statement, &[&user.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .query(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id"),
+                &[&user.as_bytes().as_slice()],
+            )
+            .await?;
         rows.iter().map(session_from).collect()
     }
 
     /// Deletes a session and its whole refresh-token chain. Returns whether
     /// it existed.
     pub(crate) async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
-        let client = self.client().await?;
         // Every node closes the session's sockets: the notice is sent with
         // the deletion's commit, and only if there was a session to delete.
-        let statement = client
-            .prepare_cached(
+        let deleted = self
+            .execute(
                 "WITH gone AS (DELETE FROM sessions WHERE id = $1 RETURNING id) \
                  SELECT pg_notify($2, $3) FROM gone",
-            )
-            .await
-            .map_err(|e| self.fail(e))?;
-        let deleted = client
-            .execute(
-                &statement,
                 &[
                     &id.as_bytes().as_slice(),
                     &super::doorbell::CHANNEL,
                     &super::doorbell::session_payload(self.node, id),
                 ],
             )
-            .await
-            .map_err(|e| self.fail(e))?;
+            .await?;
         Ok(deleted == 1)
     }
 

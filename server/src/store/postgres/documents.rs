@@ -35,17 +35,12 @@ impl PgEngine {
         &self,
         doc: DocumentId,
     ) -> Result<Option<DocumentMeta>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {META_COLUMNS} FROM documents WHERE doc = $1"
-            ))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&doc.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                &format!("SELECT {META_COLUMNS} FROM documents WHERE doc = $1"),
+                &[&doc.as_bytes().as_slice()],
+            )
+            .await?;
         row.map(|row| meta_from(&row, 0)).transpose()
     }
 

@@ -15,18 +15,14 @@ impl PgEngine {
         fresh: [u8; 32],
     ) -> Result<[u8; 32], StoreError> {
         let key = format!("secret:{name}");
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                &[&key, &hex::encode(fresh)],
-            )
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &hex::encode(fresh)],
+        )
+        .await?;
+        let row = self
             .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
-            .await
-            .map_err(|e| self.fail(e))?;
+            .await?;
         let value: String = row.try_get(0).map_err(|e| self.fail(e))?;
         hex::decode(value)
             .ok()

@@ -15,15 +15,12 @@ impl PgEngine {
         doc: DocumentId,
         storage_id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT state FROM sync_states WHERE doc = $1 AND storage_id = $2")
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&doc.as_bytes().as_slice(), &storage_id])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                "SELECT state FROM sync_states WHERE doc = $1 AND storage_id = $2",
+                &[&doc.as_bytes().as_slice(), &storage_id],
+            )
+            .await?;
         Ok(row.map(|row| row.get(0)))
     }
 

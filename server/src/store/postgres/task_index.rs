@@ -18,15 +18,12 @@ impl PgEngine {
         &self,
         user: UserId,
     ) -> Result<Vec<(DocumentId, TaskView)>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT doc, summary FROM task_index WHERE user_id = $1 ORDER BY doc")
-            .await
-            .map_err(|e| self.fail(e))?;
-        let rows = client
-            .query(&statement, &[&user.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rows = self
+            .query(
+                "SELECT doc, summary FROM task_index WHERE user_id = $1 ORDER BY doc",
+                &[&user.as_bytes().as_slice()],
+            )
+            .await?;
         let mut summaries = Vec::with_capacity(rows.len());
         for row in &rows {
             let doc = DocumentId::from_bytes(id16(row.get(0), "task_index")?);
@@ -47,37 +44,27 @@ impl PgEngine {
         doc: DocumentId,
         update: &IndexUpdate,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
         let (owner, doc) = (owner.as_bytes().as_slice(), doc.as_bytes().as_slice());
         match update {
-            IndexUpdate::Keep => Ok(()),
+            IndexUpdate::Keep => {}
             IndexUpdate::Put(view) => {
-                let statement = client
-                    .prepare_cached(
-                        "INSERT INTO task_index (user_id, doc, summary) \
-                         SELECT $1, $2, $3 WHERE EXISTS \
-                           (SELECT 1 FROM documents WHERE doc = $2 AND deleted_at IS NULL) \
-                         ON CONFLICT (user_id, doc) DO UPDATE SET summary = EXCLUDED.summary",
-                    )
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                client
-                    .execute(&statement, &[&owner, &doc, &Json(view)])
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                Ok(())
+                self.execute(
+                    "INSERT INTO task_index (user_id, doc, summary) \
+                     SELECT $1, $2, $3 WHERE EXISTS \
+                       (SELECT 1 FROM documents WHERE doc = $2 AND deleted_at IS NULL) \
+                     ON CONFLICT (user_id, doc) DO UPDATE SET summary = EXCLUDED.summary",
+                    &[&owner, &doc, &Json(view)],
+                )
+                .await?;
             }
             IndexUpdate::Remove => {
-                let statement = client
-                    .prepare_cached("DELETE FROM task_index WHERE user_id = $1 AND doc = $2")
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                client
-                    .execute(&statement, &[&owner, &doc])
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                Ok(())
+                self.execute(
+                    "DELETE FROM task_index WHERE user_id = $1 AND doc = $2",
+                    &[&owner, &doc],
+                )
+                .await?;
             }
         }
+        Ok(())
     }
 }

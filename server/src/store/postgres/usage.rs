@@ -76,15 +76,12 @@ pub(super) async fn write_usage(
 impl PgEngine {
     /// What a user uses now.
     pub(crate) async fn usage(&self, user: UserId) -> Result<Usage, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT documents, bytes FROM usage WHERE user_id = $1")
-            .await
-            .map_err(|e| self.fail(e))?;
-        let row = client
-            .query_opt(&statement, &[&user.as_bytes().as_slice()])
-            .await
-            .map_err(|e| self.fail(e))?;
+        let row = self
+            .query_opt(
+                "SELECT documents, bytes FROM usage WHERE user_id = $1",
+                &[&user.as_bytes().as_slice()],
+            )
+            .await?;
         match row {
             Some(row) => usage_from(row.get(0), row.get(1)),
             None => Ok(Usage::default()),
