@@ -80,7 +80,22 @@ impl std::fmt::Debug for PeerContext {
 struct Attachment {
     live: Arc<LiveDocument>,
     state: sync::State,
+    /// Messages in a row whose heads named changes we lack without
+    /// bringing them.
+    withheld_in_a_row: u32,
 }
+
+/// How many messages in a row may name changes without bringing them before
+/// the peer is asked to send again everything we lack. One is the normal
+/// opening of an exchange (heads first, changes in answer to ours), and a
+/// second can cross our answer on the wire; three means the peer believes
+/// it sent those changes. That happens when a relay lost its message while
+/// the connection stayed open, or when a client recorded a message as sent
+/// and then failed to send it (the stock JS client does when its socket is
+/// closing). Automerge never sends a change twice on one sync state, so
+/// without the reset the two sides would trade empty messages until the
+/// connection ends.
+const WITHHELD_BEFORE_RESET: u32 = 3;
 
 /// One connection: the machine, and what it attached.
 pub struct Connection {
@@ -439,7 +454,14 @@ impl Connection {
     async fn attach(&mut self, doc: DocumentId, live: Arc<LiveDocument>) {
         self.ctx.hub.subscribe(&live, self.conn, self.mailbox());
         let state = self.initial_state(doc).await;
-        self.attachments.insert(doc, Attachment { live, state });
+        self.attachments.insert(
+            doc,
+            Attachment {
+                live,
+                state,
+                withheld_in_a_row: 0,
+            },
+        );
     }
 
     fn detach(&mut self, doc: DocumentId) {
@@ -490,8 +512,33 @@ impl Connection {
             )
             .await
         {
-            Ok((ticket, true)) => Synced::Changed(ticket),
-            Ok((ticket, false)) => Synced::Applied(ticket),
+            Ok(applied) => {
+                if applied.withheld {
+                    attachment.withheld_in_a_row += 1;
+                } else {
+                    attachment.withheld_in_a_row = 0;
+                }
+                if attachment.withheld_in_a_row >= WITHHELD_BEFORE_RESET {
+                    attachment.withheld_in_a_row = 0;
+                    // The next message we generate carries Automerge's
+                    // reset (a flag, or empty heads for peers that predate
+                    // it): the peer forgets what it sent and sends again
+                    // what our bloom filter does not list.
+                    attachment.state.needs_reset = true;
+                    Metrics::bump(&self.ctx.metrics.sync_resets_requested);
+                    tracing::info!(
+                        conn = self.conn,
+                        user = %user,
+                        doc = %doc,
+                        "the peer names changes it does not send; asking it to send them again"
+                    );
+                }
+                if applied.changed {
+                    Synced::Changed(applied.ticket)
+                } else {
+                    Synced::Applied(applied.ticket)
+                }
+            }
             Err(HubError::Deleted) => {
                 self.detach(doc);
                 Synced::Deleted

@@ -52,6 +52,28 @@ pub(crate) struct Author {
     pub(crate) session: Option<SessionId>,
 }
 
+/// What [`DocumentHub::apply`] did with a peer's message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applied {
+    /// Must be durable before anything generated from the document
+    /// reaches a peer.
+    pub(crate) ticket: Ticket,
+    /// The message brought changes, now recorded.
+    pub(crate) changed: bool,
+    /// The peer's heads name changes the document lacks, and the message
+    /// brought none: the peer holds changes it is not sending.
+    pub(crate) withheld: bool,
+}
+
+/// What receiving a message under the document's lock produced.
+enum Received {
+    /// New changes, still to be recorded.
+    Changes(Vec<Vec<u8>>),
+    Nothing {
+        withheld: bool,
+    },
+}
+
 /// What [`DocumentHub::generate`] has for a peer.
 #[derive(Debug)]
 pub(crate) enum Generation {
@@ -598,7 +620,7 @@ impl DocumentHub {
         author: Author,
         from: ConnectionId,
         now: DateTime<Utc>,
-    ) -> Result<(Ticket, bool), HubError> {
+    ) -> Result<Applied, HubError> {
         live.touch();
         let mut guard = live.state.lock().await;
         live.check_loaded()?;
@@ -606,14 +628,15 @@ impl DocumentHub {
             return Err(HubError::Deleted);
         }
         let received = match self.receive_locked(&mut guard, state, message) {
-            Ok(Some(changes)) => self
+            Ok(Received::Changes(changes)) => self
                 .record(live, &mut guard, changes, author, now)
                 .await
-                .map(|()| true),
-            other => other.map(|_| false),
+                .map(|()| (true, false)),
+            Ok(Received::Nothing { withheld }) => Ok((false, withheld)),
+            Err(e) => Err(e),
         };
-        let changed = match received {
-            Ok(changed) => changed,
+        let (changed, withheld) = match received {
+            Ok(outcome) => outcome,
             Err(e) => {
                 // Automerge may have taken some of the message's changes
                 // before it failed, and none of them is in the log: put the
@@ -634,7 +657,11 @@ impl DocumentHub {
             // is durable, so telling them now reveals nothing early.
             self.notify_changed(live, Some(from));
         }
-        Ok((ticket, changed))
+        Ok(Applied {
+            ticket,
+            changed,
+            withheld,
+        })
     }
 
     /// Receives a peer's message into the document under its lock. Returns
@@ -645,7 +672,7 @@ impl DocumentHub {
         guard: &mut DocState,
         state: &mut sync::State,
         message: sync::Message,
-    ) -> Result<Option<Vec<Vec<u8>>>, HubError> {
+    ) -> Result<Received, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
         contained("applying a sync message", || {
@@ -683,7 +710,11 @@ impl DocumentHub {
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
         if guard.doc.get_heads() == before {
-            return Ok(None);
+            let withheld = state
+                .their_heads
+                .as_ref()
+                .is_some_and(|heads| heads.iter().any(|head| !guard.doc.has_change(head)));
+            return Ok(Received::Nothing { withheld });
         }
         let changes: Vec<Vec<u8>> = contained("listing new changes", || {
             guard
@@ -693,7 +724,11 @@ impl DocumentHub {
                 .map(|c| c.raw_bytes().to_vec())
                 .collect()
         })?;
-        Ok((!changes.is_empty()).then_some(changes))
+        Ok(if changes.is_empty() {
+            Received::Nothing { withheld: false }
+        } else {
+            Received::Changes(changes)
+        })
     }
 
     /// Appends changes to the log, with the document's task-index entry, in
@@ -1191,7 +1226,7 @@ mod tests {
         let changes = doc.sync().generate_sync_message(&mut ours).unwrap();
         hub.apply(live, &mut theirs, changes, author, 1, Utc::now())
             .await
-            .map(|(ticket, _)| ticket)
+            .map(|applied| applied.ticket)
     }
 
     /// Generates for `state` once the document is durable.

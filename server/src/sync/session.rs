@@ -732,6 +732,17 @@ impl Session {
         // before Automerge does; without the flags, conforming peers (the
         // stock JavaScript client included) send nothing else. We still send
         // v2 to peers that announce it.
+        //
+        // A reset (the peer is to forget which changes it sent, see
+        // `WITHHELD_BEFORE_RESET`) travels in the flags too; without them it
+        // takes the older form every peer understands: empty heads, which a
+        // peer reads as "I lost everything" and so clears the same record.
+        if message
+            .flags
+            .is_some_and(|flags| flags.contains(sync::MessageFlags::SYNC_RESET))
+        {
+            message.heads.clear();
+        }
         message.flags = None;
         Effect::Send(Message::Sync {
             sender_id: self.config.server_peer_id.clone(),

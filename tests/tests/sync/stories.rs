@@ -531,3 +531,34 @@ async fn a_change_a_relay_lost_on_the_way_out_is_sent_again_when_the_device_asks
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_change_a_relay_lost_on_the_way_in_is_sent_again_when_the_server_asks() {
+    // A's message with a change is lost on the way to the server while the
+    // connection stays open: A counts the change as sent, and Automerge
+    // never sends a change twice on one sync state. A's later change
+    // arrives but cannot be applied without the lost one. The server sees A
+    // name changes it does not send and asks it to send again what the
+    // server lacks, so both reach B without a reconnect. Without the ask, A
+    // and the server trade empty messages until the connection ends.
+    let app = spawn_app().await;
+    let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " lost"));
+    {
+        let (doc, state) = a.docs.get_mut(&id).expect("tracked");
+        let lost = doc.sync().generate_sync_message(state);
+        assert!(lost.is_some(), "A had a change to send");
+    }
+    a.change(id, |d| append_text(d, "notes", " later"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "notes").as_deref() == Some("2 litres lost later")
+    })
+    .await
+    .unwrap();
+    let metrics = app.get("/metrics").await.text().await.expect("a body");
+    assert!(
+        metrics.contains("codeedex_sync_resets_requested_total 1\n"),
+        "one reset was asked for:\n{metrics}"
+    );
+}

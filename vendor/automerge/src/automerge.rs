@@ -2017,7 +2017,9 @@ impl Automerge {
         other.shared_heads == self.get_heads()
     }
 
-    pub(crate) fn has_change(&self, head: &ChangeHash) -> bool {
+    /// Whether the change is applied (queued changes do not count).
+    /// Patched: public (see PATCHES.md, section 9).
+    pub fn has_change(&self, head: &ChangeHash) -> bool {
         self.change_graph.has_change(head)
     }
 
