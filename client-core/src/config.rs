@@ -1,6 +1,7 @@
 //! How a [`Client`](crate::Client) is opened.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the tokens are kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +45,11 @@ pub struct ClientConfig {
     pub token_storage: TokenStorage,
     /// The name shown in the session list for this device.
     pub device_name: Option<String>,
+    /// How long the sync connection may stay silent before the device takes
+    /// it for dead and reconnects. The server pings every 15 s; after two
+    /// thirds of this without a frame the device pings too. The default is
+    /// 30 s.
+    pub sync_silence_limit: Duration,
 }
 
 impl ClientConfig {
@@ -54,6 +60,7 @@ impl ClientConfig {
             server_url: server_url.trim_end_matches('/').to_owned(),
             token_storage: TokenStorage::Auto,
             device_name: None,
+            sync_silence_limit: Duration::from_secs(30),
         }
     }
 }

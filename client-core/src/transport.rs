@@ -4,9 +4,13 @@
 //! It turns binary frames into [`Message`]s and back and reports closes with
 //! their code. Frames that are not protocol messages (text, undecodable or
 //! unknown types) are skipped with a log line: bad input from the server
-//! never panics the client. Pings are answered by tungstenite itself.
+//! never panics the client. Pings are answered by tungstenite itself; every
+//! frame, a pong included, counts as hearing from the server, which is what
+//! the engine's liveness check reads.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use codeedex_schema::wire::{self, DecodeError, Message};
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +59,8 @@ pub(crate) enum Incoming {
 #[derive(Debug)]
 pub(crate) struct Connection {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// When the last frame of any kind arrived.
+    last_heard: Instant,
 }
 
 /// The sync endpoint's URL for a server base URL.
@@ -98,7 +104,10 @@ pub(crate) async fn connect(
             retry_after: retry_after(response.headers()),
         }),
         Ok(Err(e)) => Err(ConnectError::Network(e.to_string())),
-        Ok(Ok((socket, _response))) => Ok(Connection { socket }),
+        Ok(Ok((socket, _response))) => Ok(Connection {
+            socket,
+            last_heard: Instant::now(),
+        }),
     }
 }
 
@@ -125,6 +134,21 @@ impl Connection {
             .map_err(|e| e.to_string())
     }
 
+    /// Asks the server for a pong; its answer (or any other frame) moves
+    /// [`Connection::last_heard`].
+    pub async fn ping(&mut self) -> Result<(), String> {
+        self.socket
+            .send(tungstenite::Message::Ping(Default::default()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// When the server was last heard from: any frame, pings and pongs
+    /// included.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
     /// The next protocol message, or the end of the connection.
     pub async fn next(&mut self) -> Incoming {
         loop {
@@ -143,6 +167,7 @@ impl Connection {
                 }
                 Some(Ok(frame)) => frame,
             };
+            self.last_heard = Instant::now();
             match frame {
                 tungstenite::Message::Binary(bytes) => match wire::decode(&bytes) {
                     Ok(message) => return Incoming::Message(message),

@@ -158,6 +158,7 @@ struct Counters {
 struct Connection {
     reset: Arc<Notify>,
     abandon: Arc<Notify>,
+    sever: Arc<Notify>,
     /// Bytes forwarded (both directions) since the reset-after budget started.
     forwarded: Arc<AtomicU64>,
 }
@@ -403,6 +404,15 @@ impl FaultHandle {
         }
     }
 
+    /// Cuts the path of every current connection without telling either
+    /// end: both stay open, hear nothing more, and what they send is lost,
+    /// as when a phone changes networks. New connections are unaffected.
+    pub fn sever_all(&self) {
+        for connection in self.shared.connections.lock().expect("lock").values() {
+            connection.sever.notify_one();
+        }
+    }
+
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.shared.connections.lock().expect("lock").len()
@@ -492,12 +502,14 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let reset = Arc::new(Notify::new());
     let abandon = Arc::new(Notify::new());
+    let sever = Arc::new(Notify::new());
     let forwarded = Arc::new(AtomicU64::new(0));
     shared.connections.lock().expect("lock").insert(
         id,
         Connection {
             reset: Arc::clone(&reset),
             abandon: Arc::clone(&abandon),
+            sever: Arc::clone(&sever),
             forwarded: Arc::clone(&forwarded),
         },
     );
@@ -528,6 +540,7 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
                 biased;
                 () = reset.notified() => break Ending::Reset,
                 () = abandon.notified() => break Ending::Abandon,
+                () = sever.notified() => break Ending::Sever,
                 end = &mut up, if !up_done => match end {
                     End::Eof => up_done = true,
                     End::Reset => break Ending::Reset,
@@ -544,6 +557,22 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     };
     shared.connections.lock().expect("lock").remove(&id);
     if ending == Ending::Clean {
+        return;
+    }
+    if ending == Ending::Sever {
+        // Both sides stay open and hear nothing more; what either sends is
+        // lost, until each gives up on its connection.
+        let sink = |mut from: ReadHalf<TcpStream>| async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            from
+        };
+        let (client_read, server_read) = tokio::join!(sink(client_read), sink(server_read));
+        drop((client_read, client_write, server_read, server_write));
         return;
     }
     bump(&shared.counters.resets);
@@ -572,6 +601,7 @@ enum Ending {
     Clean,
     Reset,
     Abandon,
+    Sever,
 }
 
 /// Moves data from `from` to `to` under the faults in force, until the

@@ -323,7 +323,25 @@ async fn drive(
     let join_deadline = Instant::now() + JOIN_TIMEOUT;
     let mut refresh_not_before = Instant::now();
     let mut release_at: Option<Instant> = None;
+    // A connection whose path died without a reset (a phone that changed
+    // networks, a relay that stopped forwarding) reports no error by itself:
+    // TCP would retry for many minutes while every change the device sends
+    // goes nowhere. So silence ends it: after two thirds of the limit
+    // without a frame the device pings, and at the limit it reconnects.
+    let silence_limit = device.config().sync_silence_limit;
+    let ping_when_quiet_for = silence_limit * 2 / 3;
+    let mut pinged_at: Option<Instant> = None;
     loop {
+        let heard = connection.last_heard();
+        if pinged_at.is_some_and(|at| at < heard) {
+            pinged_at = None;
+        }
+        // The next moment to act on silence: a ping once quiet, then the
+        // limit once a ping went unanswered.
+        let silence_check = match pinged_at {
+            None => heard + ping_when_quiet_for,
+            Some(_) => heard + silence_limit,
+        };
         let refresh_in = device
             .auth()
             .refresh_due()
@@ -376,6 +394,20 @@ async fn drive(
                     return Ended::LoggedOut;
                 }
                 Vec::new()
+            }
+            () = tokio::time::sleep_until(silence_check) => {
+                if pinged_at.is_some() {
+                    tracing::info!(
+                        seconds = silence_limit.as_secs_f64(),
+                        "the server has been silent too long; reconnecting"
+                    );
+                    return Ended::Closed { code: None, reason: "the server stopped answering".to_owned() };
+                }
+                if let Err(e) = connection.ping().await {
+                    return Ended::Closed { code: None, reason: e };
+                }
+                pinged_at = Some(Instant::now());
+                continue;
             }
             () = tokio::time::sleep_until(join_deadline), if !machine.is_joined() => {
                 return Ended::Closed { code: None, reason: "the server did not answer join".to_owned() };
