@@ -335,6 +335,21 @@ async fn drive(
         let heard = connection.last_heard();
         if pinged_at.is_some_and(|at| at < heard) {
             pinged_at = None;
+            // The server is there after all; what it left unanswered
+            // through that silence was lost on the way.
+            let effects = {
+                let mut replicas = device.replicas();
+                machine.resend_unanswered(&mut replicas)
+            };
+            if !effects.is_empty() {
+                tracing::info!(
+                    documents = effects.len(),
+                    "changes the server never answered are sent again"
+                );
+            }
+            if let Err(ended) = perform(device, connection, effects).await {
+                return ended;
+            }
         }
         // The next moment to act on silence: a ping once quiet, then the
         // limit once a ping went unanswered.
@@ -396,6 +411,11 @@ async fn drive(
                 Vec::new()
             }
             () = tokio::time::sleep_until(silence_check) => {
+                // Pings and pongs arrive inside `next`, which returns only
+                // messages: look again at when the server was last heard.
+                if connection.last_heard() > heard {
+                    continue;
+                }
                 if pinged_at.is_some() {
                     tracing::info!(
                         seconds = silence_limit.as_secs_f64(),
