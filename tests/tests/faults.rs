@@ -44,8 +44,15 @@ macro_rules! check {
     };
 }
 
+/// A server with the sync debug log, pinging every 5 s, so that what a
+/// relay lost is sent again within the tests' waits.
 async fn server_with_sync_logs() -> TestApp {
-    spawn_app_with(AppConfig::default().with("--log", "info,codeedex_server::sync=debug")).await
+    spawn_app_with(
+        AppConfig::default()
+            .with("--log", "info,codeedex_server::sync=debug")
+            .with("--sync-ping-interval-secs", 5),
+    )
+    .await
 }
 
 /// The server log lines about sync connections, for failure messages.
@@ -138,11 +145,15 @@ fn fault_schedule(
                     injected += 1;
                 }
                 // A relay that loses what it carries while the connection
-                // stays open: whole messages go missing mid-stream. Only on
-                // request (FAULTS_DROPPING=1): TCP never does this, and a
-                // device whose own change was lost that way trades empty
-                // messages with the server until its next connection.
-                3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() == Ok("1") => {
+                // stays open: whole messages go missing mid-stream (TCP
+                // never does this; a user-space relay that drops its
+                // buffers does). Each direction mends itself on the open
+                // connection: the server asks a device that names changes
+                // it never sent to send them again, resends what a live
+                // device left unanswered for a ping interval, and
+                // client-core resends what the server left unanswered.
+                // FAULTS_DROPPING=0 leaves it out.
+                3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() != Ok("0") => {
                     proxy.black_hole_dropping(
                         rng.duration(Duration::from_millis(300), Duration::from_secs(1)),
                     );
