@@ -305,19 +305,17 @@ impl SyncMachine {
             return Vec::new();
         }
         // A document in step with the server may legitimately go
-        // unanswered (there is nothing to say), so only those it has not
-        // confirmed count, including a new one whose first message (our
-        // heads, before any change) was the one lost.
+        // unanswered (there is nothing to say), so only those still to
+        // settle count, including a new one whose first message (our heads,
+        // before any change) was the one lost.
         let lost: Vec<DocumentId> = self
-            .attached
+            .must_settle
             .iter()
             .copied()
-            .filter(|id| {
-                self.states.get(id).is_some_and(|state| state.in_flight)
-                    && !self.settled(*id, replicas)
-            })
+            .filter(|id| !self.settled(*id, replicas))
             .collect();
-        lost.into_iter()
+        let mut effects: Vec<Effect> = lost
+            .into_iter()
             .filter_map(|id| {
                 if let Some(state) = self.states.get_mut(&id) {
                     *state = sync::State::decode(&state.encode()).unwrap_or_default();
@@ -325,7 +323,19 @@ impl SyncMachine {
                 self.held.remove(&id);
                 self.sync_document(id, replicas)
             })
-            .collect()
+            .collect();
+        // The catch-up request, or its answer, may have been lost the same
+        // way; asking again from the same cursor is harmless.
+        if self.awaiting_catch_up
+            && let Some(server) = &self.server
+        {
+            effects.push(Effect::Send(Message::CatchUpRequest {
+                sender_id: self.peer_id.clone(),
+                target_id: server.peer_id.clone(),
+                cursor: self.cursor,
+            }));
+        }
+        effects
     }
 
     /// The next sync message for a document, if there is one; attaches it.

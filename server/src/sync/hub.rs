@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge};
+use automerge::{ActorId, Automerge, ChangeHash};
 use chrono::{DateTime, Utc};
 use codeedex_schema::api::tasks::TaskView;
 use codeedex_schema::id::{DocumentId, SessionId, UserId};
@@ -63,6 +63,13 @@ pub(crate) struct Applied {
     /// The peer's heads name changes the document lacks, and the message
     /// brought none: the peer holds changes it is not sending.
     pub(crate) withheld: bool,
+}
+
+/// Heads in a canonical order, for comparing sets of heads.
+fn sorted(heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    let mut heads = heads.to_vec();
+    heads.sort_unstable();
+    heads
 }
 
 /// What receiving a message under the document's lock produced.
@@ -675,6 +682,9 @@ impl DocumentHub {
     ) -> Result<Received, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
+        // What the peer believes we both have, before Automerge takes the
+        // message.
+        let peer_believes = message.have.first().map(|have| sorted(&have.last_sync));
         contained("applying a sync message", || {
             guard.doc_mut().receive_sync_message(state, message)
         })??;
@@ -706,6 +716,16 @@ impl DocumentHub {
         // peer reset (empty heads), which Automerge handles by clearing it.
         if !state.last_sent_heads.is_empty() {
             state.last_sent_heads = told;
+        }
+        // A peer with exactly our heads that does not know we have them
+        // never heard our last message (a relay lost it). Automerge would
+        // say nothing, since it counts those heads as told, and the peer
+        // would wait for ever: tell it again.
+        let ours = sorted(&guard.doc.get_heads());
+        if state.their_heads.as_deref().map(sorted).as_ref() == Some(&ours)
+            && peer_believes.is_some_and(|believed| believed != ours)
+        {
+            state.last_sent_heads.clear();
         }
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.

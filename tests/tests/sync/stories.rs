@@ -592,3 +592,30 @@ async fn a_change_lost_on_the_way_out_to_a_quiet_device_is_sent_again_after_a_pi
         "the server sent the change again once"
     );
 }
+
+#[tokio::test]
+async fn a_device_that_never_heard_the_servers_answer_is_told_again() {
+    // The server's answer to A's change (its heads, now A's) is lost on
+    // the way. A later forgets what it sent and syncs again, as client-core
+    // does when it hears the server after a silence. Its heads equal the
+    // server's, so Automerge on the server would count them as told and
+    // say nothing; but A's message shows it does not know the server has
+    // them, and the server tells it again.
+    let app = spawn_app().await;
+    let (mut a, _b, _, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " acknowledged"));
+    assert!(a.push(id, false).await.unwrap(), "A sent its change");
+    let lost = a.recv(WAIT).await.unwrap();
+    assert!(
+        matches!(
+            lost,
+            Received::Message(codeedex_schema::wire::Message::Sync { .. })
+        ),
+        "expected the server's answer, got {lost:?}"
+    );
+    {
+        let (_, state) = a.docs.get_mut(&id).expect("tracked");
+        *state = automerge::sync::State::decode(&state.encode()).unwrap();
+    }
+    a.sync_to_server(id, WAIT).await.unwrap();
+}
