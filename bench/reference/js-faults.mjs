@@ -10,6 +10,7 @@
 //     [--seed N] [--storage memory|nodefs] [--crashes-ms 7000,14000 | --crashes N]
 //     [--faults reset,blackhole,tiny] [--edits 100] [--rate 4] [--devices 3]
 //     [--bin /tmp/cdx-server] [--port 18400] [--out DIR] [--retry-ms 1000]
+//     [--server-log FILTER]   (ours: its tracing filter, "info" by default)
 //
 // --variant: a black hole either holds the traffic and delivers it afterwards
 // (hold), reads and discards it while it lasts with the connection left open
@@ -91,7 +92,7 @@ function startServer() {
     server = spawn(
       bin,
       [
-        "--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log", "info",
+        "--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log", args["server-log"] ?? "info",
         "--allow-test-codes", "--test-codes-expire", tomorrow,
         "--otp-resend-cooldown-secs", "0", "--otp-hourly-cap", "100000", "--otp-daily-cap", "100000",
         "--ip-send-limit", "1000000", "--ip-verify-limit", "1000000", "--ip-refresh-limit", "1000000",
