@@ -68,6 +68,7 @@ counters! {
     sync_documents_reloaded => "Documents put back to what the log holds after a failed message.",
     sync_ephemeral_dropped => "Ephemeral messages dropped because a connection's mailbox was full.",
     sync_resets_requested => "Peers asked to send again changes they named but did not send (a message lost on its way in).",
+    sync_messages_resent => "Times changes a peer never acknowledged, though it answered pings, were sent again (a message lost on its way out).",
     sync_slow_readers_closed => "Sync connections closed because the peer stopped reading.",
     sync_connections_shed => "Sync upgrades refused with 503 because the node opened connections at its rate or holds its maximum.",
     quota_refusals => "Writes refused because a user or document quota was exhausted.",

@@ -931,3 +931,55 @@ async fn a_device_whose_connection_dies_silently_reconnects_and_delivers_its_cha
         "the device delivered its change over a new connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_a_relay_lost_is_sent_again_on_the_same_connection() {
+    // A relay loses the device's message with a new task and keeps the
+    // connection open. The server never hears of the change, so nothing
+    // asks for it; the device, after a silence, pings, hears the server
+    // answer, and sends again what the server left unanswered, on the same
+    // connection.
+    use codeedex_client_core::{NewTask, SyncStatus};
+    const EMAIL: &str = "dropped@example.com";
+    let app = server_with_sync_logs().await;
+    let proxy = FaultProxy::start(app.port, 11).await;
+    // The device pings after 4 s of silence, well after the relay is back:
+    // the ping and its answer must not be lost too.
+    let device = core_device_with(&app, proxy.port(), EMAIL, "phone", |config| {
+        config.sync_silence_limit = Duration::from_secs(6);
+    })
+    .await;
+    device.client.start_sync().await;
+    let up_to_date = Instant::now() + Duration::from_secs(20);
+    while !matches!(device.client.sync_status(), SyncStatus::UpToDate { .. }) {
+        assert!(Instant::now() < up_to_date, "the device never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connections = proxy.stats().accepted;
+    proxy.black_hole_dropping(Duration::from_millis(500));
+    device
+        .client
+        .create_task(&NewTask::titled("lost once"))
+        .expect("a local task");
+    let token = app.sign_in_email(EMAIL).await.tokens.access_token;
+    let arrived = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rest = rest_tasks(&app, &token).await;
+        if rest.values().any(|(title, _, _)| title == "lost once") {
+            break;
+        }
+        assert!(
+            Instant::now() < arrived,
+            "the lost task never reached the server: {:?}\n{}",
+            device.client.sync_status(),
+            sync_log_tail(&app, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        proxy.stats().accepted,
+        connections,
+        "the change was delivered on the same connection\n{}",
+        sync_log_tail(&app, 40)
+    );
+}

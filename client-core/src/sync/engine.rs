@@ -327,20 +327,51 @@ async fn drive(
     // networks, a relay that stopped forwarding) reports no error by itself:
     // TCP would retry for many minutes while every change the device sends
     // goes nowhere. So silence ends it: after two thirds of the limit
-    // without a frame the device pings, and at the limit it reconnects.
+    // without a frame the device pings, and if no frame answers within the
+    // last third, it reconnects. While a document waits for the server, a
+    // lack of sync messages counts as silence too, even if the server's own
+    // pings arrive: the answer we wait for may be what was lost.
     let silence_limit = device.config().sync_silence_limit;
     let ping_when_quiet_for = silence_limit * 2 / 3;
     let mut pinged_at: Option<Instant> = None;
+    let mut messages_expected_since = Instant::now();
+    let mut was_waiting = false;
     loop {
         let heard = connection.last_heard();
         if pinged_at.is_some_and(|at| at < heard) {
             pinged_at = None;
+            // The server is there after all; what it left unanswered
+            // through that silence was lost on the way.
+            let effects = {
+                let mut replicas = device.replicas();
+                machine.resend_unanswered(&mut replicas)
+            };
+            messages_expected_since = Instant::now();
+            if !effects.is_empty() {
+                tracing::info!(
+                    documents = effects.len(),
+                    "changes the server never answered are sent again"
+                );
+            }
+            if let Err(ended) = perform(device, connection, effects).await {
+                return ended;
+            }
         }
         // The next moment to act on silence: a ping once quiet, then the
         // limit once a ping went unanswered.
+        let waiting = machine.pending(&device.replicas()) > 0;
+        if waiting && !was_waiting {
+            messages_expected_since = Instant::now();
+        }
+        was_waiting = waiting;
+        let quiet_since = if waiting {
+            messages_expected_since
+        } else {
+            heard
+        };
         let silence_check = match pinged_at {
-            None => heard + ping_when_quiet_for,
-            Some(_) => heard + silence_limit,
+            None => quiet_since + ping_when_quiet_for,
+            Some(at) => at + (silence_limit - ping_when_quiet_for),
         };
         let refresh_in = device
             .auth()
@@ -351,6 +382,7 @@ async fn drive(
         let effects = tokio::select! {
             incoming = connection.next() => match incoming {
                 Incoming::Message(message) => {
+                    messages_expected_since = Instant::now();
                     let mut replicas = device.replicas();
                     machine.receive(message, &mut replicas)
                 }
@@ -396,6 +428,11 @@ async fn drive(
                 Vec::new()
             }
             () = tokio::time::sleep_until(silence_check) => {
+                // Pings and pongs arrive inside `next`, which returns only
+                // messages: look again at when the server was last heard.
+                if connection.last_heard() > heard && (pinged_at.is_some() || !waiting) {
+                    continue;
+                }
                 if pinged_at.is_some() {
                     tracing::info!(
                         seconds = silence_limit.as_secs_f64(),

@@ -292,6 +292,42 @@ impl SyncMachine {
             .collect()
     }
 
+    /// The server answered after a silence long enough to make the driver
+    /// ping it, so the connection is alive; yet some documents still wait
+    /// for an answer to a message we sent. The server answers changes within
+    /// milliseconds, so the message carrying them was lost on the way (a
+    /// relay dropped it while the connection stayed open). Automerge never
+    /// sends a change twice on one sync state: forget this session's record
+    /// of what was sent for those documents, as a reconnect would, and sync
+    /// them again.
+    pub fn resend_unanswered(&mut self, replicas: &mut Replicas) -> Vec<Effect> {
+        if !self.is_joined() {
+            return Vec::new();
+        }
+        // A document in step with the server may legitimately go
+        // unanswered (there is nothing to say), so only those it has not
+        // confirmed count, including a new one whose first message (our
+        // heads, before any change) was the one lost.
+        let lost: Vec<DocumentId> = self
+            .attached
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.states.get(id).is_some_and(|state| state.in_flight)
+                    && !self.settled(*id, replicas)
+            })
+            .collect();
+        lost.into_iter()
+            .filter_map(|id| {
+                if let Some(state) = self.states.get_mut(&id) {
+                    *state = sync::State::decode(&state.encode()).unwrap_or_default();
+                }
+                self.held.remove(&id);
+                self.sync_document(id, replicas)
+            })
+            .collect()
+    }
+
     /// The next sync message for a document, if there is one; attaches it.
     fn sync_document(&mut self, id: DocumentId, replicas: &mut Replicas) -> Option<Effect> {
         let server = self.server.as_ref()?.peer_id.clone();

@@ -36,8 +36,6 @@ use crate::sync::session::TransportFault;
 /// The subprotocol the server selects.
 pub const SUBPROTOCOL: &str = "codeedex.v1";
 const BEARER_PROTOCOL_PREFIX: &str = "codeedex.bearer.";
-const PING_EVERY: Duration = Duration::from_secs(15);
-const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/sync", web::get().to(sync_socket));
@@ -254,7 +252,9 @@ async fn exchange(
     let mut shutting_down = state.shutting_down.clone();
     let handshake_deadline = tokio::time::Instant::now() + state.sync.limits.handshake_timeout;
     let mut replaced = None;
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let ping_every = state.sync.limits.ping_interval;
+    let silence_limit = ping_every * 3;
+    let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let mut last_heard = Instant::now();
     loop {
@@ -330,13 +330,16 @@ async fn exchange(
                 peer.replaced()
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT {
+                if last_heard.elapsed() > silence_limit {
                     peer.transport_fault(TransportFault::Silent)
                 } else {
                     match tokio::time::timeout(write_timeout, session.ping(b"")).await {
-                        Ok(Ok(())) => continue,
+                        Ok(Ok(())) => {}
                         _ => break,
                     }
+                    // What a live peer has left unanswered for a whole
+                    // period, though heard from since, was lost.
+                    peer.resend_unanswered(ping_every, last_heard, Instant::now(), Utc::now()).await
                 }
             }
         };

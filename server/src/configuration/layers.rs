@@ -188,6 +188,12 @@ impl Settings {
                 max_ephemeral: pick!(sync_max_ephemeral_queued, defaults.mailbox.max_ephemeral),
                 ..defaults.mailbox
             },
+            ping_interval: SecondsSetting::SYNC_PING_INTERVAL
+                .check(pick!(
+                    sync_ping_interval_secs,
+                    defaults.ping_interval.as_secs()
+                ))?
+                .as_std(),
             write_timeout: SecondsSetting::SYNC_WRITE_TIMEOUT
                 .check(pick!(
                     sync_write_timeout_secs,

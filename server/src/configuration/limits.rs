@@ -77,6 +77,10 @@ pub struct SyncLimits {
     /// How long one frame may take to go out before the peer is taken to
     /// have stopped reading, and is closed.
     pub write_timeout: Duration,
+    /// How often the server pings a sync peer. A peer silent for three
+    /// intervals is closed; changes a live peer left unacknowledged for one
+    /// are sent again.
+    pub ping_interval: Duration,
     /// How long after a document's last message to a peer the next one
     /// waits, so that changes arriving meanwhile go out together. Zero sends
     /// every message at once.
@@ -99,6 +103,7 @@ impl Default for SyncLimits {
             },
             mailbox: MailboxLimits::default(),
             write_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
             coalesce: Duration::from_millis(50),
         }
     }

@@ -200,6 +200,12 @@ pub struct Overrides {
     /// before the connection closes with 4008, 1 to 300 [default: 30].
     #[arg(long, env = "CODEEDEX_SYNC_WRITE_TIMEOUT_SECS")]
     pub(crate) sync_write_timeout_secs: Option<u64>,
+    /// Seconds between the server's pings on a sync connection, 1 to 300; a
+    /// peer silent for three of them is closed, and changes a peer that
+    /// still answers has left unacknowledged for one are sent again
+    /// [default: 15].
+    #[arg(long, env = "CODEEDEX_SYNC_PING_INTERVAL_SECS")]
+    pub(crate) sync_ping_interval_secs: Option<u64>,
     /// Milliseconds a document's next sync message to a peer waits after the
     /// last one, so that the changes arriving meanwhile go out in one
     /// message (a peer sent nothing lately, or one whose changes are being

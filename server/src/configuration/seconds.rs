@@ -132,6 +132,13 @@ impl SecondsSetting {
         max: 300,
         why: "five minutes",
     };
+    /// `sync_ping_interval_secs`.
+    pub(crate) const SYNC_PING_INTERVAL: Self = Self {
+        name: "sync_ping_interval_secs",
+        min: 1,
+        max: 300,
+        why: "five minutes; a dead connection is found only after three",
+    };
     /// `sync_write_timeout_secs`.
     pub(crate) const SYNC_WRITE_TIMEOUT: Self = Self {
         name: "sync_write_timeout_secs",

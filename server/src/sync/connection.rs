@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use automerge::sync;
 use chrono::{DateTime, Utc};
@@ -272,6 +272,52 @@ impl Connection {
     /// The hold deadline passed: the held messages go out.
     pub async fn hold_elapsed(&mut self, now: Instant, wall: DateTime<Utc>) -> Vec<Output> {
         let effects = self.session.hold_elapsed(now);
+        self.perform(effects, now, wall).await
+    }
+
+    /// The transport's ping timer: the peer is alive (it was heard from at
+    /// `last_heard`, after our message), yet our last message of some
+    /// documents, carrying changes, has gone unanswered for
+    /// `unanswered_for`. A peer answers changes at
+    /// once, so that message was lost on the way (a relay dropped it while
+    /// the connection stayed open), and the peer cannot ask for what it
+    /// never heard of. Automerge never sends a change twice on one sync
+    /// state: forget what was sent and send it again.
+    pub async fn resend_unanswered(
+        &mut self,
+        unanswered_for: Duration,
+        last_heard: Instant,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Vec<Output> {
+        let Some(before) = now.checked_sub(unanswered_for) else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        for (doc, attachment) in &mut self.attachments {
+            let state = &mut attachment.state;
+            // Sent long enough ago, and the peer was heard from since.
+            let stale = self
+                .session
+                .last_sent(*doc)
+                .is_some_and(|at| at <= before && at < last_heard);
+            if state.in_flight && !state.sent_hashes.is_empty() && stale {
+                state.sent_hashes.clear();
+                state.in_flight = false;
+                lost.push(*doc);
+            }
+        }
+        if lost.is_empty() {
+            return Vec::new();
+        }
+        Metrics::bump(&self.ctx.metrics.sync_messages_resent);
+        tracing::info!(
+            conn = self.conn,
+            user = %self.session.user(),
+            documents = lost.len(),
+            "changes the peer never acknowledged are sent again"
+        );
+        let effects = self.session.notices(&[], lost);
         self.perform(effects, now, wall).await
     }
 

@@ -673,6 +673,12 @@ impl Session {
         (until > now).then_some(until)
     }
 
+    /// When the last sync message of `doc` went to the peer, if one did on
+    /// this connection.
+    pub fn last_sent(&self, doc: DocumentId) -> Option<Instant> {
+        self.last_sent.get(&doc).copied()
+    }
+
     /// The earliest deadline of a waiting message, for the driver's timer.
     pub fn hold_deadline(&self) -> Option<Instant> {
         self.held.values().min().copied()

@@ -556,9 +556,39 @@ async fn a_change_a_relay_lost_on_the_way_in_is_sent_again_when_the_server_asks(
     })
     .await
     .unwrap();
-    let metrics = app.get("/metrics").await.text().await.expect("a body");
+    assert_eq!(
+        app.metric("codeedex_sync_resets_requested_total").await,
+        1,
+        "one reset was asked for"
+    );
+}
+
+#[tokio::test]
+async fn a_change_lost_on_the_way_out_to_a_quiet_device_is_sent_again_after_a_ping() {
+    // The server's message with A's change to B is lost on the way, and B,
+    // which never heard of the change, has nothing to ask: it only answers
+    // the server's pings. The server sees its message unanswered for a
+    // whole ping interval by a peer that is alive, and sends the change
+    // again. Without that, B would stay behind until its next connection.
+    let app = spawn_app_with(AppConfig::default().with("--sync-ping-interval-secs", 1)).await;
+    let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
+    a.change(id, |d| append_text(d, "notes", " lost"));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    let lost = b.recv(WAIT).await.unwrap();
     assert!(
-        metrics.contains("codeedex_sync_resets_requested_total 1\n"),
-        "one reset was asked for:\n{metrics}"
+        matches!(
+            lost,
+            Received::Message(codeedex_schema::wire::Message::Sync { .. })
+        ),
+        "expected the relayed change, got {lost:?}"
+    );
+    receive_silently(&mut b, id, |d| {
+        read_string(d, "notes").as_deref() == Some("2 litres lost")
+    })
+    .await;
+    assert_eq!(
+        app.metric("codeedex_sync_messages_resent_total").await,
+        1,
+        "the server sent the change again once"
     );
 }

@@ -465,3 +465,41 @@ fn edits_while_the_server_has_not_answered_wait_and_go_out_together() {
         a.replicas.get(id).unwrap().get_heads()
     );
 }
+
+#[test]
+fn a_change_lost_on_the_way_is_sent_again_once_the_server_is_heard() {
+    let (mut server, root) = server_with_root();
+    let mut a = Device::new("a", root);
+    let id = a.create("Lost");
+    connect(&mut a, &mut server);
+    pump(&mut [&mut a], &mut server);
+    assert_eq!(a.machine.pending(&a.replicas), 0);
+
+    // The message with the edit is lost on the way; the connection stays.
+    edit_notes(&mut a, id, "lost on the way");
+    let lost = a.machine.local_change(&[id], &mut a.replicas);
+    assert_eq!(lost.len(), 1, "the edit went out");
+    assert!(a.machine.pending(&a.replicas) > 0);
+    // Another sync of the document sends nothing: Automerge counts the
+    // change as sent and waits for an answer.
+    assert!(
+        a.machine.local_change(&[id], &mut a.replicas).is_empty(),
+        "the change went out twice without a reset"
+    );
+
+    // The driver heard the server after a silence: the edit goes again.
+    let effects = a.machine.resend_unanswered(&mut a.replicas);
+    assert_eq!(effects.len(), 1, "the unanswered document is synced again");
+    a.apply(effects, &mut server);
+    pump(&mut [&mut a], &mut server);
+    assert_eq!(
+        server.docs[&id].get_heads(),
+        a.replicas.get(id).unwrap().get_heads(),
+        "the lost edit never reached the server"
+    );
+    assert_eq!(a.machine.pending(&a.replicas), 0);
+    assert!(
+        a.machine.resend_unanswered(&mut a.replicas).is_empty(),
+        "nothing is unanswered any more"
+    );
+}
