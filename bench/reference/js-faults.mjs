@@ -11,6 +11,7 @@
 //     [--faults reset,blackhole,tiny] [--edits 100] [--rate 4] [--devices 3]
 //     [--bin /tmp/cdx-server] [--port 18400] [--out DIR] [--retry-ms 1000]
 //     [--server-log FILTER]   (ours: its tracing filter, "info" by default)
+//     [--trace]               (log every sync message each device sends and receives)
 //
 // --variant: a black hole either holds the traffic and delivers it afterwards
 // (hold), reads and discards it while it lasts with the connection left open
@@ -53,6 +54,7 @@ const bin = args.bin ?? "/tmp/cdx-server";
 const out = args.out ?? fs.mkdtempSync(path.join(os.tmpdir(), `js-faults-${serverKind}-${seed}-`));
 fs.mkdirSync(out, { recursive: true });
 const dataDir = path.join(out, "server-data");
+const trace = args.trace === "true" ? await import("@automerge/automerge") : undefined;
 const started = Date.now();
 
 // A small seeded generator (mulberry32), so a failing run can be repeated.
@@ -74,6 +76,7 @@ const elapsed = () => ((Date.now() - started) / 1000).toFixed(2);
 // One event log per run: every line says when, who and what.
 const events = fs.createWriteStream(path.join(out, "events.log"));
 const note = (who, ...what) =>
+  !events.writableEnded &&
   events.write(`${elapsed()} ${who} ${what.map(w => (typeof w === "string" ? w : JSON.stringify(w))).join(" ")}\n`);
 console.error(`js-faults: server=${serverKind} variant=${variant} seed=${seed} storage=${storageMode} out=${out}`);
 
@@ -305,6 +308,23 @@ function makeAdapter(url, who, stats) {
     stats.errors += 1;
     note(who, "socket error:", message);
   };
+  if (trace) {
+    // --trace: pass-through wrappers that log every sync message's heads,
+    // need and change count in each direction (the automerge package is the
+    // repo's own dependency, loaded only for this).
+    const describe = message => {
+      if (message?.type !== "sync" || !(message.data instanceof Uint8Array)) return message?.type;
+      const m = trace.decodeSyncMessage(message.data);
+      const short = hashes => hashes.map(h => h.slice(0, 6)).join(",");
+      return `sync heads=[${short(m.heads)}] need=[${short(m.need)}] have=${m.have.length} changes=${m.changes.length}`;
+    };
+    const stockSend = adapter.send.bind(adapter);
+    adapter.send = message => {
+      note(who, "out", describe(message), `ready=${adapter.socket?.readyState}`);
+      return stockSend(message);
+    };
+    adapter.on("message", message => note(who, "in", describe(message)));
+  }
   const stockConnect = adapter.connect.bind(adapter);
   adapter.connect = (...a) => {
     const result = stockConnect(...a);
