@@ -12,6 +12,7 @@
 //     [--bin /tmp/cdx-server] [--port 18400] [--out DIR] [--retry-ms 1000]
 //     [--server-log FILTER]   (ours: its tracing filter, "info" by default)
 //     [--trace]               (log every sync message each device sends and receives)
+//     [--signal SIGKILL|SIGTERM]  (how the server is stopped mid-run; SIGKILL by default)
 //
 // --variant: a black hole either holds the traffic and delivers it afterwards
 // (hold), reads and discards it while it lasts with the connection left open
@@ -137,10 +138,15 @@ async function serverUp() {
   throw new Error(`the server on port ${port} never came up; see ${out}/server.log`);
 }
 
+// The signal that stops the server mid-run: SIGKILL as the report says, or
+// SIGTERM (--signal SIGTERM) to compare with a graceful shutdown, in which
+// our server closes every connection with 1001 after the frames before it.
+const stopSignal = args.signal ?? "SIGKILL";
+
 async function crashAndRestart() {
-  note("server", "SIGKILL pid", server.pid);
-  fs.writeSync(serverLog, `\n==== js-faults: SIGKILL at ${elapsed()} s ====\n`);
-  server.kill("SIGKILL");
+  note("server", stopSignal, "pid", server.pid);
+  fs.writeSync(serverLog, `\n==== js-faults: ${stopSignal} at ${elapsed()} s ====\n`);
+  server.kill(stopSignal);
   await serverExited;
   startServer();
   await serverUp();
@@ -514,6 +520,7 @@ const total = perDevice.reduce((s, p) => s + Number(p.present.split("/")[0]), 0)
 const summary = {
   server: serverKind,
   variant,
+  signal: stopSignal,
   seed,
   storage: storageMode,
   crashesMs: crashTimes,
@@ -534,7 +541,7 @@ const line = perDevice
   )
   .join(" | ");
 console.log(
-  `${serverKind} ${variant} seed=${seed} ${storageMode} crashes=${crashTimes.join(",")} total=${summary.total} ` +
+  `${serverKind} ${variant} seed=${seed} ${storageMode} ${stopSignal} crashes=${crashTimes.join(",")} total=${summary.total} ` +
     `| ${line} | faults r=${faults.reset} bh=${faults.blackhole} tiny=${faults.tiny} | ${out}`,
 );
 events.end();
