@@ -492,12 +492,19 @@ const perDevice = devices.map(dev => {
   const own = dev.handle.doc()?.notes ?? "";
   let ownHas = 0;
   for (let n = 0; n < editsPerDevice; n++) if (own.includes(tokenOf(dev.d, n))) ownHas += 1;
+  // What the device received of the others' edits: a device can be
+  // unacknowledged (its heads are not the server's) only because it lacks
+  // changes the server has.
+  let received = 0;
+  for (const other of devices)
+    if (other !== dev) for (let n = 0; n < editsPerDevice; n++) if (own.includes(tokenOf(other.d, n))) received += 1;
   const exceptions = Object.values(dev.stats.exceptions).reduce((a, b) => a + b, 0);
   return {
     device: dev.d,
     present: `${present}/${editsPerDevice}`,
     firstMissing: firstMissing ?? "-",
     localEdits: ownHas,
+    received: `${received}/${editsPerDevice * (deviceCount - 1)}`,
     exceptions,
     firstException: dev.stats.firstException ?? "-",
     exceptionMessages: Object.keys(dev.stats.exceptions),
@@ -537,7 +544,7 @@ const line = perDevice
   .map(
     p =>
       `d${p.device} ${p.present} miss@${p.firstMissing} exc=${p.exceptions}${p.exceptions ? `@${p.firstException}` : ""} ` +
-      `ack=${p.acked ? "y" : "n"} reconn=${p.reconnects}`,
+      `ack=${p.acked ? "y" : "n"} recv=${p.received} reconn=${p.reconnects}`,
   )
   .join(" | ");
 console.log(
