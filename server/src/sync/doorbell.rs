@@ -80,7 +80,21 @@ pub async fn answer(
                 "catching up every loaded document after missed notices"
             );
             for doc in loaded {
-                rung.entry(doc).or_insert(None);
+                // A deletion's notice may be among those missed, and the
+                // log of a deleted document reads like any other.
+                match hub.deleted_in_store(doc).await {
+                    Ok(true) => {
+                        rung.remove(&doc);
+                        hub.deleted_elsewhere(doc).await;
+                    }
+                    Ok(false) => {
+                        rung.entry(doc).or_insert(None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = ?e, %doc, "cannot tell whether a document was deleted elsewhere");
+                        rung.entry(doc).or_insert(None);
+                    }
+                }
             }
         }
         for (doc, owner) in rung {
@@ -363,6 +377,29 @@ mod tests {
             two.heads(&on_two).await.unwrap(),
             one.heads(&on_one).await.unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn a_deletion_whose_notice_was_missed_is_found_when_catching_up() {
+        // Node two misses the deletion's notice (its listener was not yet
+        // listening, or reconnecting). When the listener reports that it
+        // may have missed notices, node two looks at every document it
+        // holds, finds this one deleted, and drops it. Without the look it
+        // would catch up the deleted document's log and keep serving it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = node(&store, 1);
+        let two = Arc::new(node(&store, 2));
+        let on_one = open(&one).await;
+        put(&one, &on_one, "doomed", 1).await;
+        let on_two = open(&two).await;
+        one.tombstone(on_one.id, Utc::now()).await.unwrap();
+        let (tx, rx) = mpsc::channel(HEARD_QUEUE);
+        tx.send(Heard::MayHaveMissed).await.unwrap();
+        drop(tx);
+        answer(Arc::clone(&two), 2, rx, |_| {}).await;
+        assert!(!two.loaded_ids().contains(&on_two.id));
+        assert!(on_two.is_deleted());
     }
 
     #[tokio::test]

@@ -1060,6 +1060,16 @@ impl DocumentHub {
         }
     }
 
+    /// Whether the store holds `id` as deleted: for a node that may have
+    /// missed the deletion's notice.
+    pub(crate) async fn deleted_in_store(&self, id: DocumentId) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .document_meta(id)
+            .await?
+            .is_some_and(|meta| meta.deleted_at.is_some()))
+    }
+
     /// Drops a document another node deleted from memory here, and tells
     /// its peers here, who are then answered `doc-unavailable`.
     pub(crate) async fn deleted_elsewhere(&self, id: DocumentId) {
