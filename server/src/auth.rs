@@ -98,8 +98,20 @@ pub struct Auth {
     delivery: Arc<CodeDelivery>,
     test_codes: Vec<(Contact, SecretString)>,
     rotations: RotationCache,
-    revocations: broadcast::Sender<SessionId>,
+    revocations: broadcast::Sender<SessionNotice>,
     metrics: Arc<Metrics>,
+}
+
+/// What live connections hear about sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionNotice {
+    /// The session ended (logout, revocation, reuse detection), here or on
+    /// another node: its sockets close.
+    Ended(SessionId),
+    /// Notices of ended sessions may have been missed (another node's were
+    /// rung while this node's listener was down): every socket asks the
+    /// store whether its session still lives.
+    MayHaveEnded,
 }
 
 impl std::fmt::Debug for Auth {
@@ -139,7 +151,7 @@ impl Auth {
 
     /// Subscribes to session ends (logout, revocation, reuse detection), so
     /// that live connections of an ended session can be closed.
-    pub(crate) fn session_ends(&self) -> broadcast::Receiver<SessionId> {
+    pub(crate) fn session_ends(&self) -> broadcast::Receiver<SessionNotice> {
         self.revocations.subscribe()
     }
 
@@ -224,13 +236,19 @@ impl Auth {
     /// Closes this node's sockets of a session another node ended (the
     /// session is gone from the shared store already).
     pub(crate) fn session_ended_elsewhere(&self, id: SessionId) {
-        let _ = self.revocations.send(id);
+        let _ = self.revocations.send(SessionNotice::Ended(id));
+    }
+
+    /// Has every socket here ask whether its session still lives: notices
+    /// of sessions ended on other nodes may have been missed.
+    pub(crate) fn sessions_may_have_ended(&self) {
+        let _ = self.revocations.send(SessionNotice::MayHaveEnded);
     }
 
     async fn end_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let existed = self.store.delete_session(id).await?;
         // Nobody listening is fine: no socket is open for this session.
-        let _ = self.revocations.send(id);
+        let _ = self.revocations.send(SessionNotice::Ended(id));
         Ok(existed)
     }
 

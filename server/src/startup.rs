@@ -16,8 +16,8 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 
 use crate::api::{self, AppState};
-use crate::auth::Auth;
 use crate::auth::keys::ServerKeys;
+use crate::auth::{Auth, SessionNotice};
 use crate::configuration::{LogFormat, MigrateCommand, Settings};
 use crate::delivery::CodeDelivery;
 use crate::metrics::Metrics;
@@ -113,7 +113,10 @@ impl Application {
                 Arc::clone(&hub),
                 node,
                 heard,
-                move |session| auth.session_ended_elsewhere(session),
+                move |notice| match notice {
+                    SessionNotice::Ended(session) => auth.session_ended_elsewhere(session),
+                    SessionNotice::MayHaveEnded => auth.sessions_may_have_ended(),
+                },
             ));
         }
         let registry = Arc::new(PeerRegistry::default());

@@ -27,8 +27,8 @@ use tokio::sync::broadcast;
 use super::AppState;
 use super::caller::bearer_token;
 use super::problem::{ProblemParts, endpoint_error};
-use crate::auth::AuthenticateError;
 use crate::auth::tokens::LEEWAY_SECS;
+use crate::auth::{AuthenticateError, SessionNotice};
 use crate::metrics::Metrics;
 use crate::sync::connection::{Connection, Output};
 use crate::sync::session::TransportFault;
@@ -232,7 +232,7 @@ async fn drive(
     mut peer: Connection,
     session: actix_ws::Session,
     stream: actix_ws::AggregatedMessageStream,
-    ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
+    ends: broadcast::Receiver<SessionNotice>,
     state: &AppState,
 ) {
     exchange(&mut peer, session, stream, ends, state).await;
@@ -244,7 +244,7 @@ async fn exchange(
     peer: &mut Connection,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut ends: broadcast::Receiver<codeedex_schema::id::SessionId>,
+    mut ends: broadcast::Receiver<SessionNotice>,
     state: &AppState,
 ) {
     let mailbox = peer.mailbox();
@@ -316,10 +316,13 @@ async fn exchange(
             // connection then saves its sync states as it ends.
             Ok(_) = shutting_down.wait_for(|down| *down) => peer.shutting_down(),
             ended = ends.recv() => match ended {
-                Ok(id) if id == peer.session() => peer.session_ended(),
-                Ok(_) => continue,
-                // Some notices were lost; ask whether ours ended.
-                Err(broadcast::error::RecvError::Lagged(_)) => peer.session_may_have_ended(Utc::now()).await,
+                Ok(SessionNotice::Ended(id)) if id == peer.session() => peer.session_ended(),
+                Ok(SessionNotice::Ended(_)) => continue,
+                // Some notices were lost, here or between nodes; ask
+                // whether ours ended.
+                Ok(SessionNotice::MayHaveEnded) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    peer.session_may_have_ended(Utc::now()).await
+                }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             () = tokio::time::sleep_until(handshake_deadline), if !peer.has_joined() => {

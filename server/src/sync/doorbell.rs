@@ -19,10 +19,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use codeedex_schema::id::{DocumentId, SessionId, UserId};
+use codeedex_schema::id::{DocumentId, UserId};
 use tokio::sync::mpsc;
 
 use super::hub::DocumentHub;
+use crate::auth::SessionNotice;
 pub use crate::store::{HEARD_QUEUE, Heard, Ring};
 
 /// Tells the other nodes that a document's log grew. Ringing never waits
@@ -36,13 +37,15 @@ pub trait Doorbell: Send + Sync {
 /// Answers what `heard` delivers until it closes: catches up each rung
 /// document that is in memory here, and all of them when notices may have
 /// been missed; drops documents deleted elsewhere; and hands sessions ended
-/// elsewhere to `session_ended`, which closes their sockets here. Notices
-/// from `node`, this one, are ignored: this node acted on them already.
+/// elsewhere to `sessions`, which closes their sockets here (and, when
+/// notices may have been missed, has every socket ask whether its session
+/// lives). Notices from `node`, this one, are ignored: this node acted on
+/// them already.
 pub async fn answer(
     hub: Arc<DocumentHub>,
     node: u64,
     mut heard: mpsc::Receiver<Heard>,
-    session_ended: impl Fn(SessionId) + Send,
+    sessions: impl Fn(SessionNotice) + Send,
 ) {
     while let Some(first) = heard.recv().await {
         // Take what else is waiting, so that a document rung many times
@@ -69,11 +72,12 @@ pub async fn answer(
                     rung.remove(&doc);
                     hub.deleted_elsewhere(doc).await;
                 }
-                Heard::SessionEnded { session, .. } => session_ended(session),
+                Heard::SessionEnded { session, .. } => sessions(SessionNotice::Ended(session)),
                 Heard::MayHaveMissed => everything = true,
             }
         }
         if everything {
+            sessions(SessionNotice::MayHaveEnded);
             let loaded = hub.loaded_ids();
             tracing::info!(
                 documents = loaded.len(),
@@ -380,7 +384,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deletion_whose_notice_was_missed_is_found_when_catching_up() {
+    async fn a_deletion_or_session_end_whose_notice_was_missed_is_looked_for_when_catching_up() {
         // Node two misses the deletion's notice (its listener was not yet
         // listening, or reconnecting). When the listener reports that it
         // may have missed notices, node two looks at every document it
@@ -397,9 +401,18 @@ mod tests {
         let (tx, rx) = mpsc::channel(HEARD_QUEUE);
         tx.send(Heard::MayHaveMissed).await.unwrap();
         drop(tx);
-        answer(Arc::clone(&two), 2, rx, |_| {}).await;
+        let notices = std::sync::Mutex::new(Vec::new());
+        answer(Arc::clone(&two), 2, rx, |notice| {
+            notices.lock().unwrap().push(notice)
+        })
+        .await;
         assert!(!two.loaded_ids().contains(&on_two.id));
         assert!(on_two.is_deleted());
+        // Sessions ended meanwhile are looked for the same way.
+        assert_eq!(
+            notices.into_inner().unwrap(),
+            vec![SessionNotice::MayHaveEnded]
+        );
     }
 
     #[tokio::test]
@@ -586,7 +599,7 @@ mod tests {
             .await
             .unwrap();
         let session = crate::store::SessionRecord {
-            id: SessionId::from_bytes([5; 16]),
+            id: codeedex_schema::id::SessionId::from_bytes([5; 16]),
             user_id: user.id,
             device_name: None,
             created_at: now,
@@ -599,9 +612,18 @@ mod tests {
             .await
             .unwrap();
         assert!(one.store().delete_session(session.id).await.unwrap());
-        let heard = tokio::time::timeout(Duration::from_secs(10), ended.recv())
-            .await
-            .expect("node two heard of the session's end");
-        assert_eq!(heard, Some(session.id));
+        // Node two may first hear that it might have missed notices (its
+        // listener's start); the end itself must follow.
+        let heard = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ended.recv().await {
+                    Some(SessionNotice::MayHaveEnded) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("node two heard of the session's end");
+        assert_eq!(heard, Some(SessionNotice::Ended(session.id)));
     }
 }
