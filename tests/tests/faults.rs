@@ -902,20 +902,17 @@ async fn sync_states_saved_just_before_a_crash_claim_only_what_the_log_kept() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_whose_connection_dies_silently_reconnects_and_delivers_its_change() {
-    // The path between a device and the server dies without a reset, as
-    // when a phone changes networks: both ends stay open and hear nothing.
-    // The device takes the silence for a dead connection, reconnects and
-    // delivers the task it created meanwhile. Without a silence limit it
-    // would wait on the dead socket for as long as TCP retries, and the
-    // server's close after its own silence limit never reaches it.
-    use codeedex_client_core::{NewTask, SyncStatus};
-    const EMAIL: &str = "severed@example.com";
-    let app = spawn_app_with(AppConfig::default()).await;
-    let proxy = FaultProxy::start(app.port, 7).await;
-    let device = core_device_with(&app, proxy.port(), EMAIL, "phone", |config| {
-        config.sync_silence_limit = Duration::from_secs(2);
+/// A client-core device behind `proxy_port` with the given silence limit,
+/// syncing and up to date.
+async fn syncing_device(
+    app: &TestApp,
+    proxy_port: u16,
+    email: &str,
+    silence: Duration,
+) -> CoreDevice {
+    use codeedex_client_core::SyncStatus;
+    let device = core_device_with(app, proxy_port, email, "phone", |config| {
+        config.sync_silence_limit = silence;
     })
     .await;
     device.client.start_sync().await;
@@ -924,29 +921,48 @@ async fn a_device_whose_connection_dies_silently_reconnects_and_delivers_its_cha
         assert!(Instant::now() < up_to_date, "the device never synced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    device
+}
+
+/// Waits until REST lists a task titled `title` for `email`.
+async fn wait_for_task_on_server(app: &TestApp, email: &str, title: &str, device: &CoreDevice) {
+    let token = app.sign_in_email(email).await.tokens.access_token;
+    let arrived = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rest = rest_tasks(app, &token).await;
+        if rest.values().any(|(listed, _, _)| listed == title) {
+            return;
+        }
+        assert!(
+            Instant::now() < arrived,
+            "the task {title:?} never reached the server: {:?}\n{}",
+            device.client.sync_status(),
+            sync_log_tail(app, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_connection_dies_silently_reconnects_and_delivers_its_change() {
+    // The path between a device and the server dies without a reset, as
+    // when a phone changes networks: both ends stay open and hear nothing.
+    // The device takes the silence for a dead connection, reconnects and
+    // delivers the task it created meanwhile. Without a silence limit it
+    // would wait on the dead socket for as long as TCP retries, and the
+    // server's close after its own silence limit never reaches it.
+    use codeedex_client_core::NewTask;
+    const EMAIL: &str = "severed@example.com";
+    let app = spawn_app_with(AppConfig::default()).await;
+    let proxy = FaultProxy::start(app.port, 7).await;
+    let device = syncing_device(&app, proxy.port(), EMAIL, Duration::from_secs(2)).await;
     let connections = proxy.stats().accepted;
     proxy.sever_all();
     device
         .client
         .create_task(&NewTask::titled("made after the cut"))
         .expect("a local task");
-    let token = app.sign_in_email(EMAIL).await.tokens.access_token;
-    let arrived = Instant::now() + Duration::from_secs(20);
-    loop {
-        let rest = rest_tasks(&app, &token).await;
-        if rest
-            .values()
-            .any(|(title, _, _)| title == "made after the cut")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < arrived,
-            "the task made after the cut never reached the server: {:?}",
-            device.client.sync_status()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_task_on_server(&app, EMAIL, "made after the cut", &device).await;
     assert!(
         proxy.stats().accepted > connections,
         "the device delivered its change over a new connection"
@@ -960,43 +976,20 @@ async fn a_change_a_relay_lost_is_sent_again_on_the_same_connection() {
     // asks for it; the device, after a silence, pings, hears the server
     // answer, and sends again what the server left unanswered, on the same
     // connection.
-    use codeedex_client_core::{NewTask, SyncStatus};
+    use codeedex_client_core::NewTask;
     const EMAIL: &str = "dropped@example.com";
     let app = server_with_sync_logs().await;
     let proxy = FaultProxy::start(app.port, 11).await;
     // The device pings after 4 s of silence, well after the relay is back:
     // the ping and its answer must not be lost too.
-    let device = core_device_with(&app, proxy.port(), EMAIL, "phone", |config| {
-        config.sync_silence_limit = Duration::from_secs(6);
-    })
-    .await;
-    device.client.start_sync().await;
-    let up_to_date = Instant::now() + Duration::from_secs(20);
-    while !matches!(device.client.sync_status(), SyncStatus::UpToDate { .. }) {
-        assert!(Instant::now() < up_to_date, "the device never synced");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let device = syncing_device(&app, proxy.port(), EMAIL, Duration::from_secs(6)).await;
     let connections = proxy.stats().accepted;
     proxy.black_hole_dropping(Duration::from_millis(500));
     device
         .client
         .create_task(&NewTask::titled("lost once"))
         .expect("a local task");
-    let token = app.sign_in_email(EMAIL).await.tokens.access_token;
-    let arrived = Instant::now() + Duration::from_secs(20);
-    loop {
-        let rest = rest_tasks(&app, &token).await;
-        if rest.values().any(|(title, _, _)| title == "lost once") {
-            break;
-        }
-        assert!(
-            Instant::now() < arrived,
-            "the lost task never reached the server: {:?}\n{}",
-            device.client.sync_status(),
-            sync_log_tail(&app, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_task_on_server(&app, EMAIL, "lost once", &device).await;
     assert_eq!(
         proxy.stats().accepted,
         connections,

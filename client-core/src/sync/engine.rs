@@ -289,14 +289,17 @@ async fn perform(
     Ok(())
 }
 
-fn update_status(device: &Device, machine: &SyncMachine) {
+/// Publishes the device's sync status; returns how many documents wait for
+/// the server.
+fn update_status(device: &Device, machine: &SyncMachine) -> usize {
     if !machine.is_joined() {
         device.set_status(SyncStatus::Connecting);
-        return;
+        return 0;
     }
     // Local changes the loop has not picked up yet count too.
     let waiting = device.changed_count();
-    let pending = machine.pending(&device.replicas()) + waiting;
+    let unsettled = machine.pending(&device.replicas());
+    let pending = unsettled + waiting;
     device.set_status(if pending == 0 {
         SyncStatus::UpToDate {
             last_sync: Utc::now(),
@@ -304,6 +307,7 @@ fn update_status(device: &Device, machine: &SyncMachine) {
     } else {
         SyncStatus::Syncing { pending }
     });
+    unsettled
 }
 
 /// Runs one connection until it ends.
@@ -336,6 +340,8 @@ async fn drive(
     let mut pinged_at: Option<Instant> = None;
     let mut messages_expected_since = Instant::now();
     let mut was_waiting = false;
+    // Documents waiting for the server, as the last status update counted.
+    let mut unsettled = 0;
     loop {
         let heard = connection.last_heard();
         if pinged_at.is_some_and(|at| at < heard) {
@@ -359,7 +365,7 @@ async fn drive(
         }
         // The next moment to act on silence: a ping once quiet, then the
         // limit once a ping went unanswered.
-        let waiting = machine.pending(&device.replicas()) > 0;
+        let waiting = unsettled > 0;
         if waiting && !was_waiting {
             messages_expected_since = Instant::now();
         }
@@ -462,6 +468,6 @@ async fn drive(
         if machine.is_joined() {
             backoff.reset();
         }
-        update_status(device, machine);
+        unsettled = update_status(device, machine);
     }
 }

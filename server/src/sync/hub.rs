@@ -682,9 +682,13 @@ impl DocumentHub {
     ) -> Result<Received, HubError> {
         let before = guard.doc.get_heads();
         let told = state.last_sent_heads.clone();
-        // What the peer believes we both have, before Automerge takes the
-        // message.
-        let peer_believes = message.have.first().map(|have| sorted(&have.last_sync));
+        // What a message without changes says the peer believes we both
+        // have, before Automerge takes the message.
+        let peer_believes = message
+            .changes
+            .is_empty()
+            .then(|| message.have.first().map(|have| have.last_sync.clone()))
+            .flatten();
         contained("applying a sync message", || {
             guard.doc_mut().receive_sync_message(state, message)
         })??;
@@ -717,19 +721,19 @@ impl DocumentHub {
         if !state.last_sent_heads.is_empty() {
             state.last_sent_heads = told;
         }
-        // A peer with exactly our heads that does not know we have them
-        // never heard our last message (a relay lost it). Automerge would
-        // say nothing, since it counts those heads as told, and the peer
-        // would wait for ever: tell it again.
-        let ours = sorted(&guard.doc.get_heads());
-        if state.their_heads.as_deref().map(sorted).as_ref() == Some(&ours)
-            && peer_believes.is_some_and(|believed| believed != ours)
-        {
-            state.last_sent_heads.clear();
-        }
         // Most messages (acknowledgements, heads) add no change; comparing
         // heads is far cheaper than asking the change graph.
         if guard.doc.get_heads() == before {
+            // A peer with exactly our heads that does not know we have them
+            // never heard our last message (a relay lost it). Automerge
+            // would say nothing, since it counts those heads as told, and
+            // the peer would wait for ever: tell it again.
+            let ours = sorted(&before);
+            if state.their_heads.as_deref().map(sorted).as_ref() == Some(&ours)
+                && peer_believes.is_some_and(|believed| sorted(&believed) != ours)
+            {
+                state.last_sent_heads.clear();
+            }
             let withheld = state
                 .their_heads
                 .as_ref()

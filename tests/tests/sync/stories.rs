@@ -505,6 +505,19 @@ async fn changes_for_a_peer_that_has_not_answered_go_out_together_within_the_bou
     );
 }
 
+/// Reads the next message and drops it, as a relay that loses it would;
+/// it must be a sync message (`what` names the one expected).
+async fn lose_next_sync_message(peer: &mut SyncPeer, what: &str) {
+    let lost = peer.recv(WAIT).await.unwrap();
+    assert!(
+        matches!(
+            lost,
+            Received::Message(codeedex_schema::wire::Message::Sync { .. })
+        ),
+        "expected {what}, got {lost:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_change_a_relay_lost_on_the_way_out_is_sent_again_when_the_device_asks() {
     // The server's message with A's change to B is lost on the way. B's
@@ -515,14 +528,7 @@ async fn a_change_a_relay_lost_on_the_way_out_is_sent_again_when_the_device_asks
     let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
     a.change(id, |d| append_text(d, "notes", " lost"));
     a.sync_to_server(id, WAIT).await.unwrap();
-    let lost = b.recv(WAIT).await.unwrap();
-    assert!(
-        matches!(
-            lost,
-            Received::Message(codeedex_schema::wire::Message::Sync { .. })
-        ),
-        "expected the relayed change, got {lost:?}"
-    );
+    lose_next_sync_message(&mut b, "the relayed change").await;
     a.change(id, |d| append_text(d, "notes", " later"));
     a.sync_to_server(id, WAIT).await.unwrap();
     b.sync_until(id, WAIT, |d| {
@@ -574,14 +580,7 @@ async fn a_change_lost_on_the_way_out_to_a_quiet_device_is_sent_again_after_a_pi
     let (mut a, mut b, _, _, id) = two_devices_with_a_task(&app).await;
     a.change(id, |d| append_text(d, "notes", " lost"));
     a.sync_to_server(id, WAIT).await.unwrap();
-    let lost = b.recv(WAIT).await.unwrap();
-    assert!(
-        matches!(
-            lost,
-            Received::Message(codeedex_schema::wire::Message::Sync { .. })
-        ),
-        "expected the relayed change, got {lost:?}"
-    );
+    lose_next_sync_message(&mut b, "the relayed change").await;
     receive_silently(&mut b, id, |d| {
         read_string(d, "notes").as_deref() == Some("2 litres lost")
     })
@@ -605,14 +604,7 @@ async fn a_device_that_never_heard_the_servers_answer_is_told_again() {
     let (mut a, _b, _, _, id) = two_devices_with_a_task(&app).await;
     a.change(id, |d| append_text(d, "notes", " acknowledged"));
     assert!(a.push(id, false).await.unwrap(), "A sent its change");
-    let lost = a.recv(WAIT).await.unwrap();
-    assert!(
-        matches!(
-            lost,
-            Received::Message(codeedex_schema::wire::Message::Sync { .. })
-        ),
-        "expected the server's answer, got {lost:?}"
-    );
+    lose_next_sync_message(&mut a, "the server's answer").await;
     {
         let (_, state) = a.docs.get_mut(&id).expect("tracked");
         *state = automerge::sync::State::decode(&state.encode()).unwrap();
