@@ -55,8 +55,10 @@ async fn server_with_sync_logs() -> TestApp {
     .await
 }
 
-/// The server log lines about sync connections, for failure messages.
+/// The server log lines about sync connections, for failure messages
+/// (`FAULTS_LOG_LINES` raises the count, to follow one device through a run).
 fn sync_log_tail(app: &TestApp, lines: usize) -> String {
+    let lines = env_or("FAULTS_LOG_LINES", lines as u64) as usize;
     let logs: Vec<String> = app
         .logs()
         .into_iter()
@@ -147,12 +149,11 @@ fn fault_schedule(
                 // A relay that loses what it carries while the connection
                 // stays open: whole messages go missing mid-stream (TCP
                 // never does this; a user-space relay that drops its
-                // buffers does). Each direction now mends itself on the
-                // open connection (the tests in `sync/stories.rs` and
-                // below show each mechanism), but a few seeds still leave a
-                // client-core device waiting past the checks' bounds, so
-                // it is on request only: FAULTS_DROPPING=1.
-                3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() == Ok("1") => {
+                // buffers does). Each direction mends itself on the open
+                // connection (the tests in `sync/stories.rs` and below show
+                // each mechanism). `FAULTS_DROPPING=0` leaves it out, to
+                // tell its failures from the others'.
+                3 if mix.black_holes && std::env::var("FAULTS_DROPPING").as_deref() != Ok("0") => {
                     proxy.black_hole_dropping(
                         rng.duration(Duration::from_millis(300), Duration::from_secs(1)),
                     );
@@ -772,7 +773,8 @@ async fn convergence(seed: u64, core: usize, js: usize, seconds: u64, crashes: u
         check!(
             seed,
             tasks == rest_listed,
-            "{who} and REST differ ({summary}):\n{tasks:#?}\n{rest_listed:#?}"
+            "{who} and REST differ ({summary}):\n{tasks:#?}\n{rest_listed:#?}\n{}",
+            sync_log_tail(&app, 200)
         );
     }
     for device in jss.iter_mut() {

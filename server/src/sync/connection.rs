@@ -277,12 +277,17 @@ impl Connection {
 
     /// The transport's ping timer: the peer is alive (it was heard from at
     /// `last_heard`, after our message), yet our last message of some
-    /// documents, carrying changes, has gone unanswered for
-    /// `unanswered_for`. A peer answers changes at
-    /// once, so that message was lost on the way (a relay dropped it while
-    /// the connection stayed open), and the peer cannot ask for what it
-    /// never heard of. Automerge never sends a change twice on one sync
-    /// state: forget what was sent and send it again.
+    /// documents has gone unanswered for `unanswered_for`, though it
+    /// carried changes or heads the peer was not known to have. A peer
+    /// answers either at once, so that message was lost on the way (a relay
+    /// dropped it while the connection stayed open), and the peer cannot
+    /// ask for what it never heard of. Automerge never sends a change twice
+    /// on one sync state: forget what was sent and send it again.
+    ///
+    /// Heads alone matter for a document that arrived while the peer waited
+    /// for it: our first message then has no changes (the peer's state is
+    /// new), the peer had been told the document was unavailable, and if
+    /// that message is lost neither side would speak again.
     pub async fn resend_unanswered(
         &mut self,
         unanswered_for: Duration,
@@ -301,7 +306,10 @@ impl Connection {
                 .session
                 .last_sent(*doc)
                 .is_some_and(|at| at <= before && at < last_heard);
-            if state.in_flight && !state.sent_hashes.is_empty() && stale {
+            // A message of heads the peer already had needs no answer.
+            let news = !state.sent_hashes.is_empty()
+                || state.their_heads.as_ref() != Some(&state.last_sent_heads);
+            if state.in_flight && news && stale {
                 state.sent_hashes.clear();
                 state.in_flight = false;
                 lost.push(*doc);

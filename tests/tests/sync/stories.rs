@@ -593,6 +593,40 @@ async fn a_change_lost_on_the_way_out_to_a_quiet_device_is_sent_again_after_a_pi
 }
 
 #[tokio::test]
+async fn a_document_that_arrives_for_a_waiting_device_is_announced_again_if_the_news_is_lost() {
+    // B asks for a task nobody has uploaded yet and is told it is
+    // unavailable; A then uploads it. The server's first message to B about
+    // it carries only heads (B's sync state for it is new), and it is lost
+    // on the way. B, told "unavailable", has nothing to ask, and without a
+    // second message neither side would speak of the task again: the
+    // seeded convergence run with a lossy relay (FAULTS_SEED=1) ended that
+    // way, with a device listing tasks whose documents stayed empty.
+    let app = spawn_app_with(AppConfig::default().with("--sync-ping-interval-secs", 1)).await;
+    let mut a = joined(&app, "ann@example.com", "ann-a").await;
+    let mut b = joined(&app, "ann@example.com", "ann-b").await;
+    let id = fresh_id();
+    b.request(id).await.unwrap();
+    match b.next_message(WAIT).await.unwrap() {
+        Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, id.to_string()),
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+    a.create(id, |d| task(d, "arrives later", ""));
+    a.sync_to_server(id, WAIT).await.unwrap();
+    lose_next_sync_message(&mut b, "the news that the task arrived").await;
+    receive_sync_unasked(&mut b, id, WAIT).await;
+    b.sync_until(id, WAIT, |d| {
+        read_string(d, "title").as_deref() == Some("arrives later")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        app.metric("codeedex_sync_messages_resent_total").await,
+        1,
+        "the server announced the task again once"
+    );
+}
+
+#[tokio::test]
 async fn a_device_that_never_heard_the_servers_answer_is_told_again() {
     // The server's answer to A's change (its heads, now A's) is lost on
     // the way. A later forgets what it sent and syncs again, as client-core
