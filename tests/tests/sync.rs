@@ -314,6 +314,18 @@ fn request_message(peer: &SyncPeer, id: &str) -> Message {
     }
 }
 
+/// Asks for `id` and checks that the server answers `doc-unavailable`.
+async fn told_unavailable(peer: &mut SyncPeer, id: DocumentId) {
+    peer.request(id).await.unwrap();
+    match peer.next_message(WAIT).await.unwrap() {
+        Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, id.to_string()),
+        other => panic!(
+            "{}: expected doc-unavailable for {id}, got {other:?}",
+            peer.peer_id
+        ),
+    }
+}
+
 /// Waits for the next `sync` about `id` without sending anything first, and
 /// applies it (answering it). Other messages go to the backlog.
 async fn receive_sync_unasked(peer: &mut SyncPeer, id: DocumentId, within: Duration) {

@@ -17,19 +17,11 @@ async fn a_requested_unknown_document_arrives_when_another_device_of_the_user_up
     // uploads it, its arrival is the sign that his peer has been told
     // everything it was going to be told before.
     let bobs = fresh_id();
-    bob.request(bobs).await.unwrap();
-    match bob.next_message(WAIT).await.unwrap() {
-        Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, bobs.to_string()),
-        other => panic!("bob: expected doc-unavailable, got {other:?}"),
-    }
+    told_unavailable(&mut bob, bobs).await;
 
     // Nobody has it yet.
     for peer in [&mut b, &mut bob] {
-        peer.request(id).await.unwrap();
-        match peer.next_message(WAIT).await.unwrap() {
-            Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, id.to_string()),
-            other => panic!("{}: expected doc-unavailable, got {other:?}", peer.peer_id),
-        }
+        told_unavailable(peer, id).await;
     }
 
     // Ann's other device uploads it; B gets it without asking again.

@@ -605,11 +605,7 @@ async fn a_document_that_arrives_for_a_waiting_device_is_announced_again_if_the_
     let mut a = joined(&app, "ann@example.com", "ann-a").await;
     let mut b = joined(&app, "ann@example.com", "ann-b").await;
     let id = fresh_id();
-    b.request(id).await.unwrap();
-    match b.next_message(WAIT).await.unwrap() {
-        Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, id.to_string()),
-        other => panic!("expected doc-unavailable, got {other:?}"),
-    }
+    told_unavailable(&mut b, id).await;
     a.create(id, |d| task(d, "arrives later", ""));
     a.sync_to_server(id, WAIT).await.unwrap();
     lose_next_sync_message(&mut b, "the news that the task arrived").await;
