@@ -295,8 +295,9 @@ pub(super) async fn sessions(server: String, client: reqwest::Client, shared: Ar
     }
 }
 
-/// Five REST requests a second: create a task, update it, list, read;
-/// tasks are deleted again so the list stays short.
+/// Five REST requests a second, in turn: create a task, update it, list,
+/// read it, and delete the oldest once more than 20 are live, so that the
+/// list (and the user's root document's live entries) stays short.
 pub(super) async fn rest(
     server: String,
     client: reqwest::Client,
@@ -313,7 +314,7 @@ pub(super) async fn rest(
         let outcome: anyhow::Result<()> = async {
             let token = session.access_token().await?;
             match i % 5 {
-                0 | 1 => {
+                0 => {
                     let created = client
                         .post(format!("{server}/v1/tasks"))
                         .bearer_auth(&token)
@@ -328,7 +329,7 @@ pub(super) async fn rest(
                     let body: serde_json::Value = created.json().await?;
                     live.push_back(body["id"].as_str().unwrap_or_default().to_owned());
                 }
-                2 => {
+                1 => {
                     let Some(id) = live.back() else { return Ok(()) };
                     let updated = client
                         .patch(format!("{server}/v1/tasks/{id}"))
@@ -342,13 +343,22 @@ pub(super) async fn rest(
                         updated.status()
                     );
                 }
-                3 => {
+                2 => {
                     let listed = client
                         .get(format!("{server}/v1/tasks"))
                         .bearer_auth(&token)
                         .send()
                         .await?;
                     anyhow::ensure!(listed.status() == 200, "list answered {}", listed.status());
+                }
+                3 => {
+                    let Some(id) = live.back() else { return Ok(()) };
+                    let read = client
+                        .get(format!("{server}/v1/tasks/{id}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await?;
+                    anyhow::ensure!(read.status() == 200, "read answered {}", read.status());
                 }
                 _ => {
                     if live.len() > 20 {
