@@ -272,7 +272,7 @@ impl Settings {
             ),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             store_cache_bytes: {
-                let mib = pick!(store_cache_mib, 64);
+                let mib = pick!(store_cache_mib, 16);
                 if !(1..=65_536).contains(&mib) {
                     bail!("store_cache_mib must be between 1 and 65536, not {mib}");
                 }

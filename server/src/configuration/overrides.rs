@@ -39,7 +39,7 @@ pub struct Overrides {
     #[arg(long, env = "CODEEDEX_DATABASE_POOL_SIZE")]
     pub(crate) database_pool_size: Option<usize>,
     /// MiB of database pages the store keeps in memory, 1 to 65536; the
-    /// operating system's page cache holds the rest [default: 64].
+    /// operating system's page cache holds the rest [default: 16].
     #[arg(long, env = "CODEEDEX_STORE_CACHE_MIB")]
     pub(crate) store_cache_mib: Option<u64>,
     /// development or production [default: development].

@@ -29,7 +29,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.otp.ttl.as_std(), Duration::from_secs(600));
     assert_eq!(s.tokens.access_ttl.as_std(), Duration::from_secs(900));
     assert_eq!(s.delivery.email, EmailSenderKind::Log);
-    assert_eq!(s.store_cache_bytes, 64 * 1024 * 1024);
+    assert_eq!(s.store_cache_bytes, 16 * 1024 * 1024);
 }
 
 #[test]
