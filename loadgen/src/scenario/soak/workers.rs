@@ -11,6 +11,7 @@ use automerge::{AutoCommit, ROOT};
 use codeedex_schema::api::auth::{
     LogoutRequest, LogoutScope, RefreshRequest, SignInResponse, TokenPair,
 };
+use codeedex_schema::api::tasks::TaskPage;
 use codeedex_schema::id::DocumentId;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -350,6 +351,21 @@ pub(super) async fn rest(
                         .send()
                         .await?;
                     anyhow::ensure!(listed.status() == 200, "list answered {}", listed.status());
+                    // The verdict assumes the live data stays the same size;
+                    // this checks it, and that the list shows exactly the
+                    // tasks this worker created and has not deleted.
+                    let page: TaskPage = listed.json().await?;
+                    anyhow::ensure!(
+                        page.next.is_none() && page.tasks.len() == live.len(),
+                        "the list showed {} tasks{}, but {} are live",
+                        page.tasks.len(),
+                        if page.next.is_some() {
+                            " and more pages"
+                        } else {
+                            ""
+                        },
+                        live.len()
+                    );
                 }
                 3 => {
                     let Some(id) = live.back() else { return Ok(()) };
