@@ -106,6 +106,10 @@ pub(crate) struct FanoutArgs {
     /// Seconds of editing (at most 120).
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
+    /// Edits at fixed intervals, device d of every user at the same instant
+    /// (together), or as a seeded Poisson process of the same mean (random).
+    #[arg(long, value_enum, default_value_t = scenario::fanout::Arrivals::Together)]
+    pub(crate) arrivals: scenario::fanout::Arrivals,
 }
 
 // The flags of `Saturation`.

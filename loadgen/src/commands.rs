@@ -75,6 +75,7 @@ pub(crate) async fn fanout(target: &Target, args: &FanoutArgs) -> anyhow::Result
         tasks,
         rate,
         seconds,
+        arrivals,
     } = args;
     if *devices < 2 {
         bail!("fan-out needs at least two devices per user");
@@ -87,10 +88,11 @@ pub(crate) async fn fanout(target: &Target, args: &FanoutArgs) -> anyhow::Result
         tasks: (*tasks).clamp(1, 1_000),
         rate: *rate,
         duration: Duration::from_secs((*seconds).min(120)),
+        arrivals: *arrivals,
     };
     let result = scenario::fanout::run(&target.fanout_ws_urls, &tokens, &params).await?;
     println!(
-        "scenario: fan-out, {users} users x {devices} devices x {tasks} tasks, {rate} edits/s per device, {seconds} s"
+        "scenario: fan-out, {users} users x {devices} devices x {tasks} tasks, {rate} edits/s per device, {seconds} s, arrivals {arrivals:?}"
     );
     println!("edit-to-device latency: {}", result.latency);
     println!(
@@ -152,6 +154,7 @@ pub(crate) async fn saturation(target: &Target, args: &SaturationArgs) -> anyhow
             tasks: (*tasks).clamp(1, 1_000),
             rate,
             duration: Duration::from_secs((*seconds).clamp(1, 60)),
+            arrivals: scenario::fanout::Arrivals::Together,
         };
         let result = scenario::fanout::run(&target.fanout_ws_urls, &tokens, &params).await?;
         let offered = rate * (*users * *devices * (*devices - 1)) as f64;

@@ -1,6 +1,11 @@
 //! Fan-out: U users × D devices share T task documents per user; each
 //! device edits its user's tasks in turn at a fixed rate; for every edit,
 //! the time until every other device of that user has it.
+//!
+//! Arrivals are either together (device d of every user edits at the same
+//! instant, the worst case for work that concurrent edits could share) or
+//! random (each device's edits a Poisson process of the same mean rate,
+//! seeded, so that a run can be repeated).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +34,35 @@ pub struct FanOut {
     pub rate: f64,
     /// How long to edit.
     pub duration: Duration,
+    /// When the devices' edits happen.
+    pub arrivals: Arrivals,
+}
+
+/// When the devices' edits happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arrivals {
+    /// Fixed intervals; device d of every user edits at the same instant.
+    Together,
+    /// Exponentially distributed intervals of the same mean, from a fixed
+    /// seed per device.
+    Random,
+}
+
+/// The wait before a device's next edit: `interval` itself, or an
+/// exponentially distributed wait of that mean drawn from `state` (an
+/// xorshift generator, so runs repeat).
+fn next_wait(arrivals: Arrivals, interval: Duration, state: &mut u64) -> Duration {
+    match arrivals {
+        Arrivals::Together => interval,
+        Arrivals::Random => {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            // A uniform draw in (0, 1]: never 0, whose logarithm is infinite.
+            let uniform = ((*state >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            interval.mul_f64(-uniform.ln())
+        }
+    }
 }
 
 /// Results.
@@ -209,8 +243,12 @@ async fn device_loop(
     tokio::time::sleep_until(start_at.into()).await;
     let stop_edits = Instant::now() + params.duration;
     let drain_until = stop_edits + Duration::from_secs(3);
-    let mut next_edit = tokio::time::Instant::now()
-        + interval.mul_f64((device as f64 + 1.0) / params.devices as f64);
+    let mut draws = 0x9e37_79b9_7f4a_7c15_u64 ^ ((user as u64) << 32 | device as u64);
+    let first_wait = match params.arrivals {
+        Arrivals::Together => interval.mul_f64((device as f64 + 1.0) / params.devices as f64),
+        Arrivals::Random => next_wait(params.arrivals, interval, &mut draws),
+    };
+    let mut next_edit = tokio::time::Instant::now() + first_wait;
     let mut edits = 0i64;
     loop {
         let now = Instant::now();
@@ -219,7 +257,7 @@ async fn device_loop(
         }
         tokio::select! {
             () = tokio::time::sleep_until(next_edit), if now < stop_edits => {
-                next_edit += interval;
+                next_edit += next_wait(params.arrivals, interval, &mut draws);
                 edits += 1;
                 let id = ids[task_of(device, edits, params.tasks)];
                 let (doc, _) = replicas.docs.get_mut(&id).expect("inserted above");
@@ -266,4 +304,45 @@ async fn device_loop(
     }
     let _ = peer.sink.close().await;
     Ok(edits as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_arrivals_keep_the_mean_rate_spread_like_poisson_and_repeat() {
+        let interval = Duration::from_millis(100);
+        let draw = |seed: u64| {
+            let mut state = seed;
+            (0..20_000)
+                .map(|_| next_wait(Arrivals::Random, interval, &mut state))
+                .collect::<Vec<_>>()
+        };
+        let waits = draw(42);
+        let mean = waits.iter().sum::<Duration>() / waits.len() as u32;
+        assert!(
+            (95..=105).contains(&mean.as_millis()),
+            "mean wait {mean:?}, not about {interval:?}"
+        );
+        // An exponential wait exceeds its mean with probability 1/e.
+        let longer = waits.iter().filter(|w| **w > interval).count() as f64 / waits.len() as f64;
+        assert!(
+            (0.34..0.40).contains(&longer),
+            "{longer} of waits exceed the mean"
+        );
+        assert_eq!(waits, draw(42), "one seed, one sequence");
+        assert_ne!(waits, draw(43));
+    }
+
+    #[test]
+    fn together_arrivals_are_the_interval() {
+        let mut state = 7;
+        let interval = Duration::from_millis(250);
+        assert_eq!(
+            next_wait(Arrivals::Together, interval, &mut state),
+            interval
+        );
+        assert_eq!(state, 7, "fixed intervals draw nothing");
+    }
 }

@@ -81,9 +81,10 @@ pub struct SyncLimits {
     /// intervals is closed; changes a live peer left unacknowledged for one
     /// are sent again.
     pub ping_interval: Duration,
-    /// How long after a document's last message to a peer the next one
-    /// waits, so that changes arriving meanwhile go out together. Zero sends
-    /// every message at once.
+    /// The pace of a document's messages to a peer: after a few at once,
+    /// one per this long, so that changes arriving meanwhile go out
+    /// together; no message waits longer than this after the last. Zero
+    /// sends every message at once.
     pub coalesce: Duration,
 }
 

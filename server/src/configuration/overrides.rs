@@ -206,10 +206,11 @@ pub struct Overrides {
     /// [default: 15].
     #[arg(long, env = "CODEEDEX_SYNC_PING_INTERVAL_SECS")]
     pub(crate) sync_ping_interval_secs: Option<u64>,
-    /// Milliseconds a document's next sync message to a peer waits after the
-    /// last one, so that the changes arriving meanwhile go out in one
-    /// message (a peer sent nothing lately, or one whose changes are being
-    /// acknowledged, does not wait); 0 sends each at once, at most 1000
+    /// The pace of a document's sync messages to a peer, in milliseconds:
+    /// three go out at once, then one per this many, each with the changes
+    /// that arrived meanwhile (a peer whose changes are being acknowledged
+    /// does not wait, and no message waits longer than this after the
+    /// last); 0 sends each at once, at most 1000
     /// [default: 50].
     #[arg(long, env = "CODEEDEX_SYNC_COALESCE_MS")]
     pub(crate) sync_coalesce_ms: Option<u64>,

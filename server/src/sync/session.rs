@@ -58,6 +58,12 @@ pub const EXTENSIONS: [&str; 2] = [message_type::AUTH_REFRESH, message_type::CAT
 /// repeats that gossip between peers produces.
 const EPHEMERAL_MEMORY: usize = 1024;
 
+/// Messages of one document that may go to a peer at once, one after
+/// another, before the coalescing bound paces the rest: light load (a few
+/// edits a second, arriving at random) never waits, and a steady stream
+/// still goes out at most once per bound, with everything that gathered.
+const PACE_BURST: u32 = 3;
+
 /// The server's identity in the protocol, and the limits.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -141,9 +147,13 @@ pub struct Session {
     /// durability ticket to wait for before asking for them.
     owed: BTreeSet<DocumentId>,
     owed_ticket: Ticket,
-    /// When each document's last message went to this peer (see
-    /// [`Session::durable`]).
+    /// When each document's last message went to this peer.
     last_sent: HashMap<DocumentId, Instant>,
+    /// Each document's pace towards this peer (see [`Session::durable`]):
+    /// the time at which its allowance would be spent, one coalescing bound
+    /// per message sent (the generic cell rate algorithm's theoretical
+    /// arrival time).
+    paced: HashMap<DocumentId, Instant>,
     /// Documents whose next message waits, each until its deadline.
     held: BTreeMap<DocumentId, Instant>,
     /// Owed documents whose peer sent changes it waits to see acknowledged:
@@ -194,6 +204,7 @@ impl Session {
             owed: BTreeSet::new(),
             owed_ticket: Ticket::NONE,
             last_sent: HashMap::new(),
+            paced: HashMap::new(),
             held: BTreeMap::new(),
             urgent: HashSet::new(),
         }
@@ -608,6 +619,7 @@ impl Session {
     /// synced here.
     fn forget(&mut self, doc: DocumentId) {
         self.last_sent.remove(&doc);
+        self.paced.remove(&doc);
         self.held.remove(&doc);
         self.urgent.remove(&doc);
     }
@@ -640,15 +652,16 @@ impl Session {
     /// Those whose documents moved on since come back
     /// [`Generated::NotDurable`] and are owed again.
     ///
-    /// Coalescing: a document whose last message to this peer went out less
-    /// than the coalescing bound ago waits until that bound has passed, and
-    /// whatever changed meanwhile goes out in one message, instead of one
-    /// message per change, each of which the peer would decode, apply and
-    /// acknowledge (and the stock client acknowledges at once, so waiting
-    /// for its answer alone saves little). A peer that was sent nothing for
-    /// a while gets its message at once, so light load waits for nothing;
-    /// and a peer that sent changes gets its acknowledgement at once, with
-    /// whatever was waiting for it.
+    /// Coalescing: each document's messages to this peer are paced. A few
+    /// ([`PACE_BURST`]) go out at once; beyond that, one per coalescing
+    /// bound, and whatever changed meanwhile goes out in one message instead
+    /// of one message per change, each of which the peer would decode,
+    /// apply and acknowledge (the stock client acknowledges at once, so
+    /// waiting for its answer alone saves little). The allowance comes back
+    /// at one message per bound, so light load, even edits arriving in
+    /// clumps, waits for nothing, while a steady stream goes out at most
+    /// once per bound. A peer that sent changes gets its acknowledgement at
+    /// once, with whatever was waiting for it.
     pub fn durable(&mut self, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         for doc in std::mem::take(&mut self.owed) {
@@ -666,10 +679,12 @@ impl Session {
         effects
     }
 
-    /// Until when a message of `doc` waits: the coalescing bound after the
-    /// last one, if that is still ahead.
+    /// Until when a message of `doc` waits: until the pace allows one
+    /// more, if that is still ahead.
     fn hold_until(&self, doc: DocumentId, now: Instant) -> Option<Instant> {
-        let until = *self.last_sent.get(&doc)? + self.config.limits.coalesce;
+        let spent_at = *self.paced.get(&doc)?;
+        let burst = self.config.limits.coalesce * (PACE_BURST - 1);
+        let until = spent_at.checked_sub(burst)?;
         (until > now).then_some(until)
     }
 
@@ -712,6 +727,14 @@ impl Session {
             Generated::Message(message) => {
                 tracing::debug!(conn = self.identity.conn, %doc, changes = message.changes.len(), "sending sync message");
                 self.last_sent.insert(doc, now);
+                // An empty allowance stays empty rather than going into
+                // debt, so that acknowledgements sent at once (which spend
+                // it too) cannot push the next message further than one
+                // bound after this one: nothing waits longer than the bound.
+                let bound = self.config.limits.coalesce;
+                let spent_at = self.paced.get(&doc).map_or(now, |at| (*at).max(now)) + bound;
+                self.paced
+                    .insert(doc, spent_at.min(now + bound * PACE_BURST));
                 self.urgent.remove(&doc);
                 vec![self.sync_frame(doc, message)]
             }

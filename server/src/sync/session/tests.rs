@@ -92,25 +92,30 @@ fn peer_sends(session: &mut Session, doc: DocumentId, changed: bool, now: Instan
 }
 
 #[test]
-fn a_message_soon_after_the_last_waits_until_the_bound_and_an_idle_peer_gets_it_at_once() {
+fn a_few_messages_go_out_at_once_then_one_per_bound_and_an_idle_peer_gets_its_at_once() {
     let t0 = Instant::now();
     let bound = SyncLimits::default().coalesce;
     let doc = DocumentId::from_random_bytes([3; 16]);
     let mut session = joined_session(t0);
 
-    // Nothing was sent yet: the first message goes out at once.
-    notice(&mut session, doc);
-    assert!(generates(&session.durable(t0), doc));
-    sent(&mut session, doc, t0);
+    // A clump of changes: the first PACE_BURST messages go out at once,
+    // each soon after the last.
+    let step = bound / 5;
+    for n in 0..PACE_BURST {
+        let at = t0 + step * n;
+        notice(&mut session, doc);
+        assert!(generates(&session.durable(at), doc), "message {n} waited");
+        sent(&mut session, doc, at);
+    }
 
-    // Soon after, the next waits until the bound after the last one, and
-    // every change meanwhile joins it.
-    let soon = t0 + bound / 5;
+    // The allowance is spent: the next waits until one bound after the
+    // first, and every change meanwhile joins it.
+    let soon = t0 + step * PACE_BURST;
     notice(&mut session, doc);
     assert!(session.durable(soon).is_empty());
     assert_eq!(session.hold_deadline(), Some(t0 + bound));
     notice(&mut session, doc);
-    assert!(session.durable(soon + bound / 5).is_empty());
+    assert!(session.durable(soon + step / 2).is_empty());
     assert_eq!(
         session.hold_deadline(),
         Some(t0 + bound),
@@ -119,26 +124,54 @@ fn a_message_soon_after_the_last_waits_until_the_bound_and_an_idle_peer_gets_it_
     // The peer's acknowledgement (no changes of its own) does not release it.
     peer_sends(&mut session, doc, false, soon);
     assert!(session.durable(soon).is_empty());
-    assert!(session.hold_elapsed(t0 + bound / 2).is_empty());
+    assert!(session.hold_elapsed(soon + step / 2).is_empty());
     // At the deadline it goes out.
     assert!(generates(&session.hold_elapsed(t0 + bound), doc));
     assert_eq!(session.hold_deadline(), None);
     sent(&mut session, doc, t0 + bound);
 
-    // Changes from the peer are acknowledged at once, and what waited for
-    // the deadline goes with them.
-    let t1 = t0 + bound + bound / 5;
+    // A steady stream goes out once per bound: the next may leave one
+    // bound after the last.
+    let t1 = t0 + bound + step;
     notice(&mut session, doc);
     assert!(session.durable(t1).is_empty());
-    assert!(session.hold_deadline().is_some());
+    assert_eq!(session.hold_deadline(), Some(t0 + bound * 2));
+
+    // Changes from the peer are acknowledged at once, and what waited for
+    // the deadline goes with them.
     peer_sends(&mut session, doc, true, t1);
     assert!(generates(&session.durable(t1), doc));
     assert_eq!(session.hold_deadline(), None);
     sent(&mut session, doc, t1);
 
-    // Long after the last message nothing waits.
+    // Acknowledgements sent at once spend the allowance but never push the
+    // next message further than one bound after the last.
+    for n in 1..=5 {
+        let at = t1 + step * n;
+        peer_sends(&mut session, doc, true, at);
+        assert!(generates(&session.durable(at), doc));
+        sent(&mut session, doc, at);
+    }
+    let last = t1 + step * 5;
     notice(&mut session, doc);
-    assert!(generates(&session.durable(t1 + bound * 2), doc));
+    assert!(session.durable(last).is_empty());
+    assert_eq!(session.hold_deadline(), Some(last + bound));
+    assert!(generates(&session.hold_elapsed(last + bound), doc));
+    sent(&mut session, doc, last + bound);
+    let t1 = last + bound;
+
+    // After a pause of PACE_BURST bounds the whole allowance is back.
+    let t2 = t1 + bound * (PACE_BURST + 1);
+    for n in 0..PACE_BURST {
+        notice(&mut session, doc);
+        assert!(
+            generates(&session.durable(t2 + step * n), doc),
+            "message {n} after the pause waited"
+        );
+        sent(&mut session, doc, t2 + step * n);
+    }
+    notice(&mut session, doc);
+    assert!(session.durable(t2 + step * PACE_BURST).is_empty());
 }
 
 #[test]
