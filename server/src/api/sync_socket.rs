@@ -12,6 +12,7 @@
 //! timers: handshake timeout, token expiry, keep-alive pings. Every decision
 //! about what to send or when to close is the session machine's.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use crate::auth::tokens::LEEWAY_SECS;
 use crate::auth::{AuthenticateError, SessionNotice};
 use crate::metrics::Metrics;
 use crate::sync::connection::{Connection, Output};
+use crate::sync::registry::Admission;
 use crate::sync::session::TransportFault;
 
 /// The subprotocol the server selects.
@@ -216,10 +218,7 @@ async fn sync_socket(
     // actix-ws streams are not Send: the connection runs on this worker.
     // The admission and the peer release everything they hold when dropped,
     // so a task that ends in any way, a panic included, leaks nothing.
-    actix_web::rt::spawn(async move {
-        let _admission = admission;
-        drive(peer, session, stream, ends, &state).await;
-    });
+    actix_web::rt::spawn(drive(admission, peer, session, stream, ends, state));
     Ok(response)
 }
 
@@ -228,23 +227,31 @@ fn until_epoch(seconds: i64) -> Duration {
     Duration::from_secs(u64::try_from(seconds - now).unwrap_or(0))
 }
 
+/// A connection's task, from the upgrade to its end.
+///
+/// This future lives as long as the socket, idle or not, so its size is
+/// memory per connection: every part is held here once and lent to
+/// `exchange`, and the work each event starts (applying a frame, answering
+/// a notice) is boxed, so that the idle state does not reserve room for
+/// the largest of them.
 async fn drive(
+    _admission: Admission,
     mut peer: Connection,
-    session: actix_ws::Session,
-    stream: actix_ws::AggregatedMessageStream,
-    ends: broadcast::Receiver<SessionNotice>,
-    state: &AppState,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut ends: broadcast::Receiver<SessionNotice>,
+    state: Arc<AppState>,
 ) {
-    exchange(&mut peer, session, stream, ends, state).await;
-    peer.finish().await;
+    exchange(&mut peer, &mut session, &mut stream, &mut ends, &state).await;
+    Box::pin(peer.finish()).await;
 }
 
 /// Runs the connection until either side ends it.
 async fn exchange(
     peer: &mut Connection,
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-    mut ends: broadcast::Receiver<SessionNotice>,
+    session: &mut actix_ws::Session,
+    stream: &mut actix_ws::AggregatedMessageStream,
+    ends: &mut broadcast::Receiver<SessionNotice>,
     state: &AppState,
 ) {
     let mailbox = peer.mailbox();
@@ -277,7 +284,7 @@ async fn exchange(
                 None | Some(Ok(AggregatedMessage::Close(_))) => break,
                 Some(Ok(AggregatedMessage::Binary(bytes))) => {
                     last_heard = Instant::now();
-                    peer.frame(&bytes, Instant::now(), Utc::now()).await
+                    Box::pin(peer.frame(&bytes, Instant::now(), Utc::now())).await
                 }
                 Some(Ok(AggregatedMessage::Text(_))) => peer.transport_fault(TransportFault::TextFrame),
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
@@ -303,14 +310,14 @@ async fn exchange(
                 Some(Err(ProtocolError::Io(e))) if e.to_string().contains("payload reached EOF") => break,
                 Some(Err(e)) => peer.transport_fault(TransportFault::Protocol(e.to_string())),
             },
-            notices = mailbox.next() => peer.notices(notices, Instant::now(), Utc::now()).await,
+            notices = mailbox.next() => Box::pin(peer.notices(notices, Instant::now(), Utc::now())).await,
             waited = async { owed.expect("guarded").await }, if owed_pending => {
-                peer.durable(waited, Instant::now(), Utc::now()).await
+                Box::pin(peer.durable(waited, Instant::now(), Utc::now())).await
             }
             // Messages held for the peer's answer go out at their deadline
             // even without it.
             () = async { tokio::time::sleep_until(hold_deadline.expect("guarded").into()).await }, if hold_deadline.is_some() => {
-                peer.hold_elapsed(Instant::now(), Utc::now()).await
+                Box::pin(peer.hold_elapsed(Instant::now(), Utc::now())).await
             }
             // A clean shutdown tells every peer to reconnect later; the
             // connection then saves its sync states as it ends.
@@ -321,7 +328,7 @@ async fn exchange(
                 // Some notices were lost, here or between nodes; ask
                 // whether ours ended.
                 Ok(SessionNotice::MayHaveEnded) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    peer.session_may_have_ended(Utc::now()).await
+                    Box::pin(peer.session_may_have_ended(Utc::now())).await
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -342,7 +349,8 @@ async fn exchange(
                     }
                     // What a live peer has left unanswered for a whole
                     // period, though heard from since, was lost.
-                    peer.resend_unanswered(ping_every, last_heard, Instant::now(), Utc::now()).await
+                    Box::pin(peer.resend_unanswered(ping_every, last_heard, Instant::now(), Utc::now()))
+                        .await
                 }
             }
         };
@@ -382,7 +390,8 @@ async fn exchange(
                 };
                 // A peer that does not read would not take the close frame
                 // either; do not wait for it longer than for any frame.
-                let _ = tokio::time::timeout(write_timeout, session.close(Some(reason))).await;
+                let _ =
+                    tokio::time::timeout(write_timeout, session.clone().close(Some(reason))).await;
             } else {
                 tracing::info!(conn = peer.id(), user = %peer.user(), "sync connection lost");
             }
@@ -390,7 +399,7 @@ async fn exchange(
         }
     }
     tracing::info!(conn = peer.id(), user = %peer.user(), "sync connection closed by the peer");
-    let _ = tokio::time::timeout(write_timeout, session.close(None)).await;
+    let _ = tokio::time::timeout(write_timeout, session.clone().close(None)).await;
 }
 
 /// Logs why the server closed a connection, where an operator sees it:
