@@ -5,8 +5,10 @@
 # (CODEEDEX_SYNC_COALESCE_MS=0, every change answered at once) and on (the
 # default), at each offered rate, in one run. Prints one JSON line per run:
 # frames up and down per edit, edits delivered to every other device per
-# second, and the fan-out latency.
-# Usage: bench/js-fanout.sh   (env: RATES="20 50", SECONDS_EACH=10)
+# second, the fan-out latency, and its parts (the clients' batching, the
+# transit through the server, the receiving client's share).
+# Usage: bench/js-fanout.sh   (env: RATES="20 50", SECONDS_EACH=10,
+#        COALESCES="0 default" : coalescing bounds in ms to run ours with)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p codeedex-server
@@ -25,9 +27,9 @@ for rate in $rates; do
   for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/18310) 2>/dev/null && break; sleep 0.1; done
   printf 'reference            %s\n' "$(run_clients --no-auth --url ws://127.0.0.1:18310 --rate "$rate" --seconds "$seconds")"
   kill "$ref_pid"; wait "$ref_pid" 2>/dev/null || true; rm -rf "$ref_data"
-  for coalesce in 0 default; do
+  for coalesce in ${COALESCES:-0 default}; do
     data=$(mktemp -d)
-    if [ "$coalesce" = 0 ]; then export CODEEDEX_SYNC_COALESCE_MS=0; else unset CODEEDEX_SYNC_COALESCE_MS; fi
+    if [ "$coalesce" = default ]; then unset CODEEDEX_SYNC_COALESCE_MS; else export CODEEDEX_SYNC_COALESCE_MS="$coalesce"; fi
     pid=$(PORT=18311 DATA="$data" "${pin_server[@]}" bench/server.sh)
     printf 'codeedex coalesce=%-3s %s\n' "$coalesce" \
       "$(run_clients --url ws://127.0.0.1:18311/v1/sync --server http://127.0.0.1:18311 --rate "$rate" --seconds "$seconds")"

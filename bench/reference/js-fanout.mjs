@@ -4,6 +4,17 @@
 // the edits delivered to every other device per second, and the fan-out
 // latency (an edit's timestamp to its arrival on each other device).
 //
+// Each delivery's latency is also split in three, on the one clock the
+// devices share: the sender's batching (the edit to the first frame its
+// device sends after it); the transit (that frame leaving to the first
+// moment any receiving device took in a frame after which it showed the
+// edit: the server, the network and one turn of this process's event loop);
+// and the receivers' share (from that moment to the edit showing on each
+// device, which is mostly waiting while the other devices in this one Node
+// process decode and apply the same change, one at a time). The batching
+// and the receivers' share are what the clients cost whatever the server;
+// their sum per delivery is the clients' floor.
+//
 // Usage: node js-fanout.mjs --url ws://127.0.0.1:PORT/v1/sync --server http://127.0.0.1:PORT \
 //          [--devices 10] [--rate 20] [--seconds 10] [--no-auth] [--safe-send]
 // With --no-auth the url is used as it is (the reference server); otherwise
@@ -48,6 +59,8 @@ class CountingAdapter extends WebSocketClientAdapter {
   downBytes = 0;
   // Edits made on this device whose first frame has not left yet.
   pendingEdits = [];
+  // When the newest frame arrived.
+  lastArrival = 0;
   send(message) {
     // With --safe-send, what cannot be sent is dropped (README, interop
     // notes): the stock send throws on a closing socket, which leaves the
@@ -55,8 +68,11 @@ class CountingAdapter extends WebSocketClientAdapter {
     const socket = this.socket;
     if (args["safe-send"] === "true" && !(socket && socket.readyState === socket.OPEN)) return;
     if (message.type === "sync" || message.type === "request") {
-      const now = Date.now();
-      for (const at of this.pendingEdits) clientDelays.push(now - at);
+      const now = performance.now();
+      for (const mark of this.pendingEdits) {
+        leftAt.set(mark, now);
+        clientDelays.push(now - editAt.get(mark));
+      }
       this.pendingEdits = [];
       this.up += 1;
       // The frame as the stock adapter encodes it.
@@ -65,6 +81,7 @@ class CountingAdapter extends WebSocketClientAdapter {
     return super.send(message);
   }
   receiveMessage(bytes) {
+    this.lastArrival = performance.now();
     this.down += 1;
     this.downBytes += bytes.byteLength;
     return super.receiveMessage(bytes);
@@ -77,6 +94,9 @@ class CountingAdapter extends WebSocketClientAdapter {
 // From an edit to the first frame its device sends after it: the floor the
 // stock client's own batching (up to 100 ms) sets under any server.
 const clientDelays = [];
+// mark -> when it was made, and when the first frame after it left its device.
+const editAt = new Map();
+const leftAt = new Map();
 const peers = [];
 for (let d = 0; d < devices; d++) {
   const url = noAuth ? args.url : `${args.url}?access_token=${await token()}`;
@@ -99,16 +119,23 @@ for (const peer of peers.slice(1)) {
 
 // Every device watches for marks it has not seen.
 const latencies = [];
+// mark -> [when the receiving device last took in a frame, when the edit
+// showed there], one pair per delivery.
+const deliveries = new Map();
 const seen = handles.map(() => new Set());
 const deliveredTo = new Map(); // mark -> number of other devices that have it
 handles.forEach((handle, d) => {
   handle.on("change", ({ doc }) => {
-    const now = Date.now();
-    for (const [mark, at] of Object.entries(doc.marks)) {
+    const now = performance.now();
+    const arrived = peers[d].adapter.lastArrival;
+    for (const mark of Object.keys(doc.marks)) {
       if (seen[d].has(mark)) continue;
       seen[d].add(mark);
-      if (!mark.startsWith(`${d}-`)) {
-        latencies.push(now - at);
+      if (!mark.startsWith(`${d}-`) && editAt.has(mark)) {
+        const made = editAt.get(mark);
+        latencies.push(now - made);
+        if (!deliveries.has(mark)) deliveries.set(mark, []);
+        deliveries.get(mark).push([arrived, now]);
         deliveredTo.set(mark, (deliveredTo.get(mark) ?? 0) + 1);
       }
     }
@@ -127,10 +154,11 @@ await new Promise(resolve => {
     if (Date.now() - started >= seconds * 1000) return resolve();
     const d = n % devices;
     const mark = `${d}-${n}`;
+    editAt.set(mark, performance.now());
     handles[d].change(doc => {
       doc.marks[mark] = Date.now();
     });
-    peers[d].adapter.pendingEdits.push(Date.now());
+    peers[d].adapter.pendingEdits.push(mark);
     edits += 1;
     n += 1;
     setTimeout(tick, Math.max(0, due + interval - Date.now()));
@@ -148,9 +176,22 @@ while (Date.now() < drainUntil) {
 const total = key => peers.reduce((s, p, i) => s + p.adapter[key] - before[i][key], 0);
 const [up, down, upBytes, downBytes] = ["up", "down", "upBytes", "downBytes"].map(total);
 const complete = [...deliveredTo.values()].filter(c => c === devices - 1).length;
-latencies.sort((a, b) => a - b);
-clientDelays.sort((a, b) => a - b);
-const pctOf = (list, q) => list.length ? list[Math.min(list.length - 1, Math.floor(q * list.length))] : NaN;
+const transits = [];
+const receives = [];
+const clientFloors = [];
+for (const [mark, pairs] of deliveries) {
+  const left = leftAt.get(mark);
+  const firstIn = Math.min(...pairs.map(([arrived]) => arrived));
+  if (left === undefined || firstIn < left) continue;
+  transits.push(firstIn - left);
+  for (const [, shown] of pairs) {
+    receives.push(shown - firstIn);
+    clientFloors.push(left - editAt.get(mark) + (shown - firstIn));
+  }
+}
+for (const list of [latencies, clientDelays, transits, receives, clientFloors]) list.sort((a, b) => a - b);
+const pctOf = (list, q) =>
+  list.length ? +list[Math.min(list.length - 1, Math.floor(q * list.length))].toFixed(1) : NaN;
 const pct = q => pctOf(latencies, q);
 console.log(
   JSON.stringify({
@@ -170,6 +211,13 @@ console.log(
     fanout_p99_ms: pct(0.99),
     client_batching_p50_ms: pctOf(clientDelays, 0.5),
     client_batching_p99_ms: pctOf(clientDelays, 0.99),
+    transit_p50_ms: pctOf(transits, 0.5),
+    transit_p99_ms: pctOf(transits, 0.99),
+    receivers_p50_ms: pctOf(receives, 0.5),
+    receivers_p99_ms: pctOf(receives, 0.99),
+    // Per delivery, the sender's batching plus the receivers' share.
+    clients_floor_p50_ms: pctOf(clientFloors, 0.5),
+    clients_floor_p99_ms: pctOf(clientFloors, 0.99),
   }),
 );
 process.exit(0);
