@@ -14,16 +14,9 @@ import { Server } from "@hocuspocus/server";
 import { HocuspocusProvider } from "@hocuspocus/provider";
 import WebSocket from "ws";
 import * as Y from "yjs";
+import { parseFlags } from "../flags.mjs";
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((pairs, arg, i, all) => {
-    if (arg.startsWith("--")) {
-      const next = all[i + 1];
-      pairs.push([arg.slice(2), next && !next.startsWith("--") ? next : "true"]);
-    }
-    return pairs;
-  }, []),
-);
+const args = parseFlags();
 
 if (args.serve === "true") {
   // No extensions: Hocuspocus keeps documents in memory and relays at once,

@@ -21,16 +21,9 @@
 // each device signs in as bench-0@example.com with the bench code.
 import { Repo, cbor } from "@automerge/automerge-repo";
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
+import { parseFlags } from "../flags.mjs";
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((pairs, arg, i, all) => {
-    if (arg.startsWith("--")) {
-      const next = all[i + 1];
-      pairs.push([arg.slice(2), next && !next.startsWith("--") ? next : "true"]);
-    }
-    return pairs;
-  }, []),
-);
+const args = parseFlags();
 const devices = Number(args.devices ?? 10);
 const rate = Number(args.rate ?? 20);
 const seconds = Number(args.seconds ?? 10);

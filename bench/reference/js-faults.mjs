@@ -28,17 +28,10 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseFlags } from "../flags.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((pairs, arg, i, all) => {
-    if (arg.startsWith("--")) {
-      const next = all[i + 1];
-      pairs.push([arg.slice(2), next !== undefined && !next.startsWith("--") ? next : "true"]);
-    }
-    return pairs;
-  }, []),
-);
+const args = parseFlags();
 const serverKind = args.server ?? "ours";
 if (!["ours", "reference"].includes(serverKind)) throw new Error("--server is ours or reference");
 const variant = args.variant ?? "hold";
