@@ -309,6 +309,21 @@ pub use {
     },
 };
 
+#[cfg(all(
+    not(miri),
+    not(feature = "io_uring"),
+    any(
+        windows,
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "dragonfly",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+    )
+))]
+pub use self::pagecache::{write_log_buffers_on_this_thread, OwnLogWrites};
+
 pub use self::{
     batch::Batch,
     config::{Config, Mode},

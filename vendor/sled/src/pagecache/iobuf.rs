@@ -6,6 +6,118 @@ use std::{
 
 use crate::{pagecache::*, *};
 
+thread_local! {
+    /// Log buffers this thread sealed, or finished the last reservation
+    /// of, and has not written yet; `None` unless the thread asked to write
+    /// its own (`write_log_buffers_on_this_thread`).
+    static DEFERRED_WRITES: std::cell::RefCell<Option<Vec<(Arc<IoBufs>, Arc<IoBuf>)>>> =
+        std::cell::RefCell::new(None);
+}
+
+/// While the returned guard lives, log buffers that this thread seals, or
+/// whose last reservation it completes, are not handed to the IO pool: the
+/// thread writes them itself the next time it waits for the log to be
+/// stable (a flush), all together, with one sync for each run of them
+/// that lies end to end in the file. For a thread that commits a
+/// transaction and then flushes, that is one write and one sync instead of
+/// two of each (the batch manifest's buffer and the data's) from two pool
+/// threads racing on one page. Other threads waiting for stability in the
+/// meantime wait for this thread's next flush, so it must flush after
+/// every write it makes; dropping the guard writes whatever is left.
+#[cfg(not(feature = "io_uring"))]
+pub fn write_log_buffers_on_this_thread() -> OwnLogWrites {
+    DEFERRED_WRITES.with(|deferred| {
+        let mut deferred = deferred.borrow_mut();
+        if deferred.is_none() {
+            *deferred = Some(Vec::new());
+        }
+    });
+    OwnLogWrites { _not_send: std::marker::PhantomData }
+}
+
+/// See [`write_log_buffers_on_this_thread`].
+#[cfg(not(feature = "io_uring"))]
+#[must_use = "buffers are written by the pool again once the guard is dropped"]
+pub struct OwnLogWrites {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+#[cfg(not(feature = "io_uring"))]
+impl Drop for OwnLogWrites {
+    fn drop(&mut self) {
+        if let Err(e) = write_own_deferred() {
+            error!("failed to write deferred log buffers: {:?}", e);
+        }
+        DEFERRED_WRITES.with(|deferred| *deferred.borrow_mut() = None);
+    }
+}
+
+/// Hands `iobuf` to the IO pool (`on_pool` is the job), or, on a thread
+/// that writes its own buffers, keeps it for that thread's next flush.
+pub(in crate::pagecache) fn write_log_buffer<F>(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    on_pool: F,
+) -> Result<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    #[cfg(not(feature = "io_uring"))]
+    {
+        let kept = DEFERRED_WRITES.with(|deferred| match deferred.borrow_mut().as_mut() {
+            Some(list) => {
+                list.push((iobufs.clone(), iobuf.clone()));
+                true
+            }
+            None => false,
+        });
+        if kept {
+            return Ok(());
+        }
+    }
+    #[cfg(feature = "io_uring")]
+    let _ = (iobufs, iobuf);
+    let _result = threadpool::spawn(on_pool)?;
+    #[cfg(feature = "event_log")]
+    _result.wait();
+    Ok(())
+}
+
+/// Writes the buffers this thread kept. Returns whether there were any.
+fn write_own_deferred() -> Result<bool> {
+    #[cfg(not(feature = "io_uring"))]
+    {
+        let kept = DEFERRED_WRITES.with(|deferred| {
+            deferred.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
+        });
+        if kept.is_empty() {
+            return Ok(false);
+        }
+        let mut start = 0;
+        while start < kept.len() {
+            let iobufs = kept[start].0.clone();
+            let end = kept[start..]
+                .iter()
+                .position(|(other, _)| !std::ptr::eq(&**other, &*iobufs))
+                .map_or(kept.len(), |n| start + n);
+            let buffers: Vec<Arc<IoBuf>> =
+                kept[start..end].iter().map(|(_, iobuf)| iobuf.clone()).collect();
+            if let Err(e) = iobufs.write_deferred(&buffers) {
+                error!("hit error while writing deferred log buffers: {:?}", e);
+                iobufs.config.set_global_error(e.clone());
+                let intervals = iobufs.intervals.lock();
+                drop(intervals);
+                let _notified = iobufs.interval_updated.notify_all();
+                return Err(e);
+            }
+            start = end;
+        }
+        Ok(true)
+    }
+    #[cfg(feature = "io_uring")]
+    Ok(false)
+}
+
 macro_rules! io_fail {
     ($self:expr, $e:expr) => {
         #[cfg(feature = "failpoints")]
@@ -285,6 +397,15 @@ impl StabilityIntervals {
             batch_stable_lsn
         }
     }
+}
+
+/// A buffer written to the log file, not yet counted as stable.
+struct WrittenBuffer {
+    log_offset: LogOffset,
+    base_lsn: Lsn,
+    total_len: usize,
+    maxed: bool,
+    stored_max_stable_lsn: Lsn,
 }
 
 pub(crate) struct IoBufs {
@@ -568,6 +689,80 @@ impl IoBufs {
     // next IO buffer for writing.
     pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
+        let written = self.write_buffer(iobuf, true)?;
+        self.finish_write(written)
+    }
+
+    /// Writes buffers this thread deferred (see
+    /// `write_log_buffers_on_this_thread`), in order, with one sync for
+    /// each run of them that lies end to end in the file, and only then
+    /// counts them as stable.
+    #[cfg(not(feature = "io_uring"))]
+    fn write_deferred(&self, iobufs: &[Arc<IoBuf>]) -> Result<()> {
+        let _measure = Measure::new(&M.write_to_log);
+        let mut written = Vec::with_capacity(iobufs.len());
+        for iobuf in iobufs {
+            written.push(self.write_buffer(iobuf, false)?);
+        }
+        let mut run: Option<(LogOffset, LogOffset)> = None;
+        for w in &written {
+            let (start, end) = (w.log_offset, w.log_offset + w.total_len as LogOffset);
+            run = match run {
+                Some((run_start, run_end)) if run_end == start => Some((run_start, end)),
+                Some((run_start, run_end)) => {
+                    self.sync_log_range(run_start, run_end - run_start)?;
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((run_start, run_end)) = run {
+            self.sync_log_range(run_start, run_end - run_start)?;
+        }
+        for w in written {
+            self.finish_write(w)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes of the log file from `offset` stable.
+    #[cfg(not(feature = "io_uring"))]
+    fn sync_log_range(&self, offset: LogOffset, len: LogOffset) -> Result<()> {
+        if self.config.temporary || len == 0 {
+            return Ok(());
+        }
+        let f = &self.config.file;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let ret = unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    i64::try_from(offset).unwrap(),
+                    i64::try_from(len).unwrap(),
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            if ret < 0 {
+                let err = std::io::Error::last_os_error();
+                if let Some(libc::ENOSYS) = err.raw_os_error() {
+                    f.sync_all()?;
+                } else {
+                    return Err(err.into());
+                }
+            }
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Pads `iobuf` if it is maxed and writes it at its offset, syncing it
+    /// too if `sync` (always, with `io_uring`).
+    fn write_buffer(&self, iobuf: &IoBuf, sync: bool) -> Result<WrittenBuffer> {
         let header = iobuf.get_header();
         let log_offset = iobuf.offset;
         let base_lsn = iobuf.lsn;
@@ -728,36 +923,34 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
+            if sync {
+                self.sync_log_range(log_offset, total_len as LogOffset)?;
             }
         }
+        #[cfg(feature = "io_uring")]
+        let _ = sync;
         io_fail!(self, "buffer write post");
 
+        Ok(WrittenBuffer {
+            log_offset,
+            base_lsn,
+            total_len,
+            maxed,
+            stored_max_stable_lsn,
+        })
+    }
+
+    /// Counts a written (and synced) buffer as stable, and lets the
+    /// segment accountant know.
+    fn finish_write(&self, written: WrittenBuffer) -> Result<()> {
+        let WrittenBuffer {
+            log_offset,
+            base_lsn,
+            total_len,
+            maxed,
+            stored_max_stable_lsn,
+        } = written;
+        let segment_size = self.config.segment_size;
         if total_len > 0 {
             let complete_len = if maxed {
                 let lsn_idx = base_lsn / segment_size as Lsn;
@@ -939,6 +1132,13 @@ pub(in crate::pagecache) fn make_stable_inner(
             // the next io buffer, which may have dirty
             // data we need to flush (and maybe no other
             // thread is still alive to do so)
+            continue;
+        }
+
+        // buffers this thread kept for its flush go out now, before it
+        // waits for them
+        if write_own_deferred()? {
+            stable = iobufs.stable();
             continue;
         }
 
@@ -1178,9 +1378,9 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
+        let (pool_iobufs, pool_iobuf) = (iobufs.clone(), iobuf.clone());
+        write_log_buffer(iobufs, iobuf, move || {
+            let (iobufs, iobuf) = (pool_iobufs, pool_iobuf);
             if let Err(e) = iobufs.write_to_log(&iobuf) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
@@ -1200,9 +1400,6 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
                 let _notified = iobufs.interval_updated.notify_all();
             }
         })?;
-
-        #[cfg(feature = "event_log")]
-        _result.wait();
 
         Ok(())
     } else {

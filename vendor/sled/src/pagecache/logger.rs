@@ -433,9 +433,9 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
-            let iobufs = self.iobufs.clone();
-            let iobuf = iobuf.clone();
-            threadpool::spawn(move || {
+            let (iobufs, pool_iobuf) = (self.iobufs.clone(), iobuf.clone());
+            super::iobuf::write_log_buffer(&self.iobufs, iobuf, move || {
+                let iobuf = pool_iobuf;
                 if let Err(e) = iobufs.write_to_log(&iobuf) {
                     error!(
                         "hit error while writing iobuf with lsn {}: {:?}",

@@ -65,6 +65,9 @@ pub use self::{
     logger::{Log, LogRead},
 };
 
+#[cfg(not(feature = "io_uring"))]
+pub use self::iobuf::{write_log_buffers_on_this_thread, OwnLogWrites};
+
 /// The offset of a segment. This equals its `LogOffset` (or the offset of any
 /// item contained inside it) divided by the configured `segment_size`.
 pub type SegmentId = usize;
