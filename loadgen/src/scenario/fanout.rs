@@ -65,6 +65,19 @@ fn next_wait(arrivals: Arrivals, interval: Duration, state: &mut u64) -> Duratio
     }
 }
 
+/// The seed of one device's arrivals. xorshift's first outputs from seeds
+/// that differ only in their low bits differ only in their low bits, so the
+/// devices of one user would draw nearly the same first waits and edit in
+/// one clump; splitmix64's finaliser spreads every input bit over the whole
+/// seed first, so that each device's stream stands on its own.
+fn device_seed(user: usize, device: usize) -> u64 {
+    let mut z = ((user as u64) << 32 | device as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    // xorshift never leaves the all-zero state.
+    (z ^ (z >> 31)).max(1)
+}
+
 /// Results.
 #[derive(Debug)]
 pub struct FanOutResult {
@@ -243,7 +256,7 @@ async fn device_loop(
     tokio::time::sleep_until(start_at.into()).await;
     let stop_edits = Instant::now() + params.duration;
     let drain_until = stop_edits + Duration::from_secs(3);
-    let mut draws = 0x9e37_79b9_7f4a_7c15_u64 ^ ((user as u64) << 32 | device as u64);
+    let mut draws = device_seed(user, device);
     let first_wait = match params.arrivals {
         Arrivals::Together => interval.mul_f64((device as f64 + 1.0) / params.devices as f64),
         Arrivals::Random => next_wait(params.arrivals, interval, &mut draws),
@@ -333,6 +346,42 @@ mod tests {
         );
         assert_eq!(waits, draw(42), "one seed, one sequence");
         assert_ne!(waits, draw(43));
+    }
+
+    #[test]
+    fn the_devices_of_one_user_draw_their_first_waits_independently() {
+        // Were the devices' streams alike, device 0's and device 1's first
+        // waits would rise and fall together across users.
+        let interval = Duration::from_millis(100);
+        let first = |user, device| {
+            let mut state = device_seed(user, device);
+            next_wait(Arrivals::Random, interval, &mut state).as_secs_f64()
+        };
+        let pairs: Vec<(f64, f64)> = (0..2_000).map(|u| (first(u, 0), first(u, 1))).collect();
+        let n = pairs.len() as f64;
+        let (ma, mb) = (
+            pairs.iter().map(|p| p.0).sum::<f64>() / n,
+            pairs.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let cov = pairs.iter().map(|(a, b)| (a - ma) * (b - mb)).sum::<f64>();
+        let va = pairs.iter().map(|(a, _)| (a - ma).powi(2)).sum::<f64>();
+        let vb = pairs.iter().map(|(_, b)| (b - mb).powi(2)).sum::<f64>();
+        let correlation = cov / (va * vb).sqrt();
+        assert!(
+            correlation.abs() < 0.1,
+            "first waits of two devices correlate: {correlation}"
+        );
+        // Nor do a user's five devices start within a millisecond of each
+        // other, as they did: look at the first hundred users.
+        let clumped = (0..100)
+            .filter(|&u| {
+                let waits: Vec<f64> = (0..5).map(|d| first(u, d)).collect();
+                let spread = waits.iter().cloned().fold(f64::MIN, f64::max)
+                    - waits.iter().cloned().fold(f64::MAX, f64::min);
+                spread < 0.001
+            })
+            .count();
+        assert_eq!(clumped, 0, "users whose devices all edit at once");
     }
 
     #[test]
